@@ -1,0 +1,220 @@
+"""The ledger (double entry, TigerBeetle-style balances), usage records and FX rates.
+
+Amounts are integer micro-rubles. An account keeps four running sums; its balance is derived
+from them. For a wallet (a liability: money the platform holds for a company) the available
+balance is ``posted_credits - posted_debits - pending_debits``. Invariants the database enforces:
+amounts > 0, sums >= 0, and for accounts flagged ``debits_must_not_exceed_credits``
+``posted_debits + pending_debits <= posted_credits + credit_limit``. Transfers are never
+deleted; a posted transfer is never updated; a pending one changes status exactly once (see
+migration 0002's trigger).
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import F, Q
+from django.utils.translation import gettext_lazy as _
+
+
+class AccountKind(models.TextChoices):
+    COMPANY_WALLET = "company_wallet", _("Company wallet")
+    DEPARTMENT_BUDGET = "department_budget", _("Department budget")
+    SUPPLIER_PAYABLE = "supplier_payable", _("Supplier payable")
+    PLATFORM_REVENUE = "platform_revenue", _("Platform revenue")
+    UPSTREAM_COST = "upstream_cost", _("Upstream cost")
+    PLATFORM_CASH = "platform_cash", _("Platform cash (incoming payments, payouts)")
+
+
+# Kinds that exist once for the whole platform.
+PLATFORM_KINDS = (AccountKind.PLATFORM_REVENUE, AccountKind.UPSTREAM_COST, AccountKind.PLATFORM_CASH)
+
+
+class Account(models.Model):
+    kind = models.CharField(_("kind"), max_length=32, choices=AccountKind.choices)
+    company = models.ForeignKey("accounts.Company", on_delete=models.PROTECT, null=True, blank=True, related_name="ledger_accounts", verbose_name=_("company"))
+    department = models.ForeignKey("accounts.Department", on_delete=models.PROTECT, null=True, blank=True, related_name="ledger_accounts", verbose_name=_("department"))
+    supplier = models.ForeignKey("accounts.Supplier", on_delete=models.PROTECT, null=True, blank=True, related_name="ledger_accounts", verbose_name=_("supplier"))
+    currency = models.CharField(_("currency"), max_length=3, default="RUB", editable=False)
+    posted_debits = models.BigIntegerField(_("posted debits"), default=0, editable=False)
+    posted_credits = models.BigIntegerField(_("posted credits"), default=0, editable=False)
+    pending_debits = models.BigIntegerField(_("pending debits"), default=0, editable=False)
+    pending_credits = models.BigIntegerField(_("pending credits"), default=0, editable=False)
+    debits_must_not_exceed_credits = models.BooleanField(_("must not go negative"), default=False)
+    credit_limit = models.BigIntegerField(_("credit limit, micro-RUB"), default=0,
+                                          help_text=_("How far debits may exceed credits when the account must not go negative."))
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("ledger account")
+        verbose_name_plural = _("ledger accounts")
+        ordering = ["kind", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(posted_debits__gte=0, posted_credits__gte=0, pending_debits__gte=0, pending_credits__gte=0, credit_limit__gte=0),
+                name="account_sums_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(debits_must_not_exceed_credits=False)
+                | Q(posted_credits__gte=F("posted_debits") + F("pending_debits") - F("credit_limit")),
+                name="account_debits_within_credits",
+            ),
+            models.UniqueConstraint(fields=["kind", "company"], condition=Q(kind="company_wallet"), name="one_wallet_per_company"),
+            models.UniqueConstraint(fields=["kind", "department"], condition=Q(kind="department_budget"), name="one_budget_per_department"),
+            models.UniqueConstraint(fields=["kind", "supplier"], condition=Q(kind="supplier_payable"), name="one_payable_per_supplier"),
+            models.UniqueConstraint(fields=["kind"], condition=Q(kind__in=[k.value for k in PLATFORM_KINDS]), name="one_platform_account_per_kind"),
+            models.CheckConstraint(
+                condition=(Q(kind="company_wallet", company__isnull=False) | ~Q(kind="company_wallet"))
+                & (Q(kind="department_budget", department__isnull=False) | ~Q(kind="department_budget"))
+                & (Q(kind="supplier_payable", supplier__isnull=False) | ~Q(kind="supplier_payable")),
+                name="account_owner_present",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = self.company or self.department or self.supplier
+        return f"{self.get_kind_display()}{f' — {owner}' if owner else ''}"
+
+    @property
+    def credit_balance(self) -> int:
+        """Posted credits minus posted debits (what a wallet holds, what a payable owes)."""
+        return self.posted_credits - self.posted_debits
+
+    @property
+    def available(self) -> int:
+        """What may still be debited: posted balance less open holds, plus any credit limit."""
+        return self.posted_credits - self.posted_debits - self.pending_debits + self.credit_limit
+
+
+class TransferStatus(models.TextChoices):
+    PENDING = "pending", _("Pending (hold)")
+    POSTED = "posted", _("Posted")
+    # A hold's final states. A posted hold is "committed": its money moved in a separate
+    # posted transfer that points back at it (so sums of posted transfers never double count).
+    COMMITTED = "committed", _("Committed (hold posted)")
+    VOIDED = "voided", _("Voided (hold released)")
+    EXPIRED = "expired", _("Expired (hold timed out)")
+
+
+class TransferKind(models.TextChoices):
+    TOP_UP = "top_up", _("Top-up")
+    USAGE = "usage", _("Usage (sell price)")
+    USAGE_COST = "usage_cost", _("Usage cost (buy price)")
+    HOLD = "hold", _("Hold")
+    PAYOUT = "payout", _("Supplier payout")
+    CORRECTION = "correction", _("Correction")
+    TRANSFER = "transfer", _("Transfer")
+
+
+class Transfer(models.Model):
+    idempotency_id = models.CharField(_("idempotency id"), max_length=200, unique=True)
+    debit_account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="debits", verbose_name=_("debit account"))
+    credit_account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="credits", verbose_name=_("credit account"))
+    amount = models.BigIntegerField(_("amount, micro-RUB"))
+    status = models.CharField(_("status"), max_length=16, choices=TransferStatus.choices)
+    kind = models.CharField(_("kind"), max_length=16, choices=TransferKind.choices, default=TransferKind.TRANSFER)
+    pending = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True, related_name="resolutions", verbose_name=_("hold posted"))
+    expires_at = models.DateTimeField(_("hold expires"), null=True, blank=True)
+    resolved_at = models.DateTimeField(_("hold resolved"), null=True, blank=True)
+    description = models.CharField(_("description"), max_length=300, blank=True)
+    metadata = models.JSONField(_("metadata"), default=dict, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = _("transfer")
+        verbose_name_plural = _("transfers")
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="transfer_amount_positive"),
+            models.CheckConstraint(condition=~Q(debit_account=F("credit_account")), name="transfer_accounts_differ"),
+            models.CheckConstraint(condition=~Q(status="pending") | Q(expires_at__isnull=False), name="hold_has_expiry"),
+            models.UniqueConstraint(fields=["pending"], condition=Q(pending__isnull=False), name="hold_posted_once"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "expires_at"], name="transfer_open_holds", condition=Q(status="pending")),
+            models.Index(fields=["debit_account", "created_at"], name="transfer_debit_time"),
+            models.Index(fields=["credit_account", "created_at"], name="transfer_credit_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.debit_account_id}→{self.credit_account_id} {self.amount} ({self.status})"
+
+
+class FxRate(models.Model):
+    """Rubles per one unit of a currency, versioned by time. Stored as integer micro-rubles."""
+
+    currency = models.CharField(_("currency"), max_length=3)
+    rub_per_unit = models.BigIntegerField(_("RUB per unit, micro-RUB"))
+    valid_from = models.DateTimeField(_("valid from"))
+    source = models.CharField(_("source"), max_length=64, blank=True, default="manual")
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("FX rate")
+        verbose_name_plural = _("FX rates")
+        ordering = ["currency", "-valid_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["currency", "valid_from"], name="fx_rate_version_unique"),
+            models.CheckConstraint(condition=Q(rub_per_unit__gt=0), name="fx_rate_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.currency} {self.rub_per_unit / 1_000_000:.4f} RUB @ {self.valid_from:%Y-%m-%d}"
+
+
+class UsageStatus(models.TextChoices):
+    OK = "ok", _("Success")
+    CLIENT_CLOSED = "client_closed", _("Client disconnected")
+    UPSTREAM_ERROR = "upstream_error", _("Upstream error")
+    REJECTED = "rejected", _("Rejected by policy")
+    INVALID = "invalid", _("Invalid request")
+    FAILED = "failed", _("Gateway error")
+
+
+class UsageRecord(models.Model):
+    """Exactly one per API request, whatever its outcome. Written idempotently by request id."""
+
+    request_id = models.CharField(_("request id"), max_length=64, unique=True)
+    token = models.ForeignKey("proxy.ApiToken", on_delete=models.PROTECT, null=True, blank=True, related_name="usage", verbose_name=_("token"))
+    company = models.ForeignKey("accounts.Company", on_delete=models.PROTECT, null=True, blank=True, related_name="usage", verbose_name=_("company"))
+    department = models.ForeignKey("accounts.Department", on_delete=models.PROTECT, null=True, blank=True, related_name="usage", verbose_name=_("department"))
+    endpoint = models.CharField(_("endpoint"), max_length=64, blank=True)
+    model_name = models.CharField(_("requested model"), max_length=128, blank=True)
+    model = models.ForeignKey("providers.Model", on_delete=models.PROTECT, null=True, blank=True, related_name="usage", verbose_name=_("model"))
+    provider = models.ForeignKey("providers.Provider", on_delete=models.PROTECT, null=True, blank=True, related_name="usage", verbose_name=_("provider"))
+    supplier_key = models.ForeignKey("providers.SupplierKey", on_delete=models.PROTECT, null=True, blank=True, related_name="usage", verbose_name=_("supplier key"))
+    price = models.ForeignKey("providers.Price", on_delete=models.PROTECT, null=True, blank=True, related_name="usage", verbose_name=_("price version"))
+    fx_rub_per_unit = models.BigIntegerField(_("FX used, micro-RUB"), null=True, blank=True)
+    stream = models.BooleanField(_("streaming"), default=False)
+    input_tokens = models.PositiveIntegerField(_("input tokens"), default=0)
+    output_tokens = models.PositiveIntegerField(_("output tokens"), default=0)
+    cached_tokens = models.PositiveIntegerField(_("cached input tokens"), default=0)
+    usage_counted_locally = models.BooleanField(_("tokens counted by the gateway"), default=False)
+    sell_cost = models.BigIntegerField(_("sell cost, micro-RUB"), default=0)
+    buy_cost = models.BigIntegerField(_("buy cost, micro-RUB"), default=0)
+    status = models.CharField(_("status"), max_length=16, choices=UsageStatus.choices)
+    http_status = models.PositiveSmallIntegerField(_("HTTP status"))
+    error_type = models.CharField(_("error type"), max_length=64, blank=True)
+    error_code = models.CharField(_("error code"), max_length=64, blank=True)
+    latency_ms = models.PositiveIntegerField(_("latency, ms"), default=0)
+    ttft_ms = models.PositiveIntegerField(_("time to first token, ms"), null=True, blank=True)
+    client_ip = models.GenericIPAddressField(_("client IP"), null=True, blank=True)
+    started_at = models.DateTimeField(_("started"))
+    finished_at = models.DateTimeField(_("finished"))
+    recorded_at = models.DateTimeField(_("recorded"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("usage record")
+        verbose_name_plural = _("usage records")
+        ordering = ["-started_at"]
+        indexes = [
+            models.Index(fields=["company", "started_at"], name="usage_company_time"),
+            models.Index(fields=["token", "started_at"], name="usage_token_time"),
+            models.Index(fields=["department", "started_at"], name="usage_department_time"),
+            models.Index(fields=["supplier_key", "started_at"], name="usage_key_time"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(sell_cost__gte=0, buy_cost__gte=0), name="usage_costs_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.model_name} {self.status}"

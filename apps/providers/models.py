@@ -1,0 +1,240 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from lib import crypto
+from lib.ssrf import UnsafeURLError, validate_outbound_url
+
+
+# GCM associated data: a blob encrypted for one purpose does not decrypt as another.
+_SUPPLIER_KEY_CONTEXT = "supplier-key"
+_EGRESS_CONTEXT = "egress-proxy"
+
+
+class ProviderKind(models.TextChoices):
+    OPENAI = "openai", "OpenAI"
+    ANTHROPIC = "anthropic", "Anthropic"
+    GEMINI = "gemini", "Google Gemini"
+    MISTRAL = "mistral", "Mistral"
+    DEEPSEEK = "deepseek", "DeepSeek"
+    GIGACHAT = "gigachat", "GigaChat"
+    YANDEXGPT = "yandexgpt", "YandexGPT"
+    QWEN = "qwen", "Qwen"
+    OPENAI_COMPATIBLE = "openai_compatible", _("OpenAI-compatible (vLLM, Ollama, …)")
+    MOCK = "mock", _("Mock (answers locally)")
+
+
+class Currency(models.TextChoices):
+    RUB = "RUB", _("Russian ruble")
+    USD = "USD", _("US dollar")
+    EUR = "EUR", _("Euro")
+    CNY = "CNY", _("Chinese yuan")
+
+
+class EgressProxy(models.Model):
+    """An outbound proxy through which upstream calls leave (per country)."""
+
+    slug = models.SlugField(_("slug"), max_length=64, unique=True)
+    country = models.CharField(_("country"), max_length=2, help_text=_("ISO 3166-1 alpha-2, e.g. NL"))
+    url_encrypted = models.TextField(_("URL (encrypted)"), editable=False,
+                                     help_text=_("May carry credentials, so it is stored like a supplier key."))
+    url_display = models.CharField(_("URL"), max_length=300, editable=False)
+    internal = models.BooleanField(_("internal address allowed"), default=False)
+    is_active = models.BooleanField(_("active"), default=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("egress proxy")
+        verbose_name_plural = _("egress proxies")
+        ordering = ["country", "slug"]
+
+    def __str__(self) -> str:
+        return f"{self.slug} ({self.country})"
+
+    def set_url(self, url: str) -> None:
+        from urllib.parse import urlsplit
+
+        try:
+            validate_outbound_url(url, internal=self.internal, schemes=("http", "https", "socks5"), resolve=False)
+        except UnsafeURLError as exc:
+            raise ValidationError({"url": str(exc)}) from None
+        parts = urlsplit(url)
+        self.url_encrypted = crypto.encrypt(url, context=_EGRESS_CONTEXT)
+        self.url_display = f"{parts.scheme}://{parts.hostname}:{parts.port or ''}".rstrip(":")
+
+    def reveal_url(self) -> str:
+        return crypto.decrypt(self.url_encrypted, context=_EGRESS_CONTEXT)
+
+    def clean(self) -> None:
+        self.country = (self.country or "").upper()
+        if len(self.country) != 2 or not self.country.isalpha():
+            raise ValidationError({"country": _("Use a two-letter country code.")})
+
+
+class Provider(models.Model):
+    slug = models.SlugField(_("slug"), max_length=64, unique=True)
+    name = models.CharField(_("name"), max_length=200, blank=True)
+    kind = models.CharField(_("kind"), max_length=32, choices=ProviderKind.choices)
+    base_url = models.URLField(_("base URL"), max_length=500, blank=True,
+                               help_text=_("Upstream API root, e.g. https://api.openai.com/v1. Empty for the mock kind."))
+    internal = models.BooleanField(_("internal address allowed"), default=False,
+                                   help_text=_("Allow loopback/private base URLs (local vLLM/Ollama nodes). Refused otherwise."))
+    egress = models.ForeignKey(EgressProxy, on_delete=models.PROTECT, null=True, blank=True, related_name="providers", verbose_name=_("egress proxy"))
+    options = models.JSONField(_("options"), default=dict, blank=True,
+                               help_text=_("Kind-specific options, e.g. for mock: latency_ms, chunks."))
+    is_active = models.BooleanField(_("active"), default=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("provider")
+        verbose_name_plural = _("providers")
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.name or self.slug
+
+    def clean(self) -> None:
+        if self.kind == ProviderKind.MOCK:
+            return
+        if not self.base_url:
+            raise ValidationError({"base_url": _("A base URL is required for this provider kind.")})
+        try:
+            validate_outbound_url(self.base_url, internal=self.internal)
+        except UnsafeURLError as exc:
+            raise ValidationError({"base_url": str(exc)}) from None
+
+
+class Modality(models.TextChoices):
+    CHAT = "chat", _("Chat")
+    COMPLETION = "completion", _("Text completion")
+    EMBEDDING = "embedding", _("Embedding")
+    IMAGE = "image", _("Image")
+    AUDIO = "audio", _("Audio")
+
+
+class Model(models.Model):
+    """A model as the developer names it, mapped to one provider's upstream model id."""
+
+    name = models.CharField(_("public name"), max_length=128, unique=True)
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models", verbose_name=_("provider"))
+    upstream_model = models.CharField(_("upstream model id"), max_length=200)
+    modality = models.CharField(_("modality"), max_length=16, choices=Modality.choices, default=Modality.CHAT)
+    context_window = models.PositiveIntegerField(_("context window, tokens"), default=128_000)
+    max_output_tokens = models.PositiveIntegerField(_("max output tokens"), default=16_384)
+    is_active = models.BooleanField(_("active"), default=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("model")
+        verbose_name_plural = _("models")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.max_output_tokens and self.context_window and self.max_output_tokens > self.context_window:
+            raise ValidationError({"max_output_tokens": _("Cannot exceed the context window.")})
+
+
+class PriceQuerySet(models.QuerySet):
+    def current_for(self, model: Model, at=None) -> Price | None:
+        return self.filter(model=model, valid_from__lte=at or timezone.now()).order_by("-valid_from").first()
+
+
+class Price(models.Model):
+    """A price version. Never edited: a new price is a new row with a later ``valid_from``.
+
+    Amounts are integer micro-units of ``currency`` per 1M tokens (0.15 USD → 150_000).
+    """
+
+    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="prices", verbose_name=_("model"))
+    currency = models.CharField(_("currency"), max_length=3, choices=Currency.choices, default=Currency.RUB)
+    input_per_1m = models.BigIntegerField(_("input per 1M tokens, micro-units"), validators=[MinValueValidator(0)])
+    output_per_1m = models.BigIntegerField(_("output per 1M tokens, micro-units"), validators=[MinValueValidator(0)])
+    cached_input_per_1m = models.BigIntegerField(_("cached input per 1M tokens, micro-units"), validators=[MinValueValidator(0)],
+                                                 help_text=_("Defaults to the input price."))
+    valid_from = models.DateTimeField(_("valid from"), default=timezone.now)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    objects = PriceQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("price")
+        verbose_name_plural = _("prices")
+        ordering = ["model__name", "-valid_from"]
+        get_latest_by = "valid_from"
+        constraints = [
+            models.UniqueConstraint(fields=["model", "valid_from"], name="price_version_unique"),
+            models.CheckConstraint(condition=models.Q(input_per_1m__gte=0, output_per_1m__gte=0, cached_input_per_1m__gte=0),
+                                   name="price_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} @ {self.valid_from:%Y-%m-%d %H:%M}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise ValidationError(_("Prices are versioned: add a new price instead of editing one."))
+        if self.cached_input_per_1m is None:
+            self.cached_input_per_1m = self.input_per_1m
+        super().save(*args, **kwargs)
+
+
+class SupplierKeyStatus(models.TextChoices):
+    ACTIVE = "active", _("Active")
+    DISABLED = "disabled", _("Disabled")
+    COOLDOWN = "cooldown", _("Cooling down")
+    EXHAUSTED = "exhausted", _("Exhausted (quota/balance)")
+    INVALID = "invalid", _("Invalid (rejected by the provider)")
+
+
+class SupplierKey(models.Model):
+    """An upstream API key bought from a supplier. The secret is stored AES-256-GCM encrypted."""
+
+    supplier = models.ForeignKey("accounts.Supplier", on_delete=models.PROTECT, related_name="keys", verbose_name=_("supplier"))
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="keys", verbose_name=_("provider"))
+    name = models.CharField(_("name"), max_length=100)
+    secret_encrypted = models.TextField(_("secret (encrypted)"), editable=False)
+    secret_key_id = models.CharField(_("encryption key id"), max_length=32, editable=False, db_index=True)
+    secret_last4 = models.CharField(_("last 4 characters"), max_length=4, editable=False)
+    weight = models.PositiveIntegerField(_("weight"), default=1, validators=[MinValueValidator(1)])
+    priority = models.IntegerField(_("priority"), default=0, help_text=_("Lower is tried first; weights balance within a priority."))
+    status = models.CharField(_("status"), max_length=16, choices=SupplierKeyStatus.choices, default=SupplierKeyStatus.ACTIVE)
+    status_reason = models.CharField(_("status reason"), max_length=300, blank=True)
+    buy_coefficient = models.DecimalField(_("buy coefficient"), max_digits=8, decimal_places=4, default=Decimal("1.0000"),
+                                          validators=[MinValueValidator(Decimal("0.0001"))],
+                                          help_text=_("Provider price × FX × this coefficient = what the platform owes the supplier."))
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("supplier key")
+        verbose_name_plural = _("supplier keys")
+        ordering = ["provider__slug", "priority", "name"]
+        constraints = [models.UniqueConstraint(fields=["provider", "name"], name="supplier_key_name_unique_per_provider")]
+
+    def __str__(self) -> str:
+        return f"{self.name} (…{self.secret_last4})"
+
+    def set_secret(self, secret: str) -> None:
+        secret = (secret or "").strip()
+        if len(secret) < 8:
+            raise ValidationError({"secret": _("The key looks too short.")})
+        self.secret_encrypted = crypto.encrypt(secret, context=_SUPPLIER_KEY_CONTEXT)
+        self.secret_key_id = crypto.key_id_of(self.secret_encrypted)
+        self.secret_last4 = secret[-4:]
+
+    def reveal_secret(self) -> str:
+        """Only the proxy (and re-encryption) may call this."""
+        return crypto.decrypt(self.secret_encrypted, context=_SUPPLIER_KEY_CONTEXT)
+
+    @property
+    def masked_secret(self) -> str:
+        return f"…{self.secret_last4}"

@@ -1,0 +1,78 @@
+"""Money is integer micro-rubles (1 RUB = 1_000_000). Decimal only at the edges (input, display).
+
+Prices are stored as integer micro-units of their currency per 1M tokens, FX rates as integer
+micro-rubles per currency unit, coefficients as Decimal with 4 places (exact, never float).
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+MICRO = 1_000_000
+COEF_SCALE = 10_000  # coefficients carry 4 decimal places
+
+
+class MoneyFormatError(ValueError):
+    pass
+
+
+def to_micro(value: str | int | Decimal, *, field: str = "amount", allow_zero: bool = True, allow_negative: bool = False) -> int:
+    """'1000.00' → 1_000_000_000. Refuses floats, more than 6 decimals, NaN/inf."""
+    if isinstance(value, float) or isinstance(value, bool):
+        raise MoneyFormatError(f"{field}: give amounts as strings or integers, not floats ({value!r})")
+    try:
+        dec = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise MoneyFormatError(f"{field}: {value!r} is not a number") from None
+    if not dec.is_finite():
+        raise MoneyFormatError(f"{field}: {value!r} is not a finite number")
+    scaled = dec * MICRO
+    if scaled != scaled.to_integral_value():
+        raise MoneyFormatError(f"{field}: {value!r} has more than 6 decimal places")
+    micro = int(scaled)
+    if micro < 0 and not allow_negative:
+        raise MoneyFormatError(f"{field}: {value!r} must not be negative")
+    if micro == 0 and not allow_zero:
+        raise MoneyFormatError(f"{field}: {value!r} must be greater than zero")
+    return micro
+
+
+def to_coefficient(value: str | int | Decimal, *, field: str = "coefficient") -> Decimal:
+    if isinstance(value, float) or isinstance(value, bool):
+        raise MoneyFormatError(f"{field}: give coefficients as strings, not floats ({value!r})")
+    try:
+        dec = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise MoneyFormatError(f"{field}: {value!r} is not a number") from None
+    if not dec.is_finite() or dec <= 0:
+        raise MoneyFormatError(f"{field}: {value!r} must be a positive number")
+    if dec != dec.quantize(Decimal("0.0001")):
+        raise MoneyFormatError(f"{field}: {value!r} has more than 4 decimal places")
+    if dec >= 10_000:
+        raise MoneyFormatError(f"{field}: {value!r} is too large")
+    return dec.quantize(Decimal("0.0001"))
+
+
+def coefficient_units(coef: Decimal) -> int:
+    return int(coef * COEF_SCALE)
+
+
+def cost_micro(*, tokens_by_price: list[tuple[int, int]], fx_micro: int, coefficient: Decimal) -> int:
+    """Exact cost in micro-rubles, rounded up once per request.
+
+    ``tokens_by_price``: (token count, price in micro-currency per 1M tokens) pairs.
+    cost = Σ tokens·price / 1e6 [micro-currency] · fx / 1e6 [RUB/currency] · coef → micro-RUB.
+    """
+    numerator = sum(tokens * price for tokens, price in tokens_by_price) * fx_micro * coefficient_units(coefficient)
+    denominator = MICRO * MICRO * COEF_SCALE
+    return -(-numerator // denominator)
+
+
+def format_rub(micro: int, places: int = 2) -> str:
+    """Display only: 1_234_567_890 → '1234.57'."""
+    quant = Decimal(1).scaleb(-places)
+    return str((Decimal(micro) / MICRO).quantize(quant, rounding=ROUND_HALF_UP))
+
+
+def micro_to_decimal(micro: int) -> Decimal:
+    return Decimal(micro) / MICRO
