@@ -11,7 +11,6 @@ from django.utils.translation import gettext_lazy as _
 from lib import crypto
 from lib.ssrf import UnsafeURLError, validate_outbound_url
 
-
 # GCM associated data: a blob encrypted for one purpose does not decrypt as another.
 _SUPPLIER_KEY_CONTEXT = "supplier-key"
 _EGRESS_CONTEXT = "egress-proxy"
