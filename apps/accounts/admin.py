@@ -1,0 +1,182 @@
+"""Superadmin pages for users (email login), companies, departments, suppliers and memberships."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
+from django.db.models import F, OuterRef, Subquery
+from django.http import HttpRequest
+from django.utils.translation import gettext_lazy as _
+
+from apps.accounts.models import Company, Department, Membership, Supplier, SupplierMembership, User
+from apps.billing.admin import MicroAmountField
+from apps.billing.models import Account, AccountKind
+from lib.money import format_rub
+
+
+class UserCreationForm(BaseUserCreationForm):
+    """Email + password twice (the password validators run on it)."""
+
+    class Meta:
+        model = User
+        fields = ["email", "full_name", "language"]
+
+
+class UserEditForm(UserChangeForm):
+    class Meta:
+        model = User
+        fields = "__all__"
+        field_classes: dict[str, Any] = {}
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user", "company"]
+    fields = ["company", "user", "role", "created_at"]
+    readonly_fields = ["created_at"]
+
+
+class SupplierMembershipInline(admin.TabularInline):
+    model = SupplierMembership
+    extra = 0
+    autocomplete_fields = ["user", "supplier"]
+    fields = ["supplier", "user", "role", "created_at"]
+    readonly_fields = ["created_at"]
+
+
+class UserMembershipInline(MembershipInline):
+    fields = ["company", "role", "created_at"]
+
+
+class UserSupplierMembershipInline(SupplierMembershipInline):
+    fields = ["supplier", "role", "created_at"]
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    form = UserEditForm
+    add_form = UserCreationForm
+    list_display = ["email", "full_name", "language", "is_active", "is_staff", "is_superuser", "last_login", "date_joined"]
+    list_filter = ["is_active", "is_staff", "is_superuser", "language"]
+    search_fields = ["email", "full_name"]
+    ordering = ["email"]
+    date_hierarchy = "date_joined"
+    filter_horizontal = ["groups", "user_permissions"]
+    readonly_fields = ["last_login", "date_joined"]
+    fieldsets = [
+        (None, {"fields": ["email", "password"]}),
+        (_("Personal info"), {"fields": ["full_name", "language"]}),
+        (_("Permissions"), {"fields": ["is_active", "is_staff", "is_superuser", "groups", "user_permissions"]}),
+        (_("Important dates"), {"fields": ["last_login", "date_joined"]}),
+    ]
+    add_fieldsets = [
+        (None, {"classes": ["wide"], "fields": ["email", "full_name", "language", "password1", "password2"]}),
+    ]
+
+    def get_inlines(self, request: HttpRequest, obj: User | None) -> list[type[admin.options.InlineModelAdmin]]:
+        return [] if obj is None else [UserMembershipInline, UserSupplierMembershipInline]
+
+
+class DepartmentForm(forms.ModelForm):
+    monthly_budget = MicroAmountField(
+        label=_("monthly budget, RUB"), required=False,
+        help_text=_("Spend cap per calendar month for all tokens of this department; empty = none."),
+    )
+
+    class Meta:
+        model = Department
+        fields = ["company", "parent", "slug", "name", "monthly_budget"]
+
+
+def _monthly_budget(obj: Department) -> str:
+    return "—" if obj.monthly_budget is None else f"{format_rub(obj.monthly_budget)} ₽"
+
+
+class DepartmentInline(admin.TabularInline):
+    model = Department
+    form = DepartmentForm
+    fk_name = "company"
+    extra = 0
+    autocomplete_fields = ["parent"]
+    fields = ["slug", "name", "parent", "monthly_budget"]
+    show_change_link = True
+
+
+class CompanyMembershipInline(MembershipInline):
+    fields = ["user", "role", "created_at"]
+
+
+@admin.register(Company)
+class CompanyAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "sell_coefficient", "wallet_balance", "is_active", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+    date_hierarchy = "created_at"
+    fields = ["name", "slug", "time_zone", "sell_coefficient", "is_active"]
+    inlines = [DepartmentInline, CompanyMembershipInline]
+
+    def get_queryset(self, request: HttpRequest):
+        wallet = Account.objects.filter(kind=AccountKind.COMPANY_WALLET, company=OuterRef("pk"))
+        return super().get_queryset(request).annotate(
+            _wallet_balance=Subquery(wallet.values(balance=F("posted_credits") - F("posted_debits"))[:1]))
+
+    @admin.display(description=_("wallet balance, RUB"), ordering="_wallet_balance")
+    def wallet_balance(self, obj: Company) -> str:
+        value = getattr(obj, "_wallet_balance", None)
+        return "—" if value is None else f"{format_rub(value)} ₽"
+
+
+@admin.register(Department)
+class DepartmentAdmin(admin.ModelAdmin):
+    form = DepartmentForm
+    list_display = ["name", "slug", "company", "parent", "budget", "created_at"]
+    search_fields = ["name", "slug", "company__name", "company__slug"]
+    list_filter = ["company"]
+    list_select_related = ["company", "parent__company"]
+    autocomplete_fields = ["company", "parent"]
+    date_hierarchy = "created_at"
+
+    @admin.display(description=_("monthly budget, RUB"), ordering="monthly_budget")
+    def budget(self, obj: Department) -> str:
+        return _monthly_budget(obj)
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "company", "role", "created_at"]
+    list_filter = ["role"]
+    search_fields = ["user__email", "company__name", "company__slug"]
+    list_select_related = ["user", "company"]
+    autocomplete_fields = ["user", "company"]
+    date_hierarchy = "created_at"
+
+
+class SupplierSupplierMembershipInline(SupplierMembershipInline):
+    fields = ["user", "role", "created_at"]
+
+
+@admin.register(Supplier)
+class SupplierAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "is_active", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+    date_hierarchy = "created_at"
+    fields = ["name", "slug", "is_active"]
+    inlines = [SupplierSupplierMembershipInline]
+
+
+@admin.register(SupplierMembership)
+class SupplierMembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "supplier", "role", "created_at"]
+    list_filter = ["role"]
+    search_fields = ["user__email", "supplier__name", "supplier__slug"]
+    list_select_related = ["user", "supplier"]
+    autocomplete_fields = ["user", "supplier"]
+    date_hierarchy = "created_at"
