@@ -1,0 +1,17 @@
+"""Billing background tasks: thin wrappers around services, safe to run twice."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from apps.billing import services
+
+
+@shared_task(name="apps.billing.tasks.void_expired_holds", ignore_result=True)
+def void_expired_holds() -> int:
+    """Release holds past their expiry (beat runs this every 30 s; see CELERY_BEAT_SCHEDULE).
+
+    Two overlapping runs are harmless: expire_holds skips holds another run has locked, and a
+    hold expired once is no longer pending.
+    """
+    return services.expire_holds()
