@@ -1,7 +1,8 @@
 """ASGI entry point: a Channels ProtocolTypeRouter.
 
-HTTP under /v1/ goes to the proxy app (no Django middleware on the hot path); everything
-else is Django. Runs under uvicorn (production default) and daphne.
+HTTP under /v1/ goes straight to the proxy app (no Django middleware on the hot path);
+everything else is Django (cabinets, admin, REST API). Runs under uvicorn (the measured
+production default, see docs/benchmarks.md) and under daphne.
 """
 
 from __future__ import annotations
@@ -15,4 +16,17 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_app = get_asgi_application()
 
-application = ProtocolTypeRouter({"http": django_app})
+from apps.proxy.app import ProxyApp  # noqa: E402  (needs the apps loaded)
+
+proxy_app = ProxyApp()
+
+
+async def http_router(scope, receive, send):
+    path = scope["path"]
+    if path.startswith("/v1/") or path == "/v1":
+        await proxy_app(scope, receive, send)
+    else:
+        await django_app(scope, receive, send)
+
+
+application = ProtocolTypeRouter({"http": http_router, "lifespan": proxy_app.lifespan})

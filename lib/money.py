@@ -57,15 +57,21 @@ def coefficient_units(coef: Decimal) -> int:
     return int(coef * COEF_SCALE)
 
 
-def cost_micro(*, tokens_by_price: list[tuple[int, int]], fx_micro: int, coefficient: Decimal) -> int:
-    """Exact cost in micro-rubles, rounded up once per request.
+_COST_DENOMINATOR = MICRO * MICRO * COEF_SCALE
 
-    ``tokens_by_price``: (token count, price in micro-currency per 1M tokens) pairs.
-    cost = Σ tokens·price / 1e6 [micro-currency] · fx / 1e6 [RUB/currency] · coef → micro-RUB.
+
+def cost_from_units(token_price_sum: int, fx_micro: int, coef_units: int) -> int:
+    """Exact cost in micro-rubles, rounded up once per request (integers only: the hot path).
+
+    ``token_price_sum`` = Σ tokens × price (micro-currency per 1M tokens);
+    cost = sum / 1e6 [micro-currency] × fx / 1e6 [RUB per unit] × coef → micro-RUB.
     """
-    numerator = sum(tokens * price for tokens, price in tokens_by_price) * fx_micro * coefficient_units(coefficient)
-    denominator = MICRO * MICRO * COEF_SCALE
-    return -(-numerator // denominator)
+    return -(-(token_price_sum * fx_micro * coef_units) // _COST_DENOMINATOR)
+
+
+def cost_micro(*, tokens_by_price: list[tuple[int, int]], fx_micro: int, coefficient: Decimal) -> int:
+    """``tokens_by_price``: (token count, price in micro-currency per 1M tokens) pairs."""
+    return cost_from_units(sum(t * p for t, p in tokens_by_price), fx_micro, coefficient_units(coefficient))
 
 
 def format_rub(micro: int, places: int = 2) -> str:

@@ -9,3 +9,8 @@ class ProxyConfig(AppConfig):
     label = "proxy"
     verbose_name = _("Proxy")
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import signals
+
+        signals.connect()

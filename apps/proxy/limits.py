@@ -1,0 +1,239 @@
+"""Spend and rate limits in Redis: atomic, global across replicas, two round trips a request.
+
+Reserve (one Lua call, before upstream) checks and takes, all or nothing: the company's
+available funds, the token's total/weekly/monthly spend, the department's monthly budget, RPM
+and TPM (sliding window over two one-minute buckets). It also records the reservation in the
+``js:holds`` sorted set with an expiry. Settle (one Lua call, after upstream) swaps the
+reservation for the actual cost, removes the hold and appends the usage event to the
+``js:usage`` stream — in one atomic step, so money counted is never without its record.
+
+Company funds never live only in Redis: the hash ``js:co:<id>`` keeps the ledger's posted
+credits/debits (merged with max(): both only grow, so a stale writer can never roll them
+back), ``lim`` (credit limit less open ledger holds) and ``out`` (reserved + settled spend the
+meter writer has not yet committed to the ledger). available = cr + lim − db − out. The writer
+lowers ``out`` and raises ``db`` in one script after each commit, so spend is always counted
+exactly once or (briefly) twice, never zero times.
+
+A worker that dies between reserve and settle leaves its hold; the sweeper (``sweep``) releases
+expired holds and records the request as failed, atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import orjson
+
+STREAM_KEY = "js:usage"
+HOLDS_KEY = "js:holds"
+WINDOW_TTL = 40 * 24 * 3600  # week/month counters outlive their window, then expire
+
+_COMMON = """
+local function num(v) if v == false or v == nil then return 0 end return tonumber(v) end
+local function fmt(v) return string.format('%d', v) end
+"""
+
+RESERVE = _COMMON + """
+-- KEYS: co, total, week, month, dept, rpm_cur, rpm_prev, tpm_cur, tpm_prev, holds
+-- ARGV: amount, lim_total, lim_week, lim_month, lim_dept, rpm, tpm, tpm_est, frac, hold_expiry, hold_member, ttl, has_dept
+local amount = tonumber(ARGV[1])
+local has_dept = ARGV[13] == '1'
+local missing = {}
+if redis.call('HEXISTS', KEYS[1], 'cr') == 0 then missing[#missing+1] = 'co' end
+if redis.call('EXISTS', KEYS[2]) == 0 then missing[#missing+1] = 'total' end
+if redis.call('EXISTS', KEYS[3]) == 0 then missing[#missing+1] = 'week' end
+if redis.call('EXISTS', KEYS[4]) == 0 then missing[#missing+1] = 'month' end
+if has_dept and redis.call('EXISTS', KEYS[5]) == 0 then missing[#missing+1] = 'dept' end
+if #missing > 0 then table.insert(missing, 1, 1) return missing end
+
+local frac = tonumber(ARGV[9])
+local rpm_left, tpm_left = -1, -1
+if ARGV[6] ~= '' then
+  local limit = tonumber(ARGV[6])
+  local cur, prev = num(redis.call('GET', KEYS[6])), num(redis.call('GET', KEYS[7]))
+  local used = prev * (1 - frac) + cur
+  if used + 1 > limit then
+    local wait = 60 * (1 - frac)
+    if cur + 1 <= limit and prev > 0 then wait = math.max(1, 60 * ((1 - (limit - cur - 1) / prev) - frac)) end
+    return {2, 'rpm', fmt(limit), fmt(math.floor(used)), fmt(math.ceil(wait))}
+  end
+  rpm_left = math.floor(limit - used - 1)
+end
+if ARGV[7] ~= '' then
+  local limit, est = tonumber(ARGV[7]), tonumber(ARGV[8])
+  local cur, prev = num(redis.call('GET', KEYS[8])), num(redis.call('GET', KEYS[9]))
+  local used = prev * (1 - frac) + cur
+  if used + est > limit then
+    return {2, 'tpm', fmt(limit), fmt(math.floor(used)), fmt(math.ceil(60 * (1 - frac)))}
+  end
+  tpm_left = math.floor(limit - used - est)
+end
+local co = redis.call('HMGET', KEYS[1], 'cr', 'db', 'lim', 'out')
+local available = num(co[1]) + num(co[3]) - num(co[2]) - num(co[4])
+if amount > available then return {2, 'balance', fmt(available), fmt(amount)} end
+local spent_total = num(redis.call('GET', KEYS[2]))
+if ARGV[2] ~= '' and spent_total + amount > tonumber(ARGV[2]) then return {2, 'total', ARGV[2], fmt(spent_total)} end
+local spent_week = num(redis.call('GET', KEYS[3]))
+if ARGV[3] ~= '' and spent_week + amount > tonumber(ARGV[3]) then return {2, 'weekly', ARGV[3], fmt(spent_week)} end
+local spent_month = num(redis.call('GET', KEYS[4]))
+if ARGV[4] ~= '' and spent_month + amount > tonumber(ARGV[4]) then return {2, 'monthly', ARGV[4], fmt(spent_month)} end
+if has_dept and ARGV[5] ~= '' then
+  local spent_dept = num(redis.call('GET', KEYS[5]))
+  if spent_dept + amount > tonumber(ARGV[5]) then return {2, 'department', ARGV[5], fmt(spent_dept)} end
+end
+if amount > 0 then
+  redis.call('HINCRBY', KEYS[1], 'out', fmt(amount))
+  redis.call('INCRBY', KEYS[2], fmt(amount))
+  redis.call('INCRBY', KEYS[3], fmt(amount))
+  redis.call('INCRBY', KEYS[4], fmt(amount))
+  if has_dept then redis.call('INCRBY', KEYS[5], fmt(amount)) end
+end
+if ARGV[6] ~= '' then redis.call('INCR', KEYS[6]) redis.call('EXPIRE', KEYS[6], 130) end
+if ARGV[7] ~= '' then redis.call('INCRBY', KEYS[8], ARGV[8]) redis.call('EXPIRE', KEYS[8], 130) end
+redis.call('ZADD', KEYS[10], ARGV[10], ARGV[11])
+return {0, fmt(rpm_left), fmt(tpm_left)}
+"""
+
+SETTLE = _COMMON + """
+-- KEYS: co, total, week, month, dept, tpm_cur, holds, stream
+-- ARGV: reserved, actual, tpm_delta, hold_member, event, has_dept
+local removed = redis.call('ZREM', KEYS[7], ARGV[4])
+local reserved, actual = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- A hold the sweeper already released must not be released twice: count the actual only.
+local delta = actual
+if removed == 1 then delta = actual - reserved end
+if delta ~= 0 then
+  redis.call('HINCRBY', KEYS[1], 'out', fmt(delta))
+  redis.call('INCRBY', KEYS[2], fmt(delta))
+  redis.call('INCRBY', KEYS[3], fmt(delta))
+  redis.call('INCRBY', KEYS[4], fmt(delta))
+  if ARGV[6] == '1' then redis.call('INCRBY', KEYS[5], fmt(delta)) end
+end
+local tpm_delta = tonumber(ARGV[3])
+if tpm_delta ~= 0 and redis.call('EXISTS', KEYS[6]) == 1 then redis.call('INCRBY', KEYS[6], fmt(tpm_delta)) end
+redis.call('XADD', KEYS[8], '*', 'e', ARGV[5])
+return removed
+"""
+
+INIT = _COMMON + """
+-- KEYS: co, total, week, month, dept ; ARGV: cr, db, lim, total, week, month, dept, has_dept, ttl
+local function maxset(key, field, value)
+  local cur = redis.call('HGET', key, field)
+  if cur == false or tonumber(cur) < tonumber(value) then redis.call('HSET', key, field, value) end
+end
+maxset(KEYS[1], 'cr', ARGV[1])
+maxset(KEYS[1], 'db', ARGV[2])
+redis.call('HSET', KEYS[1], 'lim', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'out', '0')
+redis.call('SET', KEYS[2], ARGV[4], 'NX')
+redis.call('SET', KEYS[3], ARGV[5], 'NX', 'EX', ARGV[9])
+redis.call('SET', KEYS[4], ARGV[6], 'NX', 'EX', ARGV[9])
+if ARGV[8] == '1' then redis.call('SET', KEYS[5], ARGV[7], 'NX', 'EX', ARGV[9]) end
+return 1
+"""
+
+# After the meter writer commits a batch: per company, merge the ledger sums it read after the
+# commit and lower `out` by what it wrote; acknowledge the stream entries in the same step.
+ACK = _COMMON + """
+-- KEYS: stream, co_1..co_n ; ARGV: group, n, (cr, db, lim, written)*n, ids...
+local n = tonumber(ARGV[2])
+for i = 1, n do
+  local base = 2 + (i - 1) * 4
+  local key = KEYS[1 + i]
+  local cr, db = redis.call('HGET', key, 'cr'), redis.call('HGET', key, 'db')
+  if cr ~= false then
+    if tonumber(cr) < tonumber(ARGV[base + 1]) then redis.call('HSET', key, 'cr', ARGV[base + 1]) end
+    if db == false or tonumber(db) < tonumber(ARGV[base + 2]) then redis.call('HSET', key, 'db', ARGV[base + 2]) end
+    redis.call('HSET', key, 'lim', ARGV[base + 3])
+    if tonumber(ARGV[base + 4]) ~= 0 then redis.call('HINCRBY', key, 'out', '-' .. ARGV[base + 4]) end
+  end
+end
+local acked = 0
+for i = 3 + n * 4, #ARGV do acked = acked + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) end
+return acked
+"""
+
+# Ledger sums changed outside usage (top-up, correction, credit limit): merge them in.
+SYNC_FUNDS = _COMMON + """
+-- KEYS: co ; ARGV: cr, db, lim
+if redis.call('HEXISTS', KEYS[1], 'cr') == 0 then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'cr')) < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'cr', ARGV[1]) end
+local db = redis.call('HGET', KEYS[1], 'db')
+if db == false or tonumber(db) < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'db', ARGV[2]) end
+redis.call('HSET', KEYS[1], 'lim', ARGV[3])
+return 1
+"""
+
+SWEEP = _COMMON + """
+-- KEYS: holds, stream ; ARGV: now, max
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local released = 0
+for _, member in ipairs(expired) do
+  if redis.call('ZREM', KEYS[1], member) == 1 then
+    local hold = cjson.decode(member)
+    local amount = tonumber(hold.amount)
+    if amount > 0 then
+      redis.call('HINCRBY', hold.keys[1], 'out', fmt(-amount))
+      for i = 2, #hold.keys do redis.call('INCRBY', hold.keys[i], fmt(-amount)) end
+    end
+    redis.call('XADD', KEYS[2], '*', 'e', hold.event)
+    released = released + 1
+  end
+end
+return released
+"""
+
+
+def company_key(company_id: int) -> str:
+    return f"js:co:{company_id}"
+
+
+def total_key(token_id: int) -> str:
+    return f"js:tk:{token_id}:total"
+
+
+def week_key(token_id: int, week: str) -> str:
+    return f"js:tk:{token_id}:w:{week}"
+
+
+def month_key(token_id: int, month: str) -> str:
+    return f"js:tk:{token_id}:m:{month}"
+
+
+def dept_key(department_id: int | None, month: str) -> str:
+    return f"js:dp:{department_id or 0}:m:{month}"
+
+
+@dataclass(slots=True)
+class SpendKeys:
+    co: str
+    total: str
+    week: str
+    month: str
+    dept: str
+    has_dept: bool
+
+    def as_list(self) -> list[str]:
+        return [self.co, self.total, self.week, self.month, self.dept]
+
+    def hold_keys(self) -> list[str]:
+        keys = [self.co, self.total, self.week, self.month]
+        if self.has_dept:
+            keys.append(self.dept)
+        return keys
+
+
+def rate_keys(token_id: int, now: float) -> tuple[str, str, str, str, str]:
+    minute = int(now // 60)
+    frac = f"{(now % 60) / 60:.4f}"
+    return (f"js:rl:{token_id}:r:{minute}", f"js:rl:{token_id}:r:{minute - 1}",
+            f"js:rl:{token_id}:t:{minute}", f"js:rl:{token_id}:t:{minute - 1}", frac)
+
+
+def hold_member(*, request_id: str, keys: SpendKeys, amount: int, failure_event: bytes) -> bytes:
+    return orjson.dumps({"rid": request_id, "amount": amount, "keys": keys.hold_keys(), "event": failure_event.decode()})
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import signal
+
+from django.core.management.base import BaseCommand
+
+from apps.proxy.metering import MeterWriter
+
+
+class Command(BaseCommand):
+    help = "Write usage events from the Redis stream to PostgreSQL (usage records + ledger transfers)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--batch-size", type=int, default=1000)
+        parser.add_argument("--block-ms", type=int, default=100)
+        parser.add_argument("--consumer", default=None, help="Consumer name in the 'meter' group (default: host-pid).")
+        parser.add_argument("--stop-after", type=float, default=None, help="Exit after this many seconds (tests).")
+
+    def handle(self, *args, batch_size, block_ms, consumer, stop_after, **options):
+        writer = MeterWriter(batch_size=batch_size, block_ms=block_ms, consumer=consumer)
+
+        def stop(signum, frame):  # finish the batch in hand, then exit
+            raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, stop)
+        self.stdout.write(f"meter writer {writer.consumer} started")
+        try:
+            writer.run(stop_after=stop_after)
+        finally:
+            self.stdout.write(f"meter writer {writer.consumer} stopped after {writer.written} events")

@@ -1,0 +1,297 @@
+"""In-process snapshots of what the hot path needs: tokens by hash and the routing table.
+
+No ORM query per request in the steady state: a token is loaded once (in a dedicated loader
+thread, off the event loop) and kept until the config version changes. Every write to a token,
+company, department, model, price, FX rate, provider or supplier key bumps the version key in
+Redis on commit (see ``bump_config_version``); each proxy worker polls that key every
+``POLL_SECONDS`` (one GET per worker, not per request), so a block, revoke or limit change
+reaches every replica within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import time
+import zoneinfo
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from lib.money import coefficient_units
+
+logger = logging.getLogger(__name__)
+
+VERSION_KEY = "js:cfg:version"
+POLL_SECONDS = 0.2
+MAX_AGE_SECONDS = 60.0  # safety net for changes made behind Django's back (raw SQL)
+
+
+@dataclass(slots=True, frozen=True)
+class TokenSnapshot:
+    id: int
+    name: str
+    company_id: int
+    company_name: str
+    company_active: bool
+    department_id: int | None
+    department_budget: int | None
+    status: str
+    status_reason: str
+    expires_at: float | None
+    limit_total: int | None
+    limit_weekly: int | None
+    limit_monthly: int | None
+    rpm: int | None
+    tpm: int | None
+    models_allow: frozenset[str]
+    models_deny: frozenset[str]
+    ip_networks: tuple
+    max_distinct_ips: int | None
+    time_zone: zoneinfo.ZoneInfo
+    sell_coef_units: int
+
+    def may_use(self, model: str) -> bool:
+        if model in self.models_deny:
+            return False
+        return not self.models_allow or model in self.models_allow
+
+
+@dataclass(slots=True)
+class KeyRoute:
+    id: int
+    supplier_id: int
+    secret: str
+    weight: int
+    priority: int
+    buy_coef_units: int
+    cooldown_until: float = 0.0
+
+
+@dataclass(slots=True)
+class ModelRoute:
+    id: int
+    name: str
+    modality: str
+    upstream_model: str
+    context_window: int
+    max_output_tokens: int
+    created: int
+    provider_id: int
+    provider_kind: str
+    provider_slug: str
+    base_url: str
+    provider_options: dict
+    egress_url: str | None
+    price_id: int | None
+    price_input: int
+    price_output: int
+    price_cached: int
+    fx_micro: int | None
+    keys: list[KeyRoute] = field(default_factory=list)
+
+    @property
+    def priced(self) -> bool:
+        return self.price_id is not None and self.fx_micro is not None
+
+    def pick_keys(self) -> list[KeyRoute]:
+        """Keys to try in order: by priority, weighted-random within one, cooled-down ones last."""
+        now = time.monotonic()
+        ready = [k for k in self.keys if k.cooldown_until <= now]
+        cooling = [k for k in self.keys if k.cooldown_until > now]
+        ordered: list[KeyRoute] = []
+        for priority in sorted({k.priority for k in ready}):
+            group = [k for k in ready if k.priority == priority]
+            while group:
+                pick = random.choices(group, weights=[k.weight for k in group])[0]
+                ordered.append(pick)
+                group.remove(pick)
+        return ordered + sorted(cooling, key=lambda k: k.cooldown_until)
+
+
+def _load_token(key_hash: str) -> TokenSnapshot | None:
+    from apps.proxy.models import ApiToken
+
+    close_old_connections()
+    token = (ApiToken.objects.select_related("company", "department").filter(key_hash=key_hash).first())
+    if token is None:
+        return None
+    networks = []
+    for cidr in token.ip_allow:
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            logger.warning("token %s has an invalid CIDR in its allow-list; ignoring it", token.pk)
+    return TokenSnapshot(
+        id=token.pk,
+        name=token.name,
+        company_id=token.company_id,
+        company_name=token.company.name,
+        company_active=token.company.is_active,
+        department_id=token.department_id,
+        department_budget=token.department.monthly_budget if token.department_id else None,
+        status=token.status,
+        status_reason=token.status_reason,
+        expires_at=token.expires_at.timestamp() if token.expires_at else None,
+        limit_total=token.limit_total,
+        limit_weekly=token.limit_weekly,
+        limit_monthly=token.limit_monthly,
+        rpm=token.rpm,
+        tpm=token.tpm,
+        models_allow=frozenset(token.models_allow),
+        models_deny=frozenset(token.models_deny),
+        ip_networks=tuple(networks),
+        max_distinct_ips=token.max_distinct_ips,
+        time_zone=zoneinfo.ZoneInfo(token.company.time_zone),
+        sell_coef_units=coefficient_units(token.company.sell_coefficient),
+    )
+
+
+def _load_routes() -> dict[str, ModelRoute]:
+    from django.utils import timezone
+
+    from apps.billing.models import FxRate
+    from apps.providers.models import Model, Price, SupplierKey, SupplierKeyStatus
+
+    close_old_connections()
+    now = timezone.now()
+    fx: dict[str, int] = {"RUB": 1_000_000}
+    for rate in FxRate.objects.filter(valid_from__lte=now).order_by("currency", "-valid_from").distinct("currency"):
+        fx[rate.currency] = rate.rub_per_unit
+    prices = {p.model_id: p for p in Price.objects.filter(valid_from__lte=now).order_by("model_id", "-valid_from").distinct("model_id")}
+    keys: dict[int, list[KeyRoute]] = {}
+    for key in SupplierKey.objects.filter(status=SupplierKeyStatus.ACTIVE, supplier__is_active=True):
+        try:
+            secret = key.reveal_secret()
+        except Exception:  # a key we cannot decrypt is unusable, never fatal
+            logger.error("supplier key %s cannot be decrypted (key id %s); skipping it", key.pk, key.secret_key_id)
+            continue
+        keys.setdefault(key.provider_id, []).append(
+            KeyRoute(key.pk, key.supplier_id, secret, key.weight, key.priority, coefficient_units(key.buy_coefficient)))
+    routes: dict[str, ModelRoute] = {}
+    for model in Model.objects.select_related("provider", "provider__egress").filter(is_active=True, provider__is_active=True):
+        provider = model.provider
+        price = prices.get(model.pk)
+        egress_url = None
+        if provider.egress_id and provider.egress.is_active:
+            egress_url = provider.egress.reveal_url()
+        routes[model.name] = ModelRoute(
+            id=model.pk, name=model.name, modality=model.modality, upstream_model=model.upstream_model or model.name,
+            context_window=model.context_window, max_output_tokens=model.max_output_tokens,
+            created=int(model.created_at.timestamp()),
+            provider_id=provider.pk, provider_kind=provider.kind, provider_slug=provider.slug,
+            base_url=provider.base_url.rstrip("/"), provider_options=dict(provider.options or {}), egress_url=egress_url,
+            price_id=price.pk if price else None,
+            price_input=price.input_per_1m if price else 0, price_output=price.output_per_1m if price else 0,
+            price_cached=price.cached_input_per_1m if price else 0,
+            fx_micro=fx.get(price.currency) if price else None,
+            keys=keys.get(provider.pk, []),
+        )
+    return routes
+
+
+class SnapshotCache:
+    def __init__(self, redis) -> None:
+        self._redis = redis
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="js-snapshot")
+        self._tokens: dict[str, tuple[TokenSnapshot | None, float]] = {}
+        self._inflight: dict[str, asyncio.Future] = {}
+        self._routes: dict[str, ModelRoute] = {}
+        self._routes_loaded = 0.0
+        self._version: bytes | None = b"unset"
+        self._poller: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._version = await self._redis.execute("GET", VERSION_KEY)
+        await self.reload_routes()
+        self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def stop(self) -> None:
+        if self._poller:
+            self._poller.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                version = await self._redis.execute("GET", VERSION_KEY)
+                stale = time.monotonic() - self._routes_loaded > MAX_AGE_SECONDS
+                if version != self._version or stale:
+                    self._version = version
+                    self._tokens.clear()
+                    await self.reload_routes()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("config poll failed; keeping the current snapshot")
+
+    async def reload_routes(self) -> None:
+        loop = asyncio.get_running_loop()
+        routes = await loop.run_in_executor(self._executor, _load_routes)
+        # Keep key health (cooldowns) across reloads.
+        for name, route in routes.items():
+            old = self._routes.get(name)
+            if old:
+                cooling = {k.id: k.cooldown_until for k in old.keys}
+                for key in route.keys:
+                    key.cooldown_until = cooling.get(key.id, 0.0)
+        self._routes = routes
+        self._routes_loaded = time.monotonic()
+
+    def route(self, model: str) -> ModelRoute | None:
+        return self._routes.get(model)
+
+    def routes(self) -> dict[str, ModelRoute]:
+        return self._routes
+
+    async def token(self, key_hash: str) -> TokenSnapshot | None:
+        cached = self._tokens.get(key_hash)
+        if cached is not None and time.monotonic() - cached[1] < MAX_AGE_SECONDS:
+            return cached[0]
+        pending = self._inflight.get(key_hash)
+        if pending is None:
+            loop = asyncio.get_running_loop()
+            pending = loop.run_in_executor(self._executor, _load_token, key_hash)
+            self._inflight[key_hash] = pending
+            try:
+                snapshot = await pending
+            finally:
+                self._inflight.pop(key_hash, None)
+            if len(self._tokens) > 100_000:  # unknown-token floods must not grow memory without bound
+                self._tokens.clear()
+            self._tokens[key_hash] = (snapshot, time.monotonic())
+            return snapshot
+        return await pending
+
+
+def bump_config_version() -> None:
+    """Tell every proxy worker to drop its snapshots (called on commit of any relevant change)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        client.incr(VERSION_KEY)
+        client.close()
+    except redis.RedisError:
+        logger.exception("could not bump the proxy config version; workers refresh within %ss anyway", MAX_AGE_SECONDS)
+
+
+def window_ids(tz: zoneinfo.ZoneInfo, now: float) -> tuple[str, str, float, float]:
+    """Calendar windows in the company's zone: ISO week id, month id, and their end timestamps."""
+    local = datetime.fromtimestamp(now, tz)
+    year, week, _ = local.isocalendar()
+    start_of_day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    from datetime import timedelta
+
+    week_end = (start_of_day - timedelta(days=local.weekday()) + timedelta(days=7))
+    month_end = (start_of_day.replace(day=1) + timedelta(days=32)).replace(day=1)
+    # Normalise across DST changes: build the boundary in the zone's wall clock.
+    week_end = week_end.replace(tzinfo=None).replace(tzinfo=tz)
+    month_end = month_end.replace(tzinfo=None).replace(tzinfo=tz)
+    return f"{year}-W{week:02d}", f"{local.year}-{local.month:02d}", week_end.timestamp(), month_end.timestamp()

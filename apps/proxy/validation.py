@@ -1,0 +1,160 @@
+"""Request body validation for /v1 endpoints: clear 4xx errors instead of upstream surprises.
+
+Only what the gateway must rely on is checked strictly (model, messages/prompt/input shape,
+max_tokens, n, stream, stream_options); other OpenAI parameters pass through untouched after a
+type check of the common ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .exceptions import ProxyError, bad_request
+
+_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+_NUMBER_PARAMS = {"temperature": (0, 2), "top_p": (0, 1), "presence_penalty": (-2, 2), "frequency_penalty": (-2, 2)}
+
+
+@dataclass(slots=True)
+class Checked:
+    model: str
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None  # as requested (None = not given)
+    n: int
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _common(body, endpoint: str) -> tuple[str, bool, bool, int]:
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    model = body.get("model")
+    if model is None:
+        raise bad_request("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model.strip() or len(model) > 128:
+        raise bad_request("'model' must be a non-empty string.", param="model", code="invalid_type")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise bad_request("'stream' must be a boolean.", param="stream", code="invalid_type")
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise bad_request("'stream_options' must be an object.", param="stream_options", code="invalid_type")
+        if not stream:
+            raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+        include_usage = options.get("include_usage", False)
+        if not isinstance(include_usage, bool):
+            raise bad_request("'stream_options.include_usage' must be a boolean.", param="stream_options.include_usage", code="invalid_type")
+    n = body.get("n", 1)
+    if n is None:
+        n = 1
+    if not _is_int(n) or not 1 <= n <= 128:
+        raise bad_request("'n' must be an integer from 1 to 128.", param="n", code="invalid_value")
+    for name, (low, high) in _NUMBER_PARAMS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise bad_request(f"'{name}' must be a number from {low} to {high}.", param=name, code="invalid_value")
+    stop = body.get("stop")
+    if stop is not None and not (isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))):
+        raise bad_request("'stop' must be a string or a list of up to 4 strings.", param="stop", code="invalid_type")
+    seed = body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise bad_request("'seed' must be an integer.", param="seed", code="invalid_type")
+    return model, stream, include_usage, n
+
+
+def _max_tokens(body, *names: str) -> int | None:
+    for name in names:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not _is_int(value) or value < 1:
+            raise bad_request(f"'{name}' must be a positive integer.", param=name, code="invalid_value")
+        return value
+    return None
+
+
+def check_chat(body) -> Checked:
+    model, stream, include_usage, n = _common(body, "chat")
+    messages = body.get("messages")
+    if messages is None:
+        raise bad_request("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty array.", param="messages", code="invalid_type")
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise bad_request(f"'{where}' must be an object.", param=where, code="invalid_type")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise bad_request(f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}.", param=f"{where}.role", code="invalid_value")
+        content = message.get("content")
+        if content is None:
+            if role in ("user", "system", "developer") :
+                raise bad_request(f"'{where}.content' is required.", param=f"{where}.content", code="missing_required_parameter")
+        elif isinstance(content, list):
+            for part_index, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise bad_request(f"'{where}.content[{part_index}]' must be an object with a 'type'.",
+                                      param=f"{where}.content[{part_index}]", code="invalid_type")
+        elif not isinstance(content, str):
+            raise bad_request(f"'{where}.content' must be a string or an array of content parts.", param=f"{where}.content", code="invalid_type")
+    tools = body.get("tools")
+    if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
+        raise bad_request("'tools' must be an array of objects.", param="tools", code="invalid_type")
+    response_format = body.get("response_format")
+    if response_format is not None and (not isinstance(response_format, dict) or not isinstance(response_format.get("type"), str)):
+        raise bad_request("'response_format' must be an object with a 'type'.", param="response_format", code="invalid_type")
+    return Checked(model, stream, include_usage, _max_tokens(body, "max_completion_tokens", "max_tokens"), n)
+
+
+def check_completion(body) -> Checked:
+    model, stream, include_usage, n = _common(body, "completion")
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise bad_request("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
+    if not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(isinstance(p, (str, int)) or isinstance(p, list) for p in prompt))):
+        raise bad_request("'prompt' must be a string, an array of strings or an array of token arrays.", param="prompt", code="invalid_type")
+    best_of = body.get("best_of")
+    if best_of is not None and (not _is_int(best_of) or best_of < n or best_of > 20):
+        raise bad_request("'best_of' must be an integer from n to 20.", param="best_of", code="invalid_value")
+    return Checked(model, stream, include_usage, _max_tokens(body, "max_tokens"), max(n, best_of or 1))
+
+
+def check_embeddings(body) -> Checked:
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request("'model' must be a non-empty string.", param="model",
+                          code="missing_required_parameter" if model is None else "invalid_type")
+    value = body.get("input")
+    if value is None:
+        raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    ok = isinstance(value, str) or (isinstance(value, list) and value and (
+        all(isinstance(v, str) for v in value) or all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        or all(isinstance(v, list) for v in value)))
+    if not ok or (isinstance(value, str) and not value):
+        raise bad_request("'input' must be a non-empty string, array of strings, or token arrays.", param="input", code="invalid_type")
+    if isinstance(value, list) and len(value) > 2048:
+        raise bad_request("'input' may hold at most 2048 items.", param="input", code="invalid_value")
+    fmt = body.get("encoding_format")
+    if fmt is not None and fmt not in ("float", "base64"):
+        raise bad_request("'encoding_format' must be 'float' or 'base64'.", param="encoding_format", code="invalid_value")
+    dims = body.get("dimensions")
+    if dims is not None and (not _is_int(dims) or not 1 <= dims <= 8192):
+        raise bad_request("'dimensions' must be an integer from 1 to 8192.", param="dimensions", code="invalid_value")
+    return Checked(model, False, False, None, 1)
+
+
+CHECKERS = {"chat": check_chat, "completion": check_completion, "embedding": check_embeddings}
+
+__all__ = ["CHECKERS", "Checked", "ProxyError"]
