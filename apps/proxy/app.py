@@ -28,7 +28,7 @@ from lib.money import cost_from_units
 from lib.resp import Redis, RedisConnectionError, RedisReplyError
 
 from . import limits
-from .exceptions import ProxyError, bad_request, forbidden, not_found, unauthorized
+from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
 from .models import TokenStatus, hash_token
 from .snapshot import ModelRoute, SnapshotCache, TokenSnapshot, window_ids
 from .upstream import Upstream, UpstreamClient
@@ -80,7 +80,7 @@ class Request:
     settled: bool = False
     headers: list = field(default_factory=list)
 
-    def event(self, *, status: str, http: int, error: ProxyError | None = None) -> bytes:
+    def event(self, *, status: str, http: int, error: ApiError | None = None) -> bytes:
         token, route = self.token, self.route
         return orjson.dumps({
             "rid": self.id, "ep": self.endpoint, "tok": token.id if token else None,
@@ -177,7 +177,7 @@ class ProxyApp:
         try:
             if endpoint is not None:
                 if method != "POST":
-                    raise ProxyError(405, f"Use POST for {path.decode()}.", code="method_not_allowed")
+                    raise ApiError(405, f"Use POST for {path.decode()}.", code="method_not_allowed")
                 await self.inference(scope, receive, send, request, endpoint)
             elif path == b"/v1/models" and method == "GET":
                 await self.list_models(scope, send, request)
@@ -186,16 +186,16 @@ class ProxyApp:
             elif path == b"/v1/key" and method == "GET":
                 await self.key_info(scope, send, request)
             else:
-                raise ProxyError(404, f"Unknown endpoint {method} {path.decode('utf-8', 'replace')}.", code="unknown_endpoint")
-        except ProxyError as error:
+                raise ApiError(404, f"Unknown endpoint {method} {path.decode('utf-8', 'replace')}.", code="unknown_endpoint")
+        except ApiError as error:
             await self._respond_error(send, request, error)
         except (RedisConnectionError, RedisReplyError):
             logger.exception("Redis failed during request %s", request.id)
-            await self._send_error(send, request, ProxyError(503, "The gateway is temporarily unavailable.",
+            await self._send_error(send, request, ApiError(503, "The gateway is temporarily unavailable.",
                                                              type="api_error", code="gateway_unavailable"))
         except Exception:
             logger.exception("request %s failed inside the gateway", request.id)
-            await self._respond_error(send, request, ProxyError(500, "The gateway failed to process the request.",
+            await self._respond_error(send, request, ApiError(500, "The gateway failed to process the request.",
                                                                 type="api_error", code="gateway_error"))
 
     # ------------------------------------------------------------------ stage: authenticate
@@ -218,12 +218,12 @@ class ProxyApp:
             raise unauthorized()
         request.token = token
         if token.status == TokenStatus.REVOKED:
-            raise ProxyError(401, "This API token was revoked.", type="authentication_error", code="token_revoked")
+            raise ApiError(401, "This API token was revoked.", type="authentication_error", code="token_revoked")
         if token.status == TokenStatus.BLOCKED:
             reason = f" Reason: {token.status_reason}" if token.status_reason else ""
             raise forbidden(f"This API token is blocked.{reason}", code="token_blocked")
         if token.expires_at is not None and token.expires_at <= time.time():
-            raise ProxyError(401, "This API token has expired.", type="authentication_error", code="token_expired")
+            raise ApiError(401, "This API token has expired.", type="authentication_error", code="token_expired")
         if not token.company_active:
             raise forbidden("The company of this token is suspended.", code="company_suspended")
         return token
@@ -232,16 +232,16 @@ class ProxyApp:
     async def read_body(self, scope, receive) -> bytes:
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                raise ProxyError(413, f"The request body exceeds {self.max_body} bytes.", code="request_too_large")
+                raise ApiError(413, f"The request body exceeds {self.max_body} bytes.", code="request_too_large")
         chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise ProxyError(499, "The client closed the request.", code="client_closed")
+                raise ApiError(499, "The client closed the request.", code="client_closed")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                raise ProxyError(413, f"The request body exceeds {self.max_body} bytes.", code="request_too_large")
+                raise ApiError(413, f"The request body exceeds {self.max_body} bytes.", code="request_too_large")
             chunks.append(chunk)
             if not message.get("more_body"):
                 return b"".join(chunks)
@@ -295,10 +295,10 @@ class ProxyApp:
                 raise forbidden(f"This token may not use the model '{checked.model}'.", code="model_not_allowed")
             raise not_found(f"The model '{checked.model}' does not exist or you do not have access to it.")
         if route.modality not in MODALITY_FOR[endpoint]:
-            raise ProxyError(422, f"The model '{checked.model}' is a {route.modality} model and cannot serve this endpoint.",
+            raise ApiError(422, f"The model '{checked.model}' is a {route.modality} model and cannot serve this endpoint.",
                              param="model", code="unsupported_model_for_endpoint")
         if not route.priced:
-            raise ProxyError(503, f"The model '{checked.model}' has no price or exchange rate configured.", type="api_error",
+            raise ApiError(503, f"The model '{checked.model}' has no price or exchange rate configured.", type="api_error",
                              code="model_not_priced")
         return route
 
@@ -355,7 +355,7 @@ class ProxyApp:
                                 limits.month_key(token.id, month), limits.dept_key(token.department_id, month),
                                 token.department_id is not None)
         rpm_cur, rpm_prev, tpm_cur, tpm_prev, frac = limits.rate_keys(token.id, now)
-        failure = request.event(status="failed", http=500, error=ProxyError(500, "", type="api_error", code="gateway_lost"))
+        failure = request.event(status="failed", http=500, error=ApiError(500, "", type="api_error", code="gateway_lost"))
         member = limits.hold_member(request_id=request.id, keys=keys, amount=amount, failure_event=failure)
         tpm_estimate = input_tokens + max_output
         args = [amount, _opt(token.limit_total), _opt(token.limit_weekly), _opt(token.limit_monthly),
@@ -371,14 +371,14 @@ class ProxyApp:
                 await self.initialise_counters(token, keys, week, month)
                 continue
             self._raise_limit(token, [r.decode() if isinstance(r, bytes) else r for r in result[1:]], amount)
-        raise ProxyError(503, "The gateway could not initialise spend counters.", type="api_error", code="gateway_unavailable")
+        raise ApiError(503, "The gateway could not initialise spend counters.", type="api_error", code="gateway_unavailable")
 
     def _raise_limit(self, token: TokenSnapshot, detail: list, amount: int) -> None:
         name = detail[0]
         if name in ("rpm", "tpm"):
             limit, retry = detail[1], detail[3]
             kind = "requests" if name == "rpm" else "tokens"
-            raise ProxyError(429, f"Rate limit reached: {limit} {kind} per minute for this token. Retry after {retry} s.",
+            raise ApiError(429, f"Rate limit reached: {limit} {kind} per minute for this token. Retry after {retry} s.",
                              type="rate_limit_error", code=f"rate_limit_{name}",
                              headers=[(b"retry-after", retry.encode()),
                                       (f"x-ratelimit-limit-{kind}".encode(), limit.encode()),
@@ -386,7 +386,7 @@ class ProxyApp:
                                       (f"x-ratelimit-reset-{kind}".encode(), f"{retry}s".encode())])
         status, code, template = LIMIT_ERRORS[name]
         message = template.format(limit=rub(int(detail[1])), amount=rub(amount))
-        raise ProxyError(status, message, type="insufficient_quota" if status == 402 else "rate_limit_error", code=code)
+        raise ApiError(status, message, type="insufficient_quota" if status == 402 else "rate_limit_error", code=code)
 
     async def initialise_counters(self, token: TokenSnapshot, keys: limits.SpendKeys, week: str, month: str) -> None:
         from .counters import load_initial_counters
@@ -400,7 +400,7 @@ class ProxyApp:
 
     # ------------------------------------------------------------------ stage: settle + meter
     async def settle(self, request: Request, reservation: Reservation, *, status: str, http: int,
-                     error: ProxyError | None = None) -> None:
+                     error: ApiError | None = None) -> None:
         actual = request.sell
         tpm_delta = (request.input_tokens + request.output_tokens) - reservation.tpm_estimate if request.token.tpm else 0
         event = request.event(status=status, http=http, error=error)
@@ -409,7 +409,7 @@ class ProxyApp:
                                  [reservation.amount, actual, tpm_delta, reservation.member, event,
                                   1 if reservation.keys.has_dept else 0])
 
-    async def meter_only(self, request: Request, *, status: str, http: int, error: ProxyError | None) -> None:
+    async def meter_only(self, request: Request, *, status: str, http: int, error: ApiError | None) -> None:
         await self.redis.execute("XADD", limits.STREAM_KEY, "*", "e", request.event(status=status, http=http, error=error))
 
     def account(self, request: Request, route: ModelRoute, token: TokenSnapshot, usage: wire.Usage | None,
@@ -451,7 +451,7 @@ class ProxyApp:
         try:
             try:
                 upstream = await self.upstream.open(route=route, endpoint=endpoint, body=body, stream=checked.stream)
-            except ProxyError as error:
+            except ApiError as error:
                 await self.settle(request, reservation, status="upstream_error", http=error.status, error=error)
                 request.settled = True
                 if idem_key is not None:
@@ -476,7 +476,7 @@ class ProxyApp:
     async def _settle_failure(self, request: Request, reservation: Reservation) -> None:
         try:
             await self.settle(request, reservation, status="failed", http=500,
-                              error=ProxyError(500, "", type="api_error", code="gateway_error"))
+                              error=ApiError(500, "", type="api_error", code="gateway_error"))
         except Exception:
             logger.exception("could not settle request %s; the sweeper will release its hold", request.id)
 
@@ -488,7 +488,7 @@ class ProxyApp:
         except orjson.JSONDecodeError:
             obj = None
         if not isinstance(obj, dict):
-            error = ProxyError(502, "The upstream provider returned a malformed response.", type="api_error", code="upstream_malformed")
+            error = ApiError(502, "The upstream provider returned a malformed response.", type="api_error", code="upstream_malformed")
             await self.settle(request, reservation, status="upstream_error", http=502, error=error)
             request.settled = True
             await self._send_error(send, request, error)
@@ -543,7 +543,7 @@ class ProxyApp:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             status, http = "upstream_error", 502
-            error = ProxyError(502, "The upstream stream broke off.", type="api_error", code="upstream_broken")
+            error = ApiError(502, "The upstream stream broke off.", type="api_error", code="upstream_broken")
             logger.warning("upstream stream for %s broke: %s", request.id, type(exc).__name__)
         finally:
             upstream.close()
@@ -595,15 +595,15 @@ class ProxyApp:
             return await self.idempotency_replay(send, request, token, key, raw)
         saved = orjson.loads(stored)
         if saved["h"] != digest:
-            raise ProxyError(409, "This Idempotency-Key was used with a different request body.", code="idempotency_key_reused")
+            raise ApiError(409, "This Idempotency-Key was used with a different request body.", code="idempotency_key_reused")
         if saved.get("p"):
-            raise ProxyError(409, "A request with this Idempotency-Key is still in progress.", code="idempotency_in_progress")
+            raise ApiError(409, "A request with this Idempotency-Key is still in progress.", code="idempotency_in_progress")
         headers = [(k.encode(), v.encode()) for k, v in saved["hd"]]
         headers = [h for h in headers if h[0] not in (b"x-request-id", b"x-jetstream-cost")]
         headers += [(b"x-request-id", request.id.encode()), (b"x-jetstream-cost", b"0.000000"),
                     (b"x-jetstream-replayed-from", saved["rid"].encode()), (b"idempotent-replayed", b"true")]
         await self.meter_only(request, status="ok", http=saved["s"],
-                              error=ProxyError(200, "", type="", code="idempotent_replay"))
+                              error=ApiError(200, "", type="", code="idempotent_replay"))
         await send({"type": "http.response.start", "status": saved["s"], "headers": headers})
         await send({"type": "http.response.body", "body": saved["b"].encode("latin-1")})
         return True
@@ -641,7 +641,7 @@ class ProxyApp:
                     "headers": [JSON, (b"x-request-id", request.id.encode())]})
         await send({"type": "http.response.body", "body": orjson.dumps(obj)})
 
-    async def _send_error(self, send, request: Request, error: ProxyError) -> None:
+    async def _send_error(self, send, request: Request, error: ApiError) -> None:
         headers = [JSON, (b"x-request-id", request.id.encode()), (b"x-jetstream-cost", b"0.000000"),
                    *request.headers, *error.headers]
         try:
@@ -650,7 +650,7 @@ class ProxyApp:
         except (OSError, RuntimeError):
             pass  # the client is gone; the request is recorded all the same
 
-    async def _respond_error(self, send, request: Request, error: ProxyError) -> None:
+    async def _respond_error(self, send, request: Request, error: ApiError) -> None:
         """A request rejected before any money moved: record it, then answer."""
         if request.endpoint in ENDPOINTS.values():
             status = "invalid" if error.status in (400, 404, 413, 422) else "rejected"

@@ -17,7 +17,7 @@ from apps.providers.adapters import openai as wire
 from apps.providers.adapters.mock import generator as mock
 from apps.providers.models import ProviderKind
 
-from .exceptions import ProxyError
+from .errors import ApiError
 from .snapshot import KeyRoute, ModelRoute
 
 MAX_ATTEMPTS = 3
@@ -86,22 +86,22 @@ class UpstreamClient:
             return Upstream(None, body=await mock.respond(body, upstream_model=route.upstream_model,
                                                           options=route.provider_options, kind=endpoint))
         if route.provider_kind not in OPENAI_WIRE:
-            raise ProxyError(501, f"Provider kind '{route.provider_kind}' has no adapter yet.", type="api_error",
+            raise ApiError(501, f"Provider kind '{route.provider_kind}' has no adapter yet.", type="api_error",
                              code="provider_not_supported")
         keys = route.pick_keys()
         if not keys:
-            raise ProxyError(503, "No upstream key is available for this model right now.", type="api_error",
+            raise ApiError(503, "No upstream key is available for this model right now.", type="api_error",
                              code="no_upstream_key")
         payload = wire.request_body(body, upstream_model=route.upstream_model, stream=stream)
         url = wire.request_url(route.base_url, endpoint)
-        last_error: ProxyError | None = None
+        last_error: ApiError | None = None
         for key in keys[:MAX_ATTEMPTS]:
             try:
                 response = await self._session.post(url, data=payload, headers=wire.request_headers(key.secret),
                                                      allow_redirects=False, proxy=route.egress_url)
             except (TimeoutError, aiohttp.ClientError, OSError):
                 _cooldown(key, 5)
-                last_error = ProxyError(502, "The upstream provider could not be reached.", type="api_error",
+                last_error = ApiError(502, "The upstream provider could not be reached.", type="api_error",
                                         code="upstream_unreachable")
                 continue
             if response.status < 300:
@@ -112,7 +112,7 @@ class UpstreamClient:
                 except (TimeoutError, aiohttp.ClientError):
                     response.release()
                     _cooldown(key, 5)
-                    last_error = ProxyError(502, "The upstream connection broke.", type="api_error", code="upstream_broken")
+                    last_error = ApiError(502, "The upstream connection broke.", type="api_error", code="upstream_broken")
                     continue
                 response.release()
                 return Upstream(key, body=data)
@@ -121,20 +121,20 @@ class UpstreamClient:
             message, _type, code = wire.error_message(error_body, key.secret)
             if response.status in (401, 403):
                 _cooldown(key, 300)
-                last_error = ProxyError(502, "The upstream provider rejected the gateway's credentials.", type="api_error",
+                last_error = ApiError(502, "The upstream provider rejected the gateway's credentials.", type="api_error",
                                         code="upstream_auth_failed")
                 continue
             if response.status == 429:
                 retry_after = response.headers.get("retry-after", "")
                 _cooldown(key, float(retry_after) if retry_after.isdigit() else 10)
-                last_error = ProxyError(429, f"The upstream provider is rate limiting: {message}", type="rate_limit_error",
+                last_error = ApiError(429, f"The upstream provider is rate limiting: {message}", type="rate_limit_error",
                                         code="upstream_rate_limited")
                 continue
             if response.status >= 500 or response.status in (408, 409):
                 _cooldown(key, 5)
-                last_error = ProxyError(502, f"The upstream provider failed: {message}", type="api_error", code="upstream_error")
+                last_error = ApiError(502, f"The upstream provider failed: {message}", type="api_error", code="upstream_error")
                 continue
             # Any other 4xx is about the request itself: the same on every key.
-            raise ProxyError(response.status if response.status in (400, 404, 413, 422) else 400, message,
+            raise ApiError(response.status if response.status in (400, 404, 413, 422) else 400, message,
                              type=_type or "invalid_request_error", code=code or "upstream_rejected")
-        raise last_error or ProxyError(502, "The upstream provider failed.", type="api_error", code="upstream_error")
+        raise last_error or ApiError(502, "The upstream provider failed.", type="api_error", code="upstream_error")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .exceptions import ProxyError, bad_request
+from .errors import ApiError, bad_request
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 _NUMBER_PARAMS = {"temperature": (0, 2), "top_p": (0, 1), "presence_penalty": (-2, 2), "frequency_penalty": (-2, 2)}
@@ -157,4 +157,4 @@ def check_embeddings(body) -> Checked:
 
 CHECKERS = {"chat": check_chat, "completion": check_completion, "embedding": check_embeddings}
 
-__all__ = ["CHECKERS", "Checked", "ProxyError"]
+__all__ = ["CHECKERS", "Checked", "ApiError"]
