@@ -46,22 +46,30 @@ def format_units(micro: int | None, places: int = 2) -> str:
     return format_rub(micro, max(places, decimals))
 
 
-class MicroAmountField(forms.CharField):
+_BIGINT_MAX = 2**63 - 1  # the amount columns are PostgreSQL bigint
+
+
+class MicroAmountField(forms.Field):
     """An amount typed as a decimal string ("1500", "0.15") and cleaned to integer micro-units.
 
     Floats never appear: the text goes straight to ``lib.money.to_micro``. The bound initial
     value (an integer from the model) is shown back as the same decimal text.
     """
 
+    widget = forms.TextInput
+    max_chars = 32
     default_error_messages = {
         "invalid": _("Enter a non-negative amount with at most 6 decimal places, e.g. 1500 or 0.15."),
         "zero": _("The amount must be greater than zero."),
+        "too_large": _("The amount is too large."),
     }
 
     def __init__(self, *, allow_zero: bool = True, **kwargs: Any) -> None:
         self.allow_zero = allow_zero
-        kwargs.setdefault("max_length", 32)
         super().__init__(**kwargs)
+
+    def widget_attrs(self, widget: forms.Widget) -> dict[str, Any]:
+        return {**super().widget_attrs(widget), "inputmode": "decimal", "maxlength": str(self.max_chars)}
 
     def prepare_value(self, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -71,13 +79,19 @@ class MicroAmountField(forms.CharField):
     def to_python(self, value: Any) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        text = super().to_python(value)
-        if text in self.empty_values:
+        if value in self.empty_values:
             return None
+        text = str(value).strip().replace(" ", "").replace("\u00a0", "").replace(",", ".")
+        if not text:
+            return None
+        if len(text) > self.max_chars:
+            raise ValidationError(self.error_messages["invalid"], code="invalid")
         try:
-            micro = to_micro(text.replace(" ", "").replace(",", "."))
+            micro = to_micro(text)
         except MoneyFormatError:
             raise ValidationError(self.error_messages["invalid"], code="invalid") from None
+        if micro > _BIGINT_MAX:
+            raise ValidationError(self.error_messages["too_large"], code="too_large")
         if micro == 0 and not self.allow_zero:
             raise ValidationError(self.error_messages["zero"], code="zero")
         return micro
