@@ -240,7 +240,7 @@ def expire_holds(*, now: dt.datetime | None = None, batch: int = 500) -> int:
             # Race: two sweepers, or a sweeper and post_hold/void_hold on the same hold.
             # SKIP LOCKED leaves a hold another transaction holds to that transaction; once it
             # commits the hold is no longer pending, and PostgreSQL re-checks status on the
-            # locked row, so no hold is expired twice and nobody waits on anybody.
+            # locked row, so no hold is expired twice and no sweeper queues behind a busy hold.
             ids = list(
                 Transfer.objects.select_for_update(skip_locked=True)
                 .filter(status=TransferStatus.PENDING, expires_at__lte=now)
