@@ -18,15 +18,16 @@ django_app = get_asgi_application()
 
 from apps.proxy.app import ProxyApp  # noqa: E402  (needs the apps loaded)
 
-proxy_app = ProxyApp()
+
+def build_application(proxy: ProxyApp) -> ProtocolTypeRouter:
+    async def http_router(scope, receive, send):
+        path = scope["path"]
+        if path.startswith("/v1/") or path == "/v1":
+            await proxy(scope, receive, send)
+        else:
+            await django_app(scope, receive, send)
+
+    return ProtocolTypeRouter({"http": http_router, "lifespan": proxy.lifespan})
 
 
-async def http_router(scope, receive, send):
-    path = scope["path"]
-    if path.startswith("/v1/") or path == "/v1":
-        await proxy_app(scope, receive, send)
-    else:
-        await django_app(scope, receive, send)
-
-
-application = ProtocolTypeRouter({"http": http_router, "lifespan": proxy_app.lifespan})
+application = build_application(ProxyApp())

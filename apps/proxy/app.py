@@ -136,6 +136,7 @@ class ProxyApp:
                 return
             await self.upstream.start()
             await self.snapshots.start()
+            tokens.count_text("warm up")  # load the BPE tables now, not on the first request
             self._started = True
 
     async def shutdown(self) -> None:
@@ -391,9 +392,8 @@ class ProxyApp:
     async def initialise_counters(self, token: TokenSnapshot, keys: limits.SpendKeys, week: str, month: str) -> None:
         from .counters import load_initial_counters
 
-        loop = asyncio.get_running_loop()
-        values = await loop.run_in_executor(self.snapshots._executor, load_initial_counters, token.id, token.company_id,
-                                            token.department_id, token.time_zone.key)
+        values = await self.snapshots.run_in_loader(load_initial_counters, token.id, token.company_id, token.department_id,
+                                                    token.time_zone.key)
         await self.redis.evalsha(self._scripts["init"], keys.as_list(),
                                  [values.credits, values.debits, values.limit, values.total, values.week, values.month,
                                   values.department, 1 if keys.has_dept else 0, limits.WINDOW_TTL])
@@ -423,11 +423,10 @@ class ProxyApp:
             request.output_tokens = tokens.count_text(fallback_text or "") if fallback_text else 0
             request.cached_tokens = 0
         request.sell = self.price(route, request.input_tokens, request.output_tokens, request.cached_tokens, token.sell_coef_units)
-        buy_coef = 10_000
-        if request.key_id is not None:
-            key = next((k for k in route.keys if k.id == request.key_id), None)
-            buy_coef = key.buy_coef_units if key else 10_000
-        request.buy = self.price(route, request.input_tokens, request.output_tokens, request.cached_tokens, buy_coef)
+        # What the platform owes a supplier: only when a supplier's key served the request (not the mock).
+        key = next((k for k in route.keys if k.id == request.key_id), None) if request.key_id is not None else None
+        request.buy = self.price(route, request.input_tokens, request.output_tokens, request.cached_tokens,
+                                 key.buy_coef_units) if key else 0
 
     # ------------------------------------------------------------------ the inference pipeline
     async def inference(self, scope, receive, send, request: Request, endpoint: str) -> None:
@@ -499,8 +498,8 @@ class ProxyApp:
         request.ttft_ms = int((time.time() - request.started) * 1000)
         await self.settle(request, reservation, status="ok", http=200)
         request.settled = True
-        headers = [JSON, (b"x-request-id", request.id.encode()), (b"x-jetstream-cost", rub(request.sell).encode()),
-                   *request.headers]
+        headers = [JSON, (b"content-length", str(len(payload)).encode()), (b"x-request-id", request.id.encode()),
+                   (b"x-jetstream-cost", rub(request.sell).encode()), *request.headers]
         if idem_key is not None:
             await self.idempotency_store(token, idem_key, raw, 200, headers, payload)
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -198,7 +198,8 @@ def _load_routes() -> dict[str, ModelRoute]:
 class SnapshotCache:
     def __init__(self, redis) -> None:
         self._redis = redis
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="js-snapshot")
+        # One loader thread: loads are rare (a miss or a config change) and it keeps one DB connection.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="js-snapshot")
         self._tokens: dict[str, tuple[TokenSnapshot | None, float]] = {}
         self._inflight: dict[str, asyncio.Future] = {}
         self._routes: dict[str, ModelRoute] = {}
@@ -214,7 +215,14 @@ class SnapshotCache:
     async def stop(self) -> None:
         if self._poller:
             self._poller.cancel()
+        from django.db import connections
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, connections.close_all)
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run_in_loader(self, func, *args):
+        """Run a blocking DB function in the loader thread (off the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
 
     async def _poll(self) -> None:
         while True:
