@@ -2,8 +2,8 @@
 
 The secret exists in clear exactly once: generated on add and handed to the superadmin in a
 one-time message. Pages show only its display prefix; the sha256 is never rendered. Limits are
-typed in rubles and stored in micro-rubles. Blocking and revoking go through the proxy's
-services (with a reason), never through the edit form.
+typed in rubles and stored in micro-rubles. Blocking, unblocking and revoking go through
+apps.proxy.services (block/revoke need a reason), never through the edit form.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from apps.accounts.models import Membership
 from apps.billing.admin import MicroAmountField
-from apps.proxy.models import ApiToken, TokenStatus
+from apps.proxy import services
+from apps.proxy.exceptions import TokenStateError
+from apps.proxy.models import ApiToken
 from lib.money import format_rub
 
 _LIMIT_HELP = _("In rubles, e.g. 5000 or 12.50; empty = no limit.")
@@ -34,15 +36,18 @@ class ApiTokenForm(forms.ModelForm):
         fields = ["company", "department", "owner", "name", "environment", "limit_total", "limit_weekly", "limit_monthly",
                   "rpm", "tpm", "models_allow", "models_deny", "ip_allow", "max_distinct_ips", "expires_at"]
 
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        company, owner = cleaned.get("company"), cleaned.get("owner")
+        # The same rule as apps.proxy.services (issue_token/update_token): a token's owner works there.
+        if company is not None and owner is not None and not Membership.objects.filter(user=owner, company=company).exists():
+            self.add_error("owner", _("The owner must be a member of the company."))
+        return cleaned
+
 
 class TokenActionForm(ActionForm):
     reason = forms.CharField(label=_("Reason"), max_length=300, required=False,
                              help_text=_("Required for blocking and revoking; the token's owner sees it."))
-
-
-def _set_status(queryset: QuerySet[ApiToken], *, status: str, reason: str) -> int:
-    """Block or revoke in one UPDATE; a revoked token stays revoked (revocation is final)."""
-    return queryset.exclude(status=TokenStatus.REVOKED).update(status=status, status_reason=reason, updated_at=timezone.now())
 
 
 def _limit_column(field: str, description: str):
@@ -59,7 +64,7 @@ def _limit_column(field: str, description: str):
 class ApiTokenAdmin(admin.ModelAdmin):
     form = ApiTokenForm
     action_form = TokenActionForm
-    actions = ["block_tokens", "revoke_tokens"]
+    actions = ["block_tokens", "unblock_tokens", "revoke_tokens"]
     list_display = ["name", "secret_prefix", "company", "department", "environment", "status", "limit_total_rub",
                     "limit_monthly_rub", "expires_at", "last_used_at", "created_at"]
     list_filter = ["status", "environment"]
@@ -92,28 +97,44 @@ class ApiTokenAdmin(admin.ModelAdmin):
             # The only time the secret exists in clear: shown once, stored nowhere.
             messages.success(request, _("The token's secret, shown only now — copy it: %(secret)s") % {"secret": secret})
 
-    def _reason(self, request: HttpRequest) -> str | None:
-        reason = (request.POST.get("reason") or "").strip()
-        if not reason:
+    def _reason(self, request: HttpRequest, *, required: bool = True) -> str | None:
+        reason = (request.POST.get("reason") or "").strip()[:300]
+        if required and not reason:
             self.message_user(request, _("Give a reason to block or revoke tokens."), messages.ERROR)
             return None
-        return reason[:300]
+        return reason
+
+    def _apply(self, request: HttpRequest, queryset: QuerySet[ApiToken], service, reason: str, done: str) -> None:
+        changed = refused = 0
+        for token in queryset:
+            try:
+                outcome = service(token=token, reason=reason)
+            except TokenStateError:
+                refused += 1
+                continue
+            changed += outcome.changed
+        self.message_user(request, done % {"n": changed})
+        if refused:
+            self.message_user(request, ngettext("%(n)d revoked token was left as it is (revocation is final).",
+                                                "%(n)d revoked tokens were left as they are (revocation is final).",
+                                                refused) % {"n": refused}, messages.WARNING)
 
     @admin.action(description=_("Block selected tokens (with the reason given)"), permissions=["change"])
     def block_tokens(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
         reason = self._reason(request)
-        if reason is None:
-            return
-        count = _set_status(queryset, status=TokenStatus.BLOCKED, reason=reason)
-        self.message_user(request, ngettext("%(n)d token blocked.", "%(n)d tokens blocked.", count) % {"n": count})
+        if reason is not None:
+            self._apply(request, queryset, services.block_token, reason, _("Tokens blocked: %(n)d."))
+
+    @admin.action(description=_("Unblock selected tokens"), permissions=["change"])
+    def unblock_tokens(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        reason = self._reason(request, required=False) or ""
+        self._apply(request, queryset, services.unblock_token, reason, _("Tokens unblocked: %(n)d."))
 
     @admin.action(description=_("Revoke selected tokens for good (with the reason given)"), permissions=["change"])
     def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
         reason = self._reason(request)
-        if reason is None:
-            return
-        count = _set_status(queryset, status=TokenStatus.REVOKED, reason=reason)
-        self.message_user(request, ngettext("%(n)d token revoked.", "%(n)d tokens revoked.", count) % {"n": count})
+        if reason is not None:
+            self._apply(request, queryset, services.revoke_token, reason, _("Tokens revoked: %(n)d."))
 
     def has_delete_permission(self, request: HttpRequest, obj: ApiToken | None = None) -> bool:
         # Usage records point at tokens; a token ends by being revoked, not deleted.

@@ -105,10 +105,26 @@ def test_it_blocks_and_revokes_with_a_reason(superadmin_client, personas, catalo
     token.refresh_from_db()
     assert (token.status, token.status_reason) == ("revoked", "rotated")
 
-    # Revocation is final: blocking a revoked token changes nothing.
-    _act(superadmin_client, "block_tokens", [token], "again")
+    # Revocation is final: blocking or unblocking a revoked token changes nothing, and says so.
+    for action in ("block_tokens", "unblock_tokens"):
+        response = _act(superadmin_client, action, [token], "again")
+        assert messages.WARNING in [m.level for m in response.context["messages"]]
+        token.refresh_from_db()
+        assert (token.status, token.status_reason) == ("revoked", "rotated")
+
+
+def test_it_unblocks_a_blocked_token(superadmin_client, personas, catalog):
+    token = catalog.token
+    _act(superadmin_client, "block_tokens", [token], "suspicious traffic")
+    _act(superadmin_client, "unblock_tokens", [token], "")
     token.refresh_from_db()
-    assert (token.status, token.status_reason) == ("revoked", "rotated")
+    assert token.status == "active"
+
+
+def test_it_requires_the_owner_to_work_for_the_company(superadmin_client, personas, catalog):
+    response = superadmin_client.post(reverse("admin:proxy_apitoken_add"), _token_form(personas, owner=personas.manager_b.pk))
+    assert "owner" in response.context["adminform"].form.errors
+    assert not ApiToken.objects.filter(name="billing-bot").exists()
 
 
 def test_it_refuses_to_block_without_a_reason(superadmin_client, personas, catalog):
