@@ -1,0 +1,36 @@
+"""The accounts app's exception hierarchy: catch ``AccountsError`` for all of them.
+
+Messages are user-visible (the command line and the cabinets show them); they never carry a
+secret.
+"""
+
+from __future__ import annotations
+
+
+class AccountsError(Exception):
+    """Base class of every error the accounts services raise on purpose."""
+
+
+class TopUpReductionError(AccountsError):
+    """A declared cumulative top-up is lower than what configuration already added."""
+
+    def __init__(self, message: str, *, declared: int, applied: int) -> None:
+        self.declared = declared
+        self.applied = applied
+        super().__init__(message)
+
+
+class SuperadminEmailTaken(AccountsError):
+    """No superuser exists, but the bootstrap e-mail already belongs to an ordinary user."""
+
+
+class ConfigError(AccountsError):
+    """A configuration file that cannot be applied; every problem is named with its place.
+
+    ``problems`` is a list of ``(place, message)`` pairs, the place written like
+    ``companies[0].tokens[0].limits.total`` ("" for the file as a whole).
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(f"{place}: {message}" if place else message for place, message in problems))

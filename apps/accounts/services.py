@@ -1,0 +1,354 @@
+"""Accounts services: suppliers, companies (with their wallet and policy), departments,
+configuration top-ups and the bootstrap superadmin.
+
+Every writer takes keyword-only arguments and runs inside ``transaction.atomic()``. The upsert
+style services also take ``dry_run``: they then validate and report what they would do
+(an ``Outcome``) without writing, which is how ``jetstream_apply --dry-run`` builds its plan
+with the very code that later applies it.
+
+``stage``/``settle``/``find_for_update`` are the shared upsert mechanics; the providers and
+proxy services use them too.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, models, transaction
+from django.db.models import Sum
+from django.utils.translation import gettext as _
+
+from apps.accounts.exceptions import SuperadminEmailTaken, TopUpReductionError
+from apps.accounts.models import Company, Department, Supplier
+from apps.billing import services as ledger
+from apps.billing.models import Account, AccountKind, Transfer, TransferKind
+from apps.moderation.models import Policy, PolicyMode
+from lib.money import format_rub
+
+CREATED = "created"
+UPDATED = "updated"
+UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an upsert did (or, with ``dry_run``, would do) to one object."""
+
+    obj: Any
+    action: str  # CREATED, UPDATED or UNCHANGED
+    fields: tuple[str, ...] = ()  # what changed, for UPDATED
+
+    @property
+    def changed(self) -> bool:
+        return self.action != UNCHANGED
+
+
+# --- upsert mechanics ----------------------------------------------------------------------
+
+def model_default(model: type[models.Model], field_name: str) -> Any:
+    """The model field's default, so services do not restate it."""
+    return model._meta.get_field(field_name).get_default()
+
+
+def find_for_update(queryset: models.QuerySet, *, dry_run: bool, **lookup: Any) -> Any:
+    """The matching row or None; locked (SELECT … FOR UPDATE) unless this is a dry run."""
+    if not dry_run:
+        queryset = queryset.select_for_update()
+    return queryset.filter(**lookup).first()
+
+
+def _differs(instance: models.Model, name: str, value: Any) -> bool:
+    field = instance._meta.get_field(name)
+    if field.many_to_one or field.one_to_one:
+        if value is not None and value.pk is None:
+            return True  # points at an object this run has yet to create
+        return getattr(instance, field.attname) != (value.pk if value is not None else None)
+    return getattr(instance, name) != value
+
+
+def stage(instance: models.Model, values: dict[str, Any]) -> list[str]:
+    """Assign ``values`` to ``instance``; return the names of the fields that changed."""
+    changed = [name for name, value in values.items() if _differs(instance, name, value)]
+    for name, value in values.items():
+        if instance._state.adding or name in changed:
+            setattr(instance, name, value)
+    return changed
+
+
+def _unsaved_relations(instance: models.Model) -> list[str]:
+    names = []
+    for field in instance._meta.concrete_fields:
+        if field.is_relation and field.is_cached(instance):
+            target = field.get_cached_value(instance)
+            if target is not None and target.pk is None:
+                names.append(field.name)
+    return names
+
+
+def settle(instance: models.Model, changed: list[str], *, dry_run: bool) -> Outcome:
+    """Validate and save a new or changed instance (validate only on a dry run).
+
+    Callers hold the row lock (``find_for_update``), so a full save cannot overwrite a
+    concurrent writer's change. On a dry run, relations to objects the run would create
+    cannot be checked yet and are left out of validation.
+    """
+    if instance._state.adding:
+        action = CREATED
+    elif changed:
+        action = UPDATED
+    else:
+        return Outcome(instance, UNCHANGED)
+    instance.full_clean(exclude=_unsaved_relations(instance))
+    if not dry_run:
+        instance.save()
+    return Outcome(instance, action, tuple(changed) if action == UPDATED else ())
+
+
+# --- suppliers -----------------------------------------------------------------------------
+
+def upsert_supplier(*, slug: str, name: str, dry_run: bool = False) -> Outcome:
+    with transaction.atomic():
+        # Lock: two configuration runs editing the same supplier.
+        supplier = find_for_update(Supplier.objects, dry_run=dry_run, slug=slug) or Supplier(slug=slug)
+        return settle(supplier, stage(supplier, {"name": name}), dry_run=dry_run)
+
+
+# --- companies -----------------------------------------------------------------------------
+
+def _sync_company_books(company: Company, *, credit_limit: int, dry_run: bool) -> list[str]:
+    """Make sure the company has its wallet (with ``credit_limit``) and moderation policy."""
+    if credit_limit < 0:
+        raise ValidationError({"credit_limit": _("The credit limit must not be negative.")})
+    if company.pk is None:
+        wallet, has_policy = None, False
+    else:
+        wallet = Account.objects.filter(kind=AccountKind.COMPANY_WALLET, company=company).first()
+        has_policy = Policy.objects.filter(company=company).exists()
+    changed = []
+    if wallet is None:
+        changed.append("wallet")
+    if credit_limit != (wallet.credit_limit if wallet else 0):
+        changed.append("credit_limit")
+    if not has_policy:
+        changed.append("policy")
+    if dry_run or not changed:
+        return changed
+    wallet = ledger.company_wallet(company)
+    if wallet.credit_limit != credit_limit:
+        try:
+            with transaction.atomic():
+                # One UPDATE of the limit alone: the ledger triggers own the sums on this row,
+                # and the account's CHECK constraint refuses a limit below the current overdraft.
+                Account.objects.filter(pk=wallet.pk).update(credit_limit=credit_limit)
+        except IntegrityError:
+            raise ValidationError(
+                {"credit_limit": _("The wallet already uses more credit than this limit; top it up first.")}
+            ) from None
+    Policy.objects.get_or_create(company=company, defaults={"mode": PolicyMode.OFF})
+    return changed
+
+
+def create_company(
+    *,
+    slug: str,
+    name: str,
+    time_zone: str | None = None,
+    sell_coefficient: Decimal | None = None,
+    credit_limit: int = 0,
+    dry_run: bool = False,
+) -> Outcome:
+    """A new company with its wallet (``credit_limit`` in micro-RUB) and a moderation policy (off)."""
+    with transaction.atomic():
+        company = Company(slug=slug)
+        stage(company, {
+            "name": name,
+            "time_zone": time_zone or model_default(Company, "time_zone"),
+            "sell_coefficient": sell_coefficient if sell_coefficient is not None else model_default(Company, "sell_coefficient"),
+        })
+        outcome = settle(company, [], dry_run=dry_run)
+        _sync_company_books(company, credit_limit=credit_limit, dry_run=dry_run)
+        return outcome
+
+
+def update_company(
+    *,
+    company: Company,
+    name: str,
+    time_zone: str,
+    sell_coefficient: Decimal,
+    credit_limit: int,
+    dry_run: bool = False,
+) -> Outcome:
+    """Set every editable company setting (a form's full state); also repairs a missing wallet or policy."""
+    with transaction.atomic():
+        # Lock: two editors of the same company.
+        company = find_for_update(Company.objects, dry_run=dry_run, pk=company.pk)
+        changed = stage(company, {"name": name, "time_zone": time_zone, "sell_coefficient": sell_coefficient})
+        outcome = settle(company, changed, dry_run=dry_run)
+        books = _sync_company_books(company, credit_limit=credit_limit, dry_run=dry_run)
+        if books:
+            return Outcome(company, UPDATED, outcome.fields + tuple(books))
+        return outcome
+
+
+def upsert_company(
+    *,
+    slug: str,
+    name: str,
+    time_zone: str | None = None,
+    sell_coefficient: Decimal | None = None,
+    credit_limit: int = 0,
+    dry_run: bool = False,
+) -> Outcome:
+    """Create the company, or bring an existing one to exactly these settings (None = the default)."""
+    existing = Company.objects.filter(slug=slug).first()
+    if existing is None:
+        return create_company(slug=slug, name=name, time_zone=time_zone, sell_coefficient=sell_coefficient,
+                              credit_limit=credit_limit, dry_run=dry_run)
+    return update_company(
+        company=existing,
+        name=name,
+        time_zone=time_zone or model_default(Company, "time_zone"),
+        sell_coefficient=sell_coefficient if sell_coefficient is not None else model_default(Company, "sell_coefficient"),
+        credit_limit=credit_limit,
+        dry_run=dry_run,
+    )
+
+
+# --- departments ---------------------------------------------------------------------------
+
+def _stage_department(department: Department, *, name: str, parent: Department | None, monthly_budget: int | None,
+                      dry_run: bool) -> Outcome:
+    changed = stage(department, {"name": name, "parent": parent, "monthly_budget": monthly_budget})
+    return settle(department, changed, dry_run=dry_run)
+
+
+def create_department(
+    *,
+    company: Company,
+    slug: str,
+    name: str,
+    parent: Department | None = None,
+    monthly_budget: int | None = None,
+    dry_run: bool = False,
+) -> Outcome:
+    """A department of ``company``; ``parent`` makes a tree, ``monthly_budget`` is micro-RUB (None = none)."""
+    with transaction.atomic():
+        department = Department(company=company, slug=slug)
+        return _stage_department(department, name=name, parent=parent, monthly_budget=monthly_budget, dry_run=dry_run)
+
+
+def update_department(
+    *,
+    department: Department,
+    name: str,
+    parent: Department | None,
+    monthly_budget: int | None,
+    dry_run: bool = False,
+) -> Outcome:
+    with transaction.atomic():
+        # Lock: two editors re-parenting departments of one tree could close a cycle between them.
+        department = find_for_update(Department.objects, dry_run=dry_run, pk=department.pk)
+        return _stage_department(department, name=name, parent=parent, monthly_budget=monthly_budget, dry_run=dry_run)
+
+
+def upsert_department(
+    *,
+    company: Company,
+    slug: str,
+    name: str,
+    parent: Department | None = None,
+    monthly_budget: int | None = None,
+    dry_run: bool = False,
+) -> Outcome:
+    existing = Department.objects.filter(company=company, slug=slug).first() if company.pk else None
+    if existing is None:
+        return create_department(company=company, slug=slug, name=name, parent=parent, monthly_budget=monthly_budget, dry_run=dry_run)
+    return update_department(department=existing, name=name, parent=parent, monthly_budget=monthly_budget, dry_run=dry_run)
+
+
+# --- top-ups declared in configuration -----------------------------------------------------
+
+@dataclass(frozen=True)
+class TopUpOutcome:
+    declared: int  # micro-RUB, cumulative
+    applied_before: int  # what earlier configuration top-ups added
+    amount: int  # topped up by this call (or, on a dry run, that would be)
+    transfer: Transfer | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.amount > 0
+
+
+def config_top_up_prefix(company: Company) -> str:
+    return f"config:top_up:{company.slug}:"
+
+
+def configured_top_up_total(company: Company) -> int:
+    """The sum of the top-ups configuration has made for this company, in micro-RUB."""
+    if company.pk is None:
+        return 0
+    total = Transfer.objects.filter(
+        kind=TransferKind.TOP_UP, idempotency_id__startswith=config_top_up_prefix(company),
+    ).aggregate(total=Sum("amount"))["total"]
+    return total or 0
+
+
+def sync_configured_top_up(*, company: Company, declared: int, dry_run: bool = False) -> TopUpOutcome:
+    """Top the wallet up so configuration's top-ups add up to ``declared`` micro-RUB in total.
+
+    Only ever adds: a lower declaration than already applied is refused (money that arrived
+    stays; a correction is a separate ledger transfer).
+    """
+    with transaction.atomic():
+        if not dry_run and company.pk is not None:
+            # Lock the company: two runs declaring different totals would otherwise both add
+            # their difference to the same old total.
+            Company.objects.select_for_update().filter(pk=company.pk).first()
+        applied = configured_top_up_total(company)
+        if declared < applied:
+            raise TopUpReductionError(
+                _("cannot reduce a top-up; post a correction (configuration already added %(applied)s RUB, "
+                  "this declares %(declared)s RUB)") % {"applied": format_rub(applied), "declared": format_rub(declared)},
+                declared=declared, applied=applied,
+            )
+        amount = declared - applied
+        transfer = None
+        if amount and not dry_run:
+            transfer = ledger.top_up(
+                company=company,
+                amount=amount,
+                idempotency_id=f"{config_top_up_prefix(company)}{declared}",
+                description=_("Top-up declared in configuration (total %(total)s RUB)") % {"total": format_rub(declared)},
+            )
+        return TopUpOutcome(declared=declared, applied_before=applied, amount=amount, transfer=transfer)
+
+
+# --- bootstrap -----------------------------------------------------------------------------
+
+def ensure_superadmin(*, email: str) -> tuple[Any, str | None]:
+    """Return the first superuser; create ``email`` with a generated password if there is none.
+
+    The password is returned only when the user was created now (it is not stored anywhere
+    in clear).
+    """
+    User = get_user_model()
+    with transaction.atomic():
+        existing = User.objects.filter(is_superuser=True).order_by("pk").first()
+        if existing is not None:
+            return existing, None
+        if User.objects.filter(email__iexact=email).exists():
+            raise SuperadminEmailTaken(
+                _("No superuser exists, and %(email)s belongs to an ordinary user; make it a superuser "
+                  "in the shell or run createsuperuser.") % {"email": email}
+            )
+        password = secrets.token_urlsafe(18)
+        # Two bootstraps at once: the unique e-mail lets only one of them create the user.
+        user = User.objects.create_superuser(email, password)
+        return user, password

@@ -1,0 +1,195 @@
+"""Providers services: egress proxies, providers, supplier keys, models, price versions, FX rates.
+
+Keyword-only, atomic, and (like the accounts upserts) with ``dry_run`` to validate and report
+without writing. Secrets (supplier keys, egress URLs) are compared by decrypting the stored
+value and are never part of an outcome or an error.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from apps.accounts.models import Supplier
+from apps.accounts.services import UNCHANGED, UPDATED, Outcome, find_for_update, model_default, settle, stage
+from apps.billing.models import FxRate
+from apps.providers.models import Currency, EgressProxy, Model, Price, Provider, SupplierKey
+from lib.crypto import SecretDecryptionError
+
+
+def upsert_egress_proxy(*, slug: str, country: str, url: str, internal: bool = False, dry_run: bool = False) -> Outcome:
+    """``url`` may carry proxy credentials: it is stored encrypted and compared decrypted."""
+    with transaction.atomic():
+        # Lock: two configuration runs editing the same proxy.
+        proxy = find_for_update(EgressProxy.objects, dry_run=dry_run, slug=slug) or EgressProxy(slug=slug)
+        changed = stage(proxy, {"country": (country or "").upper(), "internal": internal})
+        url_changed = proxy._state.adding or _revealed(proxy.reveal_url) != url
+        if url_changed or "internal" in changed:
+            proxy.set_url(url)  # validates the URL against SSRF under the (new) internal flag
+        if url_changed and not proxy._state.adding:
+            changed.append("url")
+        return settle(proxy, changed, dry_run=dry_run)
+
+
+def _revealed(reveal) -> str | None:
+    try:
+        return reveal()
+    except SecretDecryptionError:
+        return None  # encrypted under a key no longer configured: store it afresh
+
+
+def upsert_provider(
+    *,
+    slug: str,
+    kind: str,
+    name: str = "",
+    base_url: str = "",
+    internal: bool = False,
+    options: dict[str, Any] | None = None,
+    egress: EgressProxy | None = None,
+    dry_run: bool = False,
+) -> Outcome:
+    """``base_url`` is checked against SSRF by ``Provider.clean`` (loopback/private only if ``internal``)."""
+    with transaction.atomic():
+        # Lock: two configuration runs editing the same provider.
+        provider = find_for_update(Provider.objects, dry_run=dry_run, slug=slug) or Provider(slug=slug)
+        changed = stage(provider, {
+            "kind": kind, "name": name, "base_url": base_url, "internal": internal,
+            "options": options or {}, "egress": egress,
+        })
+        return settle(provider, changed, dry_run=dry_run)
+
+
+def upsert_supplier_key(
+    *,
+    provider: Provider,
+    name: str,
+    supplier: Supplier,
+    secret: str,
+    weight: int | None = None,
+    priority: int | None = None,
+    status: str | None = None,
+    buy_coefficient: Decimal | None = None,
+    dry_run: bool = False,
+) -> Outcome:
+    """Create or update the key ``name`` of ``provider``. ``status`` None keeps the current one
+    (the router sets cooldown/exhausted/invalid; configuration should not undo that by omission).
+    The secret is replaced only when it differs from the stored one."""
+    with transaction.atomic():
+        key = None
+        if provider.pk is not None:
+            # Lock: the router updates a key's status while configuration edits it.
+            key = find_for_update(SupplierKey.objects, dry_run=dry_run, provider=provider, name=name)
+        key = key or SupplierKey(provider=provider, name=name)
+        values: dict[str, Any] = {
+            "supplier": supplier,
+            "weight": weight if weight is not None else model_default(SupplierKey, "weight"),
+            "priority": priority if priority is not None else model_default(SupplierKey, "priority"),
+            "buy_coefficient": buy_coefficient if buy_coefficient is not None else model_default(SupplierKey, "buy_coefficient"),
+        }
+        if status is not None:
+            values["status"] = status
+        changed = stage(key, values)
+        if "status" in changed:
+            key.status_reason = ""
+        if key._state.adding or _revealed(key.reveal_secret) != secret.strip():
+            key.set_secret(secret)
+            if not key._state.adding:
+                changed.append("secret")
+        return settle(key, changed, dry_run=dry_run)
+
+
+def upsert_model(
+    *,
+    name: str,
+    provider: Provider,
+    upstream_model: str | None = None,
+    modality: str | None = None,
+    context_window: int | None = None,
+    max_output_tokens: int | None = None,
+    dry_run: bool = False,
+) -> Outcome:
+    """The public model ``name`` served by ``provider`` as ``upstream_model`` (default: ``name``)."""
+    with transaction.atomic():
+        # Lock: two configuration runs editing the same model.
+        model = find_for_update(Model.objects, dry_run=dry_run, name=name) or Model(name=name)
+        changed = stage(model, {
+            "provider": provider,
+            "upstream_model": upstream_model or name,
+            "modality": modality or model_default(Model, "modality"),
+            "context_window": context_window if context_window is not None else model_default(Model, "context_window"),
+            "max_output_tokens": max_output_tokens if max_output_tokens is not None else model_default(Model, "max_output_tokens"),
+        })
+        return settle(model, changed, dry_run=dry_run)
+
+
+def set_model_price(
+    *,
+    model: Model,
+    currency: str,
+    input_per_1m: int,
+    output_per_1m: int,
+    cached_input_per_1m: int | None = None,
+    valid_from: datetime | None = None,
+    dry_run: bool = False,
+) -> Outcome:
+    """Add a price version (micro-units of ``currency`` per 1M tokens) unless the current one is equal.
+
+    Older versions are kept: usage records point at the version they were billed with.
+    ``cached_input_per_1m`` defaults to the input price.
+    """
+    wanted = {
+        "currency": currency,
+        "input_per_1m": input_per_1m,
+        "output_per_1m": output_per_1m,
+        "cached_input_per_1m": cached_input_per_1m if cached_input_per_1m is not None else input_per_1m,
+    }
+    with transaction.atomic():
+        current = None
+        if model.pk is not None:
+            if not dry_run:
+                # Lock the model: two writers would both compare against the same current
+                # version and add two new ones.
+                Model.objects.select_for_update().filter(pk=model.pk).first()
+            current = Price.objects.current_for(model)
+        changed = [field for field, value in wanted.items() if current is not None and getattr(current, field) != value]
+        if current is not None and not changed:
+            return Outcome(current, UNCHANGED)
+        price = Price(model=model, valid_from=valid_from or timezone.now(), **wanted)
+        outcome = settle(price, [], dry_run=dry_run)
+        return outcome if current is None else Outcome(price, UPDATED, tuple(changed))
+
+
+def set_fx_rate(
+    *,
+    currency: str,
+    rub_per_unit: int,
+    valid_from: datetime | None = None,
+    source: str = "manual",
+    dry_run: bool = False,
+) -> Outcome:
+    """Add an FX version (micro-RUB per unit of ``currency``) unless the current rate is equal."""
+    if currency == Currency.RUB or currency not in Currency.values:
+        raise ValidationError({"currency": _("FX rates exist for %(choices)s; the ruble is the base currency.")
+                               % {"choices": ", ".join(c for c in Currency.values if c != Currency.RUB)}})
+    if rub_per_unit <= 0:
+        raise ValidationError({"rub_per_unit": _("The rate must be greater than zero.")})
+    with transaction.atomic():
+        if not dry_run:
+            # Serialise writers of one currency (there may be no row to lock yet): both would
+            # compare against the same current rate and add two versions.
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"jetstream:fx:{currency}"])
+        current = FxRate.objects.filter(currency=currency, valid_from__lte=timezone.now()).order_by("-valid_from").first()
+        if current is not None and current.rub_per_unit == rub_per_unit:
+            return Outcome(current, UNCHANGED)
+        rate = FxRate(currency=currency, rub_per_unit=rub_per_unit, valid_from=valid_from or timezone.now(), source=source)
+        outcome = settle(rate, [], dry_run=dry_run)
+        return outcome if current is None else Outcome(rate, UPDATED, ("rub_per_unit",))
+

@@ -1,0 +1,121 @@
+"""API token services: issue, configure, rotate, block, unblock, revoke.
+
+A token's secret exists in clear only in the return value of ``issue_token`` and
+``rotate_token_secret`` (to be shown once); the database keeps its sha256 and a display
+prefix. The proxy reads tokens through a snapshot cache at most ~1 s stale, so a block or
+revoke reaches every replica within that second without any call from here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils.translation import gettext as _
+
+from apps.accounts.models import Company, Membership
+from apps.accounts.services import UNCHANGED, Outcome, find_for_update, model_default, settle, stage
+from apps.proxy.exceptions import TokenStateError
+from apps.proxy.models import ApiToken, TokenStatus
+
+# Everything about a token a manager may set, besides its company, name, secret and status.
+TOKEN_SETTINGS = (
+    "department", "owner", "environment",
+    "limit_total", "limit_weekly", "limit_monthly", "rpm", "tpm",
+    "models_allow", "models_deny", "ip_allow", "max_distinct_ips", "expires_at",
+)
+
+
+def default_token_settings() -> dict[str, Any]:
+    """Every setting at its default: a token with no limits, any model, any address, prod."""
+    return {name: model_default(ApiToken, name) for name in TOKEN_SETTINGS}
+
+
+def _checked_settings(company: Company, settings: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(settings) - set(TOKEN_SETTINGS)
+    if unknown:
+        raise TypeError(f"unknown token settings: {', '.join(sorted(unknown))}")
+    owner = settings.get("owner")
+    if owner is not None and (company.pk is None or not Membership.objects.filter(user=owner, company=company).exists()):
+        raise ValidationError({"owner": _("The owner must be a member of the company.")})
+    return settings
+
+
+def _set_secret(token: ApiToken, secret: str | None) -> str:
+    """Set the given (or a generated) secret on ``token``; refuse one another token uses."""
+    try:
+        plain = token.set_secret(secret)
+    except ValidationError as exc:
+        raise ValidationError({"secret": exc.messages}) from None
+    if ApiToken.objects.filter(key_hash=token.key_hash).exclude(pk=token.pk).exists():
+        raise ValidationError({"secret": _("Another token already uses this secret.")})
+    return plain
+
+
+def issue_token(
+    *,
+    company: Company,
+    name: str,
+    secret: str | None = None,
+    status: str = TokenStatus.ACTIVE,
+    dry_run: bool = False,
+    **settings: Any,
+) -> tuple[ApiToken, str | None]:
+    """A new token; ``settings`` are any of ``TOKEN_SETTINGS`` (limits in micro-RUB).
+
+    Returns the token and its secret in clear (generated when not given) — show it once. A
+    dry run validates and returns no generated secret.
+    """
+    with transaction.atomic():
+        token = ApiToken(company=company, name=name, status=status)
+        stage(token, _checked_settings(company, settings))
+        plain = _set_secret(token, secret)
+        settle(token, [], dry_run=dry_run)
+        return token, (None if dry_run and secret is None else plain)
+
+
+def update_token(*, token: ApiToken, dry_run: bool = False, **settings: Any) -> Outcome:
+    """Change the given ``settings`` (any of ``TOKEN_SETTINGS``); the others stay."""
+    with transaction.atomic():
+        # Lock: two managers editing one token's limits.
+        token = find_for_update(ApiToken.objects, dry_run=dry_run, pk=token.pk)
+        changed = stage(token, _checked_settings(token.company, settings))
+        return settle(token, changed, dry_run=dry_run)
+
+
+def rotate_token_secret(*, token: ApiToken, secret: str | None = None, dry_run: bool = False) -> tuple[ApiToken, str | None]:
+    """Replace the secret (with ``secret`` or a generated one); the old one stops working."""
+    with transaction.atomic():
+        # Lock: a concurrent revoke must not be followed by a rotation that revives the token's use.
+        token = find_for_update(ApiToken.objects, dry_run=dry_run, pk=token.pk)
+        if token.status == TokenStatus.REVOKED:
+            raise TokenStateError(_("A revoked token cannot get a new secret; issue a new token."))
+        plain = _set_secret(token, secret)
+        settle(token, ["secret"], dry_run=dry_run)
+        return token, (None if dry_run and secret is None else plain)
+
+
+def set_token_status(*, token: ApiToken, status: str, reason: str = "", dry_run: bool = False) -> Outcome:
+    """Move a token between active and blocked, or revoke it for good."""
+    with transaction.atomic():
+        # Lock: a block and a revoke of the same token at once.
+        token = find_for_update(ApiToken.objects, dry_run=dry_run, pk=token.pk)
+        if token.status == status:
+            return Outcome(token, UNCHANGED)
+        if token.status == TokenStatus.REVOKED:
+            raise TokenStateError(_("A revoked token stays revoked; issue a new token."))
+        changed = stage(token, {"status": status, "status_reason": reason})
+        return settle(token, changed, dry_run=dry_run)
+
+
+def block_token(*, token: ApiToken, reason: str) -> Outcome:
+    return set_token_status(token=token, status=TokenStatus.BLOCKED, reason=reason)
+
+
+def unblock_token(*, token: ApiToken, reason: str = "") -> Outcome:
+    return set_token_status(token=token, status=TokenStatus.ACTIVE, reason=reason)
+
+
+def revoke_token(*, token: ApiToken, reason: str) -> Outcome:
+    return set_token_status(token=token, status=TokenStatus.REVOKED, reason=reason)
