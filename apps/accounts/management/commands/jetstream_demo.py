@@ -1,0 +1,82 @@
+"""``manage.py jetstream_demo``: what ``make run`` does before starting the servers.
+
+Idempotent: creates the superadmin if there is no superuser (printing the generated password
+once), applies demo/demo.yaml, and issues a fresh secret for the demo token on every run, then
+prints how to log in and how to make a first call.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+from django.utils.translation import gettext as _
+
+from apps.accounts import services as accounts
+from apps.accounts.declarative import apply_config
+from apps.accounts.exceptions import ConfigError, SuperadminEmailTaken
+from apps.accounts.management.commands.jetstream_apply import read_config_file
+from apps.proxy.exceptions import ProxyError
+from apps.proxy.models import ApiToken, TokenStatus
+from apps.proxy.services import rotate_token_secret
+
+ADMIN_EMAIL = "admin@jetstream.local"
+DEMO_FILE = settings.BASE_DIR / "demo" / "demo.yaml"
+DEMO_COMPANY, DEMO_TOKEN, DEMO_MODEL = "demo", "demo", "demo-chat"
+
+
+def first_call_examples(*, api_base: str, secret: str) -> str:
+    body = json.dumps({"model": DEMO_MODEL, "messages": [{"role": "user", "content": "Hello!"}]})
+    return "\n".join([
+        f"  curl {api_base}/chat/completions \\",
+        f'    -H "Authorization: Bearer {secret}" \\',
+        '    -H "Content-Type: application/json" \\',
+        f"    -d '{body}'",
+        "",
+        "  from openai import OpenAI",
+        f"  client = OpenAI(base_url={json.dumps(api_base)}, api_key={json.dumps(secret)})",
+        f'  print(client.chat.completions.create(model="{DEMO_MODEL}", '
+        'messages=[{"role": "user", "content": "Hello!"}]).choices[0].message.content)',
+    ])
+
+
+class Command(BaseCommand):
+    help = "Set up the demo (superadmin, mock provider, demo company and token) and print how to use it."
+
+    def handle(self, *args, **options) -> None:
+        text = read_config_file(str(DEMO_FILE))
+        try:
+            with transaction.atomic():
+                admin, password = accounts.ensure_superadmin(email=ADMIN_EMAIL)
+                report = apply_config(text)
+                token = ApiToken.objects.get(company__slug=DEMO_COMPANY, name=DEMO_TOKEN)
+                secret = dict(report.shown_once).get(f"{DEMO_COMPANY}/{DEMO_TOKEN}")
+                if secret is None:  # the token existed: replace its secret so it can be shown
+                    token, secret = rotate_token_secret(token=token)
+        except ConfigError as exc:
+            raise CommandError(_("%(path)s is not valid:\n%(problems)s") % {"path": DEMO_FILE, "problems": exc}) from None
+        except (SuperadminEmailTaken, ProxyError) as exc:
+            raise CommandError(str(exc)) from None
+
+        site = settings.SITE_URL.rstrip("/")
+        write = self.stdout.write
+        write(_("Demo configuration (%(path)s):") % {"path": DEMO_FILE.relative_to(settings.BASE_DIR)})
+        write("  " + report.summary().replace("\n", "\n  "))
+        write("")
+        write(_("Admin: %(url)s") % {"url": f"{site}/admin/"})
+        if password is not None:
+            write(_("  login:    %(email)s") % {"email": admin.email})
+            write(_("  password: %(password)s  (shown once)") % {"password": password})
+        else:
+            write(_("  superuser %(email)s already exists; to reset its password:") % {"email": admin.email})
+            write(f"    .venv/bin/python manage.py changepassword {admin.email}")
+        write("")
+        write(_("Demo token (a new one on every run; the previous one no longer works):"))
+        write(f"  {secret}")
+        if token.status != TokenStatus.ACTIVE:
+            write(_("  note: this token is %(status)s; set it active in the admin to use it") % {"status": token.get_status_display()})
+        write("")
+        write(_("Try it:"))
+        write(first_call_examples(api_base=f"{site}/v1", secret=secret))
