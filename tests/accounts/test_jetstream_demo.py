@@ -1,0 +1,131 @@
+"""jetstream_demo: the bootstrap `make run` calls — superadmin, demo configuration, a fresh demo token."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management.base import CommandError
+
+from apps.accounts.models import Company
+from apps.billing import services as ledger
+from apps.billing.models import Transfer
+from apps.providers.models import Model, Price, Provider
+from apps.proxy.models import ApiToken, TokenStatus
+from tests.accounts.conftest import database_state, run_command
+
+RUB = 1_000_000
+TOKEN = re.compile(r"js-[A-Za-z0-9_-]{32,}")
+
+
+def demo_token_hash() -> str:
+    return ApiToken.objects.get(company__slug="demo", name="demo").key_hash
+
+
+def printed_token(out: str) -> str:
+    tokens = set(TOKEN.findall(out))
+    assert len(tokens) == 1, out  # the same secret in the token line, curl and the SDK snippet
+    return tokens.pop()
+
+
+def test_it_creates_the_superadmin_and_shows_the_password_once(db):
+    out, _err = run_command("jetstream_demo")
+
+    password = re.search(r"password: (\S+)  \(shown once\)", out).group(1)
+    admin = get_user_model().objects.get(email="admin@jetstream.local")
+    assert admin.is_superuser and admin.is_staff
+    assert admin.check_password(password)
+    assert "login:    admin@jetstream.local" in out
+
+    again, _err = run_command("jetstream_demo")
+
+    assert password not in again
+    assert "superuser admin@jetstream.local already exists" in again
+    assert ".venv/bin/python manage.py changepassword admin@jetstream.local" in again
+    assert get_user_model().objects.filter(is_superuser=True).count() == 1
+
+
+def test_it_leaves_an_existing_superuser_alone(personas):
+    out, _err = run_command("jetstream_demo")
+
+    assert "superuser root@example.com already exists" in out
+    assert "changepassword root@example.com" in out
+    assert not get_user_model().objects.filter(email="admin@jetstream.local").exists()
+
+
+def test_it_refuses_when_the_admin_email_belongs_to_an_ordinary_user(db, django_user_model):
+    django_user_model.objects.create_user("admin@jetstream.local", "correct-horse-battery-staple")
+    before = database_state()
+
+    with pytest.raises(CommandError, match="belongs to an ordinary user"):
+        run_command("jetstream_demo")
+
+    assert database_state() == before
+
+
+def test_it_sets_up_the_demo_company_models_and_1000_rub(db):
+    run_command("jetstream_demo")
+    run_command("jetstream_demo")
+
+    provider = Provider.objects.get(slug="demo")
+    assert provider.kind == "mock"
+    assert dict(Model.objects.filter(provider=provider).values_list("name", "modality")) == {
+        "demo-chat": "chat", "demo-embedding": "embedding"}
+    assert {p.currency for p in Price.objects.filter(model__provider=provider)} == {"RUB"}
+    company = Company.objects.get(slug="demo")
+    assert ledger.balance(ledger.company_wallet(company)).posted == 1000 * RUB
+    assert Transfer.objects.count() == 1  # the second run topped up nothing
+
+
+def test_it_issues_a_fresh_demo_token_on_every_run(db):
+    first = printed_token(run_command("jetstream_demo")[0])
+    assert demo_token_hash() == hashlib.sha256(first.encode()).hexdigest()
+
+    second = printed_token(run_command("jetstream_demo")[0])
+
+    assert second != first
+    assert demo_token_hash() == hashlib.sha256(second.encode()).hexdigest()  # the first no longer works
+    assert ApiToken.objects.filter(company__slug="demo").count() == 1
+
+
+def test_it_prints_the_admin_url_and_first_call_examples(db, settings):
+    settings.SITE_URL = "http://127.0.0.1:8000"
+
+    out, _err = run_command("jetstream_demo")
+    token = printed_token(out)
+
+    assert "Admin: http://127.0.0.1:8000/admin/" in out
+    assert "curl http://127.0.0.1:8000/v1/chat/completions \\" in out
+    assert f'-H "Authorization: Bearer {token}"' in out
+    assert '"model": "demo-chat"' in out
+    snippet = [line.strip() for line in out.splitlines() if "OpenAI" in line or "client." in line]
+    assert snippet == [
+        "from openai import OpenAI",
+        f'client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="{token}")',
+        'print(client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": "Hello!"}])'
+        ".choices[0].message.content)",
+    ]
+    compile("\n".join(snippet), "<snippet>", "exec")  # valid Python
+
+
+def test_it_follows_site_url(db, settings):
+    settings.SITE_URL = "https://llm.example.com/"
+
+    out, _err = run_command("jetstream_demo")
+
+    assert "Admin: https://llm.example.com/admin/" in out
+    assert "curl https://llm.example.com/v1/chat/completions" in out
+
+
+def test_it_warns_when_the_demo_token_is_blocked(db):
+    from apps.proxy.services import block_token
+
+    run_command("jetstream_demo")
+    block_token(token=ApiToken.objects.get(company__slug="demo", name="demo"), reason="test")
+
+    out, _err = run_command("jetstream_demo")
+
+    assert "this token is Blocked" in out
+    assert ApiToken.objects.get(company__slug="demo").status == TokenStatus.BLOCKED
