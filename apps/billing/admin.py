@@ -18,6 +18,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import Model as DjangoModel
 from django.http import HttpRequest
 from django.utils import timezone
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from import_export.admin import ExportActionMixin
 from import_export.formats import base_formats
@@ -66,6 +67,9 @@ class MicroAmountField(forms.Field):
 
     def __init__(self, *, allow_zero: bool = True, **kwargs: Any) -> None:
         self.allow_zero = allow_zero
+        if kwargs.get("label"):
+            # Model fields get this from Django; declared form fields must do it themselves.
+            kwargs["label"] = capfirst(kwargs["label"])
         super().__init__(**kwargs)
 
     def widget_attrs(self, widget: forms.Widget) -> dict[str, Any]:
@@ -262,7 +266,7 @@ class UsageRecordAdmin(ExportPermissionMixin, ViewOnlyAdminMixin, ExportActionMi
 
 
 class FxRateForm(forms.ModelForm):
-    currency = forms.ChoiceField(label=_("currency"), choices=[c for c in Currency.choices if c[0] != Currency.RUB])
+    currency = forms.ChoiceField(label=capfirst(_("currency")), choices=[c for c in Currency.choices if c[0] != Currency.RUB])
     rub_per_unit = MicroAmountField(label=_("RUB per unit"), allow_zero=False, help_text=_("e.g. 92.5 for 92.50 RUB per US dollar"))
 
     class Meta:

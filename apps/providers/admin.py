@@ -16,6 +16,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from import_export.admin import ImportExportMixin
 
@@ -37,6 +38,8 @@ class WriteOnlySecretField(forms.CharField):
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("strip", True)
+        if kwargs.get("label"):
+            kwargs["label"] = capfirst(kwargs["label"])
         super().__init__(widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}), **kwargs)
 
 

@@ -89,3 +89,57 @@ def _request(user):
     request = RequestFactory().get("/")
     request.user = user
     return request
+
+
+def _third_party_instances(personas) -> dict[str, object]:
+    from allauth.account.models import EmailAddress
+    from django.contrib.auth.models import Group
+    from django.contrib.sites.models import Site
+    from django_otp.plugins.otp_static.models import StaticDevice
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    static = StaticDevice.objects.create(user=personas.manager_a, name="backup", confirmed=True)
+    static.token_set.create(token="rcvry-TOKEN-77")
+    return {
+        "account.emailaddress": EmailAddress.objects.create(user=personas.manager_a, email=personas.manager_a.email),
+        "auth.group": Group.objects.create(name="operators"),
+        "sites.site": Site.objects.get_current(),
+        "otp_static.staticdevice": static,
+        "otp_totp.totpdevice": TOTPDevice.objects.create(user=personas.manager_a, name="phone", confirmed=True),
+    }
+
+
+def _render_other_pages(client, catalog, instances: dict[str, object], labels: set[str], extra_secrets: list[str]) -> None:
+    for model in admin.site._registry:
+        opts = model._meta
+        if opts.label_lower not in labels:
+            continue
+        obj = instances[opts.label_lower]
+        for url in (reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+                    reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])):
+            response = client.get(url)
+            _assert_clean(response, catalog, url)
+            html = response.content.decode()
+            for secret in extra_secrets:
+                assert secret not in html, f"{url} shows an MFA secret"
+
+
+OTP_LABELS = {"otp_static.staticdevice", "otp_totp.totpdevice"}
+
+
+def test_it_renders_the_other_registered_pages(superadmin_client, personas, catalog):
+    instances = _third_party_instances(personas)
+    others = {m._meta.label_lower for m in admin.site._registry if m._meta.app_label not in OUR_APPS}
+    assert others == set(instances)
+    _render_other_pages(superadmin_client, catalog, instances, others - OTP_LABELS, [])
+
+
+@pytest.mark.xfail(strict=True, reason="needs OTP_ADMIN_HIDE_SENSITIVE_DATA = True in jetstream/settings.py (asked of the "
+                                       "lead); remove this marker once it is set")
+def test_it_hides_mfa_secrets_in_the_otp_pages(superadmin_client, personas, catalog):
+    instances = _third_party_instances(personas)
+    mfa_secrets = [instances["otp_totp.totpdevice"].key, "rcvry-TOKEN-77"]
+    _render_other_pages(superadmin_client, catalog, instances, OTP_LABELS, mfa_secrets)
+    device = instances["otp_totp.totpdevice"]
+    for name in ("otp_totp_totpdevice_config", "otp_totp_totpdevice_qrcode"):
+        assert superadmin_client.get(reverse(f"admin:{name}", args=[device.pk])).status_code == 403

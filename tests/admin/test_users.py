@@ -96,3 +96,14 @@ def test_it_refuses_a_bad_time_zone(superadmin_client, personas):
     assert response.status_code == 200
     assert "time_zone" in response.context["adminform"].form.errors
     assert not Company.objects.filter(slug="c").exists()
+
+
+def test_it_sets_a_password_from_the_admin_without_showing_the_hash(superadmin_client, personas):
+    user = personas.outsider
+    url = reverse("admin:auth_user_password_change", args=[user.pk])
+    page = superadmin_client.get(url)
+    assert page.status_code == 200 and user.password not in page.content.decode()
+    response = superadmin_client.post(url, {"password1": GOOD_PASSWORD, "password2": GOOD_PASSWORD, "usable_password": "true"})
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert user.check_password(GOOD_PASSWORD)
