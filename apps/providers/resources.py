@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.utils import timezone
+from django.utils.translation import gettext
 from import_export import fields, resources, widgets
 
 from apps.billing.resources import MicroAmountWidget, SpreadsheetSafeMixin
@@ -24,7 +25,8 @@ class LookupWidget(widgets.ForeignKeyWidget):
         try:
             return super().clean(value, row, **kwargs)
         except self.model.DoesNotExist:
-            raise ValueError(f"no {self.model._meta.verbose_name} with {self.field} {str(value)[:128]!r}") from None
+            raise ValueError(gettext("No %(model)s with %(field)s “%(value)s”.") % {
+                "model": self.model._meta.verbose_name, "field": self.field, "value": str(value)[:128]}) from None
 
 
 class ModelResource(SpreadsheetSafeMixin, resources.ModelResource):

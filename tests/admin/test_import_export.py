@@ -117,6 +117,7 @@ def test_it_reports_bad_price_rows_and_imports_nothing(catalog):
     result = PriceResource().import_data(dataset, dry_run=False, rollback_on_validation_errors=True)
     assert result.has_errors() or result.has_validation_errors()
     assert len(result.invalid_rows) + len(result.row_errors()) == 4
+    assert "no-such-model" in str([row.error_dict for row in result.invalid_rows])
     assert Price.objects.count() == 1
 
 
