@@ -117,24 +117,20 @@ def _join(place: str, key: str) -> str:
     return f"{place}.{key}" if place else key
 
 
+_VALUE_KINDS = (  # bool before int: a YAML boolean is an int to Python
+    (type(None), gettext_noop("nothing (null)")),
+    (bool, gettext_noop("a boolean (YAML reads yes/no/on/off/true/false as booleans; quote it)")),
+    (int, gettext_noop("a number")),
+    (float, gettext_noop("a decimal number")),
+    (str, gettext_noop("a string")),
+    (list, gettext_noop("a list")),
+    (dict, gettext_noop("a mapping")),
+    (date, gettext_noop("a date")),
+)
+
+
 def _describe(value: Any) -> str:
-    if value is None:
-        return _("nothing (null)")
-    if isinstance(value, bool):
-        return _("a boolean (YAML reads yes/no/on/off/true/false as booleans; quote it)")
-    if isinstance(value, int):
-        return _("a number")
-    if isinstance(value, float):
-        return _("a decimal number")
-    if isinstance(value, str):
-        return _("a string")
-    if isinstance(value, list):
-        return _("a list")
-    if isinstance(value, dict):
-        return _("a mapping")
-    if isinstance(value, date):
-        return _("a date")
-    return type(value).__name__
+    return next((_(label) for kind, label in _VALUE_KINDS if isinstance(value, kind)), type(value).__name__)
 
 
 def _show(value: Any) -> str:

@@ -153,6 +153,14 @@ def _sync_company_books(company: Company, *, credit_limit: int, dry_run: bool) -
     return changed
 
 
+def _company_settings(time_zone: str | None, sell_coefficient: Decimal | None) -> dict[str, Any]:
+    """The settings with None replaced by the model's defaults."""
+    return {
+        "time_zone": time_zone or model_default(Company, "time_zone"),
+        "sell_coefficient": sell_coefficient if sell_coefficient is not None else model_default(Company, "sell_coefficient"),
+    }
+
+
 def create_company(
     *,
     slug: str,
@@ -165,11 +173,7 @@ def create_company(
     """A new company with its wallet (``credit_limit`` in micro-RUB) and a moderation policy (off)."""
     with transaction.atomic():
         company = Company(slug=slug)
-        stage(company, {
-            "name": name,
-            "time_zone": time_zone or model_default(Company, "time_zone"),
-            "sell_coefficient": sell_coefficient if sell_coefficient is not None else model_default(Company, "sell_coefficient"),
-        })
+        stage(company, {"name": name, **_company_settings(time_zone, sell_coefficient)})
         outcome = settle(company, [], dry_run=dry_run)
         _sync_company_books(company, credit_limit=credit_limit, dry_run=dry_run)
         return outcome
@@ -210,14 +214,8 @@ def upsert_company(
     if existing is None:
         return create_company(slug=slug, name=name, time_zone=time_zone, sell_coefficient=sell_coefficient,
                               credit_limit=credit_limit, dry_run=dry_run)
-    return update_company(
-        company=existing,
-        name=name,
-        time_zone=time_zone or model_default(Company, "time_zone"),
-        sell_coefficient=sell_coefficient if sell_coefficient is not None else model_default(Company, "sell_coefficient"),
-        credit_limit=credit_limit,
-        dry_run=dry_run,
-    )
+    return update_company(company=existing, name=name, credit_limit=credit_limit, dry_run=dry_run,
+                          **_company_settings(time_zone, sell_coefficient))
 
 
 # --- departments ---------------------------------------------------------------------------
