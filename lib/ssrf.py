@@ -22,7 +22,8 @@ def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return address.is_global and not address.is_multicast
 
 
-def validate_outbound_url(url: str, *, internal: bool = False, schemes: tuple[str, ...] = ("http", "https"), resolve: bool = True) -> str:
+def validate_outbound_url(url: str, *, internal: bool = False, schemes: tuple[str, ...] = ("http", "https"), resolve: bool = True,
+                          allow_credentials: bool = False) -> str:
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -32,9 +33,8 @@ def validate_outbound_url(url: str, *, internal: bool = False, schemes: tuple[st
         raise UnsafeURLError(f"URL scheme must be one of {', '.join(schemes)}")
     if not parts.hostname:
         raise UnsafeURLError("URL has no host")
-    if parts.username or parts.password:
-        if parts.scheme in ("http", "https"):
-            raise UnsafeURLError("credentials in a provider URL are not allowed; use a supplier key")
+    if (parts.username or parts.password) and not allow_credentials:
+        raise UnsafeURLError("credentials in a provider URL are not allowed; use a supplier key")
     if internal:
         return url
     host = parts.hostname

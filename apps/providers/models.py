@@ -60,7 +60,8 @@ class EgressProxy(models.Model):
         from urllib.parse import urlsplit
 
         try:
-            validate_outbound_url(url, internal=self.internal, schemes=("http", "https", "socks5"), resolve=False)
+            validate_outbound_url(url, internal=self.internal, schemes=("http", "https", "socks5"), resolve=False,
+                                  allow_credentials=True)
         except UnsafeURLError as exc:
             raise ValidationError({"url": str(exc)}) from None
         parts = urlsplit(url)

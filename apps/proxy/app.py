@@ -136,7 +136,7 @@ class ProxyApp:
                 return
             await self.upstream.start()
             await self.snapshots.start()
-            tokens.count_text("warm up")  # load the BPE tables now, not on the first request
+            tokens.preload()  # load the BPE tables now, not on the first request
             self._started = True
 
     async def shutdown(self) -> None:
@@ -323,7 +323,7 @@ class ProxyApp:
     def estimate(self, body: dict, checked: Checked, route: ModelRoute, endpoint: str) -> tuple[int, int]:
         """(input tokens, maximum output tokens over all choices) for the reservation."""
         if endpoint == "chat":
-            input_tokens = tokens.count_chat_prompt(body["messages"]) + tokens.count_tools(body.get("tools"))
+            input_tokens = tokens.count_chat_request(body, encoding=tokens.encoding_for_model(route.upstream_model))
         elif endpoint == "completion":
             input_tokens = tokens.count_prompt_input(body["prompt"])
         else:

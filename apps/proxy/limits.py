@@ -133,24 +133,32 @@ if ARGV[8] == '1' then redis.call('SET', KEYS[5], ARGV[7], 'NX', 'EX', ARGV[9]) 
 return 1
 """
 
-# After the meter writer commits a batch: per company, merge the ledger sums it read after the
-# commit and lower `out` by what it wrote; acknowledge the stream entries in the same step.
+# After the meter writer commits a batch: merge the ledger sums it read after the commit, and
+# for each entry lower `out` by its charge only if this call is the one that acknowledges it —
+# so an entry two writers both processed (one reclaimed it) is subtracted exactly once.
 ACK = _COMMON + """
--- KEYS: stream, co_1..co_n ; ARGV: group, n, (cr, db, lim, written)*n, ids...
+-- KEYS: stream, co_1..co_n ; ARGV: group, n, (cr, db, lim)*n, (company index | 0, charge, entry id)*
 local n = tonumber(ARGV[2])
 for i = 1, n do
-  local base = 2 + (i - 1) * 4
+  local base = 2 + (i - 1) * 3
   local key = KEYS[1 + i]
   local cr, db = redis.call('HGET', key, 'cr'), redis.call('HGET', key, 'db')
   if cr ~= false then
     if tonumber(cr) < tonumber(ARGV[base + 1]) then redis.call('HSET', key, 'cr', ARGV[base + 1]) end
     if db == false or tonumber(db) < tonumber(ARGV[base + 2]) then redis.call('HSET', key, 'db', ARGV[base + 2]) end
     redis.call('HSET', key, 'lim', ARGV[base + 3])
-    if tonumber(ARGV[base + 4]) ~= 0 then redis.call('HINCRBY', key, 'out', '-' .. ARGV[base + 4]) end
   end
 end
 local acked = 0
-for i = 3 + n * 4, #ARGV do acked = acked + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) end
+for i = 3 + n * 3, #ARGV, 3 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i + 2]) == 1 then
+    acked = acked + 1
+    local company = tonumber(ARGV[i])
+    if company > 0 and tonumber(ARGV[i + 1]) ~= 0 and redis.call('HEXISTS', KEYS[1 + company], 'cr') == 1 then
+      redis.call('HINCRBY', KEYS[1 + company], 'out', '-' .. ARGV[i + 1])
+    end
+  end
+end
 return acked
 """
 

@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -176,7 +175,9 @@ def company_sums(company_ids: list[int]) -> dict[int, tuple[int, int, int]]:
 
 
 class MeterWriter:
-    def __init__(self, *, batch_size: int = 1000, block_ms: int = 100, consumer: str | None = None) -> None:
+    def __init__(self, *, batch_size: int = 1000, block_ms: int = 100, consumer: str | None = None,
+                 reclaim_idle_ms: int = RECLAIM_IDLE_MS) -> None:
+        self.reclaim_idle_ms = reclaim_idle_ms
         self.redis = redis.Redis.from_url(settings.REDIS_URL)
         self.batch_size = batch_size
         self.block_ms = block_ms
@@ -215,17 +216,14 @@ class MeterWriter:
         if not events:
             return 0
         write_batch(events, self.accounts)
-        written: dict[int, int] = defaultdict(int)
-        for event in events:
-            company = event.data.get("co")
-            if company:
-                written[company] += event.data.get("sell") or 0
-        sums = company_sums(list(written))
-        companies = [c for c in written if c in sums]
+        sums = company_sums(list({e.data["co"] for e in events if e.data.get("co")}))
+        companies = list(sums)
+        position = {company: index for index, company in enumerate(companies, start=1)}
         args: list = [GROUP, len(companies)]
         for company in companies:
-            args += [*sums[company], written[company]]
-        args += [e.stream_id for e in events]
+            args += sums[company]
+        for event in events:
+            args += [position.get(event.data.get("co"), 0), event.data.get("sell") or 0, event.stream_id]
         self._ack(keys=[limits.STREAM_KEY, *(limits.company_key(c) for c in companies)], args=args)
         self.written += len(events)
         return len(events)
@@ -236,7 +234,7 @@ class MeterWriter:
             self._sweep(keys=[limits.HOLDS_KEY, limits.STREAM_KEY], args=[int(now), 500])
         if now - self._last_reclaim >= 5.0:
             self._last_reclaim = now
-            _, entries, _ = self.redis.xautoclaim(limits.STREAM_KEY, GROUP, self.consumer, RECLAIM_IDLE_MS, "0-0",
+            _, entries, _ = self.redis.xautoclaim(limits.STREAM_KEY, GROUP, self.consumer, self.reclaim_idle_ms, "0-0",
                                                   count=self.batch_size)
             self.process(self._decode(entries))
         if now - self._last_sync >= 5.0:

@@ -63,6 +63,12 @@ async def _sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
             yield line
 
 
+async def _bare_events(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The mock yields wire-ready events ("data: …\n\n"); the relay works on bare ``data:`` lines."""
+    async for event in events:
+        yield event.rstrip(b"\n")
+
+
 class UpstreamClient:
     def __init__(self, *, timeout_seconds: int) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=10)
@@ -81,8 +87,8 @@ class UpstreamClient:
     async def open(self, *, route: ModelRoute, endpoint: str, body: dict, stream: bool) -> Upstream:
         if route.provider_kind == ProviderKind.MOCK:
             if stream:
-                return Upstream(None, events=mock.stream(body, upstream_model=route.upstream_model,
-                                                          options=route.provider_options, kind=endpoint))
+                return Upstream(None, events=_bare_events(mock.stream(body, upstream_model=route.upstream_model,
+                                                                      options=route.provider_options, kind=endpoint)))
             return Upstream(None, body=await mock.respond(body, upstream_model=route.upstream_model,
                                                           options=route.provider_options, kind=endpoint))
         if route.provider_kind not in OPENAI_WIRE:

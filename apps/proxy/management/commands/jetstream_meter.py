@@ -14,10 +14,12 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=1000)
         parser.add_argument("--block-ms", type=int, default=100)
         parser.add_argument("--consumer", default=None, help="Consumer name in the 'meter' group (default: host-pid).")
+        parser.add_argument("--reclaim-idle-ms", type=int, default=15_000,
+                            help="Take over entries another writer left unacknowledged this long (it died).")
         parser.add_argument("--stop-after", type=float, default=None, help="Exit after this many seconds (tests).")
 
-    def handle(self, *args, batch_size, block_ms, consumer, stop_after, **options):
-        writer = MeterWriter(batch_size=batch_size, block_ms=block_ms, consumer=consumer)
+    def handle(self, *args, batch_size, block_ms, consumer, reclaim_idle_ms, stop_after, **options):
+        writer = MeterWriter(batch_size=batch_size, block_ms=block_ms, consumer=consumer, reclaim_idle_ms=reclaim_idle_ms)
 
         def stop(signum, frame):  # finish the batch in hand, then exit
             raise SystemExit(0)
