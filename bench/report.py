@@ -1,0 +1,373 @@
+"""Render docs/benchmarks.md from the runner's results (bench/.work/results.json).
+
+    .venv/bin/python -m bench.report [results.json] [output.md]   # re-render without re-running
+
+Numbers come only from the results; a target that failed or was not run shows why, never a number.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from bench import payloads
+
+LABELS = {"direct": "Direct (nginx)", "jetstream": "Jetstream", "litellm": "LiteLLM proxy"}
+MODES = ("non-stream", "stream")
+MB = 1_000_000
+
+# The issue's targets, all for Jetstream with metering on.
+TARGET_NONSTREAM_RPS = 2000
+TARGET_STREAM_RPS = 1500
+TARGET_P99_MS = 60
+TARGET_ADDED_P50_MS = 2
+TARGET_LITELLM_RATIO = 20
+TARGET_SLOW_STREAMS = 1000
+TARGET_SLOW_RSS_MB = 300
+TARGET_RECORD_LAG_P99_MS = 1000
+LOAD_CONNECTIONS = 50
+
+
+def _rps(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def _mb(value: int | None) -> str:
+    return "–" if value is None else f"{value / MB:,.0f}"
+
+
+def _cell(results: dict, target: str, key: str) -> dict | None:
+    entry = results["targets"].get(target)
+    if not entry or "error" in entry:
+        return None
+    return entry.get("cells", {}).get(key)
+
+
+def _why_missing(results: dict, target: str) -> str:
+    entry = results["targets"].get(target)
+    if entry is None:
+        return f"{LABELS[target]} was not run (BENCH_TARGETS)"
+    if "error" in entry:
+        return f"{LABELS[target]} FAILED: {entry['error'].splitlines()[0].removesuffix('; its last lines:')} (details above)"
+    return "no such cell in this run"
+
+
+def _errors_text(cell: dict) -> str:
+    parts = [f"{count} {kind.replace('_', '-')}" for kind, count in cell["errors"].items() if count]
+    return ", ".join(parts)
+
+
+def _machine(results: dict) -> list[str]:
+    m = results["machine"]
+    v = m["versions"]
+    commit = m["git_commit"] + (" (the working tree also had uncommitted changes)" if m["git_dirty"] else "")
+    versions = ", ".join(f"{name} {version}" for name, version in v.items())
+    lines = [
+        "| | |",
+        "|---|---|",
+        f"| Date | {m['date']} |",
+        f"| CPU | {m['cpu_model'] or 'unknown'}, nproc {m['nproc']} |",
+        f"| RAM | {m['ram_gib']} GiB |",
+        f"| Kernel | {m['kernel']} |",
+        f"| Python | {m['python']} |",
+        f"| Commit | {commit} |",
+        f"| Versions | {versions} |",
+    ]
+    js = results["targets"].get("jetstream") or {}
+    servers = js.get("servers")
+    if servers:
+        lines.append(f"| Jetstream's stores | PostgreSQL {servers.get('postgresql', '?')} ({servers.get('database', '?')}), Redis {servers.get('redis') or '?'} |")
+    lines.append(f"| DEBUG | {m['debug'] or 'unset'} |")
+    if "loadavg_start" in m:
+        end = " / ".join(str(x) for x in m.get("loadavg_end", [])) or "?"
+        lines.append(f"| Load average (1/5/15 min) | {' / '.join(str(x) for x in m['loadavg_start'])} at the start, {end} at the end |")
+    return lines
+
+
+def _method(results: dict) -> list[str]:
+    s = results["settings"]
+    conns = " and ".join(str(c) for c in s["connections"])
+    chunks = len(payloads.stream_chunks(model=payloads.STREAM_MODEL))
+    return [
+        "- One machine, everything on 127.0.0.1. Upstream: nginx (`worker_processes 1`, access log off) returning a fixed "
+        f"`chat.completion` with usage for `bench-chat` and a fixed SSE stream ({chunks} chunks, a usage chunk with `choices: []`, "
+        "`data: [DONE]`) for `bench-stream`. Direct = wrk straight at those two URLs.",
+        "- Jetstream: `bin/serve` (uvicorn, uvloop + httptools) with `JETSTREAM_WORKERS=1`, the whole pipeline on "
+        "(auth, limits, reservation, settlement, metering) and the meter writer (`manage.py jetstream_meter`) draining usage "
+        "into PostgreSQL; configured by `manage.py jetstream_apply bench/bench.yaml` (a bench company with a huge top-up, one "
+        "token with no limits, priced models pointing at the upstreams).",
+        "- LiteLLM: `litellm --config … --num_workers 1` from its own venv (`pip install 'litellm[proxy]'`), the same models as "
+        "`openai/…` with `api_base` at the same upstreams, no database, no master key, `LITELLM_OFFLINE_MODE=true`, "
+        "`LITELLM_LOCAL_MODEL_COST_MAP=True`, `LITELLM_LOG=ERROR`.",
+        f"- Load: wrk, 1 thread, {conns} connections, {s['warmup_s']} s warm-up then {s['duration_s']} s measured per cell, "
+        "POST with a fixed body (`bench/wrk/post.lua`); streaming cells ask `stream: true` with "
+        "`stream_options.include_usage` and wrk reads each whole SSE response as one request. p50/p99 are wrk's. Before its "
+        "cells each target answers one request per mode that is checked for shape. A cell with any non-2xx, socket error or "
+        "timeout is flagged below.",
+        "- RSS: the sum of VmRSS over the server's process tree right after the cell (direct: nginx master + worker). "
+        "MB = 10^6 bytes.",
+        "- Records: `billing_usagerecord` rows counted just before and after the measured window (records/s = the difference "
+        "over the window); after the cell the harness waits until the count stops growing, then takes the cell's rows "
+        "(bench model, started in the cell) and reports the p99 of `recorded_at − finished_at` as the record lag.",
+        f"- Slow streams: {s['slow_streams']} streaming requests opened over {s['slow_ramp_s']} s (one connection each, "
+        f"`bench/slow_client.py`, aiohttp) against an upstream that sends one chunk every {s['slow_interval_s']} s for "
+        f"{s['slow_chunks']} chunks (`bench/slow_upstream.py`); each is read to `data: [DONE]`; the server's RSS is sampled "
+        "every 0.5 s during the hold. Direct = the slow upstream itself (checks the client and upstream can hold the load).",
+        "- The machine has 2 cores: wrk, nginx, the proxy under test and (for Jetstream) Redis, PostgreSQL and the meter "
+        "writer share them, so every column pays for its load generator.",
+    ]
+
+
+def _main_table(results: dict) -> list[str]:
+    targets = list(results["targets"])
+    header = "| Scenario | " + " | ".join(f"{LABELS[t]} req/s | p50 ms | p99 ms | RSS MB" for t in targets) + " |"
+    rule = "|---|" + "|".join("---:|---:|---:|---:" for _ in targets) + "|"
+    lines = [header, rule]
+    notes: list[str] = []
+    for mode in MODES:
+        for conns in results["settings"]["connections"]:
+            key = f"{mode}-c{conns}"
+            row = [f"{mode}, {conns} conn"]
+            for t in targets:
+                cell = _cell(results, t, key)
+                if cell is None:
+                    row += ["FAILED" if "error" in results["targets"][t] else "–", "–", "–", "–"]
+                    continue
+                flag = ""
+                if cell["error_total"]:
+                    flag = " ⚠"
+                    notes.append(f"- {LABELS[t]}, {mode}, {conns} conn: {_errors_text(cell)} of {cell['requests']:,} requests.")
+                row += [_rps(cell["rps"]) + flag, _ms(cell["p50_ms"]), _ms(cell["p99_ms"]), _mb(cell["rss_bytes"])]
+            lines.append("| " + " | ".join(row) + " |")
+    if notes:
+        lines += ["", "⚠ Cells with errors (their numbers include failed requests):", *notes]
+    for t in targets:
+        if "error" in results["targets"][t]:
+            lines += ["", f"**{LABELS[t]} FAILED** — no numbers for it in this run:", "", "```", results["targets"][t]["error"], "```"]
+    return lines
+
+
+def _ratios(results: dict) -> list[str]:
+    lines = ["| Scenario | Jetstream ÷ LiteLLM req/s | Jetstream p50 − direct p50 |", "|---|---:|---:|"]
+    for mode in MODES:
+        for conns in results["settings"]["connections"]:
+            key = f"{mode}-c{conns}"
+            js, ll, direct = (_cell(results, t, key) for t in ("jetstream", "litellm", "direct"))
+            ratio = f"{js['rps'] / ll['rps']:.1f}×" if js and ll and ll["rps"] else "not measured"
+            added = f"{js['p50_ms'] - direct['p50_ms']:+.3f} ms" if js and direct else "not measured"
+            lines.append(f"| {mode}, {conns} conn | {ratio} | {added} |")
+    return lines
+
+
+def _one_per_request(rows: int, sent: int, conns: int) -> str:
+    if rows < sent:
+        return f"**NO: {sent - rows:,} missing**"
+    if rows > sent + 2 * conns:
+        return f"**NO: {rows - sent - 2 * conns:,} extra**"
+    return "yes"
+
+
+def _metering(results: dict) -> list[str]:
+    entry = results["targets"].get("jetstream")
+    if not entry or "error" in entry:
+        return [f"Not measured: {_why_missing(results, 'jetstream')}."]
+    lines = [
+        "| Scenario | records/s (window) | requests sent (wrk) | records after drain | one per request? | outcomes | lag p50 ms | lag p99 ms | lag max ms | drained after load |",
+        "|---|---:|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for mode in MODES:
+        for conns in results["settings"]["connections"]:
+            cell = _cell(results, "jetstream", f"{mode}-c{conns}")
+            if not cell:
+                continue
+            m = cell["metering"]
+            outcomes = ", ".join(f"{s['status']} {s['http_status']}: {s['count']:,}" for s in m["statuses"]) or "none"
+            drained = f"{m['drain_after_load_s']:.1f} s" + ("" if m["drain_settled"] else " (still growing at timeout)")
+            lines.append(
+                f"| {mode}, {conns} conn | {m['records_per_s']:,.0f} | {m['requests_sent']:,} | {m['rows']:,} | "
+                f"{_one_per_request(m['rows'], m['requests_sent'], conns)} | {outcomes} | "
+                f"{_ms(m['lag_p50_ms'])} | {_ms(m['lag_p99_ms'])} | {_ms(m['lag_max_ms'])} | {drained} |"
+            )
+    lines.append("")
+    lines.append(
+        "wrk does not count requests still in flight when it stops (after the warm-up and after the measured run), so a "
+        "cell may hold up to two records per connection more than wrk's count; fewer records than requests means lost "
+        "records, more than that margin means duplicates."
+    )
+    return lines
+
+
+def _slow(results: dict) -> list[str]:
+    s = results["settings"]
+    lines = [
+        "| Target | streams | completed | errors | peak open at once | server RSS before → max MB | first byte p99 s | longest stream s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    details: list[str] = []
+    for target, entry in results["targets"].items():
+        if target not in s["slow_targets"]:
+            continue
+        if "error" in entry:
+            lines.append(f"| {LABELS[target]} | FAILED | – | – | – | – | – | – |")
+            continue
+        slow = entry.get("slow")
+        if slow is None:
+            continue
+        if "error" in slow:
+            lines.append(f"| {LABELS[target]} | {s['slow_streams']} | FAILED | – | – | – | – | – |")
+            details.append(f"- {LABELS[target]}: {slow['error'].splitlines()[0]}")
+            continue
+        longest = "–" if slow["stream_max_s"] is None else f"{slow['stream_max_s']:.1f}"
+        first = "–" if slow["first_byte_p99_s"] is None else f"{slow['first_byte_p99_s']:.2f}"
+        lines.append(
+            f"| {LABELS[target]} | {slow['streams']:,} | {slow['ok']:,} | {slow['errors']:,} | {slow['peak_open']:,} | "
+            f"{_mb(slow['rss_before_bytes'])} → {_mb(slow['rss_max_bytes'])} | {first} | {longest} |"
+        )
+        if slow["errors"]:
+            kinds = ", ".join(f"{kind}: {count}" for kind, count in slow["errors_by_kind"].items())
+            details.append(f"- {LABELS[target]} errors by kind: {kinds}. First samples: " + "; ".join(f"`{x}`" for x in slow["error_samples"][:3]))
+        if not slow["server_alive_after"]:
+            details.append(f"- {LABELS[target]}: the server process was gone after the hold.")
+        if "records" in slow:
+            details.append(f"- {LABELS[target]}: {slow['records']['rows']:,} usage records for the slow streams, lag p99 {_ms(slow['records']['lag_p99_ms'])} ms.")
+    if s["slow_streams"] == 0 or len(lines) == 2:
+        return ["Not run (BENCH_SLOW_STREAMS=0 or no BENCH_SLOW_TARGETS)."]
+    return lines + ([""] + details if details else [])
+
+
+def _check(ok: bool, text: str) -> str:
+    return f"| {'met' if ok else '**NOT MET**'} | {text} |"
+
+
+def _targets(results: dict) -> list[str]:
+    lines = ["| | Target (Jetstream, metering on) |", "|---|---|"]
+    js_entry = results["targets"].get("jetstream")
+    if not js_entry or "error" in js_entry:
+        why = _why_missing(results, "jetstream")
+        return [*lines, f"| **not measured** | every target: {why} |"]
+    c = LOAD_CONNECTIONS
+
+    def cell(target: str, mode: str, conns: int) -> dict | None:
+        return _cell(results, target, f"{mode}-c{conns}")
+
+    def missing(what: str) -> str:
+        return f"| **not measured** | {what}: no such cell in this run (BENCH_CONNECTIONS / BENCH_TARGETS) |"
+
+    for mode, floor in (("non-stream", TARGET_NONSTREAM_RPS), ("stream", TARGET_STREAM_RPS)):
+        js = cell("jetstream", mode, c)
+        what = f"≥ {floor:,} req/s {mode} at {c} connections"
+        if not js:
+            lines.append(missing(what))
+            continue
+        errs = f", {js['error_total']} errors" if js["error_total"] else ""
+        lines.append(_check(js["rps"] >= floor and not js["error_total"], f"{what}: {_rps(js['rps'])}{errs}"))
+    for mode in MODES:
+        js = cell("jetstream", mode, c)
+        what = f"p99 ≤ {TARGET_P99_MS} ms {mode} at {c} connections"
+        lines.append(_check(js["p99_ms"] <= TARGET_P99_MS, f"{what}: {_ms(js['p99_ms'])} ms") if js else missing(what))
+    for mode in MODES:
+        js, direct = cell("jetstream", mode, 1), cell("direct", mode, 1)
+        what = f"added p50 latency ≤ {TARGET_ADDED_P50_MS} ms over direct, {mode}, 1 connection"
+        if js and direct:
+            added = js["p50_ms"] - direct["p50_ms"]
+            lines.append(_check(added <= TARGET_ADDED_P50_MS, f"{what}: {added:+.3f} ms ({_ms(js['p50_ms'])} vs {_ms(direct['p50_ms'])})"))
+        else:
+            lines.append(missing(what))
+    for mode in MODES:
+        js, ll = cell("jetstream", mode, c), cell("litellm", mode, c)
+        what = f"≥ {TARGET_LITELLM_RATIO}× LiteLLM's throughput, {mode}, {c} connections"
+        if js and ll and ll["rps"]:
+            ratio = js["rps"] / ll["rps"]
+            lines.append(_check(ratio >= TARGET_LITELLM_RATIO, f"{what}: {ratio:.1f}× ({_rps(js['rps'])} vs {_rps(ll['rps'])})"))
+        else:
+            lines.append(missing(what) if "litellm" not in results["targets"] else f"| **not measured** | {what}: {_why_missing(results, 'litellm')} |")
+    slow = js_entry.get("slow")
+    what = f"{TARGET_SLOW_STREAMS:,} concurrent slow streams on one worker, RSS ≤ {TARGET_SLOW_RSS_MB} MB, no errors"
+    if not slow:
+        lines.append(missing(what))
+    elif "error" in slow:
+        lines.append(f"| **NOT MET** | {what}: the run failed: {slow['error'].splitlines()[0]} |")
+    else:
+        ok = (
+            slow["streams"] >= TARGET_SLOW_STREAMS
+            and slow["ok"] == slow["streams"]
+            and slow["errors"] == 0
+            and slow["peak_open"] >= TARGET_SLOW_STREAMS
+            and slow["rss_max_bytes"] <= TARGET_SLOW_RSS_MB * MB
+        )
+        lines.append(
+            _check(ok, f"{what}: {slow['ok']:,}/{slow['streams']:,} completed, {slow['errors']} errors, "
+                   f"peak {slow['peak_open']:,} open, max RSS {slow['rss_max_bytes'] / MB:,.1f} MB")
+        )
+    lags = [
+        (mode, cell("jetstream", mode, c)["metering"]["lag_p99_ms"]) for mode in MODES if cell("jetstream", mode, c)
+    ]
+    what = f"records visible in PostgreSQL within 1 s at p99 under load ({c} connections)"
+    if lags and all(lag is not None for _, lag in lags):
+        worst = max(lag for _, lag in lags)
+        lines.append(_check(worst <= TARGET_RECORD_LAG_P99_MS, f"{what}: worst cell p99 {worst:,.0f} ms"))
+    else:
+        lines.append(missing(what) if not lags else f"| **NOT MET** | {what}: no records found for a cell |")
+    return lines
+
+
+def render(results: dict) -> str:
+    parts = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`bench/run.sh`); do not edit by hand. Raw numbers: `bench/.work/results.json` "
+        "of the run. Re-render with `.venv/bin/python -m bench.report`.",
+        "",
+        "## Machine",
+        "",
+        *_machine(results),
+        "",
+        "## Method",
+        "",
+        *_method(results),
+        "",
+        "## Side by side",
+        "",
+        *_main_table(results),
+        "",
+        "## Ratios",
+        "",
+        *_ratios(results),
+        "",
+        "## Metering (Jetstream)",
+        "",
+        *_metering(results),
+        "",
+        "## Slow streams",
+        "",
+        *_slow(results),
+        "",
+        "## Targets",
+        "",
+        *_targets(results),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    root = Path(__file__).resolve().parent
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else root / ".work" / "results.json"
+    output = Path(sys.argv[2]) if len(sys.argv) > 2 else root.parent / "docs" / "benchmarks.md"
+    try:
+        results = json.loads(source.read_text())
+    except (OSError, ValueError) as exc:
+        sys.exit(f"bench.report: cannot read {source}: {exc}")
+    output.write_text(render(results))
+    print(f"Wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
