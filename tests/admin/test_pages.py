@@ -134,9 +134,8 @@ def test_it_renders_the_other_registered_pages(superadmin_client, personas, cata
     _render_other_pages(superadmin_client, catalog, instances, others - OTP_LABELS, [])
 
 
-@pytest.mark.xfail(strict=True, reason="needs OTP_ADMIN_HIDE_SENSITIVE_DATA = True in jetstream/settings.py (asked of the "
-                                       "lead); remove this marker once it is set")
 def test_it_hides_mfa_secrets_in_the_otp_pages(superadmin_client, personas, catalog):
+    # TOTP seeds and backup codes are credentials: settings.OTP_ADMIN_HIDE_SENSITIVE_DATA keeps them off the pages.
     instances = _third_party_instances(personas)
     mfa_secrets = [instances["otp_totp.totpdevice"].key, "rcvry-TOKEN-77"]
     _render_other_pages(superadmin_client, catalog, instances, OTP_LABELS, mfa_secrets)

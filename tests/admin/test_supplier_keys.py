@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from django.urls import reverse
 
 from apps.providers.models import EgressProxy, SupplierKey
@@ -96,17 +97,20 @@ def _proxy_form(**overrides) -> dict:
     return {k: v for k, v in data.items() if v != ""}
 
 
-def test_it_encrypts_an_egress_url_and_shows_it_without_credentials(superadmin_client, catalog):
-    url = "socks5://user:S3CRET-PROXY-PW@proxy.example.org:1080"
+@pytest.mark.parametrize(("url", "display"), [
+    ("socks5://user:S3CRET-PROXY-PW@proxy.example.org:1080", "socks5://proxy.example.org:1080"),
+    ("http://user:S3CRET-PROXY-PW@proxy.example.org:3128", "http://proxy.example.org:3128"),
+])
+def test_it_encrypts_an_egress_url_and_shows_it_without_credentials(superadmin_client, catalog, url, display):
     response = superadmin_client.post(reverse("admin:providers_egressproxy_add"), _proxy_form(url=url), follow=True)
     assert response.status_code == 200
     proxy = EgressProxy.objects.get(slug="de-1")
     assert proxy.country == "DE"
     assert proxy.reveal_url() == url
-    assert proxy.url_display == "socks5://proxy.example.org:1080"
+    assert proxy.url_display == display
     assert "S3CRET-PROXY-PW" not in response.content.decode()
     page = superadmin_client.get(reverse("admin:providers_egressproxy_change", args=[proxy.pk])).content.decode()
-    assert "socks5://proxy.example.org:1080" in page
+    assert display in page
     assert "S3CRET-PROXY-PW" not in page and proxy.url_encrypted not in page
     _assert_no_password_value(page)
 
@@ -127,7 +131,8 @@ def test_it_keeps_the_egress_url_when_left_blank_and_requires_it_on_add(superadm
 
 
 def test_it_refuses_unsafe_egress_urls_without_echoing_credentials(superadmin_client, catalog):
-    for url in ("http://user:TOPSECRET-PW@proxy.example.org:3128", "socks5://user:TOPSECRET-PW@10.0.0.5:1080", "ftp://proxy.example.org"):
+    for url in ("socks5://user:TOPSECRET-PW@10.0.0.5:1080", "http://user:TOPSECRET-PW@[::1]:3128",
+                "ftp://user:TOPSECRET-PW@proxy.example.org", "socks5://user:TOPSECRET-PW@proxy.example.org:99999"):
         response = superadmin_client.post(reverse("admin:providers_egressproxy_add"), _proxy_form(url=url))
         assert response.status_code == 200, url
         assert response.context["adminform"].form.errors, url
