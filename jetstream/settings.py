@@ -163,6 +163,10 @@ ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_EMAIL_VERIFICATION = envstr("ACCOUNT_EMAIL_VERIFICATION", "optional")
 ACCOUNT_RATE_LIMITS = {"login_failed": "5/m/ip,5/5m/key"}
 ACCOUNT_ALLOW_REGISTRATION = False
+# One-time secrets (a new token) are flashed as messages: keep them server-side, not in a cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+# django-otp: never show TOTP secrets or QR codes in the admin.
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
 # --- i18n: Russian and Moscow time by default, English ships too -------------------------
 LANGUAGE_CODE = envstr("LANGUAGE_CODE", "ru")

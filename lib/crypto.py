@@ -9,6 +9,7 @@ into the GCM associated data so a blob cannot be replayed under another key id.
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 
 from cryptography.exceptions import InvalidTag
@@ -38,7 +39,10 @@ def encrypt(plaintext: str, *, context: str = "") -> str:
 
 
 def key_id_of(token: str) -> str:
-    return token.split(":", 2)[1]
+    parts = token.split(":", 2)
+    if len(parts) != 3:
+        raise SecretDecryptionError("malformed encrypted value")
+    return parts[1]
 
 
 def decrypt(token: str, *, context: str = "") -> str:
@@ -51,7 +55,12 @@ def decrypt(token: str, *, context: str = "") -> str:
     key = _keys().get(key_id)
     if key is None:
         raise SecretDecryptionError(f"encryption key {key_id!r} is not configured")
-    raw = base64.b64decode(encoded)
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise SecretDecryptionError("malformed encrypted value") from None
+    if len(raw) < 12 + 16:  # nonce + GCM tag
+        raise SecretDecryptionError("malformed encrypted value")
     try:
         plain = AESGCM(key).decrypt(raw[:12], raw[12:], f"{key_id}|{context}".encode())
     except InvalidTag:

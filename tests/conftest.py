@@ -25,6 +25,12 @@ class Personas:
     outsider: object
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    # PBKDF2 at production strength dominates the suite's run time; tests need no real hashing cost.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def personas(db, django_user_model) -> Personas:
     from apps.accounts.models import Company, CompanyRole, Membership, Supplier, SupplierMembership, SupplierRole

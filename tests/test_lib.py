@@ -209,9 +209,6 @@ def test_it_refuses_malformed_envelopes():
             crypto.decrypt(token)
 
 
-@pytest.mark.xfail(strict=True, reason="lib/crypto.decrypt lets binascii.Error/ValueError escape for a malformed blob "
-                                       "(reported to the lead with the fix); remove this marker once fixed")
-@override_settings(JETSTREAM_ENCRYPTION_KEYS={"k1": KEY_1})
 def test_it_refuses_a_malformed_blob_with_its_own_error():
     for token in ("v1:k1:abc", "v1:k1:", "v1:k1:!!!!", "v1:k1:QUFBQUFB"):
         with pytest.raises(crypto.SecretDecryptionError):

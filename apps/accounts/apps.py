@@ -7,5 +7,5 @@ from django.utils.translation import gettext_lazy as _
 class AccountsConfig(AppConfig):
     name = "apps.accounts"
     label = "accounts"
-    verbose_name = _("Accounts")
+    verbose_name = _("Users and companies")
     default_auto_field = "django.db.models.BigAutoField"

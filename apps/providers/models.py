@@ -177,7 +177,7 @@ class Price(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.model} @ {self.valid_from:%Y-%m-%d %H:%M}"
+        return f"{self.model} @ {timezone.localtime(self.valid_from):%Y-%m-%d %H:%M}"
 
     def save(self, *args, **kwargs):
         if self.pk is not None:

@@ -38,12 +38,6 @@ class Catalog:
         ]
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """The personas' passwords are hashed at full strength otherwise: seconds per test for nothing."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def catalog(personas) -> Catalog:
     from apps.billing.models import Account, AccountKind, FxRate, Transfer, TransferKind, TransferStatus, UsageRecord, UsageStatus
