@@ -211,32 +211,33 @@ def _slow(results: dict) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     details: list[str] = []
+    labels = {**LABELS, "direct": "Direct (the slow upstream itself)"}
     for target, entry in results["targets"].items():
         if target not in s["slow_targets"]:
             continue
         if "error" in entry:
-            lines.append(f"| {LABELS[target]} | FAILED | – | – | – | – | – | – |")
+            lines.append(f"| {labels[target]} | FAILED | – | – | – | – | – | – |")
             continue
         slow = entry.get("slow")
         if slow is None:
             continue
         if "error" in slow:
-            lines.append(f"| {LABELS[target]} | {s['slow_streams']} | FAILED | – | – | – | – | – |")
-            details.append(f"- {LABELS[target]}: {slow['error'].splitlines()[0]}")
+            lines.append(f"| {labels[target]} | {s['slow_streams']} | FAILED | – | – | – | – | – |")
+            details.append(f"- {labels[target]}: {slow['error'].splitlines()[0]}")
             continue
         longest = "–" if slow["stream_max_s"] is None else f"{slow['stream_max_s']:.1f}"
         first = "–" if slow["first_byte_p99_s"] is None else f"{slow['first_byte_p99_s']:.2f}"
         lines.append(
-            f"| {LABELS[target]} | {slow['streams']:,} | {slow['ok']:,} | {slow['errors']:,} | {slow['peak_open']:,} | "
+            f"| {labels[target]} | {slow['streams']:,} | {slow['ok']:,} | {slow['errors']:,} | {slow['peak_open']:,} | "
             f"{_mb(slow['rss_before_bytes'])} → {_mb(slow['rss_max_bytes'])} | {first} | {longest} |"
         )
         if slow["errors"]:
             kinds = ", ".join(f"{kind}: {count}" for kind, count in slow["errors_by_kind"].items())
-            details.append(f"- {LABELS[target]} errors by kind: {kinds}. First samples: " + "; ".join(f"`{x}`" for x in slow["error_samples"][:3]))
+            details.append(f"- {labels[target]} errors by kind: {kinds}. First samples: " + "; ".join(f"`{x}`" for x in slow["error_samples"][:3]))
         if not slow["server_alive_after"]:
-            details.append(f"- {LABELS[target]}: the server process was gone after the hold.")
+            details.append(f"- {labels[target]}: the server process was gone after the hold.")
         if "records" in slow:
-            details.append(f"- {LABELS[target]}: {slow['records']['rows']:,} usage records for the slow streams, lag p99 {_ms(slow['records']['lag_p99_ms'])} ms.")
+            details.append(f"- {labels[target]}: {slow['records']['rows']:,} usage records for the slow streams, lag p99 {_ms(slow['records']['lag_p99_ms'])} ms.")
     if s["slow_streams"] == 0 or len(lines) == 2:
         return ["Not run (BENCH_SLOW_STREAMS=0 or no BENCH_SLOW_TARGETS)."]
     return lines + ([""] + details if details else [])
