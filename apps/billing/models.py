@@ -211,6 +211,7 @@ class UsageRecord(models.Model):
             models.Index(fields=["token", "started_at"], name="usage_token_time"),
             models.Index(fields=["department", "started_at"], name="usage_department_time"),
             models.Index(fields=["supplier_key", "started_at"], name="usage_key_time"),
+            models.Index(fields=["started_at"], name="usage_time"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(sell_cost__gte=0, buy_cost__gte=0), name="usage_costs_non_negative"),

@@ -413,8 +413,13 @@ class ProxyApp:
         await self.redis.execute("XADD", limits.STREAM_KEY, "*", "e", request.event(status=status, http=http, error=error))
 
     def account(self, request: Request, route: ModelRoute, token: TokenSnapshot, usage: wire.Usage | None,
-                fallback_text: str | None, input_estimate: int) -> None:
-        """Fill tokens and costs from upstream usage, or from local counting when it sent none."""
+                fallback_text: str | None, input_estimate: int, reserved: int) -> None:
+        """Fill tokens and costs from upstream usage, or from local counting when it sent none.
+
+        The company is never charged more than was reserved (the request's maximum possible cost,
+        checked against every limit): so a wallet can never be overdrawn, even if an upstream
+        overshoots max_tokens or counts input differently from us. The supplier is still owed the
+        true cost."""
         if usage is not None and (usage.input_tokens or usage.output_tokens):
             request.input_tokens, request.output_tokens, request.cached_tokens = usage.input_tokens, usage.output_tokens, usage.cached_tokens
         else:
@@ -422,7 +427,12 @@ class ProxyApp:
             request.input_tokens = input_estimate
             request.output_tokens = tokens.count_text(fallback_text or "") if fallback_text else 0
             request.cached_tokens = 0
-        request.sell = self.price(route, request.input_tokens, request.output_tokens, request.cached_tokens, token.sell_coef_units)
+        sell = self.price(route, request.input_tokens, request.output_tokens, request.cached_tokens, token.sell_coef_units)
+        if sell > reserved:
+            logger.warning("request %s cost %s micro-RUB, above its reservation of %s; charging the reservation",
+                           request.id, sell, reserved)
+            sell = reserved
+        request.sell = sell
         # What the platform owes a supplier: only when a supplier's key served the request (not the mock).
         key = next((k for k in route.keys if k.id == request.key_id), None) if request.key_id is not None else None
         request.buy = self.price(route, request.input_tokens, request.output_tokens, request.cached_tokens,
@@ -494,7 +504,7 @@ class ProxyApp:
             return
         usage = wire.usage_from(obj)
         text = None if usage else wire.generated_text(obj, request.endpoint)
-        self.account(request, route, token, usage, text, input_tokens)
+        self.account(request, route, token, usage, text, input_tokens, reservation.amount)
         request.ttft_ms = int((time.time() - request.started) * 1000)
         await self.settle(request, reservation, status="ok", http=200)
         request.settled = True
@@ -549,7 +559,7 @@ class ProxyApp:
             watcher.cancel()
         usage = wire.usage_from(usage_event) if usage_event else None
         text = None if usage else wire.stream_text(events, request.endpoint)
-        self.account(request, route, token, usage, text, input_tokens)
+        self.account(request, route, token, usage, text, input_tokens, reservation.amount)
         if disconnected.is_set() and status == "ok":
             status, http = "client_closed", 499
         if status == "upstream_error" and not events:

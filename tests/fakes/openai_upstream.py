@@ -80,6 +80,7 @@ class Behavior:
     drop_after_chunks: int | None = None  # close the connection abruptly after K stream events (no [DONE])
     hang: bool = False  # accept the request and never answer until reset() or stop()
     stream_usage_even_if_not_requested: bool = False  # a usage chunk without stream_options.include_usage
+    response_body: Any = None  # a 200 answer with exactly this JSON body (an upstream that misreports, overshoots…)
 
     def generator_options(self) -> dict:
         options: dict[str, Any] = {
@@ -322,6 +323,8 @@ class FakeOpenAI:
         if fails:
             payload = behavior.error_body if behavior.error_body is not None else _default_error(behavior.status)
             return self._json(record, behavior.status, payload, dict(behavior.error_headers))
+        if behavior.response_body is not None and not is_stream:
+            return self._json(record, 200, behavior.response_body)
 
         route = (request.method, request.path.rstrip("/"))
         if route == ("GET", "/v1/models"):

@@ -162,3 +162,22 @@ def test_it_bills_cached_input_tokens_at_the_cached_price(gateway, fake_openai):
     assert UsageRecord.objects.get().sell_cost == expected_cost(completion.usage.prompt_tokens, completion.usage.completion_tokens,
                                                                 cached=6, price_cached=75_000)
     assert UsageRecord.objects.get().cached_tokens == 6
+
+
+def test_a_charge_never_exceeds_the_reservation_even_if_upstream_overshoots(gateway, fake_openai):
+    # The upstream ignores max_tokens (reports 500 output tokens for max_tokens=5): the company pays
+    # at most what was reserved for 5 output tokens; the supplier is still owed the real cost.
+    overshoot = {"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "long " * 500}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 8, "completion_tokens": 500, "total_tokens": 508}}
+    fake_openai.behavior(response_body=overshoot)
+    completion = gateway.client().chat.completions.create(**GOOD, max_tokens=5)
+    assert completion.usage.completion_tokens == 500
+    gateway.drain(expect=1)
+    record = UsageRecord.objects.get()
+    from lib import tokens
+    from tests.proxy.test_chat import expected_cost
+
+    reserved = expected_cost(tokens.count_chat_prompt(GOOD["messages"]), 5)
+    assert record.sell_cost == reserved
+    assert record.buy_cost == expected_cost(completion.usage.prompt_tokens, completion.usage.completion_tokens, coefficient="1.10")
