@@ -136,7 +136,7 @@ class ProxyApp:
                 return
             await self.upstream.start()
             await self.snapshots.start()
-            tokens.preload()  # load the BPE tables now, not on the first request
+            tokens.preload([tokens.O200K])  # the common tables now, not on a request (cl100k loads on first use)
             self._started = True
 
     async def shutdown(self) -> None:

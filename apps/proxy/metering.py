@@ -234,9 +234,10 @@ class MeterWriter:
             self._sweep(keys=[limits.HOLDS_KEY, limits.STREAM_KEY], args=[int(now), 500])
         if now - self._last_reclaim >= 5.0:
             self._last_reclaim = now
-            _, entries, _ = self.redis.xautoclaim(limits.STREAM_KEY, GROUP, self.consumer, self.reclaim_idle_ms, "0-0",
-                                                  count=self.batch_size)
-            self.process(self._decode(entries))
+            # Redis 6.2 answers [cursor, entries]; 7.x adds the ids of deleted entries.
+            reply = self.redis.xautoclaim(limits.STREAM_KEY, GROUP, self.consumer, self.reclaim_idle_ms, "0-0",
+                                          count=self.batch_size)
+            self.process(self._decode(reply[1]))
         if now - self._last_sync >= 5.0:
             self._last_sync = now
             self.sync_funds()
