@@ -262,9 +262,9 @@ def superadmin_session(client, personas):
 
 
 RUSSIAN_ADMIN = ["Компании", "Подразделения", "Поставщики", "Ключи поставщиков", "Счета главной книги", "Проводки",
-                 "API-токены", "Политики модерации", "Учётные записи", "Биллинг"]
+                 "API-токены", "Политики модерации", "Пользователи и компании", "Биллинг"]
 ENGLISH_ADMIN = ["Companies", "Departments", "Suppliers", "Supplier keys", "Ledger accounts", "Transfers",
-                 "API tokens", "Moderation policies", "Accounts", "Billing"]
+                 "API tokens", "Moderation policies", "Users and companies", "Billing"]
 
 
 def _page(client, url: str, **headers: str) -> str:
