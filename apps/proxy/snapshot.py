@@ -290,8 +290,23 @@ def bump_config_version() -> None:
         logger.exception("could not bump the proxy config version; workers refresh within %ss anyway", MAX_AGE_SECONDS)
 
 
+_windows: dict[str, tuple[float, float, tuple[str, str, float, float]]] = {}
+
+
 def window_ids(tz: zoneinfo.ZoneInfo, now: float) -> tuple[str, str, float, float]:
-    """Calendar windows in the company's zone: ISO week id, month id, and their end timestamps."""
+    """Calendar windows in the company's zone: ISO week id, month id, and their end timestamps.
+
+    Cached per zone until the next boundary (this runs on every request)."""
+    cached = _windows.get(tz.key)
+    if cached is not None and cached[0] <= now < cached[1]:
+        return cached[2]
+    result = _compute_windows(tz, now)
+    # Valid from now to the first boundary ahead.
+    _windows[tz.key] = (now, min(result[2], result[3]), result)
+    return result
+
+
+def _compute_windows(tz: zoneinfo.ZoneInfo, now: float) -> tuple[str, str, float, float]:
     local = datetime.fromtimestamp(now, tz)
     year, week, _ = local.isocalendar()
     start_of_day = local.replace(hour=0, minute=0, second=0, microsecond=0)

@@ -31,7 +31,7 @@ class Upstream:
 
     key: KeyRoute | None
     body: bytes | None = None
-    events: AsyncIterator[bytes] | None = None
+    events: AsyncIterator[list[bytes]] | None = None  # batches of SSE data lines
     response: aiohttp.ClientResponse | None = None
 
     def close(self) -> None:
@@ -43,30 +43,30 @@ def _cooldown(key: KeyRoute, seconds: float) -> None:
     key.cooldown_until = max(key.cooldown_until, time.monotonic() + seconds)
 
 
-async def _sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """Split the upstream body into SSE events (``data: …`` lines), tolerant of \\r\\n."""
+async def _sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+    """The upstream body as batches of SSE ``data:`` lines: one batch per network read, so the
+    relay sends the client one chunk per read instead of one per event."""
     buffer = b""
     async for chunk in response.content.iter_any():
         buffer += chunk
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
-        while True:
-            end = buffer.find(b"\n\n")
-            if end < 0:
-                break
-            block, buffer = buffer[:end], buffer[end + 2:]
-            for line in block.split(b"\n"):
-                if line.startswith(b"data:"):
-                    yield line
-    for line in buffer.split(b"\n"):
-        if line.startswith(b"data:"):
-            yield line
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            continue
+        complete, buffer = buffer[:end], buffer[end + 2:]
+        batch = [line for line in complete.split(b"\n") if line.startswith(b"data:")]
+        if batch:
+            yield batch
+    tail = [line for line in buffer.split(b"\n") if line.startswith(b"data:")]
+    if tail:
+        yield tail
 
 
-async def _bare_events(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The mock yields wire-ready events ("data: …\n\n"); the relay works on bare ``data:`` lines."""
+async def _bare_events(events: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    """The mock yields wire-ready events ("data: …" + a blank line); the relay takes batches of bare lines."""
     async for event in events:
-        yield event.rstrip(b"\n")
+        yield [event.rstrip(b"\n")]
 
 
 class UpstreamClient:
