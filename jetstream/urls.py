@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpResponse
 from django.urls import include, path
+from django.utils.translation import gettext_lazy as _
 
 
 def healthz(request):
@@ -11,7 +12,7 @@ def healthz(request):
 
 admin.site.site_header = "Jetstream"
 admin.site.site_title = "Jetstream"
-admin.site.index_title = "Jetstream administration"
+admin.site.index_title = _("Jetstream administration")
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

@@ -551,7 +551,7 @@ class Report:
         for change in self.changes:
             if change.action != accounts.UNCHANGED:
                 detail = f": {change.detail}" if change.detail else ""
-                lines.append(f"{verbs[change.action]} {_(change.kind)} {change.label}{detail}")
+                lines.append(f"{verbs[change.action]}: {_(change.kind)} {change.label}{detail}")
         for label, plain in self.shown_once:
             lines.append(_("token %(label)s: %(secret)s  (shown once)") % {"label": label, "secret": plain})
         lines.append(self.summary())

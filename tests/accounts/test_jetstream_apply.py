@@ -43,7 +43,7 @@ def raw_rows(table: str) -> str:
 def test_it_applies_the_example_file(db, apply_text, example_text):
     out, _err = apply_text(example_text)
 
-    assert "created supplier north-keys" in out
+    assert "created: supplier north-keys" in out
     assert Supplier.objects.get(slug="north-keys").name == "North Keys LLC"
     openai = Provider.objects.get(slug="openai-main")
     assert (openai.kind, openai.base_url, openai.internal) == ("openai", "http://127.0.0.1:18080/v1", True)
@@ -105,7 +105,7 @@ def test_it_writes_nothing_on_a_dry_run(db, apply_text, example_text):
 
     assert database_state() == before
     assert "Dry run" in out
-    assert "would create provider openai-main" in out
+    assert "would create: provider openai-main" in out
     assert "would create top-up acme: +1000.00 RUB" in out
     assert "to create: suppliers 1, providers 2" in out
 
@@ -158,7 +158,7 @@ def test_it_adds_a_price_version_when_the_price_changes_and_keeps_the_old_one(db
 
     out, _err = apply_text(example_text.replace('input_per_1m: "0.15"', 'input_per_1m: "0.20"'))
 
-    assert "updated price gpt-4o-mini: new version USD 0.2 in / 0.6 out per 1M tokens; earlier versions kept" in out
+    assert "updated: price gpt-4o-mini: new version USD 0.2 in / 0.6 out per 1M tokens; earlier versions kept" in out
     versions = list(Price.objects.filter(model=gpt).order_by("valid_from"))
     assert [v.pk for v in versions][0] == old.pk
     assert [(v.input_per_1m, v.cached_input_per_1m) for v in versions] == [(150_000, 150_000), (200_000, 200_000)]
@@ -182,8 +182,8 @@ def test_it_updates_changed_fields_and_reports_them(db, apply_text, example_text
     out, _err = apply_text(example_text.replace("weight: 2", "weight: 3").replace("name: Acme", "name: Acme Corp")
                            .replace(SUPPLIER_SECRET, "sk-upstream-rotated"))
 
-    assert "updated supplier key openai-main/nk-1: weight, secret replaced" in out
-    assert "updated company acme: name" in out
+    assert "updated: supplier key openai-main/nk-1: weight, secret replaced" in out
+    assert "updated: company acme: name" in out
     key = SupplierKey.objects.get(name="nk-1")
     assert (key.weight, key.reveal_secret()) == (3, "sk-upstream-rotated")
     assert key.secret_encrypted != before
@@ -206,7 +206,7 @@ def test_it_tops_up_only_the_difference_when_the_declared_total_grows(db, apply_
 
     out, _err = apply_text(example_text.replace('top_up: "1000.00"', 'top_up: "1500"'))
 
-    assert "created top-up acme: +500.00 RUB (declared total 1500.00 RUB)" in out
+    assert "created: top-up acme: +500.00 RUB (declared total 1500.00 RUB)" in out
     assert wallet_balance("acme").posted == 1500 * RUB
     assert sorted(Transfer.objects.filter(kind=TransferKind.TOP_UP).values_list("idempotency_id", "amount")) == [
         (f"config:top_up:acme:{1000 * RUB}", 1000 * RUB), (f"config:top_up:acme:{1500 * RUB}", 500 * RUB)]
@@ -256,7 +256,7 @@ def test_it_rotates_a_token_whose_declared_secret_changed(db, apply_text, exampl
 
     out, _err = apply_text(example_text.replace(TOKEN_SECRET, new_secret))
 
-    assert "updated token acme/ci: secret rotated" in out
+    assert "updated: token acme/ci: secret rotated" in out
     assert new_secret not in out
     assert ApiToken.objects.get(name="ci").key_hash == hashlib.sha256(new_secret.encode()).hexdigest()
 
@@ -341,7 +341,7 @@ def test_it_gives_an_existing_company_its_wallet_policy_and_credit_limit(persona
 
     out, _err = apply_text(text)
 
-    assert "updated company company-a: wallet, credit_limit, policy" in out
+    assert "updated: company company-a: wallet, credit_limit, policy" in out
     assert Policy.objects.filter(company=personas.company_a).exists()
     assert ledger.company_wallet(personas.company_a).credit_limit == 50 * RUB
     assert wallet_balance("company-a").available == 50 * RUB
