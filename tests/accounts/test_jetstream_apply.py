@@ -106,7 +106,7 @@ def test_it_writes_nothing_on_a_dry_run(db, apply_text, example_text):
     assert database_state() == before
     assert "Dry run" in out
     assert "would create: provider openai-main" in out
-    assert "would create top-up acme: +1000.00 RUB" in out
+    assert "would create: top-up acme: +1000.00 RUB" in out
     assert "to create: suppliers 1, providers 2" in out
 
 
