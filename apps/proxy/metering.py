@@ -174,6 +174,24 @@ def company_sums(company_ids: list[int]) -> dict[int, tuple[int, int, int]]:
     return {c: (cr, db, lim - pend) for c, cr, db, lim, pend in rows}
 
 
+def sync_company_funds(company_ids: list[int] | None, *, client: redis.Redis | None = None) -> None:
+    """Merge ledger changes made outside usage (top-ups, corrections, credit limits) into the
+    proxy's Redis counters (max-merge: a stale read can never roll them back)."""
+    from apps.billing.models import Account, AccountKind
+
+    own = client is None
+    client = client or redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        if company_ids is None:
+            company_ids = list(Account.objects.filter(kind=AccountKind.COMPANY_WALLET).values_list("company_id", flat=True))
+        script = client.register_script(limits.SYNC_FUNDS)
+        for company, (cr, db, lim) in company_sums(company_ids).items():
+            script(keys=[limits.company_key(company)], args=[cr, db, lim])
+    finally:
+        if own:
+            client.close()
+
+
 class MeterWriter:
     def __init__(self, *, batch_size: int = 1000, block_ms: int = 100, consumer: str | None = None,
                  reclaim_idle_ms: int = RECLAIM_IDLE_MS) -> None:
@@ -185,7 +203,6 @@ class MeterWriter:
         self.accounts = AccountCache()
         self._ack = self.redis.register_script(limits.ACK)
         self._sweep = self.redis.register_script(limits.SWEEP)
-        self._sync = self.redis.register_script(limits.SYNC_FUNDS)
         self._last_sweep = 0.0
         self._last_reclaim = 0.0
         self._last_sync = 0.0
@@ -242,14 +259,8 @@ class MeterWriter:
             self._last_sync = now
             self.sync_funds()
 
-    def sync_funds(self, company_ids: list[int] | None = None) -> None:
-        """Merge ledger changes made outside usage (top-ups, corrections) into Redis."""
-        from apps.billing.models import Account, AccountKind
-
-        if company_ids is None:
-            company_ids = list(Account.objects.filter(kind=AccountKind.COMPANY_WALLET).values_list("company_id", flat=True))
-        for company, (cr, db, lim) in company_sums(company_ids).items():
-            self._sync(keys=[limits.company_key(company)], args=[cr, db, lim])
+    def sync_funds(self) -> None:
+        sync_company_funds(None, client=self.redis)
 
     def run_once(self, *, pending_first: bool = False) -> int:
         start = "0" if pending_first else ">"

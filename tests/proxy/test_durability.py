@@ -38,10 +38,13 @@ def child_env(**extra) -> dict:
     return env
 
 
-def start_proxy(port: int, **env) -> subprocess.Popen:
-    process = subprocess.Popen([PYTHON, "-m", "uvicorn", "jetstream.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-                                "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--lifespan", "on"],
-                               cwd=ROOT, env=child_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def start_proxy(port: int, *, server: str = "uvicorn", **env) -> subprocess.Popen:
+    if server == "daphne":
+        command = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "jetstream.asgi:application"]
+    else:
+        command = [PYTHON, "-m", "uvicorn", "jetstream.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+                   "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--lifespan", "on"]
+    process = subprocess.Popen(command, cwd=ROOT, env=child_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -202,3 +205,21 @@ def test_block_and_revoke_reach_two_proxy_processes_within_a_second(world):
         for proxy in proxies:
             proxy.kill()
             proxy.wait(10)
+
+
+def test_the_same_app_serves_under_daphne(world):
+    import openai
+
+    port = free_port()
+    proxy = start_proxy(port, server="daphne")
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=world.secret, max_retries=0)
+        completion = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        chunks = list(client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": "hi"}], stream=True,
+                                                     stream_options={"include_usage": True}))
+        admin = httpx.get(f"http://127.0.0.1:{port}/admin/login/")
+    finally:
+        proxy.kill()
+        proxy.wait(10)
+    assert completion.choices[0].message.content and chunks[-1].usage.model_extra["cost"] > 0
+    assert admin.status_code == 200  # Django behind the same router

@@ -215,3 +215,16 @@ def test_an_idempotency_key_replays_without_a_second_charge(gateway):
     gateway.drain(expect=3)
     assert sorted(UsageRecord.objects.values_list("sell_cost", flat=True))[:2] == [0, 0]
     assert UsageRecord.objects.filter(sell_cost__gt=0).count() == 1
+
+
+def test_a_top_up_reaches_the_gateway_at_once(gateway):
+    exact_mock(gateway)
+    cost = reservation_for(gateway)
+    wallet = ledger.company_wallet(gateway.world.company)
+    ledger.transfer(idempotency_id="drain-all", debit=wallet, credit=ledger.platform_account("platform_revenue"),
+                    amount=ledger.balance(wallet).available)
+    assert chat(gateway).status_code == 402
+    ledger.top_up(company=gateway.world.company, amount=cost, idempotency_id="top-up-now")
+    # No writer runs here: the ledger change itself pushed the new balance to Redis.
+    assert chat(gateway).status_code == 200
+    assert chat(gateway).status_code == 402
