@@ -4,6 +4,9 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
+# Embedded PostgreSQL asks platformdirs for a runtime dir; give it one instead of a warning.
+export XDG_RUNTIME_DIR ?= $(CURDIR)/.data/run
+$(shell mkdir -p $(CURDIR)/.data/run && chmod 700 $(CURDIR)/.data/run)
 
 .PHONY: run test bench install migrate lint stop-embedded clean
 
