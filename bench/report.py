@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench import payloads
 
-LABELS = {"direct": "Direct (nginx)", "jetstream": "Jetstream", "litellm": "LiteLLM proxy"}
+LABELS = {"direct": "Direct (nginx)", "jetstream": "Jetstream", "jetstream_daphne": "Jetstream under Daphne", "litellm": "LiteLLM proxy"}
 MODES = ("non-stream", "stream")
 MB = 1_000_000
 
@@ -163,6 +163,20 @@ def _ratios(results: dict) -> list[str]:
             ratio = f"{js['rps'] / ll['rps']:.1f}×" if js and ll and ll["rps"] else "not measured"
             added = f"{js['p50_ms'] - direct['p50_ms']:+.3f} ms" if js and direct else "not measured"
             lines.append(f"| {mode}, {conns} conn | {ratio} | {added} |")
+    return lines
+
+
+def _server_choice(results: dict) -> list[str]:
+    """Why `make run` serves with uvicorn: the same app under both servers, side by side."""
+    lines = ["| Scenario | uvicorn req/s | Daphne req/s | uvicorn ÷ Daphne |", "|---|---:|---:|---:|"]
+    for mode in MODES:
+        for conns in results["settings"]["connections"]:
+            key = f"{mode}-c{conns}"
+            uv, da = _cell(results, "jetstream", key), _cell(results, "jetstream_daphne", key)
+            if not (uv and da):
+                lines.append(f"| {mode}, {conns} conn | {_rps(uv['rps']) if uv else '–'} | {_rps(da['rps']) if da else '–'} | not measured |")
+                continue
+            lines.append(f"| {mode}, {conns} conn | {_rps(uv['rps'])} | {_rps(da['rps'])} | {uv['rps'] / da['rps']:.1f}× |")
     return lines
 
 
@@ -341,6 +355,13 @@ def render(results: dict) -> str:
         "## Ratios",
         "",
         *_ratios(results),
+        "",
+        "## Server choice",
+        "",
+        "The same application, pipeline and meter under the two ASGI servers it supports; `make run` (`bin/serve`) "
+        "uses the faster, uvicorn with uvloop + httptools, and `JETSTREAM_SERVER=daphne` switches.",
+        "",
+        *_server_choice(results),
         "",
         "## Metering (Jetstream)",
         "",

@@ -6,7 +6,7 @@ wrk at each connection count, non-streaming and streaming; then many slow stream
 once. Raw results go to bench/.work/results.json and the report to docs/benchmarks.md.
 
 Environment (all optional):
-    BENCH_TARGETS        direct,jetstream,litellm    which columns to measure
+    BENCH_TARGETS        direct,jetstream,jetstream_daphne,litellm    which columns to measure
     BENCH_CONNECTIONS    1,50                        wrk connection counts
     BENCH_WARMUP         3                           seconds of unmeasured load before each cell
     BENCH_DURATION       10                          measured seconds per cell
@@ -51,7 +51,7 @@ ROOT = BENCH_DIR.parent
 WORK = BENCH_DIR / ".work"
 LOGS = WORK / "logs"
 VENV_PY = ROOT / ".venv" / "bin" / "python"
-TARGET_NAMES = ("direct", "jetstream", "litellm")
+TARGET_NAMES = ("direct", "jetstream", "jetstream_daphne", "litellm")
 MODES = (("non-stream", False), ("stream", True))
 
 
@@ -125,7 +125,7 @@ class Settings:
             connections=connections,
             warmup=_env_int("BENCH_WARMUP", 3, minimum=0),
             duration=_env_int("BENCH_DURATION", 10, minimum=1),
-            slow_targets=_env_names("BENCH_SLOW_TARGETS", TARGET_NAMES),
+            slow_targets=_env_names("BENCH_SLOW_TARGETS", ("direct", "jetstream", "litellm")),
             slow_streams=_env_int("BENCH_SLOW_STREAMS", 1000, minimum=0),
             slow_chunks=_env_int("BENCH_SLOW_CHUNKS", 20, minimum=1),
             slow_interval=_env_float("BENCH_SLOW_INTERVAL", 1.0, minimum=0.0),
@@ -666,7 +666,8 @@ def ensure_database() -> str:
     return f"{parsed.hostname or 'socket'}{':' + str(parsed.port) if parsed.port else ''}/{dbname} (DATABASE_URL)"
 
 
-def start_jetstream(procs: Processes, upstreams: dict) -> tuple[Target, dict]:
+def start_jetstream(procs: Processes, upstreams: dict, *, name: str = "jetstream", server: str = "uvicorn") -> tuple[Target, dict]:
+    """The same app and pipeline under `bin/serve`; `server` picks uvicorn (default) or daphne."""
     info = {"database": ensure_database()}
     manage("migrate", "--noinput")
     rendered = (BENCH_DIR / "bench.yaml").read_text()
@@ -685,17 +686,18 @@ def start_jetstream(procs: Processes, upstreams: dict) -> tuple[Target, dict]:
     meter = UsageMeter()
     info |= meter.server_versions()
     port = free_port()
-    env = {**os.environ, "JETSTREAM_WORKERS": "1", "JETSTREAM_HOST": "127.0.0.1", "JETSTREAM_PORT": str(port)}
+    env = {**os.environ, "JETSTREAM_WORKERS": "1", "JETSTREAM_HOST": "127.0.0.1", "JETSTREAM_PORT": str(port),
+           "JETSTREAM_SERVER": server}
     # SIGINT: uvicorn re-raises the signal it stopped on, and only SIGINT then leaves through Python's
     # exit path, so the embedded PostgreSQL's handle for this process is released.
-    procs.start("jetstream", [str(ROOT / "bin" / "serve")], env=env, stop_signal=signal.SIGINT)
+    procs.start(name, [str(ROOT / "bin" / "serve")], env=env, stop_signal=signal.SIGINT)
     procs.start("meter", [str(VENV_PY), "manage.py", "jetstream_meter"], env=dict(os.environ))
-    wait_http(f"http://127.0.0.1:{port}/healthz", procs=procs, name="jetstream", timeout=60)
+    wait_http(f"http://127.0.0.1:{port}/healthz", procs=procs, name=name, timeout=60)
     procs.ensure_alive("meter")
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     target = Target(
-        name="jetstream", chat_url=url, stream_url=url, slow_url=url, authorization=f"Bearer {token}",
-        server="jetstream", extra_processes=["meter"], meter=meter,
+        name=name, chat_url=url, stream_url=url, slow_url=url, authorization=f"Bearer {token}",
+        server=name, extra_processes=["meter"], meter=meter,
     )
     return target, info
 
@@ -810,6 +812,8 @@ def run(settings: Settings, procs: Processes) -> dict:
         try:
             if name == "jetstream":
                 target, entry["servers"] = start_jetstream(procs, upstreams)
+            elif name == "jetstream_daphne":
+                target, entry["servers"] = start_jetstream(procs, upstreams, name=name, server="daphne")
             else:
                 target = starters[name]()
             slow_server = None

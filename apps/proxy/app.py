@@ -124,7 +124,6 @@ class ProxyApp:
         self._scripts = {name: self.redis.register_script(src) for name, src in
                          (("reserve", limits.RESERVE), ("settle", limits.SETTLE), ("init", limits.INIT))}
         self._ip_script = self.redis.register_script(_DISTINCT_IP)
-        self._tasks: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def startup(self) -> None:
@@ -138,15 +137,13 @@ class ProxyApp:
             await self.upstream.start()
             await self.snapshots.start()
             tokens.preload([tokens.O200K])  # the common tables now, not on a request (cl100k loads on first use)
-            # Django's import-time objects never die: freezing them keeps each collection short
-            # (full collections over them were the proxy's latency outliers).
+            # Django's import-time objects live for the whole process: frozen, the collector no
+            # longer rescans them, which keeps full collections (and tail latency) short.
             gc.collect()
             gc.freeze()
             self._started = True
 
     async def shutdown(self) -> None:
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=30)
         await self.snapshots.stop()
         await self.upstream.stop()
         await self.redis.close()
@@ -296,10 +293,10 @@ class ProxyApp:
             if ip is None or not any(ip in net for net in token.ip_networks):
                 raise forbidden(f"Requests from {request.client_ip} are not allowed for this token.", code="ip_not_allowed")
         route = self.snapshots.route(checked.model)
-        if route is None or not token.may_use(checked.model):
-            if route is not None and checked.model in token.models_deny or (route is not None and token.models_allow):
-                raise forbidden(f"This token may not use the model '{checked.model}'.", code="model_not_allowed")
+        if route is None:
             raise not_found(f"The model '{checked.model}' does not exist or you do not have access to it.")
+        if not token.may_use(checked.model):
+            raise forbidden(f"This token may not use the model '{checked.model}'.", code="model_not_allowed")
         if route.modality not in MODALITY_FOR[endpoint]:
             raise ApiError(422, f"The model '{checked.model}' is a {route.modality} model and cannot serve this endpoint.",
                              param="model", code="unsupported_model_for_endpoint")
@@ -374,7 +371,7 @@ class ProxyApp:
             if code == 0:
                 return Reservation(amount, keys, tpm_estimate, tpm_cur, member, int(result[1]), int(result[2]))
             if code == 1:
-                await self.initialise_counters(token, keys, week, month)
+                await self.initialise_counters(token, keys)
                 continue
             self._raise_limit(token, [r.decode() if isinstance(r, bytes) else r for r in result[1:]], amount)
         raise ApiError(503, "The gateway could not initialise spend counters.", type="api_error", code="gateway_unavailable")
@@ -394,7 +391,7 @@ class ProxyApp:
         message = template.format(limit=rub(int(detail[1])), amount=rub(amount))
         raise ApiError(status, message, type="insufficient_quota" if status == 402 else "rate_limit_error", code=code)
 
-    async def initialise_counters(self, token: TokenSnapshot, keys: limits.SpendKeys, week: str, month: str) -> None:
+    async def initialise_counters(self, token: TokenSnapshot, keys: limits.SpendKeys) -> None:
         from .counters import load_initial_counters
 
         values = await self.snapshots.run_in_loader(load_initial_counters, token.id, token.company_id, token.department_id,

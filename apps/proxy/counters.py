@@ -78,7 +78,7 @@ async def key_report(app, token) -> dict:
                             token.department_id is not None)
     exists = await app.redis.execute("EXISTS", keys.total, keys.week, keys.month)
     if exists < 3 or not await app.redis.execute("HEXISTS", keys.co, "cr"):
-        await app.initialise_counters(token, keys, week, month)
+        await app.initialise_counters(token, keys)
     values = await app.redis.execute("MGET", keys.total, keys.week, keys.month, keys.dept)
     total, week_spent, month_spent, dept_spent = (int(v) if v else 0 for v in values)
     co = await app.redis.execute("HMGET", keys.co, "cr", "db", "lim", "out")

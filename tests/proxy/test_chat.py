@@ -100,14 +100,21 @@ def test_it_passes_tools_response_format_n_stop_and_seed_through(gateway, fake_o
     assert sent["response_format"] == {"type": "text"}
 
 
-def test_it_serves_completions_and_embeddings(gateway):
+def test_it_serves_completions_and_embeddings(gateway, fake_openai):
     client = gateway.client()
+    completion = client.completions.create(model="gpt-4o-mini", prompt="Once upon a time", max_tokens=12)
+    assert completion.choices[0].text and completion.usage.completion_tokens <= 12
+    assert fake_openai.last_request.path == "/v1/completions"
+    streamed = list(client.completions.create(model="gpt-4o-mini", prompt="Once upon a time", max_tokens=12, stream=True))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == completion.choices[0].text
     embedding = client.embeddings.create(model="text-embedding-3-small", input=["one", "two"])
     assert len(embedding.data) == 2 and embedding.usage.prompt_tokens > 0
-    gateway.drain(expect=1)
-    record = UsageRecord.objects.get()
-    assert record.endpoint == "embedding" and record.output_tokens == 0
-    assert record.sell_cost == expected_cost(embedding.usage.prompt_tokens, 0, price_in=20_000)
+    gateway.drain(expect=3)
+    records = {r.endpoint + ("-stream" if r.stream else ""): r for r in UsageRecord.objects.all()}
+    assert records["completion"].sell_cost == expected_cost(completion.usage.prompt_tokens, completion.usage.completion_tokens)
+    assert records["completion-stream"].sell_cost == records["completion"].sell_cost
+    assert records["embedding"].output_tokens == 0
+    assert records["embedding"].sell_cost == expected_cost(embedding.usage.prompt_tokens, 0, price_in=20_000)
 
 
 def test_it_serves_the_mock_provider_without_any_upstream(gateway, fake_openai):

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
 
-def test_database_url() -> str:
+def child_database_url() -> str:
     conf = connection.settings_dict
     host = conf["HOST"]
     if host.startswith("/"):
@@ -33,7 +33,7 @@ def test_database_url() -> str:
 
 
 def child_env(**extra) -> dict:
-    env = dict(os.environ, DATABASE_URL=test_database_url(), REDIS_URL=settings.REDIS_URL, DEBUG="true")
+    env = dict(os.environ, DATABASE_URL=child_database_url(), REDIS_URL=settings.REDIS_URL, DEBUG="true")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
