@@ -141,10 +141,12 @@ def _transfer_rows(events: list[Event], accounts: AccountCache) -> list[list]:
 
 def write_batch(events: list[Event], accounts: AccountCache) -> None:
     """One transaction for the whole batch; on a ledger refusal, event by event."""
+    # Accounts first, outside the batch's transaction: one created inside it would vanish with a
+    # rolled-back batch while its id stayed in the cache.
+    transfers = _transfer_rows(events, accounts)
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(_INSERT_RECORDS, _record_rows(events))
-            transfers = _transfer_rows(events, accounts)
             if transfers[0]:
                 cursor.execute(_INSERT_TRANSFERS, transfers)
         return

@@ -1,0 +1,75 @@
+"""The meter writer on its own: redelivered entries write once; a refused charge never blocks a batch."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+import redis
+from django.conf import settings
+
+from apps.billing import services as ledger
+from apps.billing.models import Transfer, UsageRecord
+from apps.proxy import limits
+from apps.proxy.metering import GROUP, MeterWriter
+from tests.proxy.conftest import build_world, flush_gateway_keys
+
+
+@pytest.fixture
+def world(db, fake_openai):
+    flush_gateway_keys()
+    yield build_world(fake_openai, top_up=1_000)
+    flush_gateway_keys()
+
+
+def event(world, rid: str, sell: int) -> bytes:
+    now = time.time()
+    return orjson.dumps({"rid": rid, "ep": "chat", "tok": world.token.pk, "co": world.company.pk, "mn": "gpt-4o-mini",
+                         "m": world.model.pk, "pv": world.provider.pk, "k": world.key.pk, "sup": world.supplier.pk,
+                         "it": 10, "ot": 5, "sell": sell, "buy": sell, "status": "ok", "http": 200, "t0": now, "t1": now})
+
+
+def outstanding(client, world) -> int:
+    return int(client.hget(limits.company_key(world.company.pk), "out") or 0)
+
+
+def test_a_redelivered_entry_is_written_and_counted_once(world):
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.hset(limits.company_key(world.company.pk), mapping={"cr": 1_000, "db": 0, "lim": 0, "out": 300})
+    writer = MeterWriter(consumer="first", block_ms=10)
+    writer.ensure_group()
+    client.xadd(limits.STREAM_KEY, {"e": event(world, "req_a", 300)})
+    entries = client.xreadgroup(GROUP, "first", {limits.STREAM_KEY: ">"})[0][1]
+    from apps.proxy.metering import Event, write_batch
+
+    # The first writer commits but dies before acknowledging…
+    write_batch([Event(entries[0][0], orjson.loads(entries[0][1][b"e"]))], writer.accounts)
+    # …so a second writer takes the entry over and processes it again.
+    second = MeterWriter(consumer="second", block_ms=10, reclaim_idle_ms=0)
+    second.housekeeping(time.time())
+    assert UsageRecord.objects.filter(request_id="req_a").count() == 1
+    assert Transfer.objects.filter(idempotency_id="usage:req_a:sell").count() == 1
+    assert outstanding(client, world) == 0
+    assert client.xpending(limits.STREAM_KEY, GROUP)["pending"] == 0
+    # A late acknowledgement by the first writer would subtract nothing more.
+    writer.process([Event(entries[0][0], orjson.loads(entries[0][1][b"e"]))])
+    assert outstanding(client, world) == 0
+
+
+def test_a_charge_the_ledger_refuses_is_recorded_and_flagged_without_blocking_the_batch(world):
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    writer = MeterWriter(consumer="w", block_ms=10)
+    writer.ensure_group()
+    # Counters drifted: the wallet holds 1000 micro-RUB but a charge of 5000 arrives between two good ones.
+    for rid, sell in (("req_ok_1", 100), ("req_too_big", 5_000), ("req_ok_2", 200)):
+        client.xadd(limits.STREAM_KEY, {"e": event(world, rid, sell)})
+    writer.run_once()
+    records = {r.request_id: r for r in UsageRecord.objects.all()}
+    assert set(records) == {"req_ok_1", "req_too_big", "req_ok_2"}
+    assert records["req_too_big"].error_code == "charge_refused_by_ledger"
+    assert not Transfer.objects.filter(idempotency_id="usage:req_too_big:sell").exists()
+    wallet = ledger.company_wallet(world.company)
+    assert ledger.balance(wallet).available == 1_000 - 300
+    assert client.xpending(limits.STREAM_KEY, GROUP)["pending"] == 0
+    assert ledger.verify_ledger() == []
