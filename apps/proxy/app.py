@@ -79,6 +79,7 @@ class Request:
     buy: int = 0
     ttft_ms: int | None = None
     settled: bool = False
+    idempotency_stored: bool = False
     headers: list = field(default_factory=list)
 
     def event(self, *, status: str, http: int, error: ApiError | None = None) -> bytes:
@@ -453,10 +454,22 @@ class ProxyApp:
         input_tokens, max_output = self.estimate(body, checked, route, endpoint)
 
         idem_key = _header(scope, b"idempotency-key")
-        if idem_key is not None:
-            if await self.idempotency_replay(send, request, token, idem_key, raw):
-                return
+        if idem_key is None:
+            await self.call(scope, receive, send, request, token, route, checked, body, raw, endpoint, input_tokens, max_output, None)
+            return
+        if await self.idempotency_replay(send, request, token, idem_key, raw):
+            return
+        try:
+            await self.call(scope, receive, send, request, token, route, checked, body, raw, endpoint, input_tokens, max_output,
+                            idem_key)
+        finally:
+            # Only a stored success is replayed; anything else frees the key for a retry.
+            if not request.idempotency_stored:
+                await asyncio.shield(self.redis.execute("DEL", _idem_redis_key(token, idem_key)))
 
+    async def call(self, scope, receive, send, request: Request, token: TokenSnapshot, route: ModelRoute, checked: Checked,
+                   body: dict, raw: bytes, endpoint: str, input_tokens: int, max_output: int, idem_key: str | None) -> None:
+        """Reserve, call upstream, relay, settle: the part of a request that holds money."""
         reservation = await self.reserve(request, token, route, input_tokens, max_output)
         request.headers = _rate_headers(token, reservation)
         try:
@@ -465,8 +478,6 @@ class ProxyApp:
             except ApiError as error:
                 await self.settle(request, reservation, status="upstream_error", http=error.status, error=error)
                 request.settled = True
-                if idem_key is not None:
-                    await self.redis.execute("DEL", _idem_redis_key(token, idem_key))
                 await self._send_error(send, request, error)
                 return
             if upstream.key is not None:
@@ -513,7 +524,7 @@ class ProxyApp:
         headers = [JSON, (b"content-length", str(len(payload)).encode()), (b"x-request-id", request.id.encode()),
                    (b"x-jetstream-cost", rub(request.sell).encode()), *request.headers]
         if idem_key is not None:
-            await self.idempotency_store(token, idem_key, raw, 200, headers, payload)
+            await self.idempotency_store(request, token, idem_key, raw, 200, headers, payload)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
@@ -579,7 +590,8 @@ class ProxyApp:
         if error is not None:
             tail += b"data: " + error.body() + b"\n\n"
         elif checked.include_usage:
-            final = usage_event or {"id": f"chatcmpl-{request.id}", "object": "chat.completion.chunk",
+            chunk_object = "text_completion" if request.endpoint == "completion" else "chat.completion.chunk"
+            final = usage_event or {"id": f"chatcmpl-{request.id}", "object": chunk_object,
                                     "created": int(request.started), "model": checked.model, "choices": []}
             final["usage"] = {**(final.get("usage") or {}), "prompt_tokens": request.input_tokens,
                               "completion_tokens": request.output_tokens,
@@ -588,12 +600,9 @@ class ProxyApp:
             tail += b"data: " + orjson.dumps(final) + b"\n\n"
         tail += b"data: [DONE]\n\n"
         replay.append(tail)
-        if idem_key is not None:
-            if status == "ok":
-                await self.idempotency_store(token, idem_key, raw, 200, [*SSE_HEADERS, (b"x-request-id", request.id.encode())],
-                                             b"".join(replay))
-            else:
-                await self.redis.execute("DEL", _idem_redis_key(token, idem_key))
+        if idem_key is not None and status == "ok":
+            await self.idempotency_store(request, token, idem_key, raw, 200, [*SSE_HEADERS, (b"x-request-id", request.id.encode())],
+                                         b"".join(replay))
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     # ------------------------------------------------------------------ idempotency
@@ -624,10 +633,12 @@ class ProxyApp:
         await send({"type": "http.response.body", "body": saved["b"].encode("latin-1")})
         return True
 
-    async def idempotency_store(self, token: TokenSnapshot, key: str, raw: bytes, status: int, headers: list, body: bytes) -> None:
+    async def idempotency_store(self, request: Request, token: TokenSnapshot, key: str, raw: bytes, status: int, headers: list,
+                                body: bytes) -> None:
         record = {"h": hashlib.sha256(raw).hexdigest(), "s": status, "rid": next(v.decode() for k, v in headers if k == b"x-request-id"),
                   "hd": [(k.decode(), v.decode()) for k, v in headers], "b": body.decode("latin-1")}
         await self.redis.execute("SET", _idem_redis_key(token, key), orjson.dumps(record), "XX", "KEEPTTL")
+        request.idempotency_stored = True
 
     # ------------------------------------------------------------------ info endpoints
     async def list_models(self, scope, send, request: Request) -> None:

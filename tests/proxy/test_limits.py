@@ -228,3 +228,15 @@ def test_a_top_up_reaches_the_gateway_at_once(gateway):
     # No writer runs here: the ledger change itself pushed the new balance to Redis.
     assert chat(gateway).status_code == 200
     assert chat(gateway).status_code == 402
+
+
+def test_an_idempotency_key_refused_for_money_can_be_retried(gateway):
+    headers = {"Idempotency-Key": "retry-me"}
+    wallet = ledger.company_wallet(gateway.world.company)
+    ledger.transfer(idempotency_id="drain", debit=wallet, credit=ledger.platform_account("platform_revenue"),
+                    amount=ledger.balance(wallet).available)
+    assert chat(gateway, headers=headers).status_code == 402
+    ledger.top_up(company=gateway.world.company, amount=1_000_000, idempotency_id="refill")
+    retried = chat(gateway, headers=headers)
+    assert retried.status_code == 200 and "idempotent-replayed" not in retried.headers
+    assert chat(gateway, headers=headers).headers["idempotent-replayed"] == "true"
