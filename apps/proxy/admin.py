@@ -11,12 +11,12 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from apps.accounts.models import Membership
 from apps.billing.admin import MicroAmountField
 from apps.proxy import services
 from apps.proxy.exceptions import TokenStateError
@@ -38,10 +38,12 @@ class ApiTokenForm(forms.ModelForm):
 
     def clean(self) -> dict:
         cleaned = super().clean()
-        company, owner = cleaned.get("company"), cleaned.get("owner")
-        # The same rule as apps.proxy.services (issue_token/update_token): a token's owner works there.
-        if company is not None and owner is not None and not Membership.objects.filter(user=owner, company=company).exists():
-            self.add_error("owner", _("The owner must be a member of the company."))
+        company = cleaned.get("company") or (self.instance.company if self.instance.company_id else None)
+        if company is not None:
+            try:
+                services.check_owner(company=company, owner=cleaned.get("owner"))
+            except ValidationError as exc:
+                self.add_error(None, exc)
         return cleaned
 
 
@@ -87,12 +89,18 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return self._editable if obj is None else self._editable[:5] + self._shown + self._editable[5:]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> list[str]:
-        # Status changes only through the actions, which go through the proxy's services.
-        return [] if obj is None else self._shown
+        # Status changes only through the actions, which go through the proxy's services; a token
+        # never moves to another company (its spend history and counters belong to this one).
+        return [] if obj is None else ["company", *self._shown]
 
     def save_model(self, request: HttpRequest, obj: ApiToken, form: forms.ModelForm, change: bool) -> None:
-        secret = None if change else obj.set_secret()
-        super().save_model(request, obj, form, change)
+        values = {name: form.cleaned_data[name] for name in services.TOKEN_SETTINGS if name in form.cleaned_data}
+        if change:
+            services.update_token(token=obj, name=form.cleaned_data["name"], **values)
+            return
+        token, secret = services.issue_token(company=obj.company, name=obj.name, **values)
+        # The admin goes on with `obj` (its log entry, the redirect): make it the saved token.
+        obj.pk, obj.key_hash, obj.key_prefix, obj._state = token.pk, token.key_hash, token.key_prefix, token._state
         if secret is not None:
             # The only time the secret exists in clear: shown once, stored nowhere.
             messages.success(request, _("The token's secret, shown only now — copy it: %(secret)s") % {"secret": secret})

@@ -32,13 +32,17 @@ def default_token_settings() -> dict[str, Any]:
     return {name: model_default(ApiToken, name) for name in TOKEN_SETTINGS}
 
 
+def check_owner(*, company: Company, owner) -> None:
+    """A token's owner works for the token's company (the one rule, for services and forms)."""
+    if owner is not None and (company.pk is None or not Membership.objects.filter(user=owner, company=company).exists()):
+        raise ValidationError({"owner": _("The owner must be a member of the company.")})
+
+
 def _checked_settings(company: Company, settings: dict[str, Any]) -> dict[str, Any]:
     unknown = set(settings) - set(TOKEN_SETTINGS)
     if unknown:
         raise TypeError(f"unknown token settings: {', '.join(sorted(unknown))}")
-    owner = settings.get("owner")
-    if owner is not None and (company.pk is None or not Membership.objects.filter(user=owner, company=company).exists()):
-        raise ValidationError({"owner": _("The owner must be a member of the company.")})
+    check_owner(company=company, owner=settings.get("owner"))
     return settings
 
 
@@ -75,12 +79,15 @@ def issue_token(
         return token, (None if dry_run and secret is None else plain)
 
 
-def update_token(*, token: ApiToken, dry_run: bool = False, **settings: Any) -> Outcome:
-    """Change the given ``settings`` (any of ``TOKEN_SETTINGS``); the others stay."""
+def update_token(*, token: ApiToken, name: str | None = None, dry_run: bool = False, **settings: Any) -> Outcome:
+    """Change the given ``settings`` (any of ``TOKEN_SETTINGS``) and, if given, the name; the others stay."""
     with transaction.atomic():
         # Lock: two managers editing one token's limits.
         token = find_for_update(ApiToken.objects, dry_run=dry_run, pk=token.pk)
-        changed = stage(token, _checked_settings(token.company, settings))
+        values = _checked_settings(token.company, settings)
+        if name is not None:
+            values = {"name": name, **values}
+        changed = stage(token, values)
         return settle(token, changed, dry_run=dry_run)
 
 

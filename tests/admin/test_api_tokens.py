@@ -142,3 +142,18 @@ def test_it_keeps_status_out_of_the_edit_form(superadmin_client, personas, catal
     token.refresh_from_db()
     assert token.status == "active" and token.status_reason == ""
     assert superadmin_client.post(reverse("admin:proxy_apitoken_delete", args=[token.pk]), {"post": "yes"}).status_code == 403
+
+
+def test_it_refuses_an_owner_from_another_company(superadmin_client, personas, catalog):
+    response = superadmin_client.post(reverse("admin:proxy_apitoken_add"), _token_form(personas, owner=personas.manager_b.pk))
+    assert response.status_code == 200
+    assert "owner" in response.context["adminform"].form.errors
+    assert not ApiToken.objects.filter(name="billing-bot").exists()
+
+
+def test_a_token_never_moves_to_another_company(superadmin_client, personas, catalog):
+    token = catalog.token
+    data = _token_form(personas, name="ci", company=personas.company_b.pk, department=catalog.department.pk)
+    superadmin_client.post(reverse("admin:proxy_apitoken_change", args=[token.pk]), data)
+    token.refresh_from_db()
+    assert token.company == personas.company_a
