@@ -226,6 +226,7 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "void-expired-holds": {"task": "apps.billing.tasks.void_expired_holds", "schedule": 30.0},
+    "reconcile-spend-counters": {"task": "apps.proxy.tasks.reconcile_spend_counters", "schedule": 600.0},
 }
 
 # --- REST framework ------------------------------------------------------------------------

@@ -172,6 +172,9 @@ def test_a_proxy_killed_mid_request_leaves_a_hold_the_sweeper_releases(world, fa
                 pending.result()
             except httpx.HTTPError:
                 pass
+            from apps.proxy.reconcile import reconcile
+
+            assert reconcile() == []  # the orphaned hold is accounted for as in flight
     finally:
         if proxy.poll() is None:
             proxy.kill()
