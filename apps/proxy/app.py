@@ -565,7 +565,10 @@ class ProxyApp:
                 if out and not disconnected.is_set():
                     chunk = b"\n\n".join(out) + b"\n\n"
                     replay.append(chunk)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    try:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    except OSError:  # the client is gone (servers that raise rather than drop the write)
+                        disconnected.set()
                 if finished:
                     break
         except Exception as exc:  # a broken upstream stream (timeouts, resets, protocol errors)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 import zoneinfo
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.db import close_old_connections
 from django.db.models import Sum
 
 from . import limits
-from .snapshot import window_ids
+from .snapshot import calendar_bounds, window_ids
 
 
 @dataclass(slots=True)
@@ -32,21 +32,15 @@ class InitialCounters:
 
 
 def wallet_sums(company_id: int) -> tuple[int, int, int]:
-    """(posted credits, posted debits, credit limit less open holds) of the company wallet."""
+    """(posted credits, posted debits, credit limit less open holds) of the company wallet,
+    created if the company has none yet."""
     from apps.accounts.models import Company
     from apps.billing import services as ledger
 
-    wallet = ledger.company_wallet(Company.objects.get(pk=company_id))
-    return wallet.posted_credits, wallet.posted_debits, wallet.credit_limit - wallet.pending_debits
+    from .metering import company_sums
 
-
-def _window_starts(tz_name: str) -> tuple[datetime, datetime]:
-    tz = zoneinfo.ZoneInfo(tz_name)
-    local = datetime.now(tz)
-    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    week_start = (day - timedelta(days=local.weekday())).replace(tzinfo=None).replace(tzinfo=tz)
-    month_start = day.replace(day=1).replace(tzinfo=None).replace(tzinfo=tz)
-    return week_start, month_start
+    ledger.company_wallet(Company.objects.get(pk=company_id))
+    return company_sums([company_id])[company_id]
 
 
 def load_initial_counters(token_id: int, company_id: int, department_id: int | None, tz_name: str) -> InitialCounters:
@@ -54,7 +48,7 @@ def load_initial_counters(token_id: int, company_id: int, department_id: int | N
 
     close_old_connections()
     credits, debits, limit = wallet_sums(company_id)
-    week_start, month_start = _window_starts(tz_name)
+    week_start, _, month_start, _ = calendar_bounds(zoneinfo.ZoneInfo(tz_name), time.time())
     usage = UsageRecord.objects.filter(token_id=token_id)
 
     def spent(queryset) -> int:

@@ -20,7 +20,6 @@ expired holds and records the request as failed, atomically.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import orjson
@@ -242,6 +241,3 @@ def rate_keys(token_id: int, now: float) -> tuple[str, str, str, str, str]:
 def hold_member(*, request_id: str, keys: SpendKeys, amount: int, failure_event: bytes) -> bytes:
     return orjson.dumps({"rid": request_id, "amount": amount, "keys": keys.hold_keys(), "event": failure_event.decode()})
 
-
-def now() -> float:
-    return time.time()

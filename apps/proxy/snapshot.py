@@ -18,7 +18,7 @@ import time
 import zoneinfo
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -306,15 +306,19 @@ def window_ids(tz: zoneinfo.ZoneInfo, now: float) -> tuple[str, str, float, floa
     return result
 
 
+def calendar_bounds(tz: zoneinfo.ZoneInfo, now: float) -> tuple[datetime, datetime, datetime, datetime]:
+    """(week start, week end, month start, month end) around ``now``, on the zone's wall clock
+    (built without tzinfo arithmetic, so a DST change inside the window moves no boundary)."""
+    local = datetime.fromtimestamp(now, tz)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    week_start = day - timedelta(days=local.weekday())
+    month_start = day.replace(day=1)
+    month_end = (month_start + timedelta(days=32)).replace(day=1)
+    return tuple(b.replace(tzinfo=tz) for b in (week_start, week_start + timedelta(days=7), month_start, month_end))
+
+
 def _compute_windows(tz: zoneinfo.ZoneInfo, now: float) -> tuple[str, str, float, float]:
     local = datetime.fromtimestamp(now, tz)
     year, week, _ = local.isocalendar()
-    start_of_day = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    from datetime import timedelta
-
-    week_end = (start_of_day - timedelta(days=local.weekday()) + timedelta(days=7))
-    month_end = (start_of_day.replace(day=1) + timedelta(days=32)).replace(day=1)
-    # Normalise across DST changes: build the boundary in the zone's wall clock.
-    week_end = week_end.replace(tzinfo=None).replace(tzinfo=tz)
-    month_end = month_end.replace(tzinfo=None).replace(tzinfo=tz)
+    _, week_end, _, month_end = calendar_bounds(tz, now)
     return f"{year}-W{week:02d}", f"{local.year}-{local.month:02d}", week_end.timestamp(), month_end.timestamp()
