@@ -23,12 +23,13 @@ from datetime import datetime
 import orjson
 from django.conf import settings
 
+from apps.billing.usage import UsageEvent
 from apps.providers.adapters import openai as wire
 from lib import tokens
 from lib.money import cost_from_units
 from lib.resp import Redis, RedisConnectionError, RedisReplyError
 
-from . import limits
+from . import redis_scripts
 from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
 from .models import TokenStatus, hash_token
 from .snapshot import ModelRoute, SnapshotCache, TokenSnapshot, window_ids
@@ -84,24 +85,25 @@ class Request:
 
     def event(self, *, status: str, http: int, error: ApiError | None = None) -> bytes:
         token, route = self.token, self.route
-        return orjson.dumps({
-            "rid": self.id, "ep": self.endpoint, "tok": token.id if token else None,
-            "co": token.company_id if token else None, "dp": token.department_id if token else None,
-            "mn": self.model_name[:128], "m": route.id if route else None, "pv": route.provider_id if route else None,
-            "k": self.key_id, "sup": self.supplier_id, "pr": route.price_id if route else None,
-            "fx": route.fx_micro if route else None, "st": self.stream,
-            "it": self.input_tokens, "ot": self.output_tokens, "ct": self.cached_tokens, "loc": self.counted_locally,
-            "sell": self.sell, "buy": self.buy, "status": status, "http": http,
-            "et": error.type if error else "", "ec": (error.code or "") if error else "",
-            "lat": int((time.time() - self.started) * 1000), "ttft": self.ttft_ms, "ip": self.client_ip,
-            "t0": self.started, "t1": time.time(),
-        })
+        now = time.time()
+        return UsageEvent(
+            request_id=self.id, endpoint=self.endpoint, status=status, http_status=http, started_at=self.started,
+            finished_at=now, token_id=token.id if token else None, company_id=token.company_id if token else None,
+            department_id=token.department_id if token else None, model_name=self.model_name[:128],
+            model_id=route.id if route else None, provider_id=route.provider_id if route else None,
+            supplier_key_id=self.key_id, supplier_id=self.supplier_id, price_id=route.price_id if route else None,
+            fx_rub_per_unit=route.fx_micro if route else None, stream=self.stream, input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens, cached_tokens=self.cached_tokens, usage_counted_locally=self.counted_locally,
+            sell_cost=self.sell, buy_cost=self.buy, error_type=error.type if error else "",
+            error_code=(error.code or "") if error else "", latency_ms=int((now - self.started) * 1000),
+            ttft_ms=self.ttft_ms, client_ip=self.client_ip,
+        ).encode()
 
 
 @dataclass(slots=True)
 class Reservation:
     amount: int
-    keys: limits.SpendKeys
+    keys: redis_scripts.SpendKeys
     tpm_estimate: int
     tpm_key: str
     member: bytes
@@ -123,7 +125,7 @@ class ProxyApp:
         self._starting: asyncio.Lock | None = None
         self._ips_seen: dict[tuple[int, str], set[str]] = {}
         self._scripts = {name: self.redis.register_script(src) for name, src in
-                         (("reserve", limits.RESERVE), ("settle", limits.SETTLE), ("init", limits.INIT))}
+                         (("reserve", redis_scripts.RESERVE), ("settle", redis_scripts.SETTLE), ("init", redis_scripts.INIT))}
         self._ip_script = self.redis.register_script(_DISTINCT_IP)
 
     # ------------------------------------------------------------------ lifecycle
@@ -355,17 +357,17 @@ class ProxyApp:
         amount = self.price(route, input_tokens, max_output, 0, token.sell_coef_units)
         now = time.time()
         week, month, _, _ = window_ids(token.time_zone, now)
-        keys = limits.SpendKeys(limits.company_key(token.company_id), limits.total_key(token.id), limits.week_key(token.id, week),
-                                limits.month_key(token.id, month), limits.dept_key(token.department_id, month),
+        keys = redis_scripts.SpendKeys(redis_scripts.company_key(token.company_id), redis_scripts.total_key(token.id), redis_scripts.week_key(token.id, week),
+                                redis_scripts.month_key(token.id, month), redis_scripts.dept_key(token.department_id, month),
                                 token.department_id is not None)
-        rpm_cur, rpm_prev, tpm_cur, tpm_prev, frac = limits.rate_keys(token.id, now)
+        rpm_cur, rpm_prev, tpm_cur, tpm_prev, frac = redis_scripts.rate_keys(token.id, now)
         failure = request.event(status="failed", http=500, error=ApiError(500, "", type="api_error", code="gateway_lost"))
-        member = limits.hold_member(request_id=request.id, keys=keys, amount=amount, failure_event=failure)
+        member = redis_scripts.reservation_member(request_id=request.id, keys=keys, amount=amount, failure_event=failure)
         tpm_estimate = input_tokens + max_output
         args = [amount, _opt(token.limit_total), _opt(token.limit_weekly), _opt(token.limit_monthly),
                 _opt(token.department_budget), _opt(token.rpm), _opt(token.tpm), tpm_estimate, frac,
-                int(now + self.hold_ttl), member, limits.WINDOW_TTL, 1 if keys.has_dept else 0]
-        redis_keys = [*keys.as_list(), rpm_cur, rpm_prev, tpm_cur, tpm_prev, limits.HOLDS_KEY]
+                int(now + self.hold_ttl), member, redis_scripts.WINDOW_TTL, 1 if keys.has_dept else 0]
+        redis_keys = [*keys.as_list(), rpm_cur, rpm_prev, tpm_cur, tpm_prev, redis_scripts.RESERVATIONS_KEY]
         for _attempt in range(3):
             result = await self.redis.evalsha(self._scripts["reserve"], redis_keys, args)
             code = result[0]
@@ -392,14 +394,14 @@ class ProxyApp:
         message = template.format(limit=rub(int(detail[1])), amount=rub(amount))
         raise ApiError(status, message, type="insufficient_quota" if status == 402 else "rate_limit_error", code=code)
 
-    async def initialise_counters(self, token: TokenSnapshot, keys: limits.SpendKeys) -> None:
+    async def initialise_counters(self, token: TokenSnapshot, keys: redis_scripts.SpendKeys) -> None:
         from .counters import load_initial_counters
 
         values = await self.snapshots.run_in_loader(load_initial_counters, token.id, token.company_id, token.department_id,
                                                     token.time_zone.key)
         await self.redis.evalsha(self._scripts["init"], keys.as_list(),
                                  [values.credits, values.debits, values.limit, values.total, values.week, values.month,
-                                  values.department, 1 if keys.has_dept else 0, limits.WINDOW_TTL])
+                                  values.department, 1 if keys.has_dept else 0, redis_scripts.WINDOW_TTL])
 
     # ------------------------------------------------------------------ stage: settle + meter
     async def settle(self, request: Request, reservation: Reservation, *, status: str, http: int,
@@ -407,13 +409,13 @@ class ProxyApp:
         actual = request.sell
         tpm_delta = (request.input_tokens + request.output_tokens) - reservation.tpm_estimate if request.token.tpm else 0
         event = request.event(status=status, http=http, error=error)
-        await self.redis.evalsha(self._scripts["settle"], [*reservation.keys.as_list(), reservation.tpm_key, limits.HOLDS_KEY,
-                                                           limits.STREAM_KEY],
+        await self.redis.evalsha(self._scripts["settle"], [*reservation.keys.as_list(), reservation.tpm_key, redis_scripts.RESERVATIONS_KEY,
+                                                           redis_scripts.STREAM_KEY],
                                  [reservation.amount, actual, tpm_delta, reservation.member, event,
                                   1 if reservation.keys.has_dept else 0])
 
     async def meter_only(self, request: Request, *, status: str, http: int, error: ApiError | None) -> None:
-        await self.redis.execute("XADD", limits.STREAM_KEY, "*", "e", request.event(status=status, http=http, error=error))
+        await self.redis.execute("XADD", redis_scripts.STREAM_KEY, "*", "e", request.event(status=status, http=http, error=error))
 
     def account(self, request: Request, route: ModelRoute, token: TokenSnapshot, usage: wire.Usage | None,
                 fallback_text: str | None, input_estimate: int, reserved: int) -> None:

@@ -16,7 +16,7 @@ from datetime import datetime
 from django.db import close_old_connections
 from django.db.models import Sum
 
-from . import limits
+from . import redis_scripts
 from .snapshot import calendar_bounds, window_ids
 
 
@@ -67,8 +67,8 @@ async def key_report(app, token) -> dict:
 
     now = time.time()
     week, month, week_end, month_end = window_ids(token.time_zone, now)
-    keys = limits.SpendKeys(limits.company_key(token.company_id), limits.total_key(token.id), limits.week_key(token.id, week),
-                            limits.month_key(token.id, month), limits.dept_key(token.department_id, month),
+    keys = redis_scripts.SpendKeys(redis_scripts.company_key(token.company_id), redis_scripts.total_key(token.id), redis_scripts.week_key(token.id, week),
+                            redis_scripts.month_key(token.id, month), redis_scripts.dept_key(token.department_id, month),
                             token.department_id is not None)
     exists = await app.redis.execute("EXISTS", keys.total, keys.week, keys.month)
     if exists < 3 or not await app.redis.execute("HEXISTS", keys.co, "cr"):
@@ -91,7 +91,7 @@ async def key_report(app, token) -> dict:
                          (token.department_budget, dept_spent)):
         if limit is not None:
             remaining.append(max(0, limit - spent))
-    rpm_cur, rpm_prev, tpm_cur, tpm_prev, frac = limits.rate_keys(token.id, now)
+    rpm_cur, rpm_prev, tpm_cur, tpm_prev, frac = redis_scripts.rate_keys(token.id, now)
     rates = await app.redis.execute("MGET", rpm_cur, rpm_prev, tpm_cur, tpm_prev)
     r_cur, r_prev, t_cur, t_prev = (int(v) if v else 0 for v in rates)
     weight = 1 - float(frac)

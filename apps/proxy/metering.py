@@ -5,7 +5,7 @@ Durable and idempotent by request id:
 * the writer reads through a consumer group, writes a batch in ONE PostgreSQL transaction
   (records ``ON CONFLICT (request_id)``; transfers ``ON CONFLICT (idempotency_id)``), and only
   after the commit acknowledges the entries — in the same Redis step that lowers the
-  companies' outstanding spend (limits.ACK). A writer killed at any point leaves its entries
+  companies' outstanding spend (redis_scripts.ACK). A writer killed at any point leaves its entries
   pending; the next writer (or itself on restart) reclaims and rewrites them, and the
   conflicts make the rewrite a no-op.
 * the same loop sweeps expired reservations (a proxy that died mid-request) into failed records.
@@ -13,6 +13,7 @@ Durable and idempotent by request id:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -20,12 +21,13 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import orjson
 import redis
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
-from . import limits
+from apps.billing.usage import MalformedUsageEvent, UsageEvent
+
+from . import redis_scripts
 
 logger = logging.getLogger("jetstream.meter")
 
@@ -61,7 +63,7 @@ ON CONFLICT (idempotency_id) DO NOTHING
 @dataclass(slots=True)
 class Event:
     stream_id: bytes
-    data: dict
+    data: UsageEvent
 
 
 def _ts(value: float) -> datetime:
@@ -105,11 +107,11 @@ def _record_rows(events: list[Event]) -> list[list]:
     for event in events:
         e = event.data
         values = (
-            e["rid"], e.get("tok"), e.get("co"), e.get("dp"), e.get("ep") or "", (e.get("mn") or "")[:128], e.get("m"),
-            e.get("pv"), e.get("k"), e.get("pr"), e.get("fx"), bool(e.get("st")), e.get("it") or 0, e.get("ot") or 0,
-            e.get("ct") or 0, bool(e.get("loc")), e.get("sell") or 0, e.get("buy") or 0, e.get("status") or "failed",
-            e.get("http") or 0, (e.get("et") or "")[:64], (e.get("ec") or "")[:64], e.get("lat") or 0, e.get("ttft"),
-            e.get("ip"), _ts(e["t0"]), _ts(e.get("t1") or e["t0"]),
+            e.request_id, e.token_id, e.company_id, e.department_id, e.endpoint or "", (e.model_name or "")[:128], e.model_id,
+            e.provider_id, e.supplier_key_id, e.price_id, e.fx_rub_per_unit, bool(e.stream), e.input_tokens or 0,
+            e.output_tokens or 0, e.cached_tokens or 0, bool(e.usage_counted_locally), e.sell_cost or 0, e.buy_cost or 0,
+            e.status or "failed", e.http_status or 0, (e.error_type or "")[:64], (e.error_code or "")[:64], e.latency_ms or 0,
+            e.ttft_ms, e.client_ip, _ts(e.started_at), _ts(e.finished_at or e.started_at),
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
@@ -122,20 +124,20 @@ def _transfer_rows(events: list[Event], accounts: AccountCache) -> list[list]:
     ids, debits, credits, amounts, kinds, rids = [], [], [], [], [], []
     for event in events:
         e = event.data
-        if e.get("sell") and e.get("co"):
-            ids.append(f"usage:{e['rid']}:sell")
-            debits.append(accounts.wallet(e["co"]))
+        if e.sell_cost and e.company_id:
+            ids.append(f"usage:{e.request_id}:sell")
+            debits.append(accounts.wallet(e.company_id))
             credits.append(accounts.platform(AccountKind.PLATFORM_REVENUE))
-            amounts.append(e["sell"])
+            amounts.append(e.sell_cost)
             kinds.append(TransferKind.USAGE)
-            rids.append(e["rid"])
-        if e.get("buy") and e.get("sup"):
-            ids.append(f"usage:{e['rid']}:buy")
+            rids.append(e.request_id)
+        if e.buy_cost and e.supplier_id:
+            ids.append(f"usage:{e.request_id}:buy")
             debits.append(accounts.platform(AccountKind.UPSTREAM_COST))
-            credits.append(accounts.payable(e["sup"]))
-            amounts.append(e["buy"])
+            credits.append(accounts.payable(e.supplier_id))
+            amounts.append(e.buy_cost)
             kinds.append(TransferKind.USAGE_COST)
-            rids.append(e["rid"])
+            rids.append(e.request_id)
     return [ids, debits, credits, amounts, kinds, rids]
 
 
@@ -161,9 +163,9 @@ def write_batch(events: list[Event], accounts: AccountCache) -> None:
             # The wallet cannot take this charge (Redis counters drifted from the ledger). The
             # record is kept (never lost) and the charge is left for the operator, loudly.
             logger.error("ledger refused the charge for request %s (company %s, %s micro-RUB); recording usage without it",
-                         event.data.get("rid"), event.data.get("co"), event.data.get("sell"))
+                         event.data.request_id, event.data.company_id, event.data.sell_cost)
             with transaction.atomic(), connection.cursor() as cursor:
-                data = dict(event.data, ec="charge_refused_by_ledger")
+                data = dataclasses.replace(event.data, error_code="charge_refused_by_ledger")
                 cursor.execute(_INSERT_RECORDS, _record_rows([Event(event.stream_id, data)]))
 
 
@@ -186,9 +188,9 @@ def sync_company_funds(company_ids: list[int] | None, *, client: redis.Redis | N
     try:
         if company_ids is None:
             company_ids = list(Account.objects.filter(kind=AccountKind.COMPANY_WALLET).values_list("company_id", flat=True))
-        script = client.register_script(limits.SYNC_FUNDS)
+        script = client.register_script(redis_scripts.SYNC_FUNDS)
         for company, (cr, db, lim) in company_sums(company_ids).items():
-            script(keys=[limits.company_key(company)], args=[cr, db, lim])
+            script(keys=[redis_scripts.company_key(company)], args=[cr, db, lim])
     finally:
         if own:
             client.close()
@@ -203,8 +205,8 @@ class MeterWriter:
         self.block_ms = block_ms
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.accounts = AccountCache()
-        self._ack = self.redis.register_script(limits.ACK)
-        self._sweep = self.redis.register_script(limits.SWEEP)
+        self._ack = self.redis.register_script(redis_scripts.ACK)
+        self._sweep = self.redis.register_script(redis_scripts.SWEEP)
         self._last_sweep = 0.0
         self._last_reclaim = 0.0
         self._last_sync = 0.0
@@ -213,7 +215,7 @@ class MeterWriter:
     def ensure_group(self) -> None:
         try:
             # From the start of the stream: events appended before the first writer ever ran count too.
-            self.redis.xgroup_create(limits.STREAM_KEY, GROUP, id="0", mkstream=True)
+            self.redis.xgroup_create(redis_scripts.STREAM_KEY, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -222,39 +224,39 @@ class MeterWriter:
         events = []
         for stream_id, fields in entries:
             if not fields:  # deleted while pending
-                self.redis.xack(limits.STREAM_KEY, GROUP, stream_id)
+                self.redis.xack(redis_scripts.STREAM_KEY, GROUP, stream_id)
                 continue
             try:
-                events.append(Event(stream_id, orjson.loads(fields[b"e"])))
-            except (KeyError, orjson.JSONDecodeError):
+                events.append(Event(stream_id, UsageEvent.decode(fields[b"e"])))
+            except (KeyError, MalformedUsageEvent):
                 logger.error("malformed usage event %s dropped: %r", stream_id, fields)
-                self.redis.xack(limits.STREAM_KEY, GROUP, stream_id)
+                self.redis.xack(redis_scripts.STREAM_KEY, GROUP, stream_id)
         return events
 
     def process(self, events: list[Event]) -> int:
         if not events:
             return 0
         write_batch(events, self.accounts)
-        sums = company_sums(list({e.data["co"] for e in events if e.data.get("co")}))
+        sums = company_sums(list({e.data.company_id for e in events if e.data.company_id}))
         companies = list(sums)
         position = {company: index for index, company in enumerate(companies, start=1)}
         args: list = [GROUP, len(companies)]
         for company in companies:
             args += sums[company]
         for event in events:
-            args += [position.get(event.data.get("co"), 0), event.data.get("sell") or 0, event.stream_id]
-        self._ack(keys=[limits.STREAM_KEY, *(limits.company_key(c) for c in companies)], args=args)
+            args += [position.get(event.data.company_id, 0), event.data.sell_cost or 0, event.stream_id]
+        self._ack(keys=[redis_scripts.STREAM_KEY, *(redis_scripts.company_key(c) for c in companies)], args=args)
         self.written += len(events)
         return len(events)
 
     def housekeeping(self, now: float) -> None:
         if now - self._last_sweep >= 1.0:
             self._last_sweep = now
-            self._sweep(keys=[limits.HOLDS_KEY, limits.STREAM_KEY], args=[int(now), 500])
+            self._sweep(keys=[redis_scripts.RESERVATIONS_KEY, redis_scripts.STREAM_KEY], args=[int(now), 500])
         if now - self._last_reclaim >= 5.0:
             self._last_reclaim = now
             # Redis 6.2 answers [cursor, entries]; 7.x adds the ids of deleted entries.
-            reply = self.redis.xautoclaim(limits.STREAM_KEY, GROUP, self.consumer, self.reclaim_idle_ms, "0-0",
+            reply = self.redis.xautoclaim(redis_scripts.STREAM_KEY, GROUP, self.consumer, self.reclaim_idle_ms, "0-0",
                                           count=self.batch_size)
             self.process(self._decode(reply[1]))
         if now - self._last_sync >= 5.0:
@@ -266,7 +268,7 @@ class MeterWriter:
 
     def run_once(self, *, pending_first: bool = False) -> int:
         start = "0" if pending_first else ">"
-        response = self.redis.xreadgroup(GROUP, self.consumer, {limits.STREAM_KEY: start}, count=self.batch_size,
+        response = self.redis.xreadgroup(GROUP, self.consumer, {redis_scripts.STREAM_KEY: start}, count=self.batch_size,
                                          block=None if pending_first else self.block_ms)
         count = 0
         for _, entries in response or []:

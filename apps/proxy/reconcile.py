@@ -25,7 +25,9 @@ import redis
 from django.conf import settings
 from django.db.models import Sum
 
-from . import limits
+from apps.billing.usage import UsageEvent
+
+from . import redis_scripts
 from .metering import GROUP, company_sums
 
 logger = logging.getLogger("jetstream.reconcile")
@@ -44,33 +46,33 @@ class Discrepancy:
 def _in_flight(client: redis.Redis) -> tuple[dict[str, int], dict[int, int], dict[int, int]]:
     """(hold amounts by counter key, unwritten charges by company, unwritten charges by token)."""
     held: dict[str, int] = defaultdict(int)
-    for member in client.zrange(limits.HOLDS_KEY, 0, -1):
+    for member in client.zrange(redis_scripts.RESERVATIONS_KEY, 0, -1):
         hold = orjson.loads(member)
         for key in hold["keys"]:
             held[key] += hold["amount"]
     unwritten_company: dict[int, int] = defaultdict(int)
     unwritten_token: dict[int, int] = defaultdict(int)
     try:
-        groups = {g["name"].decode(): g for g in client.xinfo_groups(limits.STREAM_KEY)}
+        groups = {g["name"].decode(): g for g in client.xinfo_groups(redis_scripts.STREAM_KEY)}
     except redis.ResponseError:  # no stream yet: nothing unwritten
         return held, unwritten_company, unwritten_token
     group = groups.get(GROUP)
     start = b"-" if group is None else b"(" + group["last-delivered-id"]
-    entries = list(client.xrange(limits.STREAM_KEY, start, "+"))  # not yet delivered to a writer
+    entries = list(client.xrange(redis_scripts.STREAM_KEY, start, "+"))  # not yet delivered to a writer
     if group is not None:
-        for pending in client.xpending_range(limits.STREAM_KEY, GROUP, "-", "+", 100_000):
-            entries += client.xrange(limits.STREAM_KEY, pending["message_id"], pending["message_id"])
-    events = [orjson.loads(fields[b"e"]) for _, fields in entries if fields]
+        for pending in client.xpending_range(redis_scripts.STREAM_KEY, GROUP, "-", "+", 100_000):
+            entries += client.xrange(redis_scripts.STREAM_KEY, pending["message_id"], pending["message_id"])
+    events = [UsageEvent.decode(fields[b"e"]) for _, fields in entries if fields]
     # A writer may have committed an entry and not yet acknowledged it: its charge is already in
     # the usage records (so not unwritten for the token), but not yet out of the company's `out`.
     from apps.billing.models import UsageRecord
 
-    committed = set(UsageRecord.objects.filter(request_id__in=[e["rid"] for e in events]).values_list("request_id", flat=True))
+    committed = set(UsageRecord.objects.filter(request_id__in=[e.request_id for e in events]).values_list("request_id", flat=True))
     for event in events:
-        if event.get("sell"):
-            unwritten_company[event["co"]] += event["sell"]
-            if event["rid"] not in committed:
-                unwritten_token[event["tok"]] += event["sell"]
+        if event.sell_cost:
+            unwritten_company[event.company_id] += event.sell_cost
+            if event.request_id not in committed:
+                unwritten_token[event.token_id] += event.sell_cost
     return held, unwritten_company, unwritten_token
 
 

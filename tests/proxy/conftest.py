@@ -144,9 +144,9 @@ class Gateway:
 
 
 def writer_stream() -> str:
-    from apps.proxy import limits
+    from apps.proxy import redis_scripts
 
-    return limits.STREAM_KEY
+    return redis_scripts.STREAM_KEY
 
 
 @pytest.fixture

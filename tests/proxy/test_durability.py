@@ -17,7 +17,7 @@ from django.db import connection
 
 from apps.billing import services as ledger
 from apps.billing.models import Transfer, UsageRecord
-from apps.proxy import limits
+from apps.proxy import redis_scripts
 from tests.proxy.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,7 +123,7 @@ def test_a_killed_writer_loses_no_records_and_writes_none_twice(gateway):
             wait_for(lambda: UsageRecord.objects.count() >= 150, 60, "records were lost")
             stream = redis.Redis.from_url(settings.REDIS_URL)
             # The entries the dead writer committed but never acknowledged are taken over too.
-            wait_for(lambda: stream.xpending(limits.STREAM_KEY, "meter")["pending"] == 0, 30, "entries left unacknowledged")
+            wait_for(lambda: stream.xpending(redis_scripts.STREAM_KEY, "meter")["pending"] == 0, 30, "entries left unacknowledged")
         finally:
             second.terminate()
             second.wait(10)
@@ -136,7 +136,7 @@ def test_a_killed_writer_loses_no_records_and_writes_none_twice(gateway):
     charged = sum(UsageRecord.objects.values_list("sell_cost", flat=True))
     assert ledger.balance(ledger.company_wallet(gateway.world.company)).posted == 1000 * 1_000_000 - charged
     assert ledger.verify_ledger() == []
-    co = redis.Redis.from_url(settings.REDIS_URL).hgetall(limits.company_key(gateway.world.company.pk))
+    co = redis.Redis.from_url(settings.REDIS_URL).hgetall(redis_scripts.company_key(gateway.world.company.pk))
     assert int(co[b"out"]) == 0  # every written charge left the outstanding counter exactly once
 
 
@@ -160,11 +160,11 @@ def test_a_proxy_killed_mid_request_leaves_a_hold_the_sweeper_releases(world, fa
     port = free_port()
     proxy = start_proxy(port, JETSTREAM_HOLD_TTL_SECONDS=1)
     client = redis.Redis.from_url(settings.REDIS_URL)
-    company_key = limits.company_key(world.company.pk)
+    company_key = redis_scripts.company_key(world.company.pk)
     try:
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(chat, f"http://127.0.0.1:{port}/v1", world.secret, max_tokens=50)
-            wait_for(lambda: client.zcard(limits.HOLDS_KEY) == 1, 10, "no hold was taken")
+            wait_for(lambda: client.zcard(redis_scripts.RESERVATIONS_KEY) == 1, 10, "no hold was taken")
             assert int(client.hget(company_key, "out")) > 0
             proxy.send_signal(signal.SIGKILL)
             proxy.wait(10)
@@ -185,8 +185,8 @@ def test_a_proxy_killed_mid_request_leaves_a_hold_the_sweeper_releases(world, fa
     Gateway.drain(Gateway.__new__(Gateway), expect=1)
     record = UsageRecord.objects.get()
     assert (record.status, record.error_code, record.sell_cost) == ("failed", "gateway_lost", 0)
-    assert client.zcard(limits.HOLDS_KEY) == 0 and int(client.hget(company_key, "out")) == 0
-    assert int(client.get(limits.total_key(world.token.pk))) == 0
+    assert client.zcard(redis_scripts.RESERVATIONS_KEY) == 0 and int(client.hget(company_key, "out")) == 0
+    assert int(client.get(redis_scripts.total_key(world.token.pk))) == 0
 
 
 def test_block_and_revoke_reach_two_proxy_processes_within_a_second(world):

@@ -111,11 +111,11 @@ def test_rpm_is_enforced_with_retry_after_and_rejections_do_not_count(gateway):
     import redis
     from django.conf import settings
 
-    from apps.proxy import limits
+    from apps.proxy import redis_scripts
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    current = limits.rate_keys(token.id, __import__("time").time())[0]
-    assert int(client.get(current) or 0) + int(client.get(limits.rate_keys(token.id, __import__("time").time() - 60)[0]) or 0) == 3
+    current = redis_scripts.rate_keys(token.id, __import__("time").time())[0]
+    assert int(client.get(current) or 0) + int(client.get(redis_scripts.rate_keys(token.id, __import__("time").time() - 60)[0]) or 0) == 3
 
 
 def test_tpm_is_enforced(gateway):

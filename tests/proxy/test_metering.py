@@ -11,7 +11,8 @@ from django.conf import settings
 
 from apps.billing import services as ledger
 from apps.billing.models import Transfer, UsageRecord
-from apps.proxy import limits
+from apps.billing.usage import UsageEvent
+from apps.proxy import redis_scripts
 from apps.proxy.metering import GROUP, MeterWriter
 from tests.proxy.conftest import build_world, flush_gateway_keys
 
@@ -31,29 +32,29 @@ def event(world, rid: str, sell: int) -> bytes:
 
 
 def outstanding(client, world) -> int:
-    return int(client.hget(limits.company_key(world.company.pk), "out") or 0)
+    return int(client.hget(redis_scripts.company_key(world.company.pk), "out") or 0)
 
 
 def test_a_redelivered_entry_is_written_and_counted_once(world):
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.hset(limits.company_key(world.company.pk), mapping={"cr": 1_000, "db": 0, "lim": 0, "out": 300})
+    client.hset(redis_scripts.company_key(world.company.pk), mapping={"cr": 1_000, "db": 0, "lim": 0, "out": 300})
     writer = MeterWriter(consumer="first", block_ms=10)
     writer.ensure_group()
-    client.xadd(limits.STREAM_KEY, {"e": event(world, "req_a", 300)})
-    entries = client.xreadgroup(GROUP, "first", {limits.STREAM_KEY: ">"})[0][1]
+    client.xadd(redis_scripts.STREAM_KEY, {"e": event(world, "req_a", 300)})
+    entries = client.xreadgroup(GROUP, "first", {redis_scripts.STREAM_KEY: ">"})[0][1]
     from apps.proxy.metering import Event, write_batch
 
     # The first writer commits but dies before acknowledging…
-    write_batch([Event(entries[0][0], orjson.loads(entries[0][1][b"e"]))], writer.accounts)
+    write_batch([Event(entries[0][0], UsageEvent.decode(entries[0][1][b"e"]))], writer.accounts)
     # …so a second writer takes the entry over and processes it again.
     second = MeterWriter(consumer="second", block_ms=10, reclaim_idle_ms=0)
     second.housekeeping(time.time())
     assert UsageRecord.objects.filter(request_id="req_a").count() == 1
     assert Transfer.objects.filter(idempotency_id="usage:req_a:sell").count() == 1
     assert outstanding(client, world) == 0
-    assert client.xpending(limits.STREAM_KEY, GROUP)["pending"] == 0
+    assert client.xpending(redis_scripts.STREAM_KEY, GROUP)["pending"] == 0
     # A late acknowledgement by the first writer would subtract nothing more.
-    writer.process([Event(entries[0][0], orjson.loads(entries[0][1][b"e"]))])
+    writer.process([Event(entries[0][0], UsageEvent.decode(entries[0][1][b"e"]))])
     assert outstanding(client, world) == 0
 
 
@@ -63,7 +64,7 @@ def test_a_charge_the_ledger_refuses_is_recorded_and_flagged_without_blocking_th
     writer.ensure_group()
     # Counters drifted: the wallet holds 1000 micro-RUB but a charge of 5000 arrives between two good ones.
     for rid, sell in (("req_ok_1", 100), ("req_too_big", 5_000), ("req_ok_2", 200)):
-        client.xadd(limits.STREAM_KEY, {"e": event(world, rid, sell)})
+        client.xadd(redis_scripts.STREAM_KEY, {"e": event(world, rid, sell)})
     writer.run_once()
     records = {r.request_id: r for r in UsageRecord.objects.all()}
     assert set(records) == {"req_ok_1", "req_too_big", "req_ok_2"}
@@ -71,5 +72,5 @@ def test_a_charge_the_ledger_refuses_is_recorded_and_flagged_without_blocking_th
     assert not Transfer.objects.filter(idempotency_id="usage:req_too_big:sell").exists()
     wallet = ledger.company_wallet(world.company)
     assert ledger.balance(wallet).available == 1_000 - 300
-    assert client.xpending(limits.STREAM_KEY, GROUP)["pending"] == 0
+    assert client.xpending(redis_scripts.STREAM_KEY, GROUP)["pending"] == 0
     assert ledger.verify_ledger() == []

@@ -1,10 +1,11 @@
-"""Spend and rate limits in Redis: atomic, global across replicas, two round trips a request.
+"""The proxy's Redis scripts and key names: spend and rate limits, atomic, global across replicas,
+two round trips a request.
 
 Reserve (one Lua call, before upstream) checks and takes, all or nothing: the company's
 available funds, the token's total/weekly/monthly spend, the department's monthly budget, RPM
 and TPM (sliding window over two one-minute buckets). It also records the reservation in the
-``js:holds`` sorted set with an expiry. Settle (one Lua call, after upstream) swaps the
-reservation for the actual cost, removes the hold and appends the usage event to the
+``js:reservations`` sorted set with an expiry. Settle (one Lua call, after upstream) swaps the
+reservation for the actual cost, removes it and appends the usage event to the
 ``js:usage`` stream — in one atomic step, so money counted is never without its record.
 
 Company funds never live only in Redis: the hash ``js:co:<id>`` keeps the ledger's posted
@@ -14,8 +15,8 @@ meter writer has not yet committed to the ledger). available = cr + lim − db �
 lowers ``out`` and raises ``db`` in one script after each commit, so spend is always counted
 exactly once or (briefly) twice, never zero times.
 
-A worker that dies between reserve and settle leaves its hold; the sweeper (``sweep``) releases
-expired holds and records the request as failed, atomically.
+A worker that dies between reserve and settle leaves its reservation; the sweeper (``SWEEP``)
+releases expired reservations and records the request as failed, atomically.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import orjson
 
 STREAM_KEY = "js:usage"
-HOLDS_KEY = "js:holds"
+RESERVATIONS_KEY = "js:reservations"
 WINDOW_TTL = 40 * 24 * 3600  # week/month counters outlive their window, then expire
 
 _COMMON = """
@@ -34,8 +35,8 @@ local function fmt(v) return string.format('%d', v) end
 """
 
 RESERVE = _COMMON + """
--- KEYS: co, total, week, month, dept, rpm_cur, rpm_prev, tpm_cur, tpm_prev, holds
--- ARGV: amount, lim_total, lim_week, lim_month, lim_dept, rpm, tpm, tpm_est, frac, hold_expiry, hold_member, ttl, has_dept
+-- KEYS: co, total, week, month, dept, rpm_cur, rpm_prev, tpm_cur, tpm_prev, reservations
+-- ARGV: amount, lim_total, lim_week, lim_month, lim_dept, rpm, tpm, tpm_est, frac, expiry, reservation_member, ttl, has_dept
 local amount = tonumber(ARGV[1])
 local has_dept = ARGV[13] == '1'
 local missing = {}
@@ -95,11 +96,11 @@ return {0, fmt(rpm_left), fmt(tpm_left)}
 """
 
 SETTLE = _COMMON + """
--- KEYS: co, total, week, month, dept, tpm_cur, holds, stream
--- ARGV: reserved, actual, tpm_delta, hold_member, event, has_dept
+-- KEYS: co, total, week, month, dept, tpm_cur, reservations, stream
+-- ARGV: reserved, actual, tpm_delta, reservation_member, event, has_dept
 local removed = redis.call('ZREM', KEYS[7], ARGV[4])
 local reserved, actual = tonumber(ARGV[1]), tonumber(ARGV[2])
--- A hold the sweeper already released must not be released twice: count the actual only.
+-- A reservation the sweeper already released must not be released twice: count the actual only.
 local delta = actual
 if removed == 1 then delta = actual - reserved end
 if delta ~= 0 then
@@ -173,18 +174,18 @@ return 1
 """
 
 SWEEP = _COMMON + """
--- KEYS: holds, stream ; ARGV: now, max
+-- KEYS: reservations, stream ; ARGV: now, max
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local released = 0
 for _, member in ipairs(expired) do
   if redis.call('ZREM', KEYS[1], member) == 1 then
-    local hold = cjson.decode(member)
-    local amount = tonumber(hold.amount)
+    local reservation = cjson.decode(member)
+    local amount = tonumber(reservation.amount)
     if amount > 0 then
-      redis.call('HINCRBY', hold.keys[1], 'out', fmt(-amount))
-      for i = 2, #hold.keys do redis.call('INCRBY', hold.keys[i], fmt(-amount)) end
+      redis.call('HINCRBY', reservation.keys[1], 'out', fmt(-amount))
+      for i = 2, #reservation.keys do redis.call('INCRBY', reservation.keys[i], fmt(-amount)) end
     end
-    redis.call('XADD', KEYS[2], '*', 'e', hold.event)
+    redis.call('XADD', KEYS[2], '*', 'e', reservation.event)
     released = released + 1
   end
 end
@@ -224,7 +225,7 @@ class SpendKeys:
     def as_list(self) -> list[str]:
         return [self.co, self.total, self.week, self.month, self.dept]
 
-    def hold_keys(self) -> list[str]:
+    def charged_keys(self) -> list[str]:
         keys = [self.co, self.total, self.week, self.month]
         if self.has_dept:
             keys.append(self.dept)
@@ -238,6 +239,6 @@ def rate_keys(token_id: int, now: float) -> tuple[str, str, str, str, str]:
             f"js:rl:{token_id}:t:{minute}", f"js:rl:{token_id}:t:{minute - 1}", frac)
 
 
-def hold_member(*, request_id: str, keys: SpendKeys, amount: int, failure_event: bytes) -> bytes:
-    return orjson.dumps({"rid": request_id, "amount": amount, "keys": keys.hold_keys(), "event": failure_event.decode()})
+def reservation_member(*, request_id: str, keys: SpendKeys, amount: int, failure_event: bytes) -> bytes:
+    return orjson.dumps({"rid": request_id, "amount": amount, "keys": keys.charged_keys(), "event": failure_event.decode()})
 
