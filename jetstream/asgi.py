@@ -16,7 +16,7 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_app = get_asgi_application()
 
-from apps.proxy.app import ProxyApp  # noqa: E402  (needs the apps loaded)
+from apps.proxy.pipeline.app import ProxyApp  # noqa: E402  (needs the apps loaded)
 
 
 def build_application(proxy: ProxyApp) -> ProtocolTypeRouter:

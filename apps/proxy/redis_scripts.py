@@ -32,6 +32,14 @@ WINDOW_TTL = 40 * 24 * 3600  # week/month counters outlive their window, then ex
 _COMMON = """
 local function num(v) if v == false or v == nil then return 0 end return tonumber(v) end
 local function fmt(v) return string.format('%d', v) end
+-- Merge the ledger's posted sums into a company hash: cr and db only grow, so a stale reader can
+-- never roll them back (max); lim (credit limit less open ledger holds) is taken as read.
+local function merge_funds(key, cr, db, lim)
+  local cur_cr, cur_db = redis.call('HGET', key, 'cr'), redis.call('HGET', key, 'db')
+  if cur_cr == false or tonumber(cur_cr) < tonumber(cr) then redis.call('HSET', key, 'cr', cr) end
+  if cur_db == false or tonumber(cur_db) < tonumber(db) then redis.call('HSET', key, 'db', db) end
+  redis.call('HSET', key, 'lim', lim)
+end
 """
 
 RESERVE = _COMMON + """
@@ -118,13 +126,7 @@ return removed
 
 INIT = _COMMON + """
 -- KEYS: co, total, week, month, dept ; ARGV: cr, db, lim, total, week, month, dept, has_dept, ttl
-local function maxset(key, field, value)
-  local cur = redis.call('HGET', key, field)
-  if cur == false or tonumber(cur) < tonumber(value) then redis.call('HSET', key, field, value) end
-end
-maxset(KEYS[1], 'cr', ARGV[1])
-maxset(KEYS[1], 'db', ARGV[2])
-redis.call('HSET', KEYS[1], 'lim', ARGV[3])
+merge_funds(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 redis.call('HSETNX', KEYS[1], 'out', '0')
 redis.call('SET', KEYS[2], ARGV[4], 'NX')
 redis.call('SET', KEYS[3], ARGV[5], 'NX', 'EX', ARGV[9])
@@ -141,13 +143,7 @@ ACK = _COMMON + """
 local n = tonumber(ARGV[2])
 for i = 1, n do
   local base = 2 + (i - 1) * 3
-  local key = KEYS[1 + i]
-  local cr, db = redis.call('HGET', key, 'cr'), redis.call('HGET', key, 'db')
-  if cr ~= false then
-    if tonumber(cr) < tonumber(ARGV[base + 1]) then redis.call('HSET', key, 'cr', ARGV[base + 1]) end
-    if db == false or tonumber(db) < tonumber(ARGV[base + 2]) then redis.call('HSET', key, 'db', ARGV[base + 2]) end
-    redis.call('HSET', key, 'lim', ARGV[base + 3])
-  end
+  if redis.call('HEXISTS', KEYS[1 + i], 'cr') == 1 then merge_funds(KEYS[1 + i], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]) end
 end
 local acked = 0
 for i = 3 + n * 3, #ARGV, 3 do
@@ -166,10 +162,7 @@ return acked
 SYNC_FUNDS = _COMMON + """
 -- KEYS: co ; ARGV: cr, db, lim
 if redis.call('HEXISTS', KEYS[1], 'cr') == 0 then return 0 end
-if tonumber(redis.call('HGET', KEYS[1], 'cr')) < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'cr', ARGV[1]) end
-local db = redis.call('HGET', KEYS[1], 'db')
-if db == false or tonumber(db) < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'db', ARGV[2]) end
-redis.call('HSET', KEYS[1], 'lim', ARGV[3])
+merge_funds(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 return 1
 """
 
@@ -194,6 +187,7 @@ return released
 
 
 def company_key(company_id: int) -> str:
+    """The hash of a company's funds: cr, db, lim, out (micro-RUB)."""
     return f"js:co:{company_id}"
 
 
@@ -215,12 +209,21 @@ def dept_key(department_id: int | None, month: str) -> str:
 
 @dataclass(slots=True)
 class SpendKeys:
+    """The Redis keys of one token's spend counters: company funds hash, the token's total, ISO-week
+    and month spend, and its department's month spend (``has_dept`` False: no department)."""
+
     co: str
     total: str
     week: str
     month: str
     dept: str
     has_dept: bool
+
+    @classmethod
+    def for_token(cls, *, token_id: int, company_id: int, department_id: int | None, week: str, month: str) -> SpendKeys:
+        """The keys for a token in the calendar windows ``week`` ("2026-W48") and ``month`` ("2026-11")."""
+        return cls(company_key(company_id), total_key(token_id), week_key(token_id, week), month_key(token_id, month),
+                   dept_key(department_id, month), department_id is not None)
 
     def as_list(self) -> list[str]:
         return [self.co, self.total, self.week, self.month, self.dept]
@@ -233,6 +236,8 @@ class SpendKeys:
 
 
 def rate_keys(token_id: int, now: float) -> tuple[str, str, str, str, str]:
+    """(RPM key this minute, RPM key last minute, TPM this minute, TPM last minute, fraction of this
+    minute elapsed as a 4-decimal string) for the sliding-window rate limits."""
     minute = int(now // 60)
     frac = f"{(now % 60) / 60:.4f}"
     return (f"js:rl:{token_id}:r:{minute}", f"js:rl:{token_id}:r:{minute - 1}",
@@ -240,5 +245,7 @@ def rate_keys(token_id: int, now: float) -> tuple[str, str, str, str, str]:
 
 
 def reservation_member(*, request_id: str, keys: SpendKeys, amount: int, failure_event: bytes) -> bytes:
+    """The reservations-set entry for a call: what the sweeper releases (``amount`` micro-RUB from
+    each counter) and the usage event it records if the call never settles."""
     return orjson.dumps({"rid": request_id, "amount": amount, "keys": keys.charged_keys(), "event": failure_event.decode()})
 

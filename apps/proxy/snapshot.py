@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import close_old_connections
 
+from apps.providers.adapters.base import Target
 from lib.money import coefficient_units
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,11 @@ class ModelRoute:
     price_cached: int
     fx_micro: int | None
     keys: list[KeyRoute] = field(default_factory=list)
+    target: Target | None = None  # where the adapter sends this model's calls
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            self.target = Target(self.base_url, self.upstream_model, self.provider_options)
 
     @property
     def priced(self) -> bool:

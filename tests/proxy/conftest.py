@@ -158,7 +158,7 @@ def world(transactional_db, fake_openai):  # noqa: F811
 
 @pytest.fixture
 def gateway(world):
-    from apps.proxy.app import ProxyApp
+    from apps.proxy.pipeline.app import ProxyApp
     from jetstream.asgi import build_application
 
     with ServerThread(build_application(ProxyApp()), free_port()) as server:

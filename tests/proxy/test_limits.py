@@ -174,7 +174,7 @@ def test_the_ip_allow_list_is_enforced(gateway):
 
 @pytest.fixture
 def gateway_behind_proxy(world, settings):
-    from apps.proxy.app import ProxyApp
+    from apps.proxy.pipeline.app import ProxyApp
     from jetstream.asgi import build_application
     from tests.proxy.conftest import Gateway, ServerThread, free_port
 

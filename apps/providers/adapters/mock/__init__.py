@@ -9,6 +9,7 @@ benchmarks have an upstream. Provider ``options`` it reads: ``latency_ms``, ``ch
 
 from __future__ import annotations
 
+from apps.providers.adapters.mock.adapter import MockAdapter
 from apps.providers.adapters.mock.generator import (
     chat_completion,
     chat_completion_chunks,
@@ -19,4 +20,4 @@ from apps.providers.adapters.mock.generator import (
     stream,
 )
 
-__all__ = ["chat_completion", "chat_completion_chunks", "completion", "completion_chunks", "embeddings", "respond", "stream"]
+__all__ = ["MockAdapter", "chat_completion", "chat_completion_chunks", "completion", "completion_chunks", "embeddings", "respond", "stream"]

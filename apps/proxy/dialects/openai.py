@@ -1,27 +1,25 @@
-"""Request body validation for /v1 endpoints: clear 4xx errors instead of upstream surprises.
+"""The OpenAI dialect (what clients of ``/v1/chat/completions``, ``/v1/completions`` and
+``/v1/embeddings`` speak): parsed into the canonical request, rendered back from canonical answers.
 
-Only what the gateway must rely on is checked strictly (model, messages/prompt/input shape,
-max_tokens, n, stream, stream_options); other OpenAI parameters pass through untouched after a
-type check of the common ones.
+Source: https://platform.openai.com/docs/api-reference/chat. The canonical form is this dialect, so
+rendering passes bytes through; parsing validates: only what the gateway must rely on is checked
+strictly (model, messages/prompt/input shape, max_tokens, n, stream, stream_options), with clear 4xx
+errors instead of upstream surprises; other parameters pass through after a type check of the
+common ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
 
-from .errors import ApiError, bad_request
+import orjson
+
+from apps.providers.adapters.base import CanonicalRequest
+from apps.proxy.exceptions import ApiError, bad_request
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 _NUMBER_PARAMS = {"temperature": (0, 2), "top_p": (0, 1), "presence_penalty": (-2, 2), "frequency_penalty": (-2, 2)}
-
-
-@dataclass(slots=True)
-class Checked:
-    model: str
-    stream: bool
-    include_usage: bool
-    max_tokens: int | None  # as requested (None = not given)
-    n: int
 
 
 def _is_int(value) -> bool:
@@ -82,7 +80,7 @@ def _max_tokens(body, *names: str) -> int | None:
     return None
 
 
-def check_chat(body) -> Checked:
+def check_chat(body) -> CanonicalRequest:
     model, stream, include_usage, n = _common(body, "chat")
     messages = body.get("messages")
     if messages is None:
@@ -113,10 +111,10 @@ def check_chat(body) -> Checked:
     response_format = body.get("response_format")
     if response_format is not None and (not isinstance(response_format, dict) or not isinstance(response_format.get("type"), str)):
         raise bad_request("'response_format' must be an object with a 'type'.", param="response_format", code="invalid_type")
-    return Checked(model, stream, include_usage, _max_tokens(body, "max_completion_tokens", "max_tokens"), n)
+    return CanonicalRequest("chat", model, body, stream, include_usage, _max_tokens(body, "max_completion_tokens", "max_tokens"), n)
 
 
-def check_completion(body) -> Checked:
+def check_completion(body) -> CanonicalRequest:
     model, stream, include_usage, n = _common(body, "completion")
     prompt = body.get("prompt")
     if prompt is None:
@@ -126,10 +124,10 @@ def check_completion(body) -> Checked:
     best_of = body.get("best_of")
     if best_of is not None and (not _is_int(best_of) or best_of < n or best_of > 20):
         raise bad_request("'best_of' must be an integer from n to 20.", param="best_of", code="invalid_value")
-    return Checked(model, stream, include_usage, _max_tokens(body, "max_tokens"), max(n, best_of or 1))
+    return CanonicalRequest("completion", model, body, stream, include_usage, _max_tokens(body, "max_tokens"), max(n, best_of or 1))
 
 
-def check_embeddings(body) -> Checked:
+def check_embeddings(body) -> CanonicalRequest:
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     model = body.get("model")
@@ -152,9 +150,52 @@ def check_embeddings(body) -> Checked:
     dims = body.get("dimensions")
     if dims is not None and (not _is_int(dims) or not 1 <= dims <= 8192):
         raise bad_request("'dimensions' must be an integer from 1 to 8192.", param="dimensions", code="invalid_value")
-    return Checked(model, False, False, None, 1)
+    return CanonicalRequest("embedding", model, body)
 
 
-CHECKERS = {"chat": check_chat, "completion": check_completion, "embedding": check_embeddings}
+CHECKERS: dict[str, Callable[[Any], CanonicalRequest]] = {
+    "chat": check_chat, "completion": check_completion, "embedding": check_embeddings,
+}
 
-__all__ = ["CHECKERS", "Checked", "ApiError"]
+
+def parse(endpoint: str, raw: bytes) -> CanonicalRequest:
+    """The canonical request for ``endpoint`` ("chat", "completion" or "embedding") from the raw
+    body. Raises ``ApiError`` 400 (``invalid_json`` or the field's own code)."""
+    if not raw:
+        raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc.msg} (at character {exc.pos}).", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return CHECKERS[endpoint](body)
+
+
+# --------------------------------------------------------------------------- rendering
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+DONE = b"data: [DONE]\n\n"
+
+
+def render_events(events: list[bytes]) -> bytes:
+    """Canonical SSE events (``data:`` lines) as one write to the client."""
+    return b"\n\n".join(events) + b"\n\n"
+
+
+def render_usage_chunk(request: CanonicalRequest, usage_chunk: dict[str, Any] | None, *, response_id: str, created: int,
+                       input_tokens: int, output_tokens: int, cost: str) -> bytes:
+    """The stream's last chunk when the client asked for ``stream_options.include_usage``: the
+    upstream's usage chunk (or a new one) with the billed token counts and ``usage.cost`` (RUB,
+    six decimals, as a JSON number)."""
+    chunk_object = "text_completion" if request.endpoint == "completion" else "chat.completion.chunk"
+    final = usage_chunk or {"id": response_id, "object": chunk_object, "created": created, "model": request.model, "choices": []}
+    final["usage"] = {**(final.get("usage") or {}), "prompt_tokens": input_tokens, "completion_tokens": output_tokens,
+                      "total_tokens": input_tokens + output_tokens, "cost": orjson.Fragment(cost.encode())}
+    return b"data: " + orjson.dumps(final) + b"\n\n"
+
+
+def render_error_event(error: ApiError) -> bytes:
+    """An error inside a started stream: one ``data:`` event with the error object."""
+    return b"data: " + error.body() + b"\n\n"

@@ -1,0 +1,318 @@
+"""The provider-adapter seam: how the gateway speaks to one kind of upstream.
+
+The gateway works on one canonical form, OpenAI's wire format (request bodies of
+``/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``; ``chat.completion`` responses;
+``chat.completion.chunk`` SSE events — https://platform.openai.com/docs/api-reference/chat). What
+the *client* speaks (OpenAI chat today, Anthropic Messages and OpenAI Responses next) is the proxy's
+inbound dialect, parsed into this form and rendered back from it; what the *upstream* speaks is
+an adapter's business:
+
+    CanonicalRequest ──build_request──► UpstreamRequest (url, headers, body) ──send──► UpstreamResponse
+    response body    ──parse_body────► Parsed (canonical body, Usage, generated text)
+    stream bytes     ──StreamDecoder─► canonical SSE events per network read + final Usage
+    status + body    ──map_error─────► UpstreamFailure (what to answer, whether to fail over)
+
+Authentication is the adapter's ``auth``: a static key today (``StaticBearerAuth``); a provider that
+exchanges a key for a short-lived token (GigaChat's OAuth, Yandex Cloud's IAM token) subclasses
+``CachedTokenAuth``, which caches one token per supplier key and lets concurrent requests share
+one exchange.
+
+An adapter is stateless apart from such caches: one instance per kind serves every request (see
+the registry in ``apps/providers/adapters/__init__.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import aiohttp
+
+# Seconds a failing key rests before it is tried first again.
+COOLDOWN_UNREACHABLE = 5.0
+COOLDOWN_AUTH_FAILED = 300.0
+COOLDOWN_RATE_LIMITED = 10.0
+COOLDOWN_SERVER_ERROR = 5.0
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    """Token counts an upstream reported for one request (tokens)."""
+
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int  # of input_tokens, read from the provider's prompt cache
+
+
+@dataclass(slots=True)
+class CanonicalRequest:
+    """One inference request in the gateway's canonical (OpenAI wire) form.
+
+    ``endpoint`` is "chat", "completion" or "embedding"; ``body`` the OpenAI-shaped body with the
+    public ``model`` name; ``max_tokens`` as requested (None = not given); ``n`` the number of
+    choices that may be generated (``best_of`` included).
+    """
+
+    endpoint: str
+    model: str
+    body: dict[str, Any]
+    stream: bool = False
+    include_usage: bool = False
+    max_tokens: int | None = None
+    n: int = 1
+
+
+@dataclass(slots=True, frozen=True)
+class Target:
+    """Where a request goes: the provider's base URL (no trailing slash), the upstream's own model
+    id, and the provider's ``options`` (admin-entered JSON)."""
+
+    base_url: str
+    upstream_model: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class Credential:
+    """One supplier key as an adapter sees it: its id (the cache key for exchanged tokens) and secret."""
+
+    key_id: int
+    secret: str
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    """A request ready to send: absolute URL, headers (authentication included) and body bytes."""
+
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class Parsed:
+    """A non-streamed upstream answer: the body to relay in canonical form, the usage it reported
+    (None when it sent none), and the generated text (for local counting; only when usage is None)."""
+
+    body: bytes
+    usage: Usage | None
+    text: str | None = None
+
+
+class UpstreamFailure(Exception):
+    """An upstream answer or connection the client cannot be given as is.
+
+    ``status`` is the gateway's HTTP status for the client, ``type``/``code`` the gateway's own error
+    vocabulary, ``message`` safe to show (no key, no URL). ``failover`` says whether the next key may
+    be tried (the failure is about this key or this moment, not the request); ``cooldown`` how many
+    seconds this key should rest (None = not at all).
+    """
+
+    def __init__(self, status: int, message: str, *, type: str = "api_error", code: str = "upstream_error",  # noqa: A002
+                 failover: bool = False, cooldown: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.failover = failover
+        self.cooldown = cooldown
+
+
+def unreachable() -> UpstreamFailure:
+    """A connection error or a timeout before the answer's headers: try the next key."""
+    return UpstreamFailure(502, "The upstream provider could not be reached.", code="upstream_unreachable",
+                           failover=True, cooldown=COOLDOWN_UNREACHABLE)
+
+
+def broken() -> UpstreamFailure:
+    """The connection broke while the answer's body was read: try the next key."""
+    return UpstreamFailure(502, "The upstream connection broke.", code="upstream_broken",
+                           failover=True, cooldown=COOLDOWN_UNREACHABLE)
+
+
+def malformed() -> UpstreamFailure:
+    """The upstream answered 2xx with a body that is not its format."""
+    return UpstreamFailure(502, "The upstream provider returned a malformed response.", code="upstream_malformed")
+
+
+class UpstreamResponse(Protocol):
+    """A started upstream answer, over the network or in-process."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes:
+        """The whole body. Raises ``UpstreamFailure`` (``broken``) if the connection breaks."""
+        ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, one item per network read."""
+        ...
+
+    def release(self) -> None:
+        """Give the connection back (or close it); safe to call twice."""
+        ...
+
+
+class HttpResponse:
+    """An aiohttp response behind the ``UpstreamResponse`` protocol."""
+
+    __slots__ = ("_response", "headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers = response.headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            self._response.release()
+            raise broken() from exc
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._response.content.iter_any()
+
+    def release(self) -> None:
+        self._response.release()
+
+
+class StreamDecoder(Protocol):
+    """Upstream stream bytes in, canonical SSE events out (``b"data: {...}"`` lines, no separator).
+
+    The relay feeds every network read and sends what comes back as one write, so one upstream read
+    costs one client write. The usage-only chunk is withheld (the relay renders the stream's end with
+    the gateway's cost in it); ``usage_chunk`` keeps it as a canonical ``chat.completion.chunk`` dict.
+    """
+
+    done: bool  # the upstream said its stream is complete
+    usage_chunk: dict[str, Any] | None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Canonical events completed by ``data``."""
+        ...
+
+    def finish(self) -> list[bytes]:
+        """Canonical events left when the upstream closed the stream."""
+        ...
+
+    def usage(self) -> Usage | None:
+        """The usage the upstream reported, or None."""
+        ...
+
+    def generated_text(self) -> str:
+        """Everything generated so far (for local counting when the upstream sent no usage)."""
+        ...
+
+    def produced(self) -> bool:
+        """Whether any canonical event came out (a stream that broke before one is not billed)."""
+        ...
+
+
+class Auth:
+    """Authentication headers for one supplier key: ``Authorization: Bearer <secret>``."""
+
+    async def headers(self, credential: Credential, http: aiohttp.ClientSession | None) -> dict[str, str]:
+        """Headers that authenticate ``credential``. Raises ``UpstreamFailure`` if it cannot."""
+        return {"Authorization": f"Bearer {credential.secret}"}
+
+
+StaticBearerAuth = Auth
+
+
+class CachedTokenAuth(Auth):
+    """A key exchanged for a short-lived access token (OAuth client credentials, an IAM token),
+    cached per supplier key until shortly before it expires; concurrent requests share one exchange.
+
+    Subclasses implement ``exchange``; ``header_name``/``scheme`` say how the token is sent.
+    """
+
+    header_name: ClassVar[str] = "Authorization"
+    scheme: ClassVar[str] = "Bearer"
+    refresh_margin: ClassVar[float] = 60.0  # seconds before expiry a token is renewed
+
+    def __init__(self) -> None:
+        self._tokens: dict[int, tuple[str, float]] = {}
+        self._exchanges: dict[int, asyncio.Future[tuple[str, float]]] = {}
+
+    async def exchange(self, credential: Credential, http: aiohttp.ClientSession | None) -> tuple[str, float]:
+        """(access token, its expiry as Unix seconds) for ``credential``. Raises ``UpstreamFailure``."""
+        raise NotImplementedError
+
+    async def headers(self, credential: Credential, http: aiohttp.ClientSession | None) -> dict[str, str]:
+        cached = self._tokens.get(credential.key_id)
+        if cached is None or cached[1] - self.refresh_margin <= time.time():
+            cached = await self._shared_exchange(credential, http)
+        return {self.header_name: f"{self.scheme} {cached[0]}"}
+
+    async def _shared_exchange(self, credential: Credential, http: aiohttp.ClientSession | None) -> tuple[str, float]:
+        pending = self._exchanges.get(credential.key_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[tuple[str, float]] = asyncio.get_running_loop().create_future()
+        self._exchanges[credential.key_id] = future
+        try:
+            token = await self.exchange(credential, http)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it, an unwaited future logs nothing
+            raise
+        else:
+            self._tokens[credential.key_id] = token
+            future.set_result(token)
+            return token
+        finally:
+            self._exchanges.pop(credential.key_id, None)
+
+    def forget(self, key_id: int) -> None:
+        """Drop a cached token (the upstream refused it: the next request exchanges anew)."""
+        self._tokens.pop(key_id, None)
+
+
+class Adapter:
+    """One provider kind's wire format. Subclasses set what differs; see the module docstring.
+
+    ``needs_key`` is False for an upstream that takes no supplier key (the in-process mock).
+    """
+
+    kind: ClassVar[str] = ""
+    needs_key: ClassVar[bool] = True
+    auth: Auth = Auth()  # stateless; a CachedTokenAuth is made per adapter instance
+
+    def build_request(self, request: CanonicalRequest, target: Target, auth_headers: Mapping[str, str]) -> UpstreamRequest:
+        """The upstream request for ``request`` at ``target``, authenticated by ``auth_headers``."""
+        raise NotImplementedError
+
+    async def open(self, http: aiohttp.ClientSession, request: CanonicalRequest, target: Target, credential: Credential | None,
+                   *, proxy: str | None) -> UpstreamResponse:
+        """Authenticate, build and send ``request``: the started answer, whatever its status.
+        Raises ``UpstreamFailure`` when there is no answer to read (see ``send``, ``Auth.headers``)."""
+        auth_headers = await self.auth.headers(credential, http) if credential is not None else {}
+        return await self.send(http, self.build_request(request, target, auth_headers), proxy=proxy)
+
+    async def send(self, http: aiohttp.ClientSession, prepared: UpstreamRequest, *, proxy: str | None) -> UpstreamResponse:
+        """POST ``prepared`` (no redirects followed). Raises ``UpstreamFailure`` (``unreachable``)
+        on a connection error or a timeout before the answer's headers."""
+        try:
+            response = await http.post(prepared.url, data=prepared.body, headers=prepared.headers, allow_redirects=False,
+                                       proxy=proxy)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise unreachable() from exc
+        return HttpResponse(response)
+
+    def parse_body(self, body: bytes, request: CanonicalRequest) -> Parsed:
+        """A 2xx non-streamed answer in canonical form. Raises ``UpstreamFailure`` (``malformed``)."""
+        raise NotImplementedError
+
+    def stream_decoder(self, request: CanonicalRequest) -> StreamDecoder:
+        """A fresh decoder for one streamed answer."""
+        raise NotImplementedError
+
+    def map_error(self, status: int, body: bytes, headers: Mapping[str, str], secret: str | None) -> UpstreamFailure:
+        """What a non-2xx answer means for the client and for the key (``secret`` is scrubbed from it)."""
+        raise NotImplementedError

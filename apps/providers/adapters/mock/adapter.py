@@ -1,0 +1,46 @@
+"""``MockAdapter``: the ``mock`` kind answers in-process, in OpenAI's wire format, with no key."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+
+from apps.providers.adapters.base import CanonicalRequest, Credential, Target, UpstreamResponse
+from apps.providers.adapters.mock import generator
+from apps.providers.adapters.openai import OpenAIAdapter
+
+
+class LocalResponse:
+    """The mock's answer behind the ``UpstreamResponse`` protocol: always 200."""
+
+    __slots__ = ("_request", "_target", "headers", "status")
+
+    def __init__(self, request: CanonicalRequest, target: Target) -> None:
+        self._request = request
+        self._target = target
+        self.status = 200
+        self.headers: Mapping[str, str] = {}
+
+    async def read(self) -> bytes:
+        return await generator.respond(self._request.body, upstream_model=self._target.upstream_model,
+                                       options=dict(self._target.options), kind=self._request.endpoint)
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return generator.stream(self._request.body, upstream_model=self._target.upstream_model,
+                                options=dict(self._target.options), kind=self._request.endpoint)
+
+    def release(self) -> None:
+        pass
+
+
+class MockAdapter(OpenAIAdapter):
+    """The in-process upstream (see ``generator``); parsed and decoded as OpenAI's format."""
+
+    kind = "mock"
+    needs_key = False
+
+    async def open(self, http: aiohttp.ClientSession | Any, request: CanonicalRequest, target: Target,
+                   credential: Credential | None, *, proxy: str | None) -> UpstreamResponse:
+        return LocalResponse(request, target)

@@ -1,0 +1,198 @@
+"""The ``/v1`` ASGI app: routing, the worker's lifecycle, and ``inference`` — the stage table.
+
+A raw ASGI app (no Django middleware on the hot path), mounted by ``jetstream/asgi.py``. Every
+inference request, whatever its fate, leaves exactly one usage event in the Redis stream (the meter
+writer turns it into a UsageRecord and ledger transfers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+import uuid
+
+from django.conf import settings
+
+from apps.billing.models import UsageStatus
+from lib import tokens
+from lib.resp import Redis, RedisConnectionError, RedisReplyError
+
+from ..dialects import openai as dialect
+from ..exceptions import ApiError, gateway_error, gateway_unavailable
+from ..snapshot import SnapshotCache
+from . import info
+from .admission import ClientAddress, DistinctIpCap, authenticate, police, read_body
+from .context import Call
+from .idempotency import IdempotencyStore
+from .relay import relay_body, relay_stream
+from .responses import send_error
+from .spend import SpendCounters, estimate, rate_headers
+from .upstream import UpstreamClient
+
+logger = logging.getLogger("jetstream.proxy")
+
+ENDPOINTS = {b"/v1/chat/completions": "chat", b"/v1/completions": "completion", b"/v1/embeddings": "embedding"}
+INFERENCE = frozenset(ENDPOINTS.values())
+MODELS = b"/v1/models"
+# Refusals recorded as "invalid" (the request itself is wrong); other refusals are "rejected".
+INVALID_STATUSES = (400, 404, 413, 422)
+
+
+class ProxyApp:
+    """One per worker process: its Redis connection, snapshots, upstream pool and counters."""
+
+    def __init__(self) -> None:
+        conf = settings.JETSTREAM
+        self.max_body = conf["MAX_BODY_BYTES"]
+        self.client_address = ClientAddress(header=conf["TRUSTED_PROXY_HEADER"], trusted_proxies=conf["TRUSTED_PROXIES"])
+        self.redis = Redis(settings.REDIS_URL)
+        self.snapshots = SnapshotCache(self.redis)
+        self.upstream = UpstreamClient(timeout_seconds=conf["UPSTREAM_TIMEOUT_SECONDS"])
+        self.counters = SpendCounters(self.redis, self.snapshots, reservation_ttl=conf["HOLD_TTL_SECONDS"])
+        self.distinct_ips = DistinctIpCap(self.redis)
+        self.idempotency = IdempotencyStore(self.redis, self.counters)
+        self._started = False
+        self._starting: asyncio.Lock | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def startup(self) -> None:
+        """Open the upstream pool, load the snapshots and tokenizer tables (once; concurrent callers wait)."""
+        if self._started:
+            return
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._started:
+                return
+            await self.upstream.start()
+            await self.snapshots.start()
+            tokens.preload([tokens.O200K])  # the common tables now, not on a request (cl100k loads on first use)
+            # Django's import-time objects live for the whole process: frozen, the collector no
+            # longer rescans them, which keeps full collections (and tail latency) short.
+            gc.collect()
+            gc.freeze()
+            self._started = True
+
+    async def shutdown(self) -> None:
+        await self.snapshots.stop()
+        await self.upstream.stop()
+        await self.redis.close()
+        self._started = False
+
+    async def lifespan(self, scope, receive, send) -> None:
+        """The ASGI lifespan protocol: startup and shutdown of this worker."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # report, do not crash the server silently
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ------------------------------------------------------------------ ASGI entry
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(scope, receive, send)
+            return
+        if not self._started:
+            await self.startup()
+        path = (scope.get("raw_path") or scope["path"].encode()).split(b"?", 1)[0].rstrip(b"/")
+        endpoint = ENDPOINTS.get(path)
+        call = Call(id=f"req_{uuid.uuid4().hex}", endpoint=endpoint or path.decode("latin-1")[:64], started=time.time(),
+                    client_ip=self.client_address(scope), scope=scope)
+        try:
+            await self.dispatch(call, scope["method"], path, receive, send)
+        except ApiError as error:
+            await self.refuse(call, send, error)
+        except (RedisConnectionError, RedisReplyError):
+            logger.exception("Redis failed during request %s", call.id)
+            await send_error(send, call, gateway_unavailable())
+        except Exception:
+            logger.exception("request %s failed inside the gateway", call.id)
+            await self.refuse(call, send, gateway_error())
+
+    async def dispatch(self, call: Call, method: str, path: bytes, receive, send) -> None:
+        """Send the call to its endpoint. Raises ``ApiError`` 404/405 for unknown endpoints and methods."""
+        if call.endpoint in INFERENCE:
+            if method != "POST":
+                raise ApiError(405, f"Use POST for {path.decode()}.", code="method_not_allowed")
+            await self.inference(call, receive, send)
+        elif method == "GET" and (path == MODELS or path.startswith(MODELS + b"/") or path == b"/v1/key"):
+            await authenticate(call, self.snapshots)
+            if path == MODELS:
+                await info.list_models(call, send, self.snapshots)
+            elif path == b"/v1/key":
+                await info.key_info(call, send, self.counters)
+            else:
+                await info.get_model(call, send, self.snapshots, path[len(MODELS) + 1:].decode("utf-8", "replace"))
+        else:
+            raise ApiError(404, f"Unknown endpoint {method} {path.decode('utf-8', 'replace')}.", code="unknown_endpoint")
+
+    # ------------------------------------------------------------------ the inference pipeline
+    async def inference(self, call: Call, receive, send) -> None:
+        """authenticate → read + validate → police → [moderate] → idempotency → reserve → call upstream
+        → relay → settle + meter (docs/proxy.md has the stage table)."""
+        await authenticate(call, self.snapshots)
+        call.raw = await read_body(call.scope, receive, self.max_body)
+        call.request = dialect.parse(call.endpoint, call.raw)
+        police(call, self.snapshots)
+        await self.distinct_ips.admit(call)
+        # The moderation stage (apps/moderation) goes here: it may mask call.request or refuse the call.
+        estimate(call)
+        call.idempotency_key = call.header(b"idempotency-key")
+        if call.idempotency_key is not None and await self.idempotency.replay(call, send):
+            return
+        try:
+            call.reservation = await self.counters.reserve(call)
+            call.headers = rate_headers(call)
+            await self.call_upstream(call, receive, send)
+        finally:
+            await self.idempotency.release(call)
+
+    async def call_upstream(self, call: Call, receive, send) -> None:
+        """Route + call the upstream, relay, settle + meter: the part of a call that holds money.
+        Whatever breaks (a bug, cancellation), the reservation is settled and the call recorded."""
+        try:
+            try:
+                opened = await self.upstream.open(call)
+            except ApiError as error:
+                await self.counters.settle(call, status=UsageStatus.UPSTREAM_ERROR, http=error.status, error=error)
+                await send_error(send, call, error)
+                return
+            if call.request.stream:
+                await relay_stream(call, opened, receive, send, counters=self.counters, idempotency=self.idempotency)
+            else:
+                await relay_body(call, opened, send, counters=self.counters, idempotency=self.idempotency)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                logger.exception("request %s failed inside the gateway", call.id)
+            if not call.settled:
+                await asyncio.shield(self._settle_failure(call))
+            raise
+
+    async def _settle_failure(self, call: Call) -> None:
+        try:
+            await self.counters.settle(call, status=UsageStatus.FAILED, http=500,
+                                       error=ApiError(500, "", type="api_error", code="gateway_error"))
+        except Exception:
+            logger.exception("could not settle request %s; the sweeper will release its reservation", call.id)
+
+    async def refuse(self, call: Call, send, error: ApiError) -> None:
+        """A call refused before any money moved: record it (inference only), then answer."""
+        if call.endpoint in INFERENCE:
+            status = UsageStatus.INVALID if error.status in INVALID_STATUSES else UsageStatus.REJECTED
+            if error.code == "client_closed":
+                status = UsageStatus.CLIENT_CLOSED
+            try:
+                await self.counters.record(call, status=status, http=error.status, error=error)
+            except (RedisConnectionError, RedisReplyError):
+                logger.error("could not record refused request %s (Redis unavailable)", call.id)
+        await send_error(send, call, error)

@@ -1,0 +1,98 @@
+"""The per-request context the pipeline's stages read and fill: ``Call`` (and its ``Reservation``).
+
+A ``Call`` is one request to ``/v1`` on its way through the stages; it is not an HTTP request
+object (the ASGI scope is on it) and not the upstream call. Whatever happens to it, it becomes
+exactly one ``UsageEvent`` (``usage_event``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from apps.billing.usage import UsageEvent
+from apps.providers.adapters.base import CanonicalRequest
+
+from ..exceptions import ApiError
+from ..redis_scripts import SpendKeys
+from ..snapshot import KeyRoute, ModelRoute, TokenSnapshot
+
+
+@dataclass(slots=True)
+class Reservation:
+    """Money and rate held in Redis for one call until it settles.
+
+    ``amount`` is the maximum possible cost (micro-RUB); ``tpm_estimate`` the tokens counted against
+    TPM; ``member`` the entry in the reservations set (what the sweeper releases if the worker dies);
+    ``rpm_left``/``tpm_left`` what the rate limits had left after this call (-1 = no limit)."""
+
+    amount: int
+    keys: SpendKeys
+    tpm_estimate: int
+    tpm_key: str
+    member: bytes
+    rpm_left: int
+    tpm_left: int
+
+
+@dataclass(slots=True)
+class Call:
+    """One ``/v1`` request through the pipeline; stages fill it in the order of the stage table."""
+
+    id: str  # "req_<32 hex>", also the response's x-request-id
+    endpoint: str  # "chat" | "completion" | "embedding", or the raw path for other endpoints
+    started: float  # Unix seconds
+    client_ip: str | None
+    scope: dict[str, Any] = field(default_factory=dict)
+    # admission
+    token: TokenSnapshot | None = None
+    raw: bytes = b""
+    request: CanonicalRequest | None = None
+    route: ModelRoute | None = None
+    # spend
+    input_tokens_estimate: int = 0
+    max_output_tokens: int = 0  # over all choices
+    reservation: Reservation | None = None
+    idempotency_key: str | None = None
+    idempotency_stored: bool = False
+    # upstream and usage
+    key: KeyRoute | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    counted_locally: bool = False
+    sell: int = 0  # micro-RUB the company pays
+    buy: int = 0  # micro-RUB the platform owes the key's supplier
+    ttft_ms: int | None = None
+    settled: bool = False
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # added to every answer (rate limits)
+
+    @property
+    def model_name(self) -> str:
+        return self.request.model if self.request is not None else ""
+
+    def header(self, name: bytes) -> str | None:
+        """A request header's value (latin-1, stripped), or None."""
+        for key, value in self.scope.get("headers", ()):
+            if key == name:
+                return value.decode("latin-1").strip()
+        return None
+
+    def usage_event(self, *, status: str, http: int, error: ApiError | None = None) -> bytes:
+        """This call's encoded ``UsageEvent`` with the outcome given (``status`` a UsageStatus value)."""
+        token, route, key = self.token, self.route, self.key
+        now = time.time()
+        return UsageEvent(
+            request_id=self.id, endpoint=self.endpoint, status=status, http_status=http, started_at=self.started,
+            finished_at=now, token_id=token.id if token else None, company_id=token.company_id if token else None,
+            department_id=token.department_id if token else None, model_name=self.model_name[:128],
+            model_id=route.id if route else None, provider_id=route.provider_id if route else None,
+            supplier_key_id=key.id if key else None, supplier_id=key.supplier_id if key else None,
+            price_id=route.price_id if route else None, fx_rub_per_unit=route.fx_micro if route else None,
+            stream=self.request.stream if self.request is not None else False, input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens, cached_tokens=self.cached_tokens, usage_counted_locally=self.counted_locally,
+            sell_cost=self.sell, buy_cost=self.buy, error_type=error.type if error else "",
+            error_code=(error.code or "") if error else "", latency_ms=int((now - self.started) * 1000),
+            ttft_ms=self.ttft_ms, client_ip=self.client_ip,
+        ).encode()

@@ -1,0 +1,216 @@
+"""Stages that hold money: estimate → reserve (before the upstream call) and settle + meter (after).
+
+The maximum possible cost is reserved: counted input tokens plus ``max_tokens`` (or the model's
+limit) × ``n``, at the sell price. Settle swaps the reservation for the actual cost (from the
+upstream's usage or locally counted tokens) and appends the usage event, in one Lua step
+(``redis_scripts.SETTLE``) that completes before the response ends. Amounts are micro-RUB.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from lib import tokens
+from lib.money import cost_from_units, format_rub
+from lib.resp import Redis
+
+from ..counters import load_initial_counters
+from ..exceptions import ApiError, bad_request, gateway_unavailable
+from ..redis_scripts import (
+    INIT,
+    RESERVATIONS_KEY,
+    RESERVE,
+    SETTLE,
+    STREAM_KEY,
+    WINDOW_TTL,
+    SpendKeys,
+    rate_keys,
+    reservation_member,
+)
+from ..snapshot import ModelRoute, SnapshotCache, TokenSnapshot, window_ids
+from .context import Call, Reservation
+
+logger = logging.getLogger("jetstream.proxy")
+
+LIMIT_ERRORS = {
+    "balance": (402, "insufficient_balance", "The company balance does not cover this request (reserved {amount} RUB, available {limit} RUB)."),
+    "total": (429, "limit_total", "The token's total spend limit ({limit} RUB) is reached."),
+    "weekly": (429, "limit_weekly", "The token's weekly spend limit ({limit} RUB) is reached."),
+    "monthly": (429, "limit_monthly", "The token's monthly spend limit ({limit} RUB) is reached."),
+    "department": (429, "limit_department", "The department's monthly budget ({limit} RUB) is reached."),
+}
+
+
+def rub(micro: int) -> str:
+    """Micro-RUB as the wire shows rubles: six decimals, e.g. 12_345_678 → "12.345678"."""
+    return format_rub(micro, 6)
+
+
+def estimate(call: Call) -> None:
+    """Fill ``call.input_tokens_estimate`` and ``call.max_output_tokens`` (over all choices).
+
+    Raises ``ApiError`` 400 ``max_tokens_too_large`` / ``context_length_exceeded``."""
+    request, route = call.request, call.route
+    body = request.body
+    if request.endpoint == "chat":
+        input_tokens = tokens.count_chat_request(body, encoding=tokens.encoding_for_model(route.upstream_model))
+    elif request.endpoint == "completion":
+        input_tokens = tokens.count_prompt_input(body["prompt"])
+    else:
+        call.input_tokens_estimate, call.max_output_tokens = tokens.count_embedding_input(body["input"]), 0
+        return
+    room = max(0, route.context_window - input_tokens)
+    if request.max_tokens is not None:
+        if request.max_tokens > route.max_output_tokens:
+            param = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+            raise bad_request(f"'{param}' is {request.max_tokens}, above this model's limit of {route.max_output_tokens}.",
+                              param=param, code="max_tokens_too_large")
+        max_out = request.max_tokens
+    else:
+        max_out = min(route.max_output_tokens, room)
+    if input_tokens + (request.max_tokens or 0) > route.context_window or room == 0:
+        raise bad_request(f"This request needs {input_tokens} input tokens and up to {request.max_tokens or 0} output tokens; "
+                          f"the model's context window is {route.context_window}.", param="messages",
+                          code="context_length_exceeded")
+    call.input_tokens_estimate, call.max_output_tokens = input_tokens, max_out * request.n
+
+
+def price(route: ModelRoute, input_tokens: int, output_tokens: int, cached_tokens: int, coef_units: int) -> int:
+    """The cost in micro-RUB of these token counts at the route's price and FX, times the coefficient
+    (``coef_units``: 4-decimal fixed point, 1.25 → 12500); cached input at its own price."""
+    units = ((input_tokens - cached_tokens) * route.price_input + cached_tokens * route.price_cached
+             + output_tokens * route.price_output)
+    return cost_from_units(units, route.fx_micro, coef_units)
+
+
+def price_usage(call: Call, usage, fallback_text: str | None) -> None:
+    """Fill the call's token counts and costs from upstream ``usage`` (an adapters ``Usage``), or by
+    counting ``fallback_text`` locally when the upstream sent none.
+
+    The company is never charged more than was reserved (the request's maximum possible cost,
+    checked against every limit): so a wallet can never be overdrawn, even if an upstream
+    overshoots max_tokens or counts input differently from us. The supplier is still owed the
+    true cost."""
+    if usage is not None and (usage.input_tokens or usage.output_tokens):
+        call.input_tokens, call.output_tokens, call.cached_tokens = usage.input_tokens, usage.output_tokens, usage.cached_tokens
+    else:
+        call.counted_locally = True
+        call.input_tokens = call.input_tokens_estimate
+        call.output_tokens = tokens.count_text(fallback_text or "") if fallback_text else 0
+        call.cached_tokens = 0
+    route, reserved = call.route, call.reservation.amount
+    sell = price(route, call.input_tokens, call.output_tokens, call.cached_tokens, call.token.sell_coef_units)
+    if sell > reserved:
+        logger.warning("request %s cost %s micro-RUB, above its reservation of %s; charging the reservation",
+                       call.id, sell, reserved)
+        sell = reserved
+    call.sell = sell
+    # What the platform owes a supplier: only when a supplier's key served the request (not the mock).
+    call.buy = price(route, call.input_tokens, call.output_tokens, call.cached_tokens,
+                     call.key.buy_coef_units) if call.key is not None else 0
+
+
+def _opt(value: int | None) -> str | int:
+    return "" if value is None else value
+
+
+class SpendCounters:
+    """The Redis side of spend and rate limits for one worker: reserve, settle, record, seed.
+
+    ``reservation_ttl`` (seconds) is how long a reservation lives before the sweeper releases it
+    as a crashed call's."""
+
+    def __init__(self, redis: Redis, snapshots: SnapshotCache, *, reservation_ttl: int) -> None:
+        self.redis = redis
+        self._snapshots = snapshots
+        self._reservation_ttl = reservation_ttl
+        self._reserve = redis.register_script(RESERVE)
+        self._settle = redis.register_script(SETTLE)
+        self._init = redis.register_script(INIT)
+
+    def keys_for(self, token: TokenSnapshot, now: float) -> SpendKeys:
+        """The token's counter keys in the calendar windows around ``now`` (company time zone)."""
+        week, month, _, _ = window_ids(token.time_zone, now)
+        return SpendKeys.for_token(token_id=token.id, company_id=token.company_id, department_id=token.department_id,
+                                   week=week, month=month)
+
+    async def reserve(self, call: Call) -> Reservation:
+        """Check and take the call's maximum cost against balance, limits and budget, and one request
+        plus its token estimate against RPM/TPM, all at once. Raises ``ApiError`` 402/429 naming the
+        limit (with ``Retry-After`` for rate limits), 503 if counters cannot be seeded."""
+        token = call.token
+        amount = price(call.route, call.input_tokens_estimate, call.max_output_tokens, 0, token.sell_coef_units)
+        now = time.time()
+        keys = self.keys_for(token, now)
+        rpm_cur, rpm_prev, tpm_cur, tpm_prev, frac = rate_keys(token.id, now)
+        failure = call.usage_event(status="failed", http=500, error=ApiError(500, "", type="api_error", code="gateway_lost"))
+        member = reservation_member(request_id=call.id, keys=keys, amount=amount, failure_event=failure)
+        tpm_estimate = call.input_tokens_estimate + call.max_output_tokens
+        args = [amount, _opt(token.limit_total), _opt(token.limit_weekly), _opt(token.limit_monthly),
+                _opt(token.department_budget), _opt(token.rpm), _opt(token.tpm), tpm_estimate, frac,
+                int(now + self._reservation_ttl), member, WINDOW_TTL, 1 if keys.has_dept else 0]
+        redis_keys = [*keys.as_list(), rpm_cur, rpm_prev, tpm_cur, tpm_prev, RESERVATIONS_KEY]
+        for _attempt in range(3):
+            result = await self.redis.evalsha(self._reserve, redis_keys, args)
+            code = result[0]
+            if code == 0:
+                return Reservation(amount, keys, tpm_estimate, tpm_cur, member, int(result[1]), int(result[2]))
+            if code == 1:
+                await self.seed(token, keys)
+                continue
+            raise limit_error([r.decode() if isinstance(r, bytes) else r for r in result[1:]], amount)
+        raise gateway_unavailable("The gateway could not initialise spend counters.")
+
+    async def seed(self, token: TokenSnapshot, keys: SpendKeys) -> None:
+        """Create the token's and company's counters from PostgreSQL (a first sight, or Redis lost them)."""
+        values = await self._snapshots.run_in_loader(load_initial_counters, token.id, token.company_id, token.department_id,
+                                                     token.time_zone.key)
+        await self.redis.evalsha(self._init, keys.as_list(),
+                                 [values.credits, values.debits, values.limit, values.total, values.week, values.month,
+                                  values.department, 1 if keys.has_dept else 0, WINDOW_TTL])
+
+    async def settle(self, call: Call, *, status: str, http: int, error: ApiError | None = None) -> None:
+        """Swap the reservation for ``call.sell`` and append the usage event, atomically; marks the call settled."""
+        reservation = call.reservation
+        tpm_delta = (call.input_tokens + call.output_tokens) - reservation.tpm_estimate if call.token.tpm else 0
+        event = call.usage_event(status=status, http=http, error=error)
+        await self.redis.evalsha(self._settle, [*reservation.keys.as_list(), reservation.tpm_key, RESERVATIONS_KEY, STREAM_KEY],
+                                 [reservation.amount, call.sell, tpm_delta, reservation.member, event,
+                                  1 if reservation.keys.has_dept else 0])
+        call.settled = True
+
+    async def record(self, call: Call, *, status: str, http: int, error: ApiError | None) -> None:
+        """Append the usage event of a call that moved no money (refused, invalid, replayed)."""
+        await self.redis.execute("XADD", STREAM_KEY, "*", "e", call.usage_event(status=status, http=http, error=error))
+
+
+def limit_error(detail: list, amount: int) -> ApiError:
+    """The refusal for a RESERVE result naming a limit: 429 with ``Retry-After`` and rate-limit
+    headers for RPM/TPM, 402 for the balance, 429 for a spend limit or budget."""
+    name = detail[0]
+    if name in ("rpm", "tpm"):
+        limit, retry = detail[1], detail[3]
+        kind = "requests" if name == "rpm" else "tokens"
+        return ApiError(429, f"Rate limit reached: {limit} {kind} per minute for this token. Retry after {retry} s.",
+                        type="rate_limit_error", code=f"rate_limit_{name}",
+                        headers=[(b"retry-after", retry.encode()),
+                                 (f"x-ratelimit-limit-{kind}".encode(), limit.encode()),
+                                 (f"x-ratelimit-remaining-{kind}".encode(), b"0"),
+                                 (f"x-ratelimit-reset-{kind}".encode(), f"{retry}s".encode())])
+    status, code, template = LIMIT_ERRORS[name]
+    message = template.format(limit=rub(int(detail[1])), amount=rub(amount))
+    return ApiError(status, message, type="insufficient_quota" if status == 402 else "rate_limit_error", code=code)
+
+
+def rate_headers(call: Call) -> list[tuple[bytes, bytes]]:
+    """``x-ratelimit-*`` headers for a call that passed its rate limits."""
+    token, reservation = call.token, call.reservation
+    headers = []
+    if token.rpm:
+        headers += [(b"x-ratelimit-limit-requests", str(token.rpm).encode()),
+                    (b"x-ratelimit-remaining-requests", str(max(0, reservation.rpm_left)).encode())]
+    if token.tpm:
+        headers += [(b"x-ratelimit-limit-tokens", str(token.tpm).encode()),
+                    (b"x-ratelimit-remaining-tokens", str(max(0, reservation.tpm_left)).encode())]
+    return headers
