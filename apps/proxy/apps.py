@@ -11,6 +11,7 @@ class ProxyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Lazy on purpose: signals import models, which may load only once the registry is ready.
         from . import signals
 
         signals.connect()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from django.db import close_old_connections
 from django.db.models import Sum
 
-from .snapshot import calendar_bounds
+from .windows import calendar_bounds
 
 
 @dataclass(slots=True)

@@ -18,13 +18,18 @@ import time
 import zoneinfo
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 
+import redis
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
+from django.utils import timezone
 
+from apps.billing.models import FxRate
 from apps.providers.adapters.base import Target
+from apps.providers.models import Model, Price, SupplierKey, SupplierKeyStatus
 from lib.money import coefficient_units
+
+from .models import ApiToken
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +126,6 @@ class ModelRoute:
 
 
 def _load_token(key_hash: str) -> TokenSnapshot | None:
-    from apps.proxy.models import ApiToken
-
     close_old_connections()
     token = (ApiToken.objects.select_related("company", "department").filter(key_hash=key_hash).first())
     if token is None:
@@ -159,11 +162,6 @@ def _load_token(key_hash: str) -> TokenSnapshot | None:
 
 
 def _load_routes() -> dict[str, ModelRoute]:
-    from django.utils import timezone
-
-    from apps.billing.models import FxRate
-    from apps.providers.models import Model, Price, SupplierKey, SupplierKeyStatus
-
     close_old_connections()
     now = timezone.now()
     fx: dict[str, int] = {"RUB": 1_000_000}
@@ -221,8 +219,6 @@ class SnapshotCache:
     async def stop(self) -> None:
         if self._poller:
             self._poller.cancel()
-        from django.db import connections
-
         await asyncio.get_running_loop().run_in_executor(self._executor, connections.close_all)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -286,45 +282,9 @@ class SnapshotCache:
 
 def bump_config_version() -> None:
     """Tell every proxy worker to drop its snapshots (called on commit of any relevant change)."""
-    import redis
-
     try:
         client = redis.Redis.from_url(settings.REDIS_URL)
         client.incr(VERSION_KEY)
         client.close()
     except redis.RedisError:
         logger.exception("could not bump the proxy config version; workers refresh within %ss anyway", MAX_AGE_SECONDS)
-
-
-_windows: dict[str, tuple[float, float, tuple[str, str, float, float]]] = {}
-
-
-def window_ids(tz: zoneinfo.ZoneInfo, now: float) -> tuple[str, str, float, float]:
-    """Calendar windows in the company's zone: ISO week id, month id, and their end timestamps.
-
-    Cached per zone until the next boundary (this runs on every request)."""
-    cached = _windows.get(tz.key)
-    if cached is not None and cached[0] <= now < cached[1]:
-        return cached[2]
-    result = _compute_windows(tz, now)
-    # Valid from now to the first boundary ahead.
-    _windows[tz.key] = (now, min(result[2], result[3]), result)
-    return result
-
-
-def calendar_bounds(tz: zoneinfo.ZoneInfo, now: float) -> tuple[datetime, datetime, datetime, datetime]:
-    """(week start, week end, month start, month end) around ``now``, on the zone's wall clock
-    (built without tzinfo arithmetic, so a DST change inside the window moves no boundary)."""
-    local = datetime.fromtimestamp(now, tz)
-    day = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
-    week_start = day - timedelta(days=local.weekday())
-    month_start = day.replace(day=1)
-    month_end = (month_start + timedelta(days=32)).replace(day=1)
-    return tuple(b.replace(tzinfo=tz) for b in (week_start, week_start + timedelta(days=7), month_start, month_end))
-
-
-def _compute_windows(tz: zoneinfo.ZoneInfo, now: float) -> tuple[str, str, float, float]:
-    local = datetime.fromtimestamp(now, tz)
-    year, week, _ = local.isocalendar()
-    _, week_end, _, month_end = calendar_bounds(tz, now)
-    return f"{year}-W{week:02d}", f"{local.year}-{local.month:02d}", week_end.timestamp(), month_end.timestamp()

@@ -13,7 +13,8 @@ from typing import Any
 
 from ..exceptions import not_found
 from ..redis_scripts import rate_keys
-from ..snapshot import SnapshotCache, TokenSnapshot, window_ids
+from ..snapshot import SnapshotCache, TokenSnapshot
+from ..windows import window_ids
 from .context import Call
 from .responses import send_json
 from .spend import SpendCounters, rub

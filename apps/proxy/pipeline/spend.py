@@ -28,7 +28,8 @@ from ..redis_scripts import (
     rate_keys,
     reservation_member,
 )
-from ..snapshot import ModelRoute, SnapshotCache, TokenSnapshot, window_ids
+from ..snapshot import ModelRoute, SnapshotCache, TokenSnapshot
+from ..windows import window_ids
 from .context import Call, Reservation
 
 logger = logging.getLogger("jetstream.proxy")
