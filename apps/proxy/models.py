@@ -110,7 +110,7 @@ class ApiToken(models.Model):
         return secret
 
     def clean(self) -> None:
-        if self.department_id and self.department.company_id != self.company_id:
+        if self.department is not None and self.department.company_id != self.company_id:
             raise ValidationError({"department": _("The department belongs to another company.")})
         overlap = set(self.models_allow) & set(self.models_deny)
         if overlap:

@@ -100,11 +100,10 @@ class ModelRoute:
     price_cached: int
     fx_micro: int | None
     keys: list[KeyRoute] = field(default_factory=list)
-    target: Target | None = None  # where the adapter sends this model's calls
+    target: Target = field(init=False)  # where the adapter sends this model's calls
 
     def __post_init__(self) -> None:
-        if self.target is None:
-            self.target = Target(self.base_url, self.upstream_model, self.provider_options)
+        self.target = Target(self.base_url, self.upstream_model, self.provider_options)
 
     @property
     def priced(self) -> bool:
@@ -143,7 +142,7 @@ def _load_token(key_hash: str) -> TokenSnapshot | None:
         company_name=token.company.name,
         company_active=token.company.is_active,
         department_id=token.department_id,
-        department_budget=token.department.monthly_budget if token.department_id else None,
+        department_budget=token.department.monthly_budget if token.department is not None else None,
         status=token.status,
         status_reason=token.status_reason,
         expires_at=token.expires_at.timestamp() if token.expires_at else None,
@@ -182,7 +181,7 @@ def _load_routes() -> dict[str, ModelRoute]:
         provider = model.provider
         price = prices.get(model.pk)
         egress_url = None
-        if provider.egress_id and provider.egress.is_active:
+        if provider.egress is not None and provider.egress.is_active:
             egress_url = provider.egress.reveal_url()
         routes[model.name] = ModelRoute(
             id=model.pk, name=model.name, modality=model.modality, upstream_model=model.upstream_model or model.name,

@@ -33,7 +33,9 @@ def calendar_bounds(tz: zoneinfo.ZoneInfo, now: float) -> tuple[datetime, dateti
     week_start = day - timedelta(days=local.weekday())
     month_start = day.replace(day=1)
     month_end = (month_start + timedelta(days=32)).replace(day=1)
-    return tuple(b.replace(tzinfo=tz) for b in (week_start, week_start + timedelta(days=7), month_start, month_end))
+    week_end = week_start + timedelta(days=7)
+    return (week_start.replace(tzinfo=tz), week_end.replace(tzinfo=tz), month_start.replace(tzinfo=tz),
+            month_end.replace(tzinfo=tz))
 
 
 def _compute_windows(tz: zoneinfo.ZoneInfo, now: float) -> tuple[str, str, float, float]:

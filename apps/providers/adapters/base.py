@@ -27,7 +27,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 import aiohttp
 
@@ -166,7 +166,7 @@ class HttpResponse:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self.status = response.status
-        self.headers = response.headers
+        self.headers = cast("Mapping[str, str]", response.headers)
 
     async def read(self) -> bytes:
         try:

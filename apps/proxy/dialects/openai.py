@@ -26,29 +26,37 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _common(body, endpoint: str) -> tuple[str, bool, bool, int]:
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.")
+def _model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if model is None:
         raise bad_request("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
     if not isinstance(model, str) or not model.strip() or len(model) > 128:
         raise bad_request("'model' must be a non-empty string.", param="model", code="invalid_type")
+    return model
+
+
+def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(stream, stream_options.include_usage)."""
     stream = body.get("stream", False)
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
         raise bad_request("'stream' must be a boolean.", param="stream", code="invalid_type")
-    include_usage = False
     options = body.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise bad_request("'stream_options' must be an object.", param="stream_options", code="invalid_type")
-        if not stream:
-            raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
-        include_usage = options.get("include_usage", False)
-        if not isinstance(include_usage, bool):
-            raise bad_request("'stream_options.include_usage' must be a boolean.", param="stream_options.include_usage", code="invalid_type")
+    if options is None:
+        return stream, False
+    if not isinstance(options, dict):
+        raise bad_request("'stream_options' must be an object.", param="stream_options", code="invalid_type")
+    if not stream:
+        raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise bad_request("'stream_options.include_usage' must be a boolean.", param="stream_options.include_usage", code="invalid_type")
+    return stream, include_usage
+
+
+def _sampling(body: dict[str, Any]) -> int:
+    """Checks n, the sampling numbers, stop and seed; returns n."""
     n = body.get("n", 1)
     if n is None:
         n = 1
@@ -56,9 +64,7 @@ def _common(body, endpoint: str) -> tuple[str, bool, bool, int]:
         raise bad_request("'n' must be an integer from 1 to 128.", param="n", code="invalid_value")
     for name, (low, high) in _NUMBER_PARAMS.items():
         value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high):
             raise bad_request(f"'{name}' must be a number from {low} to {high}.", param=name, code="invalid_value")
     stop = body.get("stop")
     if stop is not None and not (isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))):
@@ -66,7 +72,15 @@ def _common(body, endpoint: str) -> tuple[str, bool, bool, int]:
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
         raise bad_request("'seed' must be an integer.", param="seed", code="invalid_type")
-    return model, stream, include_usage, n
+    return n
+
+
+def _common(body) -> tuple[str, bool, bool, int]:
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    model = _model(body)
+    stream, include_usage = _stream(body)
+    return model, stream, include_usage, _sampling(body)
 
 
 def _max_tokens(body, *names: str) -> int | None:
@@ -80,31 +94,36 @@ def _max_tokens(body, *names: str) -> int | None:
     return None
 
 
+def _check_message(index: int, message: Any) -> None:
+    where = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise bad_request(f"'{where}' must be an object.", param=where, code="invalid_type")
+    role = message.get("role")
+    if role not in _ROLES:
+        raise bad_request(f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}.", param=f"{where}.role", code="invalid_value")
+    content = message.get("content")
+    if content is None:
+        if role in ("user", "system", "developer"):
+            raise bad_request(f"'{where}.content' is required.", param=f"{where}.content", code="missing_required_parameter")
+    elif isinstance(content, list):
+        for part_index, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise bad_request(f"'{where}.content[{part_index}]' must be an object with a 'type'.",
+                                  param=f"{where}.content[{part_index}]", code="invalid_type")
+    elif not isinstance(content, str):
+        raise bad_request(f"'{where}.content' must be a string or an array of content parts.", param=f"{where}.content", code="invalid_type")
+
+
 def check_chat(body) -> CanonicalRequest:
-    model, stream, include_usage, n = _common(body, "chat")
+    """A chat completions body → the canonical request. Raises ``ApiError`` 400 naming the field."""
+    model, stream, include_usage, n = _common(body)
     messages = body.get("messages")
     if messages is None:
         raise bad_request("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty array.", param="messages", code="invalid_type")
     for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise bad_request(f"'{where}' must be an object.", param=where, code="invalid_type")
-        role = message.get("role")
-        if role not in _ROLES:
-            raise bad_request(f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}.", param=f"{where}.role", code="invalid_value")
-        content = message.get("content")
-        if content is None:
-            if role in ("user", "system", "developer") :
-                raise bad_request(f"'{where}.content' is required.", param=f"{where}.content", code="missing_required_parameter")
-        elif isinstance(content, list):
-            for part_index, part in enumerate(content):
-                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise bad_request(f"'{where}.content[{part_index}]' must be an object with a 'type'.",
-                                      param=f"{where}.content[{part_index}]", code="invalid_type")
-        elif not isinstance(content, str):
-            raise bad_request(f"'{where}.content' must be a string or an array of content parts.", param=f"{where}.content", code="invalid_type")
+        _check_message(index, message)
     tools = body.get("tools")
     if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
         raise bad_request("'tools' must be an array of objects.", param="tools", code="invalid_type")
@@ -115,7 +134,8 @@ def check_chat(body) -> CanonicalRequest:
 
 
 def check_completion(body) -> CanonicalRequest:
-    model, stream, include_usage, n = _common(body, "completion")
+    """A (legacy) completions body → the canonical request. Raises ``ApiError`` 400 naming the field."""
+    model, stream, include_usage, n = _common(body)
     prompt = body.get("prompt")
     if prompt is None:
         raise bad_request("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
@@ -128,6 +148,7 @@ def check_completion(body) -> CanonicalRequest:
 
 
 def check_embeddings(body) -> CanonicalRequest:
+    """An embeddings body → the canonical request. Raises ``ApiError`` 400 naming the field."""
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     model = body.get("model")

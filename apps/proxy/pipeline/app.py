@@ -12,6 +12,7 @@ import gc
 import logging
 import time
 import uuid
+from typing import Any
 
 from django.conf import settings
 
@@ -44,7 +45,7 @@ class ProxyApp:
     """One per worker process: its Redis connection, snapshots, upstream pool and counters."""
 
     def __init__(self) -> None:
-        conf = settings.JETSTREAM
+        conf: dict[str, Any] = settings.JETSTREAM
         self.max_body = conf["MAX_BODY_BYTES"]
         self.client_address = ClientAddress(header=conf["TRUSTED_PROXY_HEADER"], trusted_proxies=conf["TRUSTED_PROXIES"])
         self.redis = Redis(settings.REDIS_URL)

@@ -45,15 +45,14 @@ class Call:
     started: float  # Unix seconds
     client_ip: str | None
     scope: dict[str, Any] = field(default_factory=dict)
-    # admission
-    token: TokenSnapshot | None = None
+    # Set by the stages, in this order; unset until then (reading one early is a bug: AttributeError).
+    token: TokenSnapshot = field(init=False)  # authenticate
+    request: CanonicalRequest = field(init=False)  # read + validate
+    route: ModelRoute = field(init=False)  # police
+    reservation: Reservation = field(init=False)  # reserve
     raw: bytes = b""
-    request: CanonicalRequest | None = None
-    route: ModelRoute | None = None
-    # spend
     input_tokens_estimate: int = 0
     max_output_tokens: int = 0  # over all choices
-    reservation: Reservation | None = None
     idempotency_key: str | None = None
     idempotency_stored: bool = False
     # upstream and usage
@@ -70,7 +69,9 @@ class Call:
 
     @property
     def model_name(self) -> str:
-        return self.request.model if self.request is not None else ""
+        """The public model name the client asked for ("" before the body is read)."""
+        request = getattr(self, "request", None)
+        return request.model if request is not None else ""
 
     def header(self, name: bytes) -> str | None:
         """A request header's value (latin-1, stripped), or None."""
@@ -81,8 +82,10 @@ class Call:
 
     def usage_event(self, *, status: str, http: int, error: ApiError | None = None) -> bytes:
         """This call's encoded ``UsageEvent`` with the outcome given (``status`` a UsageStatus value)."""
-        token, route, key = self.token, self.route, self.key
-        now = time.time()
+        token: TokenSnapshot | None = getattr(self, "token", None)
+        route: ModelRoute | None = getattr(self, "route", None)
+        request: CanonicalRequest | None = getattr(self, "request", None)
+        key, now = self.key, time.time()
         return UsageEvent(
             request_id=self.id, endpoint=self.endpoint, status=status, http_status=http, started_at=self.started,
             finished_at=now, token_id=token.id if token else None, company_id=token.company_id if token else None,
@@ -90,7 +93,7 @@ class Call:
             model_id=route.id if route else None, provider_id=route.provider_id if route else None,
             supplier_key_id=key.id if key else None, supplier_id=key.supplier_id if key else None,
             price_id=route.price_id if route else None, fx_rub_per_unit=route.fx_micro if route else None,
-            stream=self.request.stream if self.request is not None else False, input_tokens=self.input_tokens,
+            stream=request.stream if request is not None else False, input_tokens=self.input_tokens,
             output_tokens=self.output_tokens, cached_tokens=self.cached_tokens, usage_counted_locally=self.counted_locally,
             sell_cost=self.sell, buy_cost=self.buy, error_type=error.type if error else "",
             error_code=(error.code or "") if error else "", latency_ms=int((now - self.started) * 1000),

@@ -25,7 +25,8 @@ MAX_KEY_LENGTH = 255
 
 
 def _redis_key(call: Call) -> str:
-    return f"js:idem:{call.token.id}:{hashlib.sha256(call.idempotency_key.encode()).hexdigest()}"
+    key = call.idempotency_key or ""
+    return f"js:idem:{call.token.id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 class IdempotencyStore:

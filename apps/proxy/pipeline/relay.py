@@ -28,7 +28,7 @@ logger = logging.getLogger("jetstream.proxy")
 async def relay_body(call: Call, opened: Opened, send, *, counters: SpendCounters, idempotency: IdempotencyStore) -> None:
     """A non-streamed answer: priced from its usage, settled, stored for idempotent replays, sent."""
     try:
-        parsed = opened.adapter.parse_body(opened.body, call.request)
+        parsed = opened.adapter.parse_body(opened.body or b"", call.request)
     except UpstreamFailure as failure:
         error = ApiError.from_upstream(failure)
         await counters.settle(call, status=UsageStatus.UPSTREAM_ERROR, http=error.status, error=error)

@@ -80,6 +80,7 @@ def estimate(call: Call) -> None:
 def price(route: ModelRoute, input_tokens: int, output_tokens: int, cached_tokens: int, coef_units: int) -> int:
     """The cost in micro-RUB of these token counts at the route's price and FX, times the coefficient
     (``coef_units``: 4-decimal fixed point, 1.25 → 12500); cached input at its own price."""
+    assert route.fx_micro is not None, "police() lets only priced routes through"
     units = ((input_tokens - cached_tokens) * route.price_input + cached_tokens * route.price_cached
              + output_tokens * route.price_output)
     return cost_from_units(units, route.fx_micro, coef_units)

@@ -43,6 +43,13 @@ class UpstreamClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=10)
         self._session: aiohttp.ClientSession | None = None
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session (after ``start``)."""
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() has not run")
+        return self._session
+
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60,
                                          enable_cleanup_closed=True)
@@ -84,7 +91,7 @@ class UpstreamClient:
     async def _attempt(self, adapter: Adapter, call: Call, key: KeyRoute | None) -> Opened:
         route = call.route
         credential = Credential(key.id, key.secret) if key is not None else None
-        response = await adapter.open(self._session, call.request, route.target, credential, proxy=route.egress_url)
+        response = await adapter.open(self.session, call.request, route.target, credential, proxy=route.egress_url)
         if response.status >= 300:
             try:
                 error_body = await response.read()

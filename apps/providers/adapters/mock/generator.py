@@ -196,11 +196,19 @@ def _schema_value(schema: Any, entropy: _Entropy, vocab: tuple[str, ...], depth:
         if isinstance(variants, list) and variants:
             concrete = [v for v in variants if not (isinstance(v, dict) and v.get("type") == "null")]
             return _schema_value((concrete or variants)[0], entropy, vocab, depth + 1)
+    return _typed_value(_schema_type(schema), schema, entropy, vocab, depth)
+
+
+def _schema_type(schema: dict) -> str:
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind is None:
         kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    return kind
+
+
+def _typed_value(kind: str, schema: dict, entropy: _Entropy, vocab: tuple[str, ...], depth: int) -> Any:
     if kind == "object":
         properties = schema.get("properties")
         if not isinstance(properties, dict):
