@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "apps.billing",
     "apps.proxy",
     "apps.moderation",
+    "apps.config",
 ]
 
 MIDDLEWARE = [

@@ -14,7 +14,7 @@ from apps.billing import services as ledger
 from apps.billing.models import Transfer
 from apps.providers.models import Model, Price, Provider
 from apps.proxy.models import ApiToken, TokenStatus
-from tests.accounts.conftest import database_state, run_command
+from tests.config.conftest import database_state, run_command
 
 RUB = 1_000_000
 TOKEN = re.compile(r"js-[A-Za-z0-9_-]{32,}")
