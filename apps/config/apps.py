@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
-from django.utils.translation import gettext_lazy as _
 
 
 class ConfigConfig(AppConfig):
@@ -9,5 +8,4 @@ class ConfigConfig(AppConfig):
 
     name = "apps.config"
     label = "config"
-    verbose_name = _("Configuration")
     default_auto_field = "django.db.models.BigAutoField"

@@ -140,6 +140,8 @@ class Entry:
 
 @dataclass
 class Config:
+    """The parsed file: its entries per kind, departments in tree order (parents first)."""
+
     egress: list[Entry] = field(default_factory=list)
     suppliers: list[Entry] = field(default_factory=list)
     providers: list[Entry] = field(default_factory=list)

@@ -25,6 +25,8 @@ KINDS = [
 
 @dataclass(frozen=True)
 class Change:
+    """One object the run created, updated or left unchanged (or, dry, would)."""
+
     kind: str  # a singular from KINDS
     label: str
     action: str  # lib.upsert CREATED / UPDATED / UNCHANGED
@@ -33,6 +35,8 @@ class Change:
 
 @dataclass
 class Report:
+    """Every change of one run, in file order, and the token secrets to show once."""
+
     dry_run: bool
     changes: list[Change] = field(default_factory=list)
     shown_once: list[tuple[str, str]] = field(default_factory=list)  # (token label, secret)

@@ -62,6 +62,7 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 
 
 def load_yaml(text: str) -> Any:
+    """YAML text → Python values (a SafeLoader; a key twice in one mapping is an error); raises ConfigError."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
@@ -80,6 +81,8 @@ Parser = Callable[[Any, str], Any]
 
 @dataclass(frozen=True)
 class Key:
+    """One key of a ``mapping``: its parser and whether the file must give it."""
+
     parse: Parser
     required: bool = False
 
@@ -112,6 +115,7 @@ def show(value: Any) -> str:
 
 
 def mapping(schema: dict[str, Key]) -> Parser:
+    """A parser of a mapping with exactly the keys of ``schema`` (key → ``Key``); omitted optional keys are left out."""
     def parse(value: Any, place: str) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise Invalid.at(place, _("expected a mapping, got %(what)s") % {"what": _describe(value)})
@@ -136,6 +140,7 @@ def mapping(schema: dict[str, Key]) -> Parser:
 
 
 def list_of(item: Parser) -> Parser:
+    """A parser of a list whose every element ``item`` parses (places ``name[0]``, ``name[1]``, …)."""
     def parse(value: Any, place: str) -> list[Any]:
         if not isinstance(value, list):
             raise Invalid.at(place, _("expected a list, got %(what)s") % {"what": _describe(value)})
@@ -153,6 +158,7 @@ def list_of(item: Parser) -> Parser:
 
 
 def text(value: Any, place: str) -> str:
+    """A non-blank string."""
     if not isinstance(value, str):
         raise Invalid.at(place, _("expected a string, got %(what)s") % {"what": _describe(value)})
     if not value.strip():
@@ -166,6 +172,7 @@ def secret(value: Any, place: str) -> str:
 
 
 def slug(value: Any, place: str) -> str:
+    """A slug: letters, digits, "-" and "_"."""
     value = text(value, place)
     try:
         validate_slug(value)
@@ -175,12 +182,14 @@ def slug(value: Any, place: str) -> str:
 
 
 def boolean(value: Any, place: str) -> bool:
+    """A YAML boolean (true/false)."""
     if not isinstance(value, bool):
         raise Invalid.at(place, _("expected true or false, got %(what)s") % {"what": _describe(value)})
     return value
 
 
 def integer(*, minimum: int | None = None) -> Parser:
+    """A parser of a whole number (not a boolean), at least ``minimum`` when given."""
     def parse(value: Any, place: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid.at(place, _("expected a whole number, got %(what)s") % {"what": _describe(value)})
@@ -191,6 +200,7 @@ def integer(*, minimum: int | None = None) -> Parser:
 
 
 def choice(values: list[str]) -> Parser:
+    """A parser of one of ``values`` (a model's choices)."""
     def parse(value: Any, place: str) -> str:
         if not isinstance(value, str) or value not in values:
             raise Invalid.at(place, _("%(value)s is not one of: %(choices)s") % {"value": show(value), "choices": ", ".join(values)})
@@ -227,6 +237,7 @@ def amount(*, allow_zero: bool = True) -> Parser:
 
 
 def coefficient(value: Any, place: str):
+    """An exact decimal coefficient ("1.25", at most 4 places) → Decimal (lib.money.to_coefficient)."""
     if isinstance(value, float):
         raise _float_hint(value, place, _("coefficient"))
     if isinstance(value, bool) or not isinstance(value, str | int):
@@ -250,6 +261,7 @@ def validated(validator: Callable[[str], None]) -> Parser:
 
 
 def options(value: Any, place: str) -> dict[str, Any]:
+    """A mapping with string keys that JSON can hold (a provider's options)."""
     if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
         raise Invalid.at(place, _("expected a mapping with string keys, got %(what)s") % {"what": _describe(value)})
     try:
@@ -272,4 +284,5 @@ def date_time(value: Any, place: str) -> datetime:
 
 
 def email(value: Any, place: str) -> str:
+    """An e-mail address, lower-cased."""
     return text(value, place).strip().lower()
