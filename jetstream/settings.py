@@ -16,7 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
 from lib import embedded
-from lib.env import envbool, envint, envlist, envstr, parse_database_url, parse_encryption_keys
+from lib.env import envbool, envint, envlist, envstr, local_url, parse_database_url, parse_encryption_keys
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,10 @@ ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if 
 if not DEBUG and not ALLOWED_HOSTS:
     raise ImproperlyConfigured("ALLOWED_HOSTS must list this server's host names when DEBUG is off")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
-SITE_URL = envstr("SITE_URL", "http://127.0.0.1:8000")
+# Where bin/serve listens; without SITE_URL (the public address) the site is that address.
+SERVE_HOST = envstr("JETSTREAM_HOST", "127.0.0.1")
+SERVE_PORT = envint("JETSTREAM_PORT", 8000, minimum=1, maximum=65535)
+SITE_URL = envstr("SITE_URL", local_url(SERVE_HOST, SERVE_PORT))
 
 INSTALLED_APPS = [
     "daphne",
@@ -87,6 +90,7 @@ INSTALLED_APPS = [
     "apps.billing",
     "apps.proxy",
     "apps.moderation",
+    "apps.config",
 ]
 
 MIDDLEWARE = [

@@ -125,3 +125,17 @@ def parse_encryption_keys(value: str, *, name: str = "JETSTREAM_ENCRYPTION_KEYS"
     if not keys:
         raise ImproperlyConfigured(f"{name} holds no keys")
     return keys
+
+
+def local_url(host: str, port: int) -> str:
+    """The http:// URL a browser on this machine uses for a server bound to ``host``:``port``.
+
+    A wildcard bind (``0.0.0.0``, ``::``, empty) is reached through loopback; an IPv6
+    address is bracketed: ``local_url("0.0.0.0", 8080)`` → ``"http://127.0.0.1:8080"``.
+    """
+    host = host.strip()
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

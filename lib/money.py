@@ -6,10 +6,22 @@ micro-rubles per currency unit, coefficients as Decimal with 4 places (exact, ne
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 MICRO = 1_000_000
 COEF_SCALE = 10_000  # coefficients carry 4 decimal places
+
+
+class Currency(models.TextChoices):
+    """The currencies prices are given in (ISO 4217 codes); the ledger counts rubles only."""
+
+    RUB = "RUB", _("Russian ruble")
+    USD = "USD", _("US dollar")
+    EUR = "EUR", _("Euro")
+    CNY = "CNY", _("Chinese yuan")
 
 
 class MoneyFormatError(ValueError):
@@ -74,11 +86,41 @@ def cost_micro(*, tokens_by_price: list[tuple[int, int]], fx_micro: int, coeffic
     return cost_from_units(sum(t * p for t, p in tokens_by_price), fx_micro, coefficient_units(coefficient))
 
 
-def format_rub(micro: int, places: int = 2) -> str:
-    """Display only: 1_234_567_890 → '1234.57'."""
-    quant = Decimal(1).scaleb(-places)
-    return str((Decimal(micro) / MICRO).quantize(quant, rounding=ROUND_HALF_UP))
+def format_rub(micro: int, places: int = 2, *, exact: bool = False) -> str:
+    """Integer micro-units (micro-rubles, or micro-units of a price's currency) as decimal text.
+
+    Integers only (no Decimal: the proxy's hot path formats amounts in its error messages).
+    The sign is kept (also when the rounded amount is zero: -1 → "-0.00"), there are no
+    thousands separators, and ``places == 0`` prints no decimal point.
+
+    - ``exact=False``: exactly ``places`` decimals, rounded half up (away from zero, like
+      Decimal's ROUND_HALF_UP): 1_234_567_890 → "1234.57"; ``format_rub(-1, 6)`` → "-0.000001".
+    - ``exact=True``: never rounds: at least ``places`` decimals and as many more as the amount
+      needs, for form inputs, exports and reports: ``format_rub(1_500_000, 0, exact=True)`` →
+      "1.5", ``format_rub(75_000, 2, exact=True)`` → "0.075", ``format_rub(0, 0, exact=True)`` → "0".
+    """
+    sign = "-" if micro < 0 else ""
+    if micro < 0:
+        micro = -micro
+    if places == 6 and not exact:  # the proxy's messages: no rounding, the cheapest path
+        return f"{sign}{micro // MICRO}.{micro % MICRO:06d}"
+    if exact:
+        whole, fraction = divmod(micro, MICRO)
+        digits = f"{fraction:06d}".rstrip("0").ljust(places, "0")
+        return f"{sign}{whole}.{digits}" if digits else f"{sign}{whole}"
+    if places < 6:
+        divisor = _TEN_POWERS[6 - places]
+        micro, remainder = divmod(micro, divisor)
+        if remainder * 2 >= divisor:
+            micro += 1
+        scale = _TEN_POWERS[places]
+    else:
+        micro *= 10 ** (places - 6)
+        scale = 10 ** places
+    if places == 0:
+        return f"{sign}{micro}"
+    whole, fraction = divmod(micro, scale)
+    return f"{sign}{whole}.{fraction:0{places}d}"
 
 
-def micro_to_decimal(micro: int) -> Decimal:
-    return Decimal(micro) / MICRO
+_TEN_POWERS = tuple(10**n for n in range(7))

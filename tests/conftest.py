@@ -6,9 +6,11 @@ servers under .data/).
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import pytest
+from django.utils import timezone
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -64,3 +66,92 @@ def redis_client():
     for key in client.scan_iter(f"{prefix}*"):
         client.delete(key)
     client.close()
+
+
+# --- admin: one of every model, with secrets that must never reach a page ----------------------
+
+SUPPLIER_SECRET = "sk-live-SECRETVALUE-9876"
+PROXY_PASSWORD = "PROXYPASS-4242"
+PROXY_URL = f"socks5://egress-user:{PROXY_PASSWORD}@proxy.example.net:1080"
+
+
+@dataclass
+class Catalog:
+    egress: object
+    provider: object
+    model: object
+    price: object
+    supplier_key: object
+    token: object
+    token_secret: str
+    department: object
+    wallet: object
+    cash: object
+    transfer: object
+    fx_rate: object
+    usage: object
+    policy: object
+
+    def secrets(self) -> list[str]:
+        """Every string that must never appear in an admin page."""
+        return [
+            SUPPLIER_SECRET, "SECRETVALUE", PROXY_PASSWORD, PROXY_URL, self.token_secret, self.token.key_hash,
+            self.supplier_key.secret_encrypted, self.egress.url_encrypted,
+        ]
+
+
+@pytest.fixture
+def catalog(personas) -> Catalog:
+    from apps.billing.models import Account, AccountKind, FxRate, Transfer, TransferKind, TransferStatus, UsageRecord, UsageStatus
+    from apps.moderation.models import Policy, PolicyMode
+    from apps.providers.models import EgressProxy, Model, Price, Provider, ProviderKind, SupplierKey
+    from apps.proxy.models import ApiToken
+
+    egress = EgressProxy(slug="nl-1", country="NL")
+    egress.set_url(PROXY_URL)
+    egress.save()
+    provider = Provider.objects.create(slug="mock", name="Mock", kind=ProviderKind.MOCK, egress=egress)
+    model = Model.objects.create(name="mock-gpt", provider=provider, upstream_model="mock-gpt-1")
+    price = Price.objects.create(model=model, currency="USD", input_per_1m=150_000, output_per_1m=600_000,
+                                 cached_input_per_1m=75_000, valid_from=timezone.now() - dt.timedelta(days=1))
+    key = SupplierKey(supplier=personas.supplier, provider=provider, name="primary")
+    key.set_secret(SUPPLIER_SECRET)
+    key.save()
+    department = personas.company_a.departments.create(slug="research", name="Research", monthly_budget=5_000_000_000)
+    token = ApiToken(company=personas.company_a, department=department, owner=personas.manager_a, name="ci",
+                     limit_total=1_000_000_000)
+    token_secret = token.set_secret()
+    token.save()
+    wallet = Account.objects.create(kind=AccountKind.COMPANY_WALLET, company=personas.company_a, debits_must_not_exceed_credits=True)
+    cash = Account.objects.create(kind=AccountKind.PLATFORM_CASH)
+    transfer = Transfer.objects.create(idempotency_id="topup-1", debit_account=cash, credit_account=wallet,
+                                       amount=1_500_250_000, status=TransferStatus.POSTED, kind=TransferKind.TOP_UP)
+    fx_rate = FxRate.objects.create(currency="USD", rub_per_unit=92_500_000, valid_from=timezone.now() - dt.timedelta(days=1))
+    now = timezone.now()
+    usage = UsageRecord.objects.create(
+        request_id="req-0001", token=token, company=personas.company_a, department=department, endpoint="chat",
+        model_name="mock-gpt", model=model, provider=provider, supplier_key=key, price=price, fx_rub_per_unit=92_500_000,
+        input_tokens=1200, output_tokens=300, sell_cost=1_234_567, buy_cost=1_000_000, status=UsageStatus.OK,
+        http_status=200, latency_ms=420, client_ip="198.51.100.7", started_at=now - dt.timedelta(seconds=1), finished_at=now)
+    policy = Policy.objects.create(company=personas.company_a, mode=PolicyMode.MASK)
+    return Catalog(egress, provider, model, price, key, token, token_secret, department, wallet, cash, transfer, fx_rate,
+                   usage, policy)
+
+
+@pytest.fixture
+def superadmin_client(client, personas):
+    client.force_login(personas.superadmin)
+    return client
+
+
+def admin_urls(model, pk: int) -> dict[str, str]:
+    """The admin's changelist, add, change and delete URLs for ``model`` (and row ``pk``)."""
+    from django.urls import reverse
+
+    prefix = f"admin:{model._meta.app_label}_{model._meta.model_name}"
+    return {
+        "changelist": reverse(f"{prefix}_changelist"),
+        "add": reverse(f"{prefix}_add"),
+        "change": reverse(f"{prefix}_change", args=[pk]),
+        "delete": reverse(f"{prefix}_delete", args=[pk]),
+    }

@@ -13,9 +13,8 @@ from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
 from apps.accounts.models import Company, Department, Membership, Supplier, SupplierMembership, User
-from apps.billing.admin import MicroAmountField
 from apps.billing.models import Account, AccountKind
-from lib.money import format_rub
+from lib.admin import MicroAmountField, rub_column
 
 
 class UserCreationForm(BaseUserCreationForm):
@@ -93,10 +92,6 @@ class DepartmentForm(forms.ModelForm):
         fields = ["company", "parent", "slug", "name", "monthly_budget"]
 
 
-def _monthly_budget(obj: Department) -> str:
-    return "—" if obj.monthly_budget is None else f"{format_rub(obj.monthly_budget)} ₽"
-
-
 class DepartmentInline(admin.TabularInline):
     model = Department
     form = DepartmentForm
@@ -126,10 +121,7 @@ class CompanyAdmin(admin.ModelAdmin):
         return super().get_queryset(request).annotate(
             _wallet_balance=Subquery(wallet.values(balance=F("posted_credits") - F("posted_debits"))[:1]))
 
-    @admin.display(description=_("wallet balance, RUB"), ordering="_wallet_balance")
-    def wallet_balance(self, obj: Company) -> str:
-        value = getattr(obj, "_wallet_balance", None)
-        return "—" if value is None else f"{format_rub(value)} ₽"
+    wallet_balance = rub_column("_wallet_balance", _("wallet balance, RUB"))
 
 
 @admin.register(Department)
@@ -142,9 +134,7 @@ class DepartmentAdmin(admin.ModelAdmin):
     autocomplete_fields = ["company", "parent"]
     date_hierarchy = "created_at"
 
-    @admin.display(description=_("monthly budget, RUB"), ordering="monthly_budget")
-    def budget(self, obj: Department) -> str:
-        return _monthly_budget(obj)
+    budget = rub_column("monthly_budget", _("monthly budget, RUB"))
 
 
 @admin.register(Membership)

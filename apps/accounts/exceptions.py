@@ -22,15 +22,3 @@ class TopUpReductionError(AccountsError):
 
 class SuperadminEmailTaken(AccountsError):
     """No superuser exists, but the bootstrap e-mail already belongs to an ordinary user."""
-
-
-class ConfigError(AccountsError):
-    """A configuration file that cannot be applied; every problem is named with its place.
-
-    ``problems`` is a list of ``(place, message)`` pairs, the place written like
-    ``companies[0].tokens[0].limits.total`` ("" for the file as a whole).
-    """
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(f"{place}: {message}" if place else message for place, message in problems))

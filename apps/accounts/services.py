@@ -6,8 +6,8 @@ style services also take ``dry_run``: they then validate and report what they wo
 (an ``Outcome``) without writing, which is how ``jetstream_apply --dry-run`` builds its plan
 with the very code that later applies it.
 
-``stage``/``settle``/``find_for_update`` are the shared upsert mechanics; the providers and
-proxy services use them too.
+The upsert mechanics (``stage``, ``save_staged``, ``find_for_update``, ``Outcome``) are in
+lib/upsert.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.utils.translation import gettext as _
 
@@ -29,85 +29,7 @@ from apps.billing import services as ledger
 from apps.billing.models import Account, AccountKind, Transfer, TransferKind
 from apps.moderation.models import Policy, PolicyMode
 from lib.money import format_rub
-
-CREATED = "created"
-UPDATED = "updated"
-UNCHANGED = "unchanged"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What an upsert did (or, with ``dry_run``, would do) to one object."""
-
-    obj: Any
-    action: str  # CREATED, UPDATED or UNCHANGED
-    fields: tuple[str, ...] = ()  # what changed, for UPDATED
-
-    @property
-    def changed(self) -> bool:
-        return self.action != UNCHANGED
-
-
-# --- upsert mechanics ----------------------------------------------------------------------
-
-def model_default(model: type[models.Model], field_name: str) -> Any:
-    """The model field's default, so services do not restate it."""
-    return model._meta.get_field(field_name).get_default()
-
-
-def find_for_update(queryset: models.QuerySet, *, dry_run: bool, **lookup: Any) -> Any:
-    """The matching row or None; locked (SELECT … FOR UPDATE) unless this is a dry run."""
-    if not dry_run:
-        queryset = queryset.select_for_update()
-    return queryset.filter(**lookup).first()
-
-
-def _differs(instance: models.Model, name: str, value: Any) -> bool:
-    field = instance._meta.get_field(name)
-    if field.many_to_one or field.one_to_one:
-        if value is not None and value.pk is None:
-            return True  # points at an object this run has yet to create
-        return getattr(instance, field.attname) != (value.pk if value is not None else None)
-    return getattr(instance, name) != value
-
-
-def stage(instance: models.Model, values: dict[str, Any]) -> list[str]:
-    """Assign ``values`` to ``instance``; return the names of the fields that changed."""
-    changed = [name for name, value in values.items() if _differs(instance, name, value)]
-    for name, value in values.items():
-        if instance._state.adding or name in changed:
-            setattr(instance, name, value)
-    return changed
-
-
-def _unsaved_relations(instance: models.Model) -> list[str]:
-    names = []
-    for field in instance._meta.concrete_fields:
-        if field.is_relation and field.is_cached(instance):
-            target = field.get_cached_value(instance)
-            if target is not None and target.pk is None:
-                names.append(field.name)
-    return names
-
-
-def settle(instance: models.Model, changed: list[str], *, dry_run: bool) -> Outcome:
-    """Validate and save a new or changed instance (validate only on a dry run).
-
-    Callers hold the row lock (``find_for_update``), so a full save cannot overwrite a
-    concurrent writer's change. On a dry run, relations to objects the run would create
-    cannot be checked yet and are left out of validation.
-    """
-    if instance._state.adding:
-        action = CREATED
-    elif changed:
-        action = UPDATED
-    else:
-        return Outcome(instance, UNCHANGED)
-    instance.full_clean(exclude=_unsaved_relations(instance))
-    if not dry_run:
-        instance.save()
-    return Outcome(instance, action, tuple(changed) if action == UPDATED else ())
-
+from lib.upsert import UPDATED, Outcome, find_for_update, model_default, save_staged, stage
 
 # --- suppliers -----------------------------------------------------------------------------
 
@@ -115,7 +37,7 @@ def upsert_supplier(*, slug: str, name: str, dry_run: bool = False) -> Outcome:
     with transaction.atomic():
         # Lock: two configuration runs editing the same supplier.
         supplier = find_for_update(Supplier.objects, dry_run=dry_run, slug=slug) or Supplier(slug=slug)
-        return settle(supplier, stage(supplier, {"name": name}), dry_run=dry_run)
+        return save_staged(supplier, stage(supplier, {"name": name}), dry_run=dry_run)
 
 
 # --- companies -----------------------------------------------------------------------------
@@ -174,7 +96,7 @@ def create_company(
     with transaction.atomic():
         company = Company(slug=slug)
         stage(company, {"name": name, **_company_settings(time_zone, sell_coefficient)})
-        outcome = settle(company, [], dry_run=dry_run)
+        outcome = save_staged(company, [], dry_run=dry_run)
         _sync_company_books(company, credit_limit=credit_limit, dry_run=dry_run)
         return outcome
 
@@ -193,7 +115,7 @@ def update_company(
         # Lock: two editors of the same company.
         company = find_for_update(Company.objects, dry_run=dry_run, pk=company.pk)
         changed = stage(company, {"name": name, "time_zone": time_zone, "sell_coefficient": sell_coefficient})
-        outcome = settle(company, changed, dry_run=dry_run)
+        outcome = save_staged(company, changed, dry_run=dry_run)
         books = _sync_company_books(company, credit_limit=credit_limit, dry_run=dry_run)
         if books:
             return Outcome(company, UPDATED, outcome.fields + tuple(books))
@@ -223,7 +145,7 @@ def upsert_company(
 def _stage_department(department: Department, *, name: str, parent: Department | None, monthly_budget: int | None,
                       dry_run: bool) -> Outcome:
     changed = stage(department, {"name": name, "parent": parent, "monthly_budget": monthly_budget})
-    return settle(department, changed, dry_run=dry_run)
+    return save_staged(department, changed, dry_run=dry_run)
 
 
 def create_department(

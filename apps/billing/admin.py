@@ -3,9 +3,6 @@
 History never changes here: transfers and usage records are view-only (the database refuses
 edits and deletes anyway, see migration 0002), FX rates are append-only versions, and an
 account's sums are kept by the database's triggers, so they are shown, never edited.
-
-The small helpers at the top (amount fields and columns, the read-only and append-only mixins)
-are shared by the other apps' admin modules.
 """
 
 from __future__ import annotations
@@ -14,139 +11,23 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.core.exceptions import ValidationError
-from django.db.models import Model as DjangoModel
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from import_export.admin import ExportActionMixin
-from import_export.formats import base_formats
 
 from apps.billing.models import Account, FxRate, Transfer, UsageRecord
 from apps.billing.resources import TransferResource, UsageRecordResource
-from apps.providers.models import Currency
-from lib.money import MoneyFormatError, format_rub, micro_to_decimal, to_micro
-
-# The file formats offered for export and import. XLSX is offered only while openpyxl is installed.
-SPREADSHEET_FORMATS = [f for f in (base_formats.CSV, base_formats.XLSX) if f.is_available()]
-
-
-def micro_as_decimal_text(micro: int) -> str:
-    """1_500_000 → '1.5'; exact (every micro-unit kept), for form inputs and exports."""
-    text = f"{micro_to_decimal(micro):f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-def format_units(micro: int | None, places: int = 2) -> str:
-    """Display: at least ``places`` decimals, more only when the amount needs them (0.075)."""
-    if micro is None:
-        return "—"
-    exact = micro_as_decimal_text(micro)
-    decimals = len(exact.partition(".")[2])
-    return format_rub(micro, max(places, decimals))
-
-
-_BIGINT_MAX = 2**63 - 1  # the amount columns are PostgreSQL bigint
-
-
-class MicroAmountField(forms.Field):
-    """An amount typed as a decimal string ("1500", "0.15") and cleaned to integer micro-units.
-
-    Floats never appear: the text goes straight to ``lib.money.to_micro``. The bound initial
-    value (an integer from the model) is shown back as the same decimal text.
-    """
-
-    widget = forms.TextInput
-    max_chars = 32
-    default_error_messages = {
-        "invalid": _("Enter a non-negative amount with at most 6 decimal places, e.g. 1500 or 0.15."),
-        "zero": _("The amount must be greater than zero."),
-        "too_large": _("The amount is too large."),
-    }
-
-    def __init__(self, *, allow_zero: bool = True, **kwargs: Any) -> None:
-        self.allow_zero = allow_zero
-        if kwargs.get("label"):
-            # Model fields get this from Django; declared form fields must do it themselves.
-            kwargs["label"] = capfirst(kwargs["label"])
-        super().__init__(**kwargs)
-
-    def widget_attrs(self, widget: forms.Widget) -> dict[str, Any]:
-        return {**super().widget_attrs(widget), "inputmode": "decimal", "maxlength": str(self.max_chars)}
-
-    def prepare_value(self, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return micro_as_decimal_text(value)
-        return value
-
-    def to_python(self, value: Any) -> int | None:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if value in self.empty_values:
-            return None
-        text = str(value).strip().replace(" ", "").replace("\u00a0", "").replace(",", ".")
-        if not text:
-            return None
-        if len(text) > self.max_chars:
-            raise ValidationError(self.error_messages["invalid"], code="invalid")
-        try:
-            micro = to_micro(text)
-        except MoneyFormatError:
-            raise ValidationError(self.error_messages["invalid"], code="invalid") from None
-        if micro > _BIGINT_MAX:
-            raise ValidationError(self.error_messages["too_large"], code="too_large")
-        if micro == 0 and not self.allow_zero:
-            raise ValidationError(self.error_messages["zero"], code="zero")
-        return micro
-
-
-def rub_column(field: str, description: str, *, ordering: bool = True):
-    """A list/detail column showing an integer micro-RUB field as rubles."""
-
-    def column(self, obj: DjangoModel) -> str:
-        value = getattr(obj, field)
-        return "—" if value is None else f"{format_rub(value)} ₽"
-
-    column.short_description = description  # type: ignore[attr-defined]
-    if ordering:
-        column.admin_order_field = field  # type: ignore[attr-defined]
-    column.__name__ = f"{field}_rub"
-    return column
-
-
-class ViewOnlyAdminMixin:
-    """History: visible, never added, changed or deleted through the admin."""
-
-    def has_add_permission(self, request: HttpRequest, obj: DjangoModel | None = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: DjangoModel | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: DjangoModel | None = None) -> bool:
-        return False
-
-
-class AppendOnlyAdminMixin:
-    """Versioned rows: new versions are added, existing ones are only viewed, nothing is deleted."""
-
-    def has_change_permission(self, request: HttpRequest, obj: DjangoModel | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: DjangoModel | None = None) -> bool:
-        return False
-
-
-class ExportPermissionMixin:
-    """Export (and import, where mixed in) follow the model permissions, not a blanket yes."""
-
-    def has_export_permission(self, request: HttpRequest) -> bool:
-        return self.has_view_permission(request)  # type: ignore[attr-defined]
-
-    def has_import_permission(self, request: HttpRequest) -> bool:
-        return self.has_add_permission(request)  # type: ignore[attr-defined]
-
+from lib.admin import (
+    SPREADSHEET_FORMATS,
+    AppendOnlyAdminMixin,
+    ExportPermissionMixin,
+    MicroAmountField,
+    ViewOnlyAdminMixin,
+    rub_column,
+)
+from lib.money import Currency
 
 # Every column that prints an account goes through Account.__str__, which reads its owner.
 _ACCOUNT_OWNER_RELATED = ("company", "department__company", "supplier")
@@ -193,13 +74,8 @@ class AccountAdmin(admin.ModelAdmin):
         owner = obj.company or obj.department or obj.supplier
         return str(owner) if owner else "—"
 
-    @admin.display(description=_("balance, RUB"))
-    def balance_rub(self, obj: Account) -> str:
-        return f"{format_rub(obj.credit_balance)} ₽"
-
-    @admin.display(description=_("available, RUB"))
-    def available_rub(self, obj: Account) -> str:
-        return f"{format_rub(obj.available)} ₽"
+    balance_rub = rub_column("credit_balance", _("balance, RUB"), ordering=False)
+    available_rub = rub_column("available", _("available, RUB"), ordering=False)
 
     def get_fields(self, request: HttpRequest, obj: Account | None = None) -> list[str]:
         editable = ["kind", "company", "department", "supplier", "debits_must_not_exceed_credits", "credit_limit"]
@@ -287,9 +163,7 @@ class FxRateAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ["currency", "source"]
     date_hierarchy = "valid_from"
 
-    @admin.display(description=_("RUB per unit"), ordering="rub_per_unit")
-    def rate(self, obj: FxRate) -> str:
-        return f"{format_units(obj.rub_per_unit, 4)} ₽"
+    rate = rub_column("rub_per_unit", _("RUB per unit"), places=4, exact=True)
 
     def get_fields(self, request: HttpRequest, obj: FxRate | None = None) -> list[str]:
         if obj is None:

@@ -4,61 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from import_export import fields, resources, widgets
+from import_export import fields
 
 from apps.billing.models import Transfer, UsageRecord
-from lib.money import MoneyFormatError, micro_to_decimal, to_micro
-
-
-class MicroAmountWidget(widgets.Widget):
-    """Integer micro-units ⇄ exact decimal text in whole units ("0.15"); never a float."""
-
-    def clean(self, value: Any, row: dict | None = None, **kwargs: Any) -> int | None:
-        if value is None or str(value).strip() == "":
-            return None
-        if isinstance(value, float):
-            # Spreadsheet cells arrive as floats; their shortest repr is the number the user typed.
-            value = repr(value)
-        try:
-            return to_micro(str(value).strip())
-        except MoneyFormatError as exc:
-            raise ValueError(str(exc)) from None
-
-    def render(self, value: Any, obj: Any = None, **kwargs: Any) -> str:
-        if value is None:
-            return ""
-        text = f"{micro_to_decimal(value):f}"
-        return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-# A cell starting with one of these is run as a formula by spreadsheet programs (CSV injection);
-# request ids, model names and descriptions come from API clients, so exports defuse them.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-class SpreadsheetSafeMixin:
-    def export_field(self, field: fields.Field, instance: Any, **kwargs: Any) -> Any:
-        value = super().export_field(field, instance, **kwargs)  # type: ignore[misc]
-        if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-            return "'" + value
-        return value
-
-
-def _rub_field(attribute: str, column_name: str) -> fields.Field:
-    return fields.Field(attribute=attribute, column_name=column_name, widget=MicroAmountWidget(), readonly=True)
-
-
-class ExportOnlyResource(SpreadsheetSafeMixin, resources.ModelResource):
-    """Refuses to import whatever the admin wiring: these rows are written only by services."""
-
-    def import_data(self, *args: Any, **kwargs: Any):
-        raise PermissionError(f"{type(self).__name__} is export-only")
+from lib.spreadsheets import ExportOnlyResource, rub_field
 
 
 class TransferResource(ExportOnlyResource):
     debit_account_name = fields.Field(attribute="debit_account", column_name="debit_account_name", readonly=True)
     credit_account_name = fields.Field(attribute="credit_account", column_name="credit_account_name", readonly=True)
-    amount_rub = _rub_field("amount", "amount_rub")
+    amount_rub = rub_field("amount", "amount_rub")
 
     class Meta:
         model = Transfer
@@ -80,8 +35,8 @@ class UsageRecordResource(ExportOnlyResource):
     model = fields.Field(attribute="model__name", column_name="model", readonly=True)
     provider = fields.Field(attribute="provider__slug", column_name="provider", readonly=True)
     supplier_key = fields.Field(attribute="supplier_key__name", column_name="supplier_key", readonly=True)
-    sell_cost_rub = _rub_field("sell_cost", "sell_cost_rub")
-    buy_cost_rub = _rub_field("buy_cost", "buy_cost_rub")
+    sell_cost_rub = rub_field("sell_cost", "sell_cost_rub")
+    buy_cost_rub = rub_field("buy_cost", "buy_cost_rub")
 
     class Meta:
         model = UsageRecord

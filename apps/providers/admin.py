@@ -20,17 +20,11 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from import_export.admin import ImportExportMixin
 
-from apps.billing.admin import (
-    SPREADSHEET_FORMATS,
-    AppendOnlyAdminMixin,
-    ExportPermissionMixin,
-    MicroAmountField,
-    format_units,
-    micro_as_decimal_text,
-)
 from apps.providers.models import EgressProxy, Model, Price, Provider, SupplierKey
 from apps.providers.resources import ModelResource, PriceResource
+from lib.admin import SPREADSHEET_FORMATS, AppendOnlyAdminMixin, ExportPermissionMixin, MicroAmountField, rub_column
 from lib.crypto import SecretDecryptionError
+from lib.money import format_rub
 
 
 class WriteOnlySecretField(forms.CharField):
@@ -151,12 +145,8 @@ class PriceForm(forms.ModelForm):
 
 
 def _price_column(field: str, description: str):
-    def column(self, obj: Price) -> str:
-        return f"{format_units(getattr(obj, field))} {obj.currency}"
-
-    column.short_description = description  # type: ignore[attr-defined]
-    column.admin_order_field = field  # type: ignore[attr-defined]
-    return column
+    """A price in its own currency: at least 2 decimals, every micro-unit kept ("0.075 USD")."""
+    return rub_column(field, description, exact=True, currency=lambda price: price.currency)
 
 
 @admin.register(Price)
@@ -179,9 +169,9 @@ class PriceAdmin(ExportPermissionMixin, AppendOnlyAdminMixin, ImportExportMixin,
     def new_version(self, obj: Price) -> str:
         query = urlencode({
             "model": obj.model_id, "currency": obj.currency,
-            "input_per_1m": micro_as_decimal_text(obj.input_per_1m),
-            "output_per_1m": micro_as_decimal_text(obj.output_per_1m),
-            "cached_input_per_1m": micro_as_decimal_text(obj.cached_input_per_1m),
+            "input_per_1m": format_rub(obj.input_per_1m, 0, exact=True),
+            "output_per_1m": format_rub(obj.output_per_1m, 0, exact=True),
+            "cached_input_per_1m": format_rub(obj.cached_input_per_1m, 0, exact=True),
         })
         return format_html('<a href="{}?{}">{}</a>', reverse("admin:providers_price_add"), query,
                            _("Add a new price version from this one"))

@@ -9,6 +9,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from lib import crypto
+from lib.money import Currency
 from lib.ssrf import UnsafeURLError, validate_outbound_url
 
 # GCM associated data: a blob encrypted for one purpose does not decrypt as another.
@@ -27,13 +28,6 @@ class ProviderKind(models.TextChoices):
     QWEN = "qwen", "Qwen"
     OPENAI_COMPATIBLE = "openai_compatible", _("OpenAI-compatible (vLLM, Ollama, …)")
     MOCK = "mock", _("Mock (answers locally)")
-
-
-class Currency(models.TextChoices):
-    RUB = "RUB", _("Russian ruble")
-    USD = "USD", _("US dollar")
-    EUR = "EUR", _("Euro")
-    CNY = "CNY", _("Chinese yuan")
 
 
 class EgressProxy(models.Model):

@@ -14,8 +14,8 @@ from django.utils import timezone
 from django.utils.translation import gettext
 from import_export import fields, resources, widgets
 
-from apps.billing.resources import MicroAmountWidget, SpreadsheetSafeMixin
 from apps.providers.models import Model, Price, Provider
+from lib.spreadsheets import MicroAmountWidget, SpreadsheetSafeMixin
 
 
 class LookupWidget(widgets.ForeignKeyWidget):

@@ -1,4 +1,6 @@
-"""Providers services: egress proxies, providers, supplier keys, models, price versions, FX rates.
+"""Providers services: egress proxies, providers, supplier keys, models, price versions.
+
+FX rates are the ledger's (apps.billing.services.set_fx_rate).
 
 Keyword-only, atomic, and (like the accounts upserts) with ``dry_run`` to validate and report
 without writing. Secrets (supplier keys, egress URLs) are compared by decrypting the stored
@@ -11,16 +13,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
-from django.utils.translation import gettext as _
 
 from apps.accounts.models import Supplier
-from apps.accounts.services import UNCHANGED, UPDATED, Outcome, find_for_update, model_default, settle, stage
-from apps.billing.models import FxRate
-from apps.providers.models import Currency, EgressProxy, Model, Price, Provider, SupplierKey
+from apps.providers.models import EgressProxy, Model, Price, Provider, SupplierKey
 from lib.crypto import SecretDecryptionError
+from lib.upsert import UNCHANGED, UPDATED, Outcome, find_for_update, model_default, save_staged, stage
 
 
 def upsert_egress_proxy(*, slug: str, country: str, url: str, internal: bool = False, dry_run: bool = False) -> Outcome:
@@ -34,7 +33,7 @@ def upsert_egress_proxy(*, slug: str, country: str, url: str, internal: bool = F
             proxy.set_url(url)  # validates the URL against SSRF under the (new) internal flag
         if url_changed and not proxy._state.adding:
             changed.append("url")
-        return settle(proxy, changed, dry_run=dry_run)
+        return save_staged(proxy, changed, dry_run=dry_run)
 
 
 def _revealed(reveal) -> str | None:
@@ -63,7 +62,7 @@ def upsert_provider(
             "kind": kind, "name": name, "base_url": base_url, "internal": internal,
             "options": options or {}, "egress": egress,
         })
-        return settle(provider, changed, dry_run=dry_run)
+        return save_staged(provider, changed, dry_run=dry_run)
 
 
 def upsert_supplier_key(
@@ -102,7 +101,7 @@ def upsert_supplier_key(
             key.set_secret(secret)
             if not key._state.adding:
                 changed.append("secret")
-        return settle(key, changed, dry_run=dry_run)
+        return save_staged(key, changed, dry_run=dry_run)
 
 
 def upsert_model(
@@ -126,7 +125,7 @@ def upsert_model(
             "context_window": context_window if context_window is not None else model_default(Model, "context_window"),
             "max_output_tokens": max_output_tokens if max_output_tokens is not None else model_default(Model, "max_output_tokens"),
         })
-        return settle(model, changed, dry_run=dry_run)
+        return save_staged(model, changed, dry_run=dry_run)
 
 
 def set_model_price(
@@ -162,34 +161,5 @@ def set_model_price(
         if current is not None and not changed:
             return Outcome(current, UNCHANGED)
         price = Price(model=model, valid_from=valid_from or timezone.now(), **wanted)
-        outcome = settle(price, [], dry_run=dry_run)
+        outcome = save_staged(price, [], dry_run=dry_run)
         return outcome if current is None else Outcome(price, UPDATED, tuple(changed))
-
-
-def set_fx_rate(
-    *,
-    currency: str,
-    rub_per_unit: int,
-    valid_from: datetime | None = None,
-    source: str = "manual",
-    dry_run: bool = False,
-) -> Outcome:
-    """Add an FX version (micro-RUB per unit of ``currency``) unless the current rate is equal."""
-    if currency == Currency.RUB or currency not in Currency.values:
-        raise ValidationError({"currency": _("FX rates exist for %(choices)s; the ruble is the base currency.")
-                               % {"choices": ", ".join(c for c in Currency.values if c != Currency.RUB)}})
-    if rub_per_unit <= 0:
-        raise ValidationError({"rub_per_unit": _("The rate must be greater than zero.")})
-    with transaction.atomic():
-        if not dry_run:
-            # Serialise writers of one currency (there may be no row to lock yet): both would
-            # compare against the same current rate and add two versions.
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"jetstream:fx:{currency}"])
-        current = FxRate.objects.filter(currency=currency, valid_from__lte=timezone.now()).order_by("-valid_from").first()
-        if current is not None and current.rub_per_unit == rub_per_unit:
-            return Outcome(current, UNCHANGED)
-        rate = FxRate(currency=currency, rub_per_unit=rub_per_unit, valid_from=valid_from or timezone.now(), source=source)
-        outcome = settle(rate, [], dry_run=dry_run)
-        return outcome if current is None else Outcome(rate, UPDATED, ("rub_per_unit",))
-

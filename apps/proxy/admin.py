@@ -17,11 +17,10 @@ from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from apps.billing.admin import MicroAmountField
 from apps.proxy import services
 from apps.proxy.exceptions import TokenStateError
 from apps.proxy.models import ApiToken
-from lib.money import format_rub
+from lib.admin import MicroAmountField, rub_column
 
 _LIMIT_HELP = _("In rubles, e.g. 5000 or 12.50; empty = no limit.")
 
@@ -52,16 +51,6 @@ class TokenActionForm(ActionForm):
                              help_text=_("Required for blocking and revoking; the token's owner sees it."))
 
 
-def _limit_column(field: str, description: str):
-    def column(self, obj: ApiToken) -> str:
-        value = getattr(obj, field)
-        return "—" if value is None else f"{format_rub(value)} ₽"
-
-    column.short_description = description  # type: ignore[attr-defined]
-    column.admin_order_field = field  # type: ignore[attr-defined]
-    return column
-
-
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
     form = ApiTokenForm
@@ -78,8 +67,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
                  "rpm", "tpm", "models_allow", "models_deny", "ip_allow", "max_distinct_ips", "expires_at"]
     _shown = ["secret_prefix", "status", "status_reason", "last_used_at", "created_at", "updated_at"]
 
-    limit_total_rub = _limit_column("limit_total", _("total limit, RUB"))
-    limit_monthly_rub = _limit_column("limit_monthly", _("monthly limit, RUB"))
+    limit_total_rub = rub_column("limit_total", _("total limit, RUB"))
+    limit_monthly_rub = rub_column("limit_monthly", _("monthly limit, RUB"))
 
     @admin.display(description=_("secret"), ordering="key_prefix")
     def secret_prefix(self, obj: ApiToken) -> str:

@@ -15,9 +15,9 @@ from django.db import transaction
 from django.utils.translation import gettext as _
 
 from apps.accounts.models import Company, Membership
-from apps.accounts.services import UNCHANGED, Outcome, find_for_update, model_default, settle, stage
 from apps.proxy.exceptions import TokenStateError
 from apps.proxy.models import ApiToken, TokenStatus
+from lib.upsert import UNCHANGED, Outcome, find_for_update, model_default, save_staged, stage
 
 # Everything about a token a manager may set, besides its company, name, secret and status.
 TOKEN_SETTINGS = (
@@ -75,7 +75,7 @@ def issue_token(
         token = ApiToken(company=company, name=name, status=status)
         stage(token, _checked_settings(company, settings))
         plain = _set_secret(token, secret)
-        settle(token, [], dry_run=dry_run)
+        save_staged(token, [], dry_run=dry_run)
         return token, (None if dry_run and secret is None else plain)
 
 
@@ -88,7 +88,7 @@ def update_token(*, token: ApiToken, name: str | None = None, dry_run: bool = Fa
         if name is not None:
             values = {"name": name, **values}
         changed = stage(token, values)
-        return settle(token, changed, dry_run=dry_run)
+        return save_staged(token, changed, dry_run=dry_run)
 
 
 def rotate_token_secret(*, token: ApiToken, secret: str | None = None, dry_run: bool = False) -> tuple[ApiToken, str | None]:
@@ -99,7 +99,7 @@ def rotate_token_secret(*, token: ApiToken, secret: str | None = None, dry_run: 
         if token.status == TokenStatus.REVOKED:
             raise TokenStateError(_("A revoked token cannot get a new secret; issue a new token."))
         plain = _set_secret(token, secret)
-        settle(token, ["secret"], dry_run=dry_run)
+        save_staged(token, ["secret"], dry_run=dry_run)
         return token, (None if dry_run and secret is None else plain)
 
 
@@ -113,7 +113,7 @@ def set_token_status(*, token: ApiToken, status: str, reason: str = "", dry_run:
         if token.status == TokenStatus.REVOKED:
             raise TokenStateError(_("A revoked token stays revoked; issue a new token."))
         changed = stage(token, {"status": status, "status_reason": reason})
-        return settle(token, changed, dry_run=dry_run)
+        return save_staged(token, changed, dry_run=dry_run)
 
 
 def block_token(*, token: ApiToken, reason: str) -> Outcome:

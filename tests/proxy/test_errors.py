@@ -175,9 +175,9 @@ def test_a_charge_never_exceeds_the_reservation_even_if_upstream_overshoots(gate
     assert completion.usage.completion_tokens == 500
     gateway.drain(expect=1)
     record = UsageRecord.objects.get()
-    from lib import tokens
+    from lib import tokenizer
     from tests.proxy.test_chat import expected_cost
 
-    reserved = expected_cost(tokens.count_chat_prompt(GOOD["messages"]), 5)
+    reserved = expected_cost(tokenizer.count_chat_prompt(GOOD["messages"]), 5)
     assert record.sell_cost == reserved
     assert record.buy_cost == expected_cost(completion.usage.prompt_tokens, completion.usage.completion_tokens, coefficient="1.10")

@@ -33,10 +33,10 @@ def exact_mock(gateway):
 def reservation_for(gateway, max_tokens=100) -> int:
     from decimal import Decimal
 
-    from lib import tokens
+    from lib import tokenizer
     from lib.money import cost_micro
 
-    prompt = tokens.count_chat_prompt(PROMPT)
+    prompt = tokenizer.count_chat_prompt(PROMPT)
     return cost_micro(tokens_by_price=[(prompt, 10 * RUB), (max_tokens, 20 * RUB)], fx_micro=RUB, coefficient=Decimal("1.25"))
 
 

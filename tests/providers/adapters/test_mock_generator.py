@@ -12,10 +12,10 @@ import time
 import pytest
 
 from apps.providers.adapters.mock import generator
-from lib import tokens
+from lib import tokenizer
 
 MODEL = "gpt-4o-mini"
-ENCODING = tokens.encoding_for_model(MODEL)
+ENCODING = tokenizer.encoding_for_model(MODEL)
 
 
 def chat(body: dict, **kwargs) -> dict:
@@ -71,8 +71,8 @@ class TestChatCompletion:
         response = chat(request)
         content = response["choices"][0]["message"]["content"]
         usage = response["usage"]
-        assert usage["completion_tokens"] == tokens.count_text(content, encoding=ENCODING)
-        assert usage["prompt_tokens"] == tokens.count_chat_request(request, encoding=ENCODING)
+        assert usage["completion_tokens"] == tokenizer.count_text(content, encoding=ENCODING)
+        assert usage["prompt_tokens"] == tokenizer.count_chat_request(request, encoding=ENCODING)
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
     @pytest.mark.parametrize("limit_field", ["max_tokens", "max_completion_tokens"])
@@ -82,7 +82,7 @@ class TestChatCompletion:
         choice = response["choices"][0]
         assert choice["finish_reason"] == "length"
         assert full.startswith(choice["message"]["content"])
-        assert response["usage"]["completion_tokens"] == tokens.count_text(choice["message"]["content"], encoding=ENCODING) == 5
+        assert response["usage"]["completion_tokens"] == tokenizer.count_text(choice["message"]["content"], encoding=ENCODING) == 5
 
     def test_it_stops_normally_when_max_tokens_is_not_reached(self):
         full = chat(body())
@@ -95,7 +95,7 @@ class TestChatCompletion:
         assert [c["index"] for c in response["choices"]] == [0, 1, 2]
         contents = [c["message"]["content"] for c in response["choices"]]
         assert len(set(contents)) == 3
-        assert response["usage"]["completion_tokens"] == sum(tokens.count_text(c, encoding=ENCODING) for c in contents)
+        assert response["usage"]["completion_tokens"] == sum(tokenizer.count_text(c, encoding=ENCODING) for c in contents)
 
     def test_it_cuts_at_the_earliest_stop_sequence(self):
         full = chat(body())["choices"][0]["message"]["content"]
@@ -104,7 +104,7 @@ class TestChatCompletion:
         content = response["choices"][0]["message"]["content"]
         assert content == full[: min(full.find("."), full.find(first_word))]
         assert response["choices"][0]["finish_reason"] == "stop"
-        assert response["usage"]["completion_tokens"] == tokens.count_text(content, encoding=ENCODING)
+        assert response["usage"]["completion_tokens"] == tokenizer.count_text(content, encoding=ENCODING)
         assert chat(body(stop="no-such-sequence"))["choices"][0]["message"]["content"] == full
 
     def test_it_answers_json_for_json_object(self):
@@ -136,7 +136,7 @@ class TestChatCompletion:
         assert call["id"].startswith("call_") and call["type"] == "function" and call["function"]["name"] == "get_weather"
         arguments = json.loads(call["function"]["arguments"])
         assert set(arguments) == {"city", "days"} and isinstance(arguments["days"], int)
-        expected = tokens.count_text("get_weather", encoding=ENCODING) + tokens.count_text(call["function"]["arguments"], encoding=ENCODING)
+        expected = tokenizer.count_text("get_weather", encoding=ENCODING) + tokenizer.count_text(call["function"]["arguments"], encoding=ENCODING)
         assert response["usage"]["completion_tokens"] == expected
         again = chat(body(tools=[self.WEATHER_TOOL], tool_choice="required"))["choices"][0]["message"]["tool_calls"][0]
         assert again == call
@@ -231,7 +231,7 @@ class TestChatStream:
 
     def test_it_streams_length_cuts(self):
         events = chat_events(body(max_tokens=3))
-        assert tokens.count_text(streamed_content(events), encoding=ENCODING) == 3
+        assert tokenizer.count_text(streamed_content(events), encoding=ENCODING) == 3
         assert events[-1]["choices"][0]["finish_reason"] == "length"
 
     def test_it_streams_tool_calls(self):
@@ -287,19 +287,19 @@ class TestCompletions:
         assert response["object"] == "text_completion" and response["id"].startswith("cmpl-mock-")
         [choice] = response["choices"]
         assert choice["text"].startswith(" ") and choice["finish_reason"] == "length"
-        assert response["usage"]["completion_tokens"] == tokens.count_text(choice["text"], encoding="cl100k_base") <= 16
-        assert response["usage"]["prompt_tokens"] == tokens.count_text("Once upon a time", encoding="cl100k_base")
+        assert response["usage"]["completion_tokens"] == tokenizer.count_text(choice["text"], encoding="cl100k_base") <= 16
+        assert response["usage"]["prompt_tokens"] == tokenizer.count_text("Once upon a time", encoding="cl100k_base")
 
     def test_it_answers_every_prompt_n_times(self):
         response = self.complete({"model": "x", "prompt": ["first", "second"], "n": 2, "max_tokens": 200})
         assert [c["index"] for c in response["choices"]] == [0, 1, 2, 3]
         assert all(c["finish_reason"] == "stop" for c in response["choices"])
-        assert response["usage"]["completion_tokens"] == sum(tokens.count_text(c["text"], encoding="cl100k_base") for c in response["choices"])
+        assert response["usage"]["completion_tokens"] == sum(tokenizer.count_text(c["text"], encoding="cl100k_base") for c in response["choices"])
 
     def test_it_echoes_and_accepts_token_arrays(self):
         echoed = self.complete({"model": "x", "prompt": "Say:", "echo": True})
         assert echoed["choices"][0]["text"].startswith("Say: ")
-        assert echoed["usage"]["completion_tokens"] == tokens.count_text(echoed["choices"][0]["text"][4:], encoding="cl100k_base")
+        assert echoed["usage"]["completion_tokens"] == tokenizer.count_text(echoed["choices"][0]["text"][4:], encoding="cl100k_base")
         arrays = self.complete({"model": "x", "prompt": [[1, 2, 3], [4, 5]]})
         assert len(arrays["choices"]) == 2 and arrays["usage"]["prompt_tokens"] == 5
 

@@ -6,7 +6,7 @@ import pytest
 from django.contrib import admin
 from django.urls import reverse
 
-from .test_pages import OUR_APPS
+from tests.test_admin_pages import OUR_APPS
 
 
 def _admin_urls() -> list[str]:

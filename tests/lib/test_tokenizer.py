@@ -1,10 +1,10 @@
-"""lib.tokens: offline token counting. DB-free."""
+"""lib.tokenizer: offline token counting. DB-free."""
 
 from __future__ import annotations
 
 import pytest
 
-from lib import tokens
+from lib import tokenizer
 
 FIXED_STRINGS = [
     "hello world",
@@ -25,38 +25,38 @@ def encodings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import bpe_openai
 
-    return {name: bpe_openai.get_encoding(name) for name in tokens.ENCODINGS}
+    return {name: bpe_openai.get_encoding(name) for name in tokenizer.ENCODINGS}
 
 
 class TestCountText:
-    @pytest.mark.parametrize("encoding", tokens.ENCODINGS)
+    @pytest.mark.parametrize("encoding", tokenizer.ENCODINGS)
     @pytest.mark.parametrize("text", FIXED_STRINGS)
     def test_it_matches_bpe_openai_for_fixed_strings(self, encodings, encoding, text):
-        assert tokens.count_text(text, encoding=encoding) == len(encodings[encoding].encode_ordinary(text))
+        assert tokenizer.count_text(text, encoding=encoding) == len(encodings[encoding].encode_ordinary(text))
 
     def test_it_agrees_with_known_token_ids(self, encodings):
         assert encodings["cl100k_base"].encode("hello world") == [15339, 1917]
         assert encodings["cl100k_base"].encode("tiktoken is great!") == [83, 1609, 5963, 374, 2294, 0]
-        assert tokens.count_text("hello world", encoding="cl100k_base") == 2
-        assert tokens.count_text("tiktoken is great!", encoding="cl100k_base") == 6
-        assert tokens.count_text("hello world") == 2  # o200k_base by default
+        assert tokenizer.count_text("hello world", encoding="cl100k_base") == 2
+        assert tokenizer.count_text("tiktoken is great!", encoding="cl100k_base") == 6
+        assert tokenizer.count_text("hello world") == 2  # o200k_base by default
 
     def test_it_counts_special_token_text_as_ordinary_text(self):
         # A user typing "<|endoftext|>" must not crash the count nor be one magic token.
-        assert tokens.count_text("<|endoftext|>") > 1
+        assert tokenizer.count_text("<|endoftext|>") > 1
 
     def test_it_counts_nothing_as_zero(self):
-        assert tokens.count_text("") == 0
-        assert tokens.count_text(None) == 0
+        assert tokenizer.count_text("") == 0
+        assert tokenizer.count_text(None) == 0
 
     def test_it_counts_text_past_the_wrapper_caps(self):
         # bpe_openai's Python wrapper refuses 1M+ characters; the counter must not.
-        base = tokens.count_text("word " * 1000)
-        assert tokens.count_text("word " * 250_000) == base + 249_000
+        base = tokenizer.count_text("word " * 1000)
+        assert tokenizer.count_text("word " * 250_000) == base + 249_000
 
     def test_it_refuses_an_unknown_encoding(self):
-        with pytest.raises(tokens.UnknownEncodingError):
-            tokens.count_text("x", encoding="p50k_base")
+        with pytest.raises(tokenizer.UnknownEncodingError):
+            tokenizer.count_text("x", encoding="p50k_base")
 
 
 class TestChatPrompt:
@@ -73,21 +73,21 @@ class TestChatPrompt:
     ]
 
     def test_it_reproduces_the_openai_cookbook_counts(self):
-        assert tokens.count_chat_prompt(self.COOKBOOK, encoding="cl100k_base") == 129
-        assert tokens.count_chat_prompt(self.COOKBOOK, encoding="o200k_base") == 124
+        assert tokenizer.count_chat_prompt(self.COOKBOOK, encoding="cl100k_base") == 129
+        assert tokenizer.count_chat_prompt(self.COOKBOOK, encoding="o200k_base") == 124
 
     def test_it_follows_the_recipe(self):
         messages = [{"role": "user", "content": "Hello there"}]
-        expected = 3 + tokens.count_text("user") + tokens.count_text("Hello there") + 3
-        assert tokens.count_chat_prompt(messages) == expected
+        expected = 3 + tokenizer.count_text("user") + tokenizer.count_text("Hello there") + 3
+        assert tokenizer.count_chat_prompt(messages) == expected
 
     def test_it_adds_one_token_per_name(self):
-        plain = tokens.count_chat_prompt([{"role": "user", "content": "hi"}])
-        named = tokens.count_chat_prompt([{"role": "user", "name": "bob", "content": "hi"}])
-        assert named == plain + tokens.count_text("bob") + 1
+        plain = tokenizer.count_chat_prompt([{"role": "user", "content": "hi"}])
+        named = tokenizer.count_chat_prompt([{"role": "user", "name": "bob", "content": "hi"}])
+        assert named == plain + tokenizer.count_text("bob") + 1
 
     def test_it_counts_text_parts_and_images_and_ignores_unknown_parts(self):
-        text_only = tokens.count_chat_prompt([{"role": "user", "content": "What is on this picture?"}])
+        text_only = tokenizer.count_chat_prompt([{"role": "user", "content": "What is on this picture?"}])
         parts = [
             {"type": "text", "text": "What is on this"},
             {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "high"}},
@@ -96,9 +96,9 @@ class TestChatPrompt:
             {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
             {"type": "something_new", "payload": [1, 2, 3]},
         ]
-        counted = tokens.count_chat_prompt([{"role": "user", "content": parts}])
-        text_tokens = tokens.count_text("What is on this") + tokens.count_text(" picture?")
-        assert counted == text_only - tokens.count_text("What is on this picture?") + text_tokens + 2 * tokens.IMAGE_PART_TOKENS
+        counted = tokenizer.count_chat_prompt([{"role": "user", "content": parts}])
+        text_tokens = tokenizer.count_text("What is on this") + tokenizer.count_text(" picture?")
+        assert counted == text_only - tokenizer.count_text("What is on this picture?") + text_tokens + 2 * tokenizer.IMAGE_PART_TOKENS
 
     def test_it_counts_tool_calls_and_function_call_arguments_as_text(self):
         arguments = '{"city": "Москва", "days": 3}'
@@ -108,34 +108,34 @@ class TestChatPrompt:
             {"role": "tool", "tool_call_id": "call_1", "content": "+5, cloudy"},
             {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": arguments}},
         ]
-        call = tokens.count_text("get_weather") + tokens.count_text(arguments)
+        call = tokenizer.count_text("get_weather") + tokenizer.count_text(arguments)
         expected = (
-            3 + (3 + tokens.count_text("assistant") + call)
-            + (3 + tokens.count_text("tool") + tokens.count_text("call_1") + tokens.count_text("+5, cloudy"))
-            + (3 + tokens.count_text("assistant") + call)
+            3 + (3 + tokenizer.count_text("assistant") + call)
+            + (3 + tokenizer.count_text("tool") + tokenizer.count_text("call_1") + tokenizer.count_text("+5, cloudy"))
+            + (3 + tokenizer.count_text("assistant") + call)
         )
-        assert tokens.count_chat_prompt(messages) == expected
+        assert tokenizer.count_chat_prompt(messages) == expected
 
     def test_it_counts_tools_on_their_json(self):
         tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
-        assert tokens.count_tools(tools) == tokens.count_text('[{"type":"function","function":{"name":"get_weather","parameters":'
+        assert tokenizer.count_tools(tools) == tokenizer.count_text('[{"type":"function","function":{"name":"get_weather","parameters":'
                                                               '{"type":"object","properties":{"city":{"type":"string"}}}}}]')
-        assert tokens.count_tools(None) == 0
-        assert tokens.count_tools([]) == 0
+        assert tokenizer.count_tools(None) == 0
+        assert tokenizer.count_tools([]) == 0
 
     def test_it_counts_a_chat_request_with_tools_and_functions(self):
         messages = [{"role": "user", "content": "weather?"}]
         tools = [{"type": "function", "function": {"name": "get_weather"}}]
         functions = [{"name": "legacy"}]
         body = {"model": "gpt-4o", "messages": messages, "tools": tools, "functions": functions}
-        assert tokens.count_chat_request(body) == tokens.count_chat_prompt(messages) + tokens.count_tools(tools) + tokens.count_tools(functions)
+        assert tokenizer.count_chat_request(body) == tokenizer.count_chat_prompt(messages) + tokenizer.count_tools(tools) + tokenizer.count_tools(functions)
         # The encoding follows the model unless given.
-        cl = tokens.count_chat_request(dict(body, model="gpt-4"))
-        assert cl == tokens.count_chat_request(body, encoding="cl100k_base")
+        cl = tokenizer.count_chat_request(dict(body, model="gpt-4"))
+        assert cl == tokenizer.count_chat_request(body, encoding="cl100k_base")
 
 
 class TestPromptAndEmbeddingInputs:
-    @pytest.mark.parametrize("count", [tokens.count_prompt_input, tokens.count_embedding_input])
+    @pytest.mark.parametrize("count", [tokenizer.count_prompt_input, tokenizer.count_embedding_input])
     def test_it_counts_every_input_shape(self, count):
         assert count("hello world") == 2
         assert count(["hello world", "hello"]) == 3
@@ -147,8 +147,8 @@ class TestPromptAndEmbeddingInputs:
 
     def test_it_uses_cl100k_by_default_for_legacy_inputs(self):
         text = "Привет, мир! Как дела?"
-        assert tokens.count_prompt_input(text) == tokens.count_text(text, encoding="cl100k_base")
-        assert tokens.count_embedding_input(text, encoding="o200k_base") == tokens.count_text(text, encoding="o200k_base")
+        assert tokenizer.count_prompt_input(text) == tokenizer.count_text(text, encoding="cl100k_base")
+        assert tokenizer.count_embedding_input(text, encoding="o200k_base") == tokenizer.count_text(text, encoding="o200k_base")
 
 
 class TestEncodingForModel:
@@ -157,12 +157,12 @@ class TestEncodingForModel:
         "gpt-5", "gpt-5-mini", "GPT-4O", "openai/gpt-4o",
     ])
     def test_it_uses_o200k_for_new_families(self, model):
-        assert tokens.encoding_for_model(model) == "o200k_base"
+        assert tokenizer.encoding_for_model(model) == "o200k_base"
 
     @pytest.mark.parametrize("model", ["gpt-4", "gpt-4-turbo", "gpt-3.5-turbo", "gpt-3.5-turbo-instruct", "text-embedding-3-small",
                                        "deepseek-chat", "", None, 42])
     def test_it_uses_cl100k_otherwise(self, model):
-        assert tokens.encoding_for_model(model) == "cl100k_base"
+        assert tokenizer.encoding_for_model(model) == "cl100k_base"
 
 
 def _circular():
@@ -177,8 +177,8 @@ class TestOddInput:
         2**80,
     ])
     def test_it_never_raises(self, value):
-        for count in (tokens.count_text, tokens.count_chat_prompt, tokens.count_tools, tokens.count_prompt_input,
-                      tokens.count_embedding_input, tokens.count_completion_output, tokens.count_chat_request):
+        for count in (tokenizer.count_text, tokenizer.count_chat_prompt, tokenizer.count_tools, tokenizer.count_prompt_input,
+                      tokenizer.count_embedding_input, tokenizer.count_completion_output, tokenizer.count_chat_request):
             assert count(value) >= 0
 
     @pytest.mark.parametrize("message", [
@@ -189,12 +189,12 @@ class TestOddInput:
         {"role": "assistant", "function_call": "oops"}, {"role": 5, "name": ["a"], "extra": {"k": [1]}},
     ])
     def test_it_counts_odd_messages_without_raising(self, message):
-        assert tokens.count_chat_prompt([message]) >= tokens.REPLY_PRIMING_TOKENS + tokens.TOKENS_PER_MESSAGE
+        assert tokenizer.count_chat_prompt([message]) >= tokenizer.REPLY_PRIMING_TOKENS + tokenizer.TOKENS_PER_MESSAGE
 
     def test_it_counts_a_non_string_content_as_its_json(self):
         content = {"weird": "object"}
-        plain = tokens.count_chat_prompt([{"role": "user", "content": ""}])
-        assert tokens.count_chat_prompt([{"role": "user", "content": content}]) == plain + tokens.count_text('{"weird":"object"}')
+        plain = tokenizer.count_chat_prompt([{"role": "user", "content": ""}])
+        assert tokenizer.count_chat_prompt([{"role": "user", "content": content}]) == plain + tokenizer.count_text('{"weird":"object"}')
 
 
 class TestCompletionOutput:
@@ -203,24 +203,24 @@ class TestCompletionOutput:
             "role": "assistant", "content": "Sure.", "refusal": None,
             "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}],
         }
-        assert tokens.count_completion_output(message) == tokens.count_text("Sure.") + tokens.count_text("f") + tokens.count_text('{"a":1}')
-        assert tokens.count_completion_output({"refusal": "I can't help with that."}) == tokens.count_text("I can't help with that.")
-        assert tokens.count_completion_output("plain text") == tokens.count_text("plain text")
+        assert tokenizer.count_completion_output(message) == tokenizer.count_text("Sure.") + tokenizer.count_text("f") + tokenizer.count_text('{"a":1}')
+        assert tokenizer.count_completion_output({"refusal": "I can't help with that."}) == tokenizer.count_text("I can't help with that.")
+        assert tokenizer.count_completion_output("plain text") == tokenizer.count_text("plain text")
 
 
 class TestTruncate:
     TEXT = "Привет, как дела? Hello world, this is a test of truncation. 🚀 done"
 
     def test_it_keeps_a_prefix_within_the_limit(self):
-        full = tokens.count_text(self.TEXT)
+        full = tokenizer.count_text(self.TEXT)
         for limit in range(0, full + 3):
-            cut = tokens.truncate_text(self.TEXT, limit)
+            cut = tokenizer.truncate_text(self.TEXT, limit)
             assert self.TEXT.startswith(cut)
-            assert tokens.count_text(cut) <= limit
-        assert tokens.truncate_text(self.TEXT, full) == self.TEXT
-        assert tokens.truncate_text(self.TEXT, full - 1) != self.TEXT
+            assert tokenizer.count_text(cut) <= limit
+        assert tokenizer.truncate_text(self.TEXT, full) == self.TEXT
+        assert tokenizer.truncate_text(self.TEXT, full - 1) != self.TEXT
 
     def test_it_cuts_at_exactly_the_limit_on_plain_words(self):
         text = "one two three four five six seven eight"
-        assert tokens.count_text(tokens.truncate_text(text, 5)) == 5
-        assert tokens.truncate_text(text, 3) == "one two three"
+        assert tokenizer.count_text(tokenizer.truncate_text(text, 5)) == 5
+        assert tokenizer.truncate_text(text, 3) == "one two three"

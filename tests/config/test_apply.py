@@ -21,7 +21,7 @@ from apps.billing.models import Transfer, TransferKind
 from apps.moderation.models import Policy, PolicyMode
 from apps.providers.models import EgressProxy, Model, Price, Provider, SupplierKey
 from apps.proxy.models import ApiToken, TokenStatus
-from tests.accounts.conftest import EXAMPLE, database_state
+from tests.config.conftest import EXAMPLE, database_state
 
 TOKEN_SECRET = "js-acme-ci-0123456789abcdef0123456789abcdef"
 SUPPLIER_SECRET = "sk-upstream-1"

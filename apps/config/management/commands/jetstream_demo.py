@@ -15,9 +15,10 @@ from django.db import transaction
 from django.utils.translation import gettext as _
 
 from apps.accounts import services as accounts
-from apps.accounts.declarative import apply_config
-from apps.accounts.exceptions import ConfigError, SuperadminEmailTaken
-from apps.accounts.management.commands.jetstream_apply import read_config_file
+from apps.accounts.exceptions import SuperadminEmailTaken
+from apps.config.apply import apply_config
+from apps.config.exceptions import ConfigError
+from apps.config.management.commands.jetstream_apply import read_config_file
 from apps.proxy.exceptions import ProxyError
 from apps.proxy.models import ApiToken, TokenStatus
 from apps.proxy.services import rotate_token_secret

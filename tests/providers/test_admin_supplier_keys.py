@@ -9,8 +9,7 @@ from django.urls import reverse
 
 from apps.providers.models import EgressProxy, SupplierKey
 from lib import crypto
-
-from .conftest import PROXY_PASSWORD, SUPPLIER_SECRET
+from tests.conftest import PROXY_PASSWORD, SUPPLIER_SECRET
 
 NEW_SECRET = "sk-live-ROTATEDVALUE-5555"
 

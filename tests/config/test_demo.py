@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import subprocess
+import sys
 
 import pytest
+from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
 
@@ -14,7 +18,7 @@ from apps.billing import services as ledger
 from apps.billing.models import Transfer
 from apps.providers.models import Model, Price, Provider
 from apps.proxy.models import ApiToken, TokenStatus
-from tests.accounts.conftest import database_state, run_command
+from tests.config.conftest import database_state, run_command
 
 RUB = 1_000_000
 TOKEN = re.compile(r"js-[A-Za-z0-9_-]{32,}")
@@ -117,6 +121,39 @@ def test_it_follows_site_url(db, settings):
 
     assert "Admin: https://llm.example.com/admin/" in out
     assert "curl https://llm.example.com/v1/chat/completions" in out
+
+
+def _site_url_in_a_fresh_process(**env: str) -> str:
+    """settings.SITE_URL as a new process (like ``make run``'s) computes it from ``env``."""
+    environment = {name: value for name, value in os.environ.items() if name not in ("SITE_URL", "JETSTREAM_HOST", "JETSTREAM_PORT")}
+    environment.update(env, DJANGO_SETTINGS_MODULE="jetstream.settings", PYTHONDONTWRITEBYTECODE="1")
+    code = "import django; django.setup(); from django.conf import settings; print(settings.SITE_URL)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=django_settings.BASE_DIR, env=environment,
+                            capture_output=True, text=True, timeout=60, check=True)
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, "http://127.0.0.1:8000"),
+    ({"JETSTREAM_PORT": "8123"}, "http://127.0.0.1:8123"),
+    ({"JETSTREAM_HOST": "0.0.0.0", "JETSTREAM_PORT": "9000"}, "http://127.0.0.1:9000"),
+    ({"JETSTREAM_HOST": "192.0.2.10", "JETSTREAM_PORT": "9000"}, "http://192.0.2.10:9000"),
+    ({"JETSTREAM_HOST": "::1", "JETSTREAM_PORT": "9000"}, "http://[::1]:9000"),
+    ({"JETSTREAM_PORT": "9000", "SITE_URL": "https://llm.example.com"}, "https://llm.example.com"),
+])
+def test_it_prints_the_address_bin_serve_listens_on(env, expected):
+    """``make run`` starts bin/serve on JETSTREAM_HOST:JETSTREAM_PORT; the demo's URLs (SITE_URL) follow."""
+    assert _site_url_in_a_fresh_process(**env) == expected
+
+
+def test_it_prints_the_served_port_in_every_example(db, settings):
+    settings.SITE_URL = _site_url_in_a_fresh_process(JETSTREAM_PORT="8123")
+
+    out, _err = run_command("jetstream_demo")
+
+    assert "Admin: http://127.0.0.1:8123/admin/" in out
+    assert "curl http://127.0.0.1:8123/v1/chat/completions \\" in out
+    assert 'OpenAI(base_url="http://127.0.0.1:8123/v1"' in out
 
 
 def test_it_warns_when_the_demo_token_is_blocked(db):

@@ -1,6 +1,6 @@
 """``manage.py jetstream_apply FILE.yaml [--dry-run]``: bring the database to a configuration file.
 
-The schema is in docs/configuration.md; the work is in apps/accounts/declarative.py. A file
+The schema is in docs/configuration.md; the work is in apps/config/ (apply.py). A file
 with problems changes nothing and exits with status 2, naming each problem's place.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
 
-from apps.accounts.declarative import apply_config
-from apps.accounts.exceptions import ConfigError
+from apps.config.apply import apply_config
+from apps.config.exceptions import ConfigError
 
 INVALID_FILE = 2  # exit status for a file that cannot be applied (argparse uses 2 for bad usage too)
 

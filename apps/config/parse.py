@@ -1,0 +1,236 @@
+"""The configuration document's schema and ``parse``: a loaded YAML document → ``Config``.
+
+``parse`` checks the whole shape (every key known, every value of its type, no duplicate slugs
+or names, departments in tree order) and flattens the file into entries; it raises ConfigError
+naming every problem. Nothing here reads or writes the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.utils.translation import gettext as _
+
+from apps.accounts.models import validate_time_zone
+from apps.config.exceptions import ConfigError
+from apps.config.schema import (
+    Invalid,
+    Key,
+    Problems,
+    amount,
+    boolean,
+    choice,
+    coefficient,
+    date_time,
+    email,
+    integer,
+    join,
+    list_of,
+    mapping,
+    options,
+    secret,
+    show,
+    slug,
+    text,
+    validated,
+)
+from apps.providers.models import Modality, ProviderKind, SupplierKeyStatus
+from apps.proxy.models import TokenEnvironment, TokenStatus, validate_cidr, validate_token_secret
+from lib.money import Currency
+
+_PRICE = mapping({
+    "input_per_1m": Key(amount(), required=True),
+    "output_per_1m": Key(amount(), required=True),
+    "cached_input_per_1m": Key(amount()),
+    "currency": Key(choice(Currency.values), required=True),
+})
+_SUPPLIER_KEY = mapping({
+    "name": Key(text, required=True),
+    "supplier": Key(slug, required=True),
+    "secret": Key(secret, required=True),
+    "weight": Key(integer(minimum=1)),
+    "priority": Key(integer()),
+    "status": Key(choice(SupplierKeyStatus.values)),
+    "buy_coefficient": Key(coefficient),
+})
+_LIMITS = mapping({
+    "total": Key(amount()),
+    "weekly": Key(amount()),
+    "monthly": Key(amount()),
+    "rpm": Key(integer(minimum=1)),
+    "tpm": Key(integer(minimum=1)),
+})
+_TOKEN = mapping({
+    "name": Key(text, required=True),
+    "department": Key(slug),
+    "secret": Key(validated(validate_token_secret)),
+    "limits": Key(_LIMITS),
+    "models_allow": Key(list_of(text)),
+    "models_deny": Key(list_of(text)),
+    "ip_allow": Key(list_of(validated(validate_cidr))),
+    "max_distinct_ips": Key(integer(minimum=1)),
+    "expires_at": Key(date_time),
+    "environment": Key(choice(TokenEnvironment.values)),
+    "status": Key(choice(TokenStatus.values)),
+    "owner": Key(email),
+})
+_DEPARTMENT = mapping({
+    "slug": Key(slug, required=True),
+    "name": Key(text, required=True),
+    "parent": Key(slug),
+    "monthly_budget": Key(amount()),
+})
+SCHEMA = mapping({
+    "egress": Key(list_of(mapping({
+        "slug": Key(slug, required=True),
+        "country": Key(text, required=True),
+        "url": Key(secret, required=True),
+        "internal": Key(boolean),
+    }))),
+    "suppliers": Key(list_of(mapping({
+        "slug": Key(slug, required=True),
+        "name": Key(text, required=True),
+    }))),
+    "providers": Key(list_of(mapping({
+        "slug": Key(slug, required=True),
+        "kind": Key(choice(ProviderKind.values), required=True),
+        "name": Key(text),
+        "base_url": Key(text),
+        "internal": Key(boolean),
+        "options": Key(options),
+        "egress": Key(slug),
+        "keys": Key(list_of(_SUPPLIER_KEY)),
+    }))),
+    "models": Key(list_of(mapping({
+        "name": Key(text, required=True),
+        "provider": Key(slug, required=True),
+        "upstream_model": Key(text),
+        "modality": Key(choice(Modality.values)),
+        "context_window": Key(integer(minimum=1)),
+        "max_output_tokens": Key(integer(minimum=1)),
+        "price": Key(_PRICE),
+    }))),
+    "fx": Key(list_of(mapping({
+        "currency": Key(choice([c for c in Currency.values if c != Currency.RUB]), required=True),
+        "rub": Key(amount(allow_zero=False), required=True),
+    }))),
+    "companies": Key(list_of(mapping({
+        "slug": Key(slug, required=True),
+        "name": Key(text, required=True),
+        "time_zone": Key(validated(validate_time_zone)),
+        "sell_coefficient": Key(coefficient),
+        "credit_limit": Key(amount()),
+        "top_up": Key(amount()),
+        "departments": Key(list_of(_DEPARTMENT)),
+        "tokens": Key(list_of(_TOKEN)),
+    }))),
+})
+
+
+@dataclass
+class Entry:
+    """One object the file declares: its label for the report, its place, its parsed keys."""
+
+    label: str
+    place: str
+    values: dict[str, Any]
+    parent: str = ""  # the provider of a key, the company of a department or token
+
+
+@dataclass
+class Config:
+    """The parsed file: its entries per kind, departments in tree order (parents first)."""
+
+    egress: list[Entry] = field(default_factory=list)
+    suppliers: list[Entry] = field(default_factory=list)
+    providers: list[Entry] = field(default_factory=list)
+    keys: list[Entry] = field(default_factory=list)
+    models: list[Entry] = field(default_factory=list)
+    fx: list[Entry] = field(default_factory=list)
+    companies: list[Entry] = field(default_factory=list)
+    departments: list[Entry] = field(default_factory=list)
+    tokens: list[Entry] = field(default_factory=list)
+
+
+def _unique(entries: list[Entry], key: str, what: str, problems: Problems, *, global_: bool = False) -> None:
+    """Each value of ``key`` at most once per parent (or in the whole file); secrets are not quoted."""
+    first: dict[Any, str] = {}
+    for entry in entries:
+        value = entry.values.get(key)
+        if value is None:
+            continue
+        scoped = (None if global_ else entry.parent, value)
+        if scoped not in first:
+            first[scoped] = entry.place
+            continue
+        message = (_("duplicate %(what)s (also at %(other)s)") if key == "secret"
+                   else _("duplicate %(what)s %(value)s (also at %(other)s)"))
+        problems.append((join(entry.place, key), message % {"what": what, "value": show(value), "other": first[scoped]}))
+
+
+def _tree_order(departments: list[Entry], problems: Problems) -> list[Entry]:
+    """Parents before children within each company; a cycle in the file is an error."""
+    ordered: list[Entry] = []
+    placed: set[tuple[str, str]] = set()
+    declared = {(d.parent, d.values["slug"]) for d in departments}
+    waiting = list(departments)
+    while waiting:
+        ready = [d for d in waiting if (d.parent, d.values.get("parent")) not in declared - placed]
+        if not ready:
+            for d in waiting:
+                problems.append((join(d.place, "parent"), _("departments %(slugs)s form a cycle")
+                                 % {"slugs": ", ".join(sorted(w.values["slug"] for w in waiting))}))
+            break
+        ordered.extend(ready)
+        placed.update((d.parent, d.values["slug"]) for d in ready)
+        waiting = [d for d in waiting if d not in ready]
+    return ordered
+
+
+def parse(data: Any) -> Config:
+    """Check the file's shape and flatten it into entries; raise ConfigError naming every problem."""
+    if data is None:
+        raise ConfigError([("", _("the file is empty"))])
+    try:
+        document = SCHEMA(data, "")
+    except Invalid as exc:
+        raise ConfigError(exc.problems) from None
+    config = Config()
+    for index, values in enumerate(document.get("egress", [])):
+        config.egress.append(Entry(values["slug"], f"egress[{index}]", values))
+    for index, values in enumerate(document.get("suppliers", [])):
+        config.suppliers.append(Entry(values["slug"], f"suppliers[{index}]", values))
+    for index, values in enumerate(document.get("providers", [])):
+        place = f"providers[{index}]"
+        config.providers.append(Entry(values["slug"], place, values))
+        for key_index, key in enumerate(values.get("keys", [])):
+            config.keys.append(Entry(f"{values['slug']}/{key['name']}", f"{place}.keys[{key_index}]", key, parent=values["slug"]))
+    for index, values in enumerate(document.get("models", [])):
+        config.models.append(Entry(values["name"], f"models[{index}]", values))
+    for index, values in enumerate(document.get("fx", [])):
+        config.fx.append(Entry(values["currency"], f"fx[{index}]", values))
+    departments: list[Entry] = []
+    for index, values in enumerate(document.get("companies", [])):
+        place, company = f"companies[{index}]", values["slug"]
+        config.companies.append(Entry(company, place, values))
+        for d_index, department in enumerate(values.get("departments", [])):
+            departments.append(Entry(f"{company}/{department['slug']}", f"{place}.departments[{d_index}]", department, parent=company))
+        for t_index, token in enumerate(values.get("tokens", [])):
+            config.tokens.append(Entry(f"{company}/{token['name']}", f"{place}.tokens[{t_index}]", token, parent=company))
+
+    problems: Problems = []
+    _unique(config.egress, "slug", _("egress slug"), problems)
+    _unique(config.suppliers, "slug", _("supplier slug"), problems)
+    _unique(config.providers, "slug", _("provider slug"), problems)
+    _unique(config.keys, "name", _("key name"), problems)
+    _unique(config.models, "name", _("model name"), problems)
+    _unique(config.fx, "currency", _("FX currency"), problems)
+    _unique(config.companies, "slug", _("company slug"), problems)
+    _unique(departments, "slug", _("department slug"), problems)
+    _unique(config.tokens, "name", _("token name"), problems)
+    _unique(config.tokens, "secret", _("token secret"), problems, global_=True)
+    config.departments = _tree_order(departments, problems)
+    if problems:
+        raise ConfigError(problems)
+    return config

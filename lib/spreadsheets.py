@@ -1,0 +1,58 @@
+"""django-import-export helpers every app's resources share: exact amounts, formula-safe cells,
+export-only resources.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from import_export import fields, resources, widgets
+
+from lib.money import MoneyFormatError, format_rub, to_micro
+
+
+class MicroAmountWidget(widgets.Widget):
+    """Integer micro-units ⇄ exact decimal text in whole units ("0.15"); never a float."""
+
+    def clean(self, value: Any, row: dict | None = None, **kwargs: Any) -> int | None:
+        if value is None or str(value).strip() == "":
+            return None
+        if isinstance(value, float):
+            # Spreadsheet cells arrive as floats; their shortest repr is the number the user typed.
+            value = repr(value)
+        try:
+            return to_micro(str(value).strip())
+        except MoneyFormatError as exc:
+            raise ValueError(str(exc)) from None
+
+    def render(self, value: Any, obj: Any = None, **kwargs: Any) -> str:
+        if value is None:
+            return ""
+        return format_rub(value, 0, exact=True)
+
+
+# A cell starting with one of these is run as a formula by spreadsheet programs (CSV injection);
+# request ids, model names and descriptions come from API clients, so exports defuse them.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class SpreadsheetSafeMixin:
+    """Exports a text cell that a spreadsheet would run as a formula with a leading quote."""
+
+    def export_field(self, field: fields.Field, instance: Any, **kwargs: Any) -> Any:
+        value = super().export_field(field, instance, **kwargs)  # type: ignore[misc]
+        if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+            return "'" + value
+        return value
+
+
+def rub_field(attribute: str, column_name: str) -> fields.Field:
+    """A read-only export column: the integer micro-unit ``attribute`` as exact decimal text ("1.5")."""
+    return fields.Field(attribute=attribute, column_name=column_name, widget=MicroAmountWidget(), readonly=True)
+
+
+class ExportOnlyResource(SpreadsheetSafeMixin, resources.ModelResource):
+    """Refuses to import whatever the admin wiring: these rows are written only by services."""
+
+    def import_data(self, *args: Any, **kwargs: Any):
+        raise PermissionError(f"{type(self).__name__} is export-only")
