@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 
 from apps.billing.models import UsageStatus
-from lib import tokens
+from lib import tokenizer
 from lib.resp import Redis, RedisConnectionError, RedisReplyError
 
 from ..dialects import openai as dialect
@@ -69,7 +69,7 @@ class ProxyApp:
                 return
             await self.upstream.start()
             await self.snapshots.start()
-            tokens.preload([tokens.O200K])  # the common tables now, not on a request (cl100k loads on first use)
+            tokenizer.preload([tokenizer.O200K])  # the common tables now, not on a request (cl100k loads on first use)
             # Django's import-time objects live for the whole process: frozen, the collector no
             # longer rescans them, which keeps full collections (and tail latency) short.
             gc.collect()

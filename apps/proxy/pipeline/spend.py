@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from lib import tokens
+from lib import tokenizer
 from lib.money import cost_from_units, format_rub
 from lib.resp import Redis
 
@@ -55,11 +55,11 @@ def estimate(call: Call) -> None:
     request, route = call.request, call.route
     body = request.body
     if request.endpoint == "chat":
-        input_tokens = tokens.count_chat_request(body, encoding=tokens.encoding_for_model(route.upstream_model))
+        input_tokens = tokenizer.count_chat_request(body, encoding=tokenizer.encoding_for_model(route.upstream_model))
     elif request.endpoint == "completion":
-        input_tokens = tokens.count_prompt_input(body["prompt"])
+        input_tokens = tokenizer.count_prompt_input(body["prompt"])
     else:
-        call.input_tokens_estimate, call.max_output_tokens = tokens.count_embedding_input(body["input"]), 0
+        call.input_tokens_estimate, call.max_output_tokens = tokenizer.count_embedding_input(body["input"]), 0
         return
     room = max(0, route.context_window - input_tokens)
     if request.max_tokens is not None:
@@ -99,7 +99,7 @@ def price_usage(call: Call, usage, fallback_text: str | None) -> None:
     else:
         call.counted_locally = True
         call.input_tokens = call.input_tokens_estimate
-        call.output_tokens = tokens.count_text(fallback_text or "") if fallback_text else 0
+        call.output_tokens = tokenizer.count_text(fallback_text or "") if fallback_text else 0
         call.cached_tokens = 0
     route, reserved = call.route, call.reservation.amount
     sell = price(route, call.input_tokens, call.output_tokens, call.cached_tokens, call.token.sell_coef_units)

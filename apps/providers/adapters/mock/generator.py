@@ -10,7 +10,7 @@ default, it never crashes a request), and returns bytes exactly as OpenAI would 
 - ``stream`` (async, with the configured latency between events) and ``respond`` (async, one body).
 
 The answer text comes from a hash of the prompt (same prompt → same text; Russian words when the
-user wrote in Cyrillic, English otherwise), and usage is what ``lib.tokens`` counts for exactly the
+user wrote in Cyrillic, English otherwise), and usage is what ``lib.tokenizer`` counts for exactly the
 text produced, so the proxy's metering of the mock is honest.
 
 Options: ``latency_ms`` (before the first byte), ``chunk_delay_ms`` (between stream events),
@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from lib import tokens
+from lib import tokenizer
 
 DEFAULT_CHUNKS = 8
 DEFAULT_DIMENSIONS = 256
@@ -351,7 +351,7 @@ class _ChatPlan:
 def _plan_chat(body: Any, upstream_model: str, options: Any) -> _ChatPlan:
     body = body if isinstance(body, dict) else {}
     opts = _Options(options)
-    encoding = tokens.encoding_for_model(upstream_model)
+    encoding = tokenizer.encoding_for_model(upstream_model)
     messages = body.get("messages")
     digest = _digest(messages)
     language = _language(_last_user_text(messages), opts)
@@ -367,7 +367,7 @@ def _plan_chat(body: Any, upstream_model: str, options: Any) -> _ChatPlan:
     plan.created = int(time.time())
     plan.model = upstream_model
     plan.opts = opts
-    plan.prompt_tokens = tokens.count_chat_request(body, encoding=encoding)
+    plan.prompt_tokens = tokenizer.count_chat_request(body, encoding=encoding)
     plan.choices = []
     for index in range(_positive_int(body.get("n"), high=MAX_CHOICES) or 1):
         seed = digest + index.to_bytes(2, "little")
@@ -377,8 +377,8 @@ def _plan_chat(body: Any, upstream_model: str, options: Any) -> _ChatPlan:
             name = function.get("name") if isinstance(function.get("name"), str) else "function"
             arguments = orjson.dumps(_schema_value(function.get("parameters") or {"type": "object"}, _Entropy(seed), vocab)).decode()
             if max_tokens is not None:
-                allowed = max(0, max_tokens - tokens.count_text(name, encoding=encoding))
-                cut = tokens.truncate_text(arguments, allowed, encoding=encoding)
+                allowed = max(0, max_tokens - tokenizer.count_text(name, encoding=encoding))
+                cut = tokenizer.truncate_text(arguments, allowed, encoding=encoding)
                 if cut != arguments:
                     arguments, choice.finish_reason = cut, "length"
             call_id = "call_" + hashlib.blake2b(seed + b"call", digest_size=12).hexdigest()
@@ -395,11 +395,11 @@ def _plan_chat(body: Any, upstream_model: str, options: Any) -> _ChatPlan:
                 text = _sentences(seed, words=opts.words, language=language)
             text, _ = _cut_at_stop(text, stops)
             if max_tokens is not None:
-                cut = tokens.truncate_text(text, max_tokens, encoding=encoding)
+                cut = tokenizer.truncate_text(text, max_tokens, encoding=encoding)
                 if cut != text:
                     text, choice.finish_reason = cut, "length"
             choice.content = text
-        choice.completion_tokens = tokens.count_completion_output(choice.message(), encoding=encoding)
+        choice.completion_tokens = tokenizer.count_completion_output(choice.message(), encoding=encoding)
         plan.choices.append(choice)
     return plan
 
@@ -507,7 +507,7 @@ class _CompletionPlan:
 def _plan_completion(body: Any, upstream_model: str, options: Any) -> _CompletionPlan:
     body = body if isinstance(body, dict) else {}
     opts = _Options(options)
-    encoding = tokens.encoding_for_model(upstream_model)
+    encoding = tokenizer.encoding_for_model(upstream_model)
     prompt = body.get("prompt")
     max_tokens = _max_output_tokens(body, default=COMPLETIONS_DEFAULT_MAX_TOKENS)
     stops = _stop_sequences(body)
@@ -518,7 +518,7 @@ def _plan_completion(body: Any, upstream_model: str, options: Any) -> _Completio
     plan.created = int(time.time())
     plan.model = upstream_model
     plan.opts = opts
-    plan.prompt_tokens = tokens.count_prompt_input(prompt, encoding=encoding)
+    plan.prompt_tokens = tokenizer.count_prompt_input(prompt, encoding=encoding)
     plan.completion_tokens = 0
     plan.choices = []  # (index, text, finish_reason)
     digest = b""
@@ -530,10 +530,10 @@ def _plan_completion(body: Any, upstream_model: str, options: Any) -> _Completio
             text = " " + _sentences(digest + j.to_bytes(2, "little"), words=opts.words, language=language)
             text, _ = _cut_at_stop(text, stops)
             finish_reason = "stop"
-            cut = tokens.truncate_text(text, max_tokens, encoding=encoding)
+            cut = tokenizer.truncate_text(text, max_tokens, encoding=encoding)
             if cut != text:
                 text, finish_reason = cut, "length"
-            plan.completion_tokens += tokens.count_text(text, encoding=encoding)
+            plan.completion_tokens += tokenizer.count_text(text, encoding=encoding)
             if echo and prompt_text:
                 text = prompt_text + text
             plan.choices.append((prompt_index * n + j, text, finish_reason))
@@ -622,7 +622,7 @@ def embeddings(body: dict, *, upstream_model: str, options: dict | None = None) 
         data.append({"object": "embedding", "index": index, "embedding": encoded})
     response: dict[str, Any] = {"object": "list", "data": data, "model": upstream_model}
     if not opts.omit_usage:
-        prompt_tokens = tokens.count_embedding_input(raw_input, encoding=tokens.encoding_for_model(upstream_model))
+        prompt_tokens = tokenizer.count_embedding_input(raw_input, encoding=tokenizer.encoding_for_model(upstream_model))
         response["usage"] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
     return orjson.dumps(response)
 
