@@ -24,14 +24,17 @@ run: migrate
 	@DEBUG=$${DEBUG:-true} $(VENV)/bin/python manage.py jetstream_demo
 	DEBUG=$${DEBUG:-true} $(VENV)/bin/honcho start -f Procfile
 
-test: install
+test: lint
 	DEBUG=$${DEBUG:-true} $(VENV)/bin/pytest -m "not slow"
 
 bench: install
 	DEBUG=$${DEBUG:-true} bash bench/run.sh
 
+# mypy reads the settings module (django-stubs): any URLs parse; nothing is connected to.
 lint: install
 	$(VENV)/bin/ruff check .
+	DEBUG=true DATABASE_URL=$${DATABASE_URL:-postgres://lint@127.0.0.1:5432/lint} REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
+		$(VENV)/bin/mypy
 
 stop-embedded: install
 	$(VENV)/bin/python -m lib.embedded stop

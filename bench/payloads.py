@@ -121,15 +121,9 @@ def check_completion(status: int, content_type: str, body: bytes) -> None:
         raise BadResponse(f"empty completion or usage: {body[:300]!r}")
 
 
-def check_stream(status: int, content_type: str, body: bytes) -> int:
-    """Validate a whole SSE body; return the number of content deltas seen."""
-    if status != 200:
-        raise BadResponse(f"HTTP {status}: {body[:300]!r}")
-    if "text/event-stream" not in content_type:
-        raise BadResponse(f"content-type {content_type!r}, expected text/event-stream")
-    deltas = 0
-    saw_usage = False
-    saw_done = False
+def _stream_events(body: bytes) -> tuple[list[dict], bool]:
+    """The JSON events of an SSE body and whether it ended with ``data: [DONE]``."""
+    events, saw_done = [], False
     for line in body.decode("utf-8", "replace").splitlines():
         if not line.startswith("data:"):
             continue
@@ -145,15 +139,22 @@ def check_stream(status: int, content_type: str, body: bytes) -> int:
             raise BadResponse(f"event is not JSON: {data[:200]!r}") from exc
         if "error" in event:
             raise BadResponse(f"error event: {data[:300]!r}")
-        for choice in event.get("choices") or []:
-            if (choice.get("delta") or {}).get("content"):
-                deltas += 1
-        if event.get("usage"):
-            saw_usage = True
+        events.append(event)
+    return events, saw_done
+
+
+def check_stream(status: int, content_type: str, body: bytes) -> int:
+    """Validate a whole SSE body; return the number of content deltas seen."""
+    if status != 200:
+        raise BadResponse(f"HTTP {status}: {body[:300]!r}")
+    if "text/event-stream" not in content_type:
+        raise BadResponse(f"content-type {content_type!r}, expected text/event-stream")
+    events, saw_done = _stream_events(body)
+    deltas = sum(1 for event in events for choice in event.get("choices") or [] if (choice.get("delta") or {}).get("content"))
     if not saw_done:
         raise BadResponse(f"stream did not end with data: [DONE]: {body[-300:]!r}")
     if not deltas:
         raise BadResponse("stream carried no content")
-    if not saw_usage:
+    if not any(event.get("usage") for event in events):
         raise BadResponse("stream carried no usage chunk (stream_options.include_usage was asked)")
     return deltas

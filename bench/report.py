@@ -261,6 +261,75 @@ def _check(ok: bool, text: str) -> str:
     return f"| {'met' if ok else '**NOT MET**'} | {text} |"
 
 
+def _missing(what: str) -> str:
+    return f"| **not measured** | {what}: no such cell in this run (BENCH_CONNECTIONS / BENCH_TARGETS) |"
+
+
+def _throughput_rows(results: dict, c: int) -> list[str]:
+    lines = []
+    for mode, floor in (("non-stream", TARGET_NONSTREAM_RPS), ("stream", TARGET_STREAM_RPS)):
+        js = _cell(results, "jetstream", f"{mode}-c{c}")
+        what = f"≥ {floor:,} req/s {mode} at {c} connections"
+        if not js:
+            lines.append(_missing(what))
+            continue
+        errs = f", {js['error_total']} errors" if js["error_total"] else ""
+        lines.append(_check(js["rps"] >= floor and not js["error_total"], f"{what}: {_rps(js['rps'])}{errs}"))
+    for mode in MODES:
+        js = _cell(results, "jetstream", f"{mode}-c{c}")
+        what = f"p99 ≤ {TARGET_P99_MS} ms {mode} at {c} connections"
+        lines.append(_check(js["p99_ms"] <= TARGET_P99_MS, f"{what}: {_ms(js['p99_ms'])} ms") if js else _missing(what))
+    return lines
+
+
+def _comparison_rows(results: dict, c: int) -> list[str]:
+    lines = []
+    for mode in MODES:
+        js, direct = _cell(results, "jetstream", f"{mode}-c1"), _cell(results, "direct", f"{mode}-c1")
+        what = f"added p50 latency ≤ {TARGET_ADDED_P50_MS} ms over direct, {mode}, 1 connection"
+        if js and direct:
+            added = js["p50_ms"] - direct["p50_ms"]
+            lines.append(_check(added <= TARGET_ADDED_P50_MS, f"{what}: {added:+.3f} ms ({_ms(js['p50_ms'])} vs {_ms(direct['p50_ms'])})"))
+        else:
+            lines.append(_missing(what))
+    for mode in MODES:
+        js, ll = _cell(results, "jetstream", f"{mode}-c{c}"), _cell(results, "litellm", f"{mode}-c{c}")
+        what = f"≥ {TARGET_LITELLM_RATIO}× LiteLLM's throughput, {mode}, {c} connections"
+        if js and ll and ll["rps"]:
+            ratio = js["rps"] / ll["rps"]
+            lines.append(_check(ratio >= TARGET_LITELLM_RATIO, f"{what}: {ratio:.1f}× ({_rps(js['rps'])} vs {_rps(ll['rps'])})"))
+        else:
+            lines.append(_missing(what) if "litellm" not in results["targets"] else f"| **not measured** | {what}: {_why_missing(results, 'litellm')} |")
+    return lines
+
+
+def _slow_row(slow: dict | None) -> str:
+    what = f"{TARGET_SLOW_STREAMS:,} concurrent slow streams on one worker, RSS ≤ {TARGET_SLOW_RSS_MB} MB, no errors"
+    if not slow:
+        return _missing(what)
+    if "error" in slow:
+        return f"| **NOT MET** | {what}: the run failed: {slow['error'].splitlines()[0]} |"
+    ok = (
+        slow["streams"] >= TARGET_SLOW_STREAMS
+        and slow["ok"] == slow["streams"]
+        and slow["errors"] == 0
+        and slow["peak_open"] >= TARGET_SLOW_STREAMS
+        and slow["rss_max_bytes"] <= TARGET_SLOW_RSS_MB * MB
+    )
+    return _check(ok, f"{what}: {slow['ok']:,}/{slow['streams']:,} completed, {slow['errors']} errors, "
+                  f"peak {slow['peak_open']:,} open, max RSS {slow['rss_max_bytes'] / MB:,.1f} MB")
+
+
+def _lag_row(results: dict, c: int) -> str:
+    cells = [(mode, _cell(results, "jetstream", f"{mode}-c{c}")) for mode in MODES]
+    lags = [(mode, cell["metering"]["lag_p99_ms"]) for mode, cell in cells if cell]
+    what = f"records visible in PostgreSQL within 1 s at p99 under load ({c} connections)"
+    if lags and all(lag is not None for _, lag in lags):
+        worst = max(lag for _, lag in lags)
+        return _check(worst <= TARGET_RECORD_LAG_P99_MS, f"{what}: worst cell p99 {worst:,.0f} ms")
+    return _missing(what) if not lags else f"| **NOT MET** | {what}: no records found for a cell |"
+
+
 def _targets(results: dict) -> list[str]:
     lines = ["| | Target (Jetstream, metering on) |", "|---|---|"]
     js_entry = results["targets"].get("jetstream")
@@ -268,69 +337,8 @@ def _targets(results: dict) -> list[str]:
         why = _why_missing(results, "jetstream")
         return [*lines, f"| **not measured** | every target: {why} |"]
     c = LOAD_CONNECTIONS
-
-    def cell(target: str, mode: str, conns: int) -> dict | None:
-        return _cell(results, target, f"{mode}-c{conns}")
-
-    def missing(what: str) -> str:
-        return f"| **not measured** | {what}: no such cell in this run (BENCH_CONNECTIONS / BENCH_TARGETS) |"
-
-    for mode, floor in (("non-stream", TARGET_NONSTREAM_RPS), ("stream", TARGET_STREAM_RPS)):
-        js = cell("jetstream", mode, c)
-        what = f"≥ {floor:,} req/s {mode} at {c} connections"
-        if not js:
-            lines.append(missing(what))
-            continue
-        errs = f", {js['error_total']} errors" if js["error_total"] else ""
-        lines.append(_check(js["rps"] >= floor and not js["error_total"], f"{what}: {_rps(js['rps'])}{errs}"))
-    for mode in MODES:
-        js = cell("jetstream", mode, c)
-        what = f"p99 ≤ {TARGET_P99_MS} ms {mode} at {c} connections"
-        lines.append(_check(js["p99_ms"] <= TARGET_P99_MS, f"{what}: {_ms(js['p99_ms'])} ms") if js else missing(what))
-    for mode in MODES:
-        js, direct = cell("jetstream", mode, 1), cell("direct", mode, 1)
-        what = f"added p50 latency ≤ {TARGET_ADDED_P50_MS} ms over direct, {mode}, 1 connection"
-        if js and direct:
-            added = js["p50_ms"] - direct["p50_ms"]
-            lines.append(_check(added <= TARGET_ADDED_P50_MS, f"{what}: {added:+.3f} ms ({_ms(js['p50_ms'])} vs {_ms(direct['p50_ms'])})"))
-        else:
-            lines.append(missing(what))
-    for mode in MODES:
-        js, ll = cell("jetstream", mode, c), cell("litellm", mode, c)
-        what = f"≥ {TARGET_LITELLM_RATIO}× LiteLLM's throughput, {mode}, {c} connections"
-        if js and ll and ll["rps"]:
-            ratio = js["rps"] / ll["rps"]
-            lines.append(_check(ratio >= TARGET_LITELLM_RATIO, f"{what}: {ratio:.1f}× ({_rps(js['rps'])} vs {_rps(ll['rps'])})"))
-        else:
-            lines.append(missing(what) if "litellm" not in results["targets"] else f"| **not measured** | {what}: {_why_missing(results, 'litellm')} |")
-    slow = js_entry.get("slow")
-    what = f"{TARGET_SLOW_STREAMS:,} concurrent slow streams on one worker, RSS ≤ {TARGET_SLOW_RSS_MB} MB, no errors"
-    if not slow:
-        lines.append(missing(what))
-    elif "error" in slow:
-        lines.append(f"| **NOT MET** | {what}: the run failed: {slow['error'].splitlines()[0]} |")
-    else:
-        ok = (
-            slow["streams"] >= TARGET_SLOW_STREAMS
-            and slow["ok"] == slow["streams"]
-            and slow["errors"] == 0
-            and slow["peak_open"] >= TARGET_SLOW_STREAMS
-            and slow["rss_max_bytes"] <= TARGET_SLOW_RSS_MB * MB
-        )
-        lines.append(
-            _check(ok, f"{what}: {slow['ok']:,}/{slow['streams']:,} completed, {slow['errors']} errors, "
-                   f"peak {slow['peak_open']:,} open, max RSS {slow['rss_max_bytes'] / MB:,.1f} MB")
-        )
-    lags = [
-        (mode, cell("jetstream", mode, c)["metering"]["lag_p99_ms"]) for mode in MODES if cell("jetstream", mode, c)
-    ]
-    what = f"records visible in PostgreSQL within 1 s at p99 under load ({c} connections)"
-    if lags and all(lag is not None for _, lag in lags):
-        worst = max(lag for _, lag in lags)
-        lines.append(_check(worst <= TARGET_RECORD_LAG_P99_MS, f"{what}: worst cell p99 {worst:,.0f} ms"))
-    else:
-        lines.append(missing(what) if not lags else f"| **NOT MET** | {what}: no records found for a cell |")
-    return lines
+    return [*lines, *_throughput_rows(results, c), *_comparison_rows(results, c), _slow_row(js_entry.get("slow")),
+            _lag_row(results, c)]
 
 
 def render(results: dict) -> str:

@@ -188,14 +188,8 @@ def _tree_order(departments: list[Entry], problems: Problems) -> list[Entry]:
     return ordered
 
 
-def parse(data: Any) -> Config:
-    """Check the file's shape and flatten it into entries; raise ConfigError naming every problem."""
-    if data is None:
-        raise ConfigError([("", _("the file is empty"))])
-    try:
-        document = SCHEMA(data, "")
-    except Invalid as exc:
-        raise ConfigError(exc.problems) from None
+def _entries(document: dict[str, Any]) -> tuple[Config, list[Entry]]:
+    """The checked document flattened into entries (departments apart: they are ordered next)."""
     config = Config()
     for index, values in enumerate(document.get("egress", [])):
         config.egress.append(Entry(values["slug"], f"egress[{index}]", values))
@@ -218,7 +212,18 @@ def parse(data: Any) -> Config:
             departments.append(Entry(f"{company}/{department['slug']}", f"{place}.departments[{d_index}]", department, parent=company))
         for t_index, token in enumerate(values.get("tokens", [])):
             config.tokens.append(Entry(f"{company}/{token['name']}", f"{place}.tokens[{t_index}]", token, parent=company))
+    return config, departments
 
+
+def parse(data: Any) -> Config:
+    """Check the file's shape and flatten it into entries; raise ConfigError naming every problem."""
+    if data is None:
+        raise ConfigError([("", _("the file is empty"))])
+    try:
+        document = SCHEMA(data, "")
+    except Invalid as exc:
+        raise ConfigError(exc.problems) from None
+    config, departments = _entries(document)
     problems: Problems = []
     _unique(config.egress, "slug", _("egress slug"), problems)
     _unique(config.suppliers, "slug", _("supplier slug"), problems)
