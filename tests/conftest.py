@@ -64,3 +64,13 @@ def redis_client():
     for key in client.scan_iter(f"{prefix}*"):
         client.delete(key)
     client.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_ledger_account_ids():
+    """Billing's per-process cache of ledger account ids must not outlive a rolled-back test database."""
+    from apps.billing.usage import ledger_accounts
+
+    ledger_accounts.clear()
+    yield
+    ledger_accounts.clear()
