@@ -22,10 +22,10 @@ import dataclasses
 import logging
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 
 from apps.billing import services as ledger
 from apps.billing.models import Account, AccountKind, TransferKind, UsageStatus
@@ -218,7 +218,8 @@ ledger_accounts = LedgerAccountIds()
 def _owner(field: str, pk: int) -> Any:
     # accounts.Company / Supplier through the account's foreign key: billing sits below accounts
     # in the layering and does not import it.
-    return Account._meta.get_field(field).related_model.objects.get(pk=pk)
+    model = cast("type[models.Model]", Account._meta.get_field(field).related_model)
+    return model._default_manager.get(pk=pk)
 
 
 _RECORD_COLUMNS = (

@@ -8,7 +8,9 @@ commit, they include it).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
+
+from django.db import models
 
 from apps.billing import services as ledger
 from apps.billing.models import Account, AccountKind
@@ -41,6 +43,6 @@ def company_wallet_sums(company_id: int) -> WalletSums:
     Raises the company model's ``DoesNotExist`` for an unknown ``company_id``.
     """
     # accounts.Company through the wallet's foreign key: billing sits below accounts in the layering.
-    company_model = Account._meta.get_field("company").related_model
-    ledger.company_wallet(company_model.objects.get(pk=company_id))
+    company_model = cast("type[models.Model]", Account._meta.get_field("company").related_model)
+    ledger.company_wallet(company_model._default_manager.get(pk=company_id))
     return wallet_sums([company_id])[company_id]
