@@ -229,7 +229,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
-    "void-expired-holds": {"task": "apps.billing.tasks.void_expired_holds", "schedule": 30.0},
+    # Ledger holds are supplier withdrawals (apps/billing/withdrawals.py), which live for days: a
+    # lapsed one released within 5 minutes is on time, and a 30 s sweep would only cost queries.
+    "void-expired-holds": {"task": "apps.billing.tasks.void_expired_holds", "schedule": 300.0},
     "reconcile-spend-counters": {"task": "apps.proxy.tasks.reconcile_spend_counters", "schedule": 600.0},
 }
 

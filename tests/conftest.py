@@ -33,6 +33,16 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_ledger_account_ids():
+    """Billing's per-process cache of ledger account ids must not outlive a rolled-back test database."""
+    from apps.billing.usage import ledger_accounts
+
+    ledger_accounts.clear()
+    yield
+    ledger_accounts.clear()
+
+
 @pytest.fixture
 def personas(db, django_user_model) -> Personas:
     from apps.accounts.models import Company, CompanyRole, Membership, Supplier, SupplierMembership, SupplierRole

@@ -13,6 +13,9 @@ the INSERT itself, never by check-then-write; the services only translate that r
 
 Amounts are ``int`` micro-rubles (see lib/money.py). Holds are two-phase: ``hold`` reserves,
 ``post_hold`` moves up to the held amount, ``void_hold`` releases, ``expire_holds`` times out.
+Their caller is supplier withdrawals (apps/billing/withdrawals.py: a hold from request to payout);
+``billing.tasks.void_expired_holds`` runs ``expire_holds`` on beat. Metered usage does not use
+ledger holds (the proxy reserves spend in Redis) and is written through apps/billing/usage.py.
 """
 
 from __future__ import annotations
@@ -209,8 +212,8 @@ def post_hold(*, hold: Transfer | int, idempotency_id: str, amount: int, kind: s
             # Order matters for the overdraft CHECK: release the hold's pending debit first, then
             # insert the posted transfer, so the account never counts the same money twice.
             _resolve_hold(locked, status=TransferStatus.COMMITTED, now=now)
-            return _insert_transfer(idempotency_id=idempotency_id, debit_id=locked.debit_account_id,
-                                    credit_id=locked.credit_account_id, amount=amount, kind=post_kind,
+            return _insert_transfer(idempotency_id=idempotency_id, debit=locked.debit_account_id,
+                                    credit=locked.credit_account_id, amount=amount, kind=post_kind,
                                     status=TransferStatus.POSTED, pending_id=locked.pk, description=description,
                                     metadata=metadata)
     # Raised outside the atomic block so the expiry itself is kept.
@@ -383,13 +386,13 @@ def verify_ledger() -> list[str]:
 
 # --- internals -------------------------------------------------------------------------------
 
-def _insert_transfer(*, idempotency_id: str, amount: int, kind: str, status: str, debit: Account | None = None,
-                     credit: Account | None = None, debit_id: int | None = None, credit_id: int | None = None,
+def _insert_transfer(*, idempotency_id: str, amount: int, kind: str, status: str, debit: Account | int, credit: Account | int,
                      pending_id: int | None = None, expires_at: dt.datetime | None = None, description: str = "",
                      metadata: dict | None = None) -> Transfer:
-    """Insert one transfer, or return the one this idempotency id already made. Call inside atomic()."""
-    debit_id = debit.pk if debit is not None else debit_id
-    credit_id = credit.pk if credit is not None else credit_id
+    """Insert one transfer (``debit``/``credit``: accounts or their ids), or return the one this
+    idempotency id already made. Call inside atomic()."""
+    debit_id = debit.pk if isinstance(debit, Account) else debit
+    credit_id = credit.pk if isinstance(credit, Account) else credit
     content = {"debit_id": debit_id, "credit_id": credit_id, "amount": amount, "kind": kind, "status": status, "pending_id": pending_id}
     existing = _find_transfer(idempotency_id)
     if existing is not None:

@@ -9,7 +9,8 @@ from apps.billing import services
 
 @shared_task(name="apps.billing.tasks.void_expired_holds", ignore_result=True)
 def void_expired_holds() -> int:
-    """Release holds past their expiry (beat runs this every 30 s; see CELERY_BEAT_SCHEDULE).
+    """Release holds past their expiry — lapsed supplier withdrawals (apps/billing/withdrawals.py) —
+    and return how many (beat runs this every 300 s; see CELERY_BEAT_SCHEDULE).
 
     Two overlapping runs are harmless: expire_holds skips holds another run has locked, and a
     hold expired once is no longer pending.

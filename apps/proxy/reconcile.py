@@ -25,16 +25,21 @@ import redis
 from django.conf import settings
 from django.db.models import Sum
 
+from apps.billing.models import UsageRecord
 from apps.billing.usage import UsageEvent
+from apps.billing.wallets import wallet_sums
 
 from . import redis_scripts
-from .metering import GROUP, company_sums
+from .metering import GROUP
 
 logger = logging.getLogger("jetstream.reconcile")
 
 
 @dataclass(frozen=True)
 class Discrepancy:
+    """One counter that disagrees with PostgreSQL: what it is, its Redis value and the value
+    PostgreSQL implies (both micro-RUB)."""
+
     what: str
     redis_value: int
     expected: int
@@ -65,8 +70,6 @@ def _in_flight(client: redis.Redis) -> tuple[dict[str, int], dict[int, int], dic
     events = [UsageEvent.decode(fields[b"e"]) for _, fields in entries if fields]
     # A writer may have committed an entry and not yet acknowledged it: its charge is already in
     # the usage records (so not unwritten for the token), but not yet out of the company's `out`.
-    from apps.billing.models import UsageRecord
-
     committed = set(UsageRecord.objects.filter(request_id__in=[e.request_id for e in events]).values_list("request_id", flat=True))
     for event in events:
         if event.sell_cost:
@@ -77,8 +80,8 @@ def _in_flight(client: redis.Redis) -> tuple[dict[str, int], dict[int, int], dic
 
 
 def reconcile(*, client: redis.Redis | None = None) -> list[Discrepancy]:
-    from apps.billing.models import UsageRecord
-
+    """Compare every company and token counter in Redis with PostgreSQL; log and return what
+    differs (nothing is rewritten). Raises ``redis.RedisError`` when Redis cannot be reached."""
     own = client is None
     client = client or redis.Redis.from_url(settings.REDIS_URL)
     found: list[Discrepancy] = []
@@ -88,7 +91,7 @@ def reconcile(*, client: redis.Redis | None = None) -> list[Discrepancy]:
         before = _snapshot(client, company_keys, token_keys)
         held, unwritten_company, unwritten_token = _in_flight(client)
         companies = [int(k.rsplit(":", 1)[1]) for k in company_keys]
-        ledger = company_sums(companies)
+        ledger = wallet_sums(companies)
         tokens = [int(k.split(":")[2]) for k in token_keys]
         written = dict(UsageRecord.objects.filter(token_id__in=tokens).values("token_id").annotate(total=Sum("sell_cost"))
                        .values_list("token_id", "total"))

@@ -6,10 +6,21 @@ proxy worker polls it (snapshot.POLL_SECONDS) and reloads.
 
 from __future__ import annotations
 
+import logging
+
+import redis
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
+from apps.accounts.models import Company, Department
+from apps.billing.models import AccountKind, FxRate, Transfer
+from apps.providers.models import EgressProxy, Model, Price, Provider, SupplierKey
+
+from .metering import sync_company_funds
+from .models import ApiToken
 from .snapshot import bump_config_version
+
+logger = logging.getLogger(__name__)
 
 
 def _bump_on_commit(**kwargs) -> None:
@@ -19,8 +30,6 @@ def _bump_on_commit(**kwargs) -> None:
 def _sync_wallet_on_commit(sender, instance, created: bool, **kwargs) -> None:
     """A transfer made through the ledger services that touches a company wallet (a top-up, a
     correction) reaches every proxy's balance at once instead of on the writer's next sync."""
-    from apps.billing.models import AccountKind
-
     companies = {account.company_id for account in (instance.debit_account, instance.credit_account)
                  if account.kind == AccountKind.COMPANY_WALLET}
     if companies:
@@ -28,25 +37,14 @@ def _sync_wallet_on_commit(sender, instance, created: bool, **kwargs) -> None:
 
 
 def _safe_sync(company_ids: list[int]) -> None:
-    import logging
-
-    import redis
-
-    from .metering import sync_company_funds
-
     try:
         sync_company_funds(company_ids)
     except redis.RedisError:
-        logging.getLogger(__name__).warning("could not push wallet change to Redis; the meter writer syncs within 5 s")
+        logger.warning("could not push wallet change to Redis; the meter writer syncs within 5 s")
 
 
 def connect() -> None:
-    from apps.accounts.models import Company, Department
-    from apps.billing.models import FxRate, Transfer
-    from apps.providers.models import EgressProxy, Model, Price, Provider, SupplierKey
-
-    from .models import ApiToken
-
+    """Connect the receivers (called from ProxyConfig.ready, once the models are loaded)."""
     post_save.connect(_sync_wallet_on_commit, sender=Transfer, dispatch_uid="js-wallet-sync")
     for model in (ApiToken, Company, Department, Model, Price, Provider, SupplierKey, EgressProxy, FxRate):
         post_save.connect(_bump_on_commit, sender=model, dispatch_uid=f"js-bump-{model.__name__}")

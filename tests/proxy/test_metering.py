@@ -1,19 +1,19 @@
-"""The meter writer on its own: redelivered entries write once; a refused charge never blocks a batch."""
+"""The meter writer on its own: redelivered entries are written and acknowledged once; a refused
+charge never blocks a batch. What billing's door writes is tested in tests/billing/test_usage.py."""
 
 from __future__ import annotations
 
 import time
 
-import orjson
 import pytest
 import redis
 from django.conf import settings
 
 from apps.billing import services as ledger
-from apps.billing.models import Transfer, UsageRecord
-from apps.billing.usage import UsageEvent
+from apps.billing.models import Transfer, UsageRecord, UsageStatus
+from apps.billing.usage import UsageEvent, record_usage_batch
 from apps.proxy import redis_scripts
-from apps.proxy.metering import GROUP, MeterWriter
+from apps.proxy.metering import GROUP, MeterWriter, StreamEntry
 from tests.proxy.conftest import build_world, flush_gateway_keys
 
 
@@ -26,9 +26,10 @@ def world(db, fake_openai):
 
 def event(world, rid: str, sell: int) -> bytes:
     now = time.time()
-    return orjson.dumps({"rid": rid, "ep": "chat", "tok": world.token.pk, "co": world.company.pk, "mn": "gpt-4o-mini",
-                         "m": world.model.pk, "pv": world.provider.pk, "k": world.key.pk, "sup": world.supplier.pk,
-                         "it": 10, "ot": 5, "sell": sell, "buy": sell, "status": "ok", "http": 200, "t0": now, "t1": now})
+    return UsageEvent(request_id=rid, endpoint="chat", status=UsageStatus.OK, http_status=200, started_at=now, finished_at=now,
+                      token_id=world.token.pk, company_id=world.company.pk, model_name="gpt-4o-mini", model_id=world.model.pk,
+                      provider_id=world.provider.pk, supplier_key_id=world.key.pk, supplier_id=world.supplier.pk,
+                      input_tokens=10, output_tokens=5, sell_cost=sell, buy_cost=sell).encode()
 
 
 def outstanding(client, world) -> int:
@@ -42,10 +43,8 @@ def test_a_redelivered_entry_is_written_and_counted_once(world):
     writer.ensure_group()
     client.xadd(redis_scripts.STREAM_KEY, {"e": event(world, "req_a", 300)})
     entries = client.xreadgroup(GROUP, "first", {redis_scripts.STREAM_KEY: ">"})[0][1]
-    from apps.proxy.metering import Event, write_batch
-
     # The first writer commits but dies before acknowledging…
-    write_batch([Event(entries[0][0], UsageEvent.decode(entries[0][1][b"e"]))], writer.accounts)
+    record_usage_batch(events=[UsageEvent.decode(entries[0][1][b"e"])])
     # …so a second writer takes the entry over and processes it again.
     second = MeterWriter(consumer="second", block_ms=10, reclaim_idle_ms=0)
     second.housekeeping(time.time())
@@ -54,23 +53,32 @@ def test_a_redelivered_entry_is_written_and_counted_once(world):
     assert outstanding(client, world) == 0
     assert client.xpending(redis_scripts.STREAM_KEY, GROUP)["pending"] == 0
     # A late acknowledgement by the first writer would subtract nothing more.
-    writer.process([Event(entries[0][0], UsageEvent.decode(entries[0][1][b"e"]))])
+    writer.process([StreamEntry(entries[0][0], UsageEvent.decode(entries[0][1][b"e"]))])
     assert outstanding(client, world) == 0
 
 
-def test_a_charge_the_ledger_refuses_is_recorded_and_flagged_without_blocking_the_batch(world):
+def test_a_charge_the_ledger_refuses_is_recorded_without_blocking_the_batch(world):
     client = redis.Redis.from_url(settings.REDIS_URL)
     writer = MeterWriter(consumer="w", block_ms=10)
     writer.ensure_group()
     # Counters drifted: the wallet holds 1000 micro-RUB but a charge of 5000 arrives between two good ones.
+    # (What the door writes for each of them: tests/billing/test_usage.py.)
     for rid, sell in (("req_ok_1", 100), ("req_too_big", 5_000), ("req_ok_2", 200)):
         client.xadd(redis_scripts.STREAM_KEY, {"e": event(world, rid, sell)})
-    writer.run_once()
+    assert writer.run_once() == 3
     records = {r.request_id: r for r in UsageRecord.objects.all()}
     assert set(records) == {"req_ok_1", "req_too_big", "req_ok_2"}
     assert records["req_too_big"].error_code == "charge_refused_by_ledger"
-    assert not Transfer.objects.filter(idempotency_id="usage:req_too_big:sell").exists()
-    wallet = ledger.company_wallet(world.company)
-    assert ledger.balance(wallet).available == 1_000 - 300
     assert client.xpending(redis_scripts.STREAM_KEY, GROUP)["pending"] == 0
     assert ledger.verify_ledger() == []
+
+
+def test_a_lone_charge_the_ledger_refuses_does_not_stall_the_stream(world):
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    writer = MeterWriter(consumer="w", block_ms=10)
+    writer.ensure_group()
+    client.xadd(redis_scripts.STREAM_KEY, {"e": event(world, "req_alone_too_big", 5_000)})
+    assert writer.run_once() == 1
+    assert UsageRecord.objects.get(request_id="req_alone_too_big").error_code == "charge_refused_by_ledger"
+    assert not Transfer.objects.filter(idempotency_id="usage:req_alone_too_big:sell").exists()
+    assert client.xpending(redis_scripts.STREAM_KEY, GROUP)["pending"] == 0
