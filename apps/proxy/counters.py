@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from django.db import close_old_connections
 from django.db.models import Sum
 
+from apps.billing.models import UsageRecord
+from apps.billing.wallets import company_wallet_sums
+
 from .windows import calendar_bounds
 
 
@@ -33,24 +36,10 @@ class InitialCounters:
     department: int
 
 
-def wallet_sums(company_id: int) -> tuple[int, int, int]:
-    """(posted credits, posted debits, credit limit less open holds) of the company wallet,
-    created if the company has none yet."""
-    from apps.accounts.models import Company
-    from apps.billing import services as ledger
-
-    from .metering import company_sums
-
-    ledger.company_wallet(Company.objects.get(pk=company_id))
-    return company_sums([company_id])[company_id]
-
-
 def load_initial_counters(token_id: int, company_id: int, department_id: int | None, tz_name: str) -> InitialCounters:
     """The counters of a token (calendar windows in ``tz_name``), read from PostgreSQL (blocking)."""
-    from apps.billing.models import UsageRecord
-
     close_old_connections()
-    credits, debits, limit = wallet_sums(company_id)
+    credits, debits, limit = company_wallet_sums(company_id)
     week_start, _, month_start, _ = calendar_bounds(zoneinfo.ZoneInfo(tz_name), time.time())
     usage = UsageRecord.objects.filter(token_id=token_id)
 

@@ -43,11 +43,6 @@ class StreamEntry:
     event: UsageEvent
 
 
-# Transitional: apps/proxy/counters.py (the proxy hot-path slice) still imports this name; once it
-# calls apps.billing.wallets.company_wallet_sums instead, delete this alias.
-company_sums = wallet_sums
-
-
 def sync_company_funds(company_ids: list[int] | None, *, client: redis.Redis | None = None) -> None:
     """Merge ledger changes made outside usage (top-ups, corrections, credit limits) into the
     proxy's Redis counters (max-merge: a stale read can never roll them back).
