@@ -21,16 +21,15 @@ ledger holds (the proxy reserves spend in Redis) and is written through apps/bil
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from apps.billing.checks import check_amount, check_common, check_idempotency_id, check_kind, check_text
 from apps.billing.exceptions import (
     HoldExpired,
     HoldNotPending,
@@ -39,13 +38,8 @@ from apps.billing.exceptions import (
     InvalidAmount,
     InvalidTransfer,
 )
-from apps.billing.models import PLATFORM_KINDS, Account, AccountKind, FxRate, Transfer, TransferKind, TransferStatus
-from lib.money import Currency
-from lib.upsert import UNCHANGED, UPDATED, Outcome, save_staged
+from apps.billing.models import PLATFORM_KINDS, Account, AccountKind, Transfer, TransferKind, TransferStatus
 
-BIGINT_MAX = 2**63 - 1
-_IDEMPOTENCY_ID_MAX = Transfer._meta.get_field("idempotency_id").max_length
-_DESCRIPTION_MAX = Transfer._meta.get_field("description").max_length
 # The CHECK on billing_account that makes a flagged account impossible to overdraw.
 _OVERDRAFT_CONSTRAINT = "account_debits_within_credits"
 _UNIQUE_VIOLATION = "23505"
@@ -126,8 +120,8 @@ def _get_or_create_account(*, kind: AccountKind, owner_field: str | None, owner:
 def transfer(*, idempotency_id: str, debit: Account, credit: Account, amount: int, kind: str = TransferKind.TRANSFER,
              description: str = "", metadata: dict | None = None) -> Transfer:
     """Move ``amount`` from ``debit`` to ``credit`` now (a posted transfer)."""
-    _check_amount(amount)
-    _check_common(idempotency_id=idempotency_id, debit=debit, credit=credit, kind=kind, description=description, metadata=metadata)
+    check_amount(amount)
+    check_common(idempotency_id=idempotency_id, debit=debit, credit=credit, kind=kind, description=description, metadata=metadata)
     with transaction.atomic():
         return _insert_transfer(idempotency_id=idempotency_id, debit=debit, credit=credit, amount=amount, kind=kind,
                                 status=TransferStatus.POSTED, description=description, metadata=metadata)
@@ -141,8 +135,8 @@ def hold(*, idempotency_id: str, debit: Account, credit: Account, amount: int, e
     Give ``expires_at`` or ``ttl_seconds``, or neither for JETSTREAM["HOLD_TTL_SECONDS"].
     The reservation counts against the debit account's available balance at once.
     """
-    _check_amount(amount)
-    _check_common(idempotency_id=idempotency_id, debit=debit, credit=credit, kind=kind, description=description, metadata=metadata)
+    check_amount(amount)
+    check_common(idempotency_id=idempotency_id, debit=debit, credit=credit, kind=kind, description=description, metadata=metadata)
     if expires_at is not None and ttl_seconds is not None:
         raise InvalidTransfer(_("Give a hold either expires_at or ttl_seconds, not both."))
     if expires_at is not None and (not isinstance(expires_at, dt.datetime) or timezone.is_naive(expires_at)):
@@ -158,7 +152,7 @@ def hold(*, idempotency_id: str, debit: Account, credit: Account, amount: int, e
                                      status=TransferStatus.PENDING, pending_id=None)
         now = timezone.now()
         if expires_at is None:
-            ttl = settings.JETSTREAM["HOLD_TTL_SECONDS"] if ttl_seconds is None else ttl_seconds
+            ttl = int(settings.JETSTREAM["HOLD_TTL_SECONDS"]) if ttl_seconds is None else ttl_seconds
             try:
                 expires_at = now + dt.timedelta(seconds=ttl)
             except OverflowError:
@@ -178,11 +172,11 @@ def post_hold(*, hold: Transfer | int, idempotency_id: str, amount: int, kind: s
     A hold no longer pending raises ``HoldNotPending`` (``HoldExpired`` if it timed out); a
     pending hold past its expiry is expired now (that much is committed) and ``HoldExpired`` raised.
     """
-    _check_amount(amount, allow_zero=True)
-    _check_idempotency_id(idempotency_id)
+    check_amount(amount, allow_zero=True)
+    check_idempotency_id(idempotency_id)
     if kind is not None:
-        _check_kind(kind)
-    _check_text(description=description, metadata=metadata)
+        check_kind(kind)
+    check_text(description=description, metadata=metadata)
     hold_id = _hold_pk(hold)
     if isinstance(hold, Transfer) and amount > hold.amount:  # a hold's amount never changes
         raise InvalidAmount(amount, _("Cannot post %(amount)s micro-RUB from a hold of %(held)s.") % {"amount": amount, "held": hold.amount})
@@ -205,6 +199,7 @@ def post_hold(*, hold: Transfer | int, idempotency_id: str, amount: int, kind: s
         if locked.status != TransferStatus.PENDING:
             raise HoldNotPending(locked)
         now = timezone.now()
+        assert locked.expires_at is not None  # a pending transfer has an expiry (CHECK hold_has_expiry)
         if locked.expires_at <= now:
             _resolve_hold(locked, status=TransferStatus.EXPIRED, now=now)
             timed_out = locked
@@ -263,8 +258,8 @@ def expire_holds(*, now: dt.datetime | None = None, batch: int = 500) -> int:
 
 def top_up(*, company: Any, amount: int, idempotency_id: str, description: str = "") -> Transfer:
     """Credit a company's wallet with money received (platform cash → wallet)."""
-    _check_amount(amount)
-    _check_idempotency_id(idempotency_id)
+    check_amount(amount)
+    check_idempotency_id(idempotency_id)
     with transaction.atomic():
         return transfer(idempotency_id=idempotency_id, debit=platform_account(AccountKind.PLATFORM_CASH),
                         credit=company_wallet(company), amount=amount, kind=TransferKind.TOP_UP, description=description)
@@ -393,7 +388,8 @@ def _insert_transfer(*, idempotency_id: str, amount: int, kind: str, status: str
     idempotency id already made. Call inside atomic()."""
     debit_id = debit.pk if isinstance(debit, Account) else debit
     credit_id = credit.pk if isinstance(credit, Account) else credit
-    content = {"debit_id": debit_id, "credit_id": credit_id, "amount": amount, "kind": kind, "status": status, "pending_id": pending_id}
+    content: dict[str, Any] = {"debit_id": debit_id, "credit_id": credit_id, "amount": amount, "kind": kind, "status": status,
+                               "pending_id": pending_id}
     existing = _find_transfer(idempotency_id)
     if existing is not None:
         return _same_or_conflict(existing, **content)
@@ -488,53 +484,6 @@ def _hold_pk(hold: Transfer | int) -> int:
     raise InvalidTransfer(_("A hold is a Transfer or its id, got %(value)r.") % {"value": hold})
 
 
-def _check_amount(amount: object, *, allow_zero: bool = False) -> None:
-    # bool is an int subclass; Decimal and float are never money inside the ledger.
-    if not isinstance(amount, int) or isinstance(amount, bool):
-        raise InvalidAmount(amount, _("An amount is a whole number of micro-rubles (int), got %(type)s.")
-                            % {"type": type(amount).__name__})
-    if amount < 0 or (amount == 0 and not allow_zero):
-        raise InvalidAmount(amount, _("An amount must be greater than zero, got %(amount)s.") % {"amount": amount})
-    if amount > BIGINT_MAX:
-        raise InvalidAmount(amount, _("An amount must not exceed %(max)s micro-rubles.") % {"max": BIGINT_MAX})
-
-
-def _check_idempotency_id(idempotency_id: object) -> None:
-    if not isinstance(idempotency_id, str) or not idempotency_id.strip():
-        raise InvalidTransfer(_("An idempotency id is a non-empty string."))
-    if len(idempotency_id) > _IDEMPOTENCY_ID_MAX or "\x00" in idempotency_id:
-        raise InvalidTransfer(_("An idempotency id has at most %(max)s characters and no NUL bytes.") % {"max": _IDEMPOTENCY_ID_MAX})
-
-
-def _check_kind(kind: object) -> None:
-    if kind not in TransferKind.values:
-        raise InvalidTransfer(_("Unknown transfer kind %(kind)r.") % {"kind": kind})
-
-
-def _check_text(*, description: object, metadata: object) -> None:
-    if not isinstance(description, str) or len(description) > _DESCRIPTION_MAX or "\x00" in description:
-        raise InvalidTransfer(_("A description is a string of at most %(max)s characters.") % {"max": _DESCRIPTION_MAX})
-    if metadata is not None:
-        if not isinstance(metadata, dict):
-            raise InvalidTransfer(_("Metadata is a dict."))
-        try:
-            json.dumps(metadata)
-        except (TypeError, ValueError):
-            raise InvalidTransfer(_("Metadata must be JSON-serialisable.")) from None
-
-
-def _check_common(*, idempotency_id: object, debit: object, credit: object, kind: object, description: object,
-                  metadata: object) -> None:
-    _check_idempotency_id(idempotency_id)
-    for side, account in (("debit", debit), ("credit", credit)):
-        if not isinstance(account, Account) or account.pk is None:
-            raise InvalidTransfer(_("The %(side)s side must be a saved ledger account.") % {"side": side})
-    if debit.pk == credit.pk:  # type: ignore[union-attr]
-        raise InvalidTransfer(_("A transfer needs two different accounts."))
-    _check_kind(kind)
-    _check_text(description=description, metadata=metadata)
-
-
 def _sqlstate(exc: Exception) -> str | None:
     cause = exc.__cause__
     return getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
@@ -543,38 +492,3 @@ def _sqlstate(exc: Exception) -> str | None:
 def _constraint_name(exc: Exception) -> str | None:
     diag = getattr(exc.__cause__, "diag", None)
     return getattr(diag, "constraint_name", None)
-
-
-# --- FX rates ---------------------------------------------------------------------------------
-
-def set_fx_rate(
-    *,
-    currency: str,
-    rub_per_unit: int,
-    valid_from: dt.datetime | None = None,
-    source: str = "manual",
-    dry_run: bool = False,
-) -> Outcome:
-    """Add an FX version unless the current rate is equal; ``dry_run`` validates only.
-
-    ``rub_per_unit`` is integer micro-rubles per one unit of ``currency`` (92_500_000 = 92.50 RUB
-    per USD); the ruble itself has no rate. Earlier versions are kept (usage records point at the
-    rate they were priced with). Returns the ``lib.upsert.Outcome`` of the new or current rate.
-    """
-    if currency == Currency.RUB or currency not in Currency.values:
-        raise ValidationError({"currency": _("FX rates exist for %(choices)s; the ruble is the base currency.")
-                               % {"choices": ", ".join(c for c in Currency.values if c != Currency.RUB)}})
-    if rub_per_unit <= 0:
-        raise ValidationError({"rub_per_unit": _("The rate must be greater than zero.")})
-    with transaction.atomic():
-        if not dry_run:
-            # Serialise writers of one currency (there may be no row to lock yet): both would
-            # compare against the same current rate and add two versions.
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"jetstream:fx:{currency}"])
-        current = FxRate.objects.filter(currency=currency, valid_from__lte=timezone.now()).order_by("-valid_from").first()
-        if current is not None and current.rub_per_unit == rub_per_unit:
-            return Outcome(current, UNCHANGED)
-        rate = FxRate(currency=currency, rub_per_unit=rub_per_unit, valid_from=valid_from or timezone.now(), source=source)
-        outcome = save_staged(rate, [], dry_run=dry_run)
-        return outcome if current is None else Outcome(rate, UPDATED, ("rub_per_unit",))

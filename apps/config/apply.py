@@ -35,7 +35,7 @@ from django.utils.translation import gettext as _
 from apps.accounts import services as accounts
 from apps.accounts.exceptions import AccountsError
 from apps.accounts.models import Department, Supplier
-from apps.billing import services as ledger
+from apps.billing import fx
 from apps.billing.exceptions import LedgerError
 from apps.billing.models import FxRate
 from apps.config.exceptions import ConfigError
@@ -196,7 +196,7 @@ class _Run:
 
     def fx_rate(self, e: Entry) -> None:
         v = e.values
-        outcome = self.attempt("FX rate", e, lambda: ledger.set_fx_rate(currency=v["currency"], rub_per_unit=v["rub"], dry_run=self.dry_run))
+        outcome = self.attempt("FX rate", e, lambda: fx.set_fx_rate(currency=v["currency"], rub_per_unit=v["rub"], dry_run=self.dry_run))
         detail = _("%(rub)s RUB per %(currency)s") % {"rub": format_rub(v["rub"], 0, exact=True), "currency": v["currency"]}
         if outcome is not _FAILED and outcome.action == UPDATED:
             detail = _("new rate %(detail)s; earlier rates kept") % {"detail": detail}

@@ -1,6 +1,6 @@
 """Providers services: egress proxies, providers, supplier keys, models, price versions.
 
-FX rates are the ledger's (apps.billing.services.set_fx_rate).
+FX rates are billing's (apps.billing.fx.set_fx_rate).
 
 Keyword-only, atomic, and (like the accounts upserts) with ``dry_run`` to validate and report
 without writing. Secrets (supplier keys, egress URLs) are compared by decrypting the stored

@@ -19,6 +19,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 from django.conf import settings
@@ -120,7 +121,7 @@ class MeterWriter:
         for company in companies:
             args += sums[company]
         for entry in entries:
-            args += [position.get(entry.event.company_id, 0), entry.event.sell_cost or 0, entry.stream_id]
+            args += [position.get(entry.event.company_id or 0, 0), entry.event.sell_cost or 0, entry.stream_id]
         self._ack(keys=[redis_scripts.STREAM_KEY, *(redis_scripts.company_key(c) for c in companies)], args=args)
         self.written += len(entries)
         return len(entries)
@@ -149,8 +150,8 @@ class MeterWriter:
         """Read one batch (this consumer's own pending entries first if asked), write it, do the
         housekeeping; return how many entries were written."""
         start = "0" if pending_first else ">"
-        response = self.redis.xreadgroup(GROUP, self.consumer, {redis_scripts.STREAM_KEY: start}, count=self.batch_size,
-                                         block=None if pending_first else self.block_ms)
+        response = cast(list, self.redis.xreadgroup(GROUP, self.consumer, {redis_scripts.STREAM_KEY: start},
+                                                     count=self.batch_size, block=None if pending_first else self.block_ms))
         count = 0
         for _, entries in response or []:
             count += self.process(self._decode(entries))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import cast
 
 import orjson
 import redis
@@ -49,12 +50,12 @@ class Discrepancy:
 
 
 def _in_flight(client: redis.Redis) -> tuple[dict[str, int], dict[int, int], dict[int, int]]:
-    """(hold amounts by counter key, unwritten charges by company, unwritten charges by token)."""
+    """(reserved amounts by counter key, unwritten charges by company, unwritten charges by token)."""
     held: dict[str, int] = defaultdict(int)
-    for member in client.zrange(redis_scripts.RESERVATIONS_KEY, 0, -1):
-        hold = orjson.loads(member)
-        for key in hold["keys"]:
-            held[key] += hold["amount"]
+    for member in cast(list[bytes], client.zrange(redis_scripts.RESERVATIONS_KEY, 0, -1)):
+        reservation = orjson.loads(member)
+        for key in reservation["keys"]:
+            held[key] += reservation["amount"]
     unwritten_company: dict[int, int] = defaultdict(int)
     unwritten_token: dict[int, int] = defaultdict(int)
     try:
@@ -63,18 +64,18 @@ def _in_flight(client: redis.Redis) -> tuple[dict[str, int], dict[int, int], dic
         return held, unwritten_company, unwritten_token
     group = groups.get(GROUP)
     start = b"-" if group is None else b"(" + group["last-delivered-id"]
-    entries = list(client.xrange(redis_scripts.STREAM_KEY, start, "+"))  # not yet delivered to a writer
+    entries = list(cast(list, client.xrange(redis_scripts.STREAM_KEY, start, "+")))  # not yet delivered to a writer
     if group is not None:
         for pending in client.xpending_range(redis_scripts.STREAM_KEY, GROUP, "-", "+", 100_000):
-            entries += client.xrange(redis_scripts.STREAM_KEY, pending["message_id"], pending["message_id"])
+            entries += cast(list, client.xrange(redis_scripts.STREAM_KEY, pending["message_id"], pending["message_id"]))
     events = [UsageEvent.decode(fields[b"e"]) for _, fields in entries if fields]
     # A writer may have committed an entry and not yet acknowledged it: its charge is already in
     # the usage records (so not unwritten for the token), but not yet out of the company's `out`.
     committed = set(UsageRecord.objects.filter(request_id__in=[e.request_id for e in events]).values_list("request_id", flat=True))
     for event in events:
-        if event.sell_cost:
+        if event.sell_cost and event.company_id is not None:
             unwritten_company[event.company_id] += event.sell_cost
-            if event.request_id not in committed:
+            if event.request_id not in committed and event.token_id is not None:
                 unwritten_token[event.token_id] += event.sell_cost
     return held, unwritten_company, unwritten_token
 
