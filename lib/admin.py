@@ -8,7 +8,7 @@ show and take them as decimal text, never as floats.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -19,6 +19,14 @@ from django.utils.translation import gettext_lazy as _
 from import_export.formats import base_formats
 
 from lib.money import MoneyFormatError, format_rub, to_micro
+
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldGroups
+    from django_stubs_ext import StrOrPromise
+
+    # What ModelAdmin.get_fields returns in django-stubs (a private alias there), for overrides.
+    # Its lists are invariant: return a list display (``[*names]``), not a list[str] variable.
+    FieldGroups: TypeAlias = _FieldGroups
 
 # The file formats offered for export and import. XLSX is offered only while openpyxl is installed.
 SPREADSHEET_FORMATS = [f for f in (base_formats.CSV, base_formats.XLSX) if f.is_available()]
@@ -79,7 +87,7 @@ class MicroAmountField(forms.Field):
 
 def rub_column(
     field: str,
-    description: str,
+    description: StrOrPromise,
     *,
     ordering: bool = True,
     places: int = 2,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+from typing import cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -48,8 +49,9 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Only ever made by create_connection / create_unix_connection: a stream (read-write) transport.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -90,7 +92,7 @@ class Redis:
         self._ssl = parts.scheme == "rediss"
         self._timeout = connect_timeout
         self._proto: _Protocol | None = None
-        self._connecting: asyncio.Future | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
         self._scripts: dict[bytes, bytes] = {}
 
     async def _connect(self) -> _Protocol:
@@ -128,6 +130,8 @@ class Redis:
     def _send(proto: _Protocol, args: tuple) -> asyncio.Future:
         waiter = asyncio.get_running_loop().create_future()
         proto.waiters.append(waiter)
+        # Every proto passed here came back from create_*_connection, which calls connection_made first.
+        assert proto.transport is not None, "protocol used before connection_made"
         proto.transport.write(_encode(args))
         return waiter
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import models
+from django.db.models.fields.mixins import FieldCacheMixin
 
 CREATED = "created"
 UPDATED = "updated"
@@ -36,20 +37,33 @@ class Outcome:
         return self.action != UNCHANGED
 
 
+def _field(model: type[models.Model] | models.Model, name: str) -> models.Field[Any, Any]:
+    """The model's own field ``name``; the reverse side of a relation has no value or default here."""
+    field = model._meta.get_field(name)
+    if not isinstance(field, models.Field):
+        raise TypeError(f"{model._meta.label}.{name} is the reverse side of a relation, not a field")
+    return field
+
+
 def model_default(model: type[models.Model], field_name: str) -> Any:
     """The model field's default, so services do not restate it."""
-    return model._meta.get_field(field_name).get_default()
+    return _field(model, field_name).get_default()
 
 
-def find_for_update(queryset: models.QuerySet, *, dry_run: bool, **lookup: Any) -> Any:
-    """The matching row or None; locked (SELECT … FOR UPDATE) unless this is a dry run."""
+def find_for_update(
+    queryset: models.Manager[Any] | models.QuerySet[Any], *, dry_run: bool, **lookup: Any
+) -> Any:
+    """The matching row or None; locked (SELECT … FOR UPDATE) unless this is a dry run.
+
+    ``queryset`` may be a model's manager (``Model.objects``) or any queryset of it.
+    """
     if not dry_run:
         queryset = queryset.select_for_update()
     return queryset.filter(**lookup).first()
 
 
 def _differs(instance: models.Model, name: str, value: Any) -> bool:
-    field = instance._meta.get_field(name)
+    field = _field(instance, name)
     if field.many_to_one or field.one_to_one:
         if value is not None and value.pk is None:
             return True  # points at an object this run has yet to create
@@ -69,7 +83,8 @@ def stage(instance: models.Model, values: dict[str, Any]) -> list[str]:
 def _unsaved_relations(instance: models.Model) -> list[str]:
     names = []
     for field in instance._meta.concrete_fields:
-        if field.is_relation and field.is_cached(instance):
+        # Concrete relations (FK, one-to-one) cache their target; FieldCacheMixin is where that lives.
+        if field.is_relation and isinstance(field, FieldCacheMixin) and field.is_cached(instance):
             target = field.get_cached_value(instance)
             if target is not None and target.pk is None:
                 names.append(field.name)

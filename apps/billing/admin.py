@@ -7,7 +7,7 @@ account's sums are kept by the database's triggers, so they are shown, never edi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin
@@ -28,6 +28,9 @@ from lib.admin import (
     rub_column,
 )
 from lib.money import Currency
+
+if TYPE_CHECKING:
+    from lib.admin import FieldGroups
 
 # Every column that prints an account goes through Account.__str__, which reads its owner.
 _ACCOUNT_OWNER_RELATED = ("company", "department__company", "supplier")
@@ -77,9 +80,9 @@ class AccountAdmin(admin.ModelAdmin):
     balance_rub = rub_column("credit_balance", _("balance, RUB"), ordering=False)
     available_rub = rub_column("available", _("available, RUB"), ordering=False)
 
-    def get_fields(self, request: HttpRequest, obj: Account | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: Account | None = None) -> FieldGroups:
         editable = ["kind", "company", "department", "supplier", "debits_must_not_exceed_credits", "credit_limit"]
-        return editable if obj is None else editable + self._sum_fields
+        return [*editable] if obj is None else [*editable, *self._sum_fields]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Account | None = None) -> list[str]:
         if obj is None:
@@ -104,9 +107,9 @@ class TransferAdmin(ExportPermissionMixin, ViewOnlyAdminMixin, ExportActionMixin
     date_hierarchy = "created_at"
     # The table grows with every request; skip the full COUNT(*) on filtered pages.
     show_full_result_count = False
-    fields = ["idempotency_id", "kind", "status", "debit_account", "credit_account", "amount", "amount_rub",
-              "pending", "expires_at", "resolved_at", "description", "metadata", "created_at"]
-    readonly_fields = fields
+    readonly_fields = ["idempotency_id", "kind", "status", "debit_account", "credit_account", "amount", "amount_rub",
+                       "pending", "expires_at", "resolved_at", "description", "metadata", "created_at"]
+    fields = [*readonly_fields]  # every field shown, none editable
 
     amount_rub = rub_column("amount", _("amount, RUB"))
 
@@ -126,12 +129,12 @@ class UsageRecordAdmin(ExportPermissionMixin, ViewOnlyAdminMixin, ExportActionMi
     list_select_related = ["company", "token"]
     date_hierarchy = "started_at"
     show_full_result_count = False
-    fields = ["request_id", "status", "http_status", "error_type", "error_code", "company", "department", "token",
-              "endpoint", "model_name", "model", "provider", "supplier_key", "price", "fx_rub_per_unit", "stream",
-              "input_tokens", "output_tokens", "cached_tokens", "usage_counted_locally",
-              "sell_cost", "sell_cost_rub", "buy_cost", "buy_cost_rub", "latency_ms", "ttft_ms", "client_ip",
-              "started_at", "finished_at", "recorded_at"]
-    readonly_fields = fields
+    readonly_fields = ["request_id", "status", "http_status", "error_type", "error_code", "company", "department",
+                       "token", "endpoint", "model_name", "model", "provider", "supplier_key", "price",
+                       "fx_rub_per_unit", "stream", "input_tokens", "output_tokens", "cached_tokens",
+                       "usage_counted_locally", "sell_cost", "sell_cost_rub", "buy_cost", "buy_cost_rub", "latency_ms",
+                       "ttft_ms", "client_ip", "started_at", "finished_at", "recorded_at"]
+    fields = [*readonly_fields]  # every field shown, none editable
 
     sell_cost_rub = rub_column("sell_cost", _("sell cost, RUB"))
     buy_cost_rub = rub_column("buy_cost", _("buy cost, RUB"))
@@ -165,11 +168,13 @@ class FxRateAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
 
     rate = rub_column("rub_per_unit", _("RUB per unit"), places=4, exact=True)
 
-    def get_fields(self, request: HttpRequest, obj: FxRate | None = None) -> list[str]:
-        if obj is None:
-            return ["currency", "rub_per_unit", "valid_from", "source"]
-        return ["currency", "rate", "rub_per_unit", "valid_from", "source", "created_at"]
+    _add_fields = ["currency", "rub_per_unit", "valid_from", "source"]
+    _view_fields = ["currency", "rate", "rub_per_unit", "valid_from", "source", "created_at"]
+
+    def get_fields(self, request: HttpRequest, obj: FxRate | None = None) -> FieldGroups:
+        return [*self._add_fields] if obj is None else [*self._view_fields]
 
     def get_readonly_fields(self, request: HttpRequest, obj: FxRate | None = None) -> list[str]:
-        return [] if obj is None else self.get_fields(request, obj)
+        # A saved rate is a version: every field of it is read-only.
+        return [] if obj is None else [*self._view_fields]
 

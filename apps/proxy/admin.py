@@ -8,6 +8,8 @@ apps.proxy.services (block/revoke need a reason), never through the edit form.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
@@ -22,6 +24,11 @@ from apps.proxy.exceptions import TokenStateError
 from apps.proxy.models import ApiToken
 from lib.admin import MicroAmountField, rub_column
 
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
+    from lib.admin import FieldGroups
+
 _LIMIT_HELP = _("In rubles, e.g. 5000 or 12.50; empty = no limit.")
 
 
@@ -35,8 +42,9 @@ class ApiTokenForm(forms.ModelForm):
         fields = ["company", "department", "owner", "name", "environment", "limit_total", "limit_weekly", "limit_monthly",
                   "rpm", "tpm", "models_allow", "models_deny", "ip_allow", "max_distinct_ips", "expires_at"]
 
-    def clean(self) -> dict:
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data  # what ModelForm.clean returns
         company = cleaned.get("company") or (self.instance.company if self.instance.company_id else None)
         if company is not None:
             try:
@@ -74,8 +82,10 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def secret_prefix(self, obj: ApiToken) -> str:
         return f"{obj.key_prefix}…" if obj.key_prefix else "—"
 
-    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> list[str]:
-        return self._editable if obj is None else self._editable[:5] + self._shown + self._editable[5:]
+    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> FieldGroups:
+        if obj is None:
+            return [*self._editable]
+        return [*self._editable[:5], *self._shown, *self._editable[5:]]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> list[str]:
         # Status changes only through the actions, which go through the proxy's services; a token
@@ -101,7 +111,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
             return None
         return reason
 
-    def _apply(self, request: HttpRequest, queryset: QuerySet[ApiToken], service, reason: str, done: str) -> None:
+    def _apply(self, request: HttpRequest, queryset: QuerySet[ApiToken], service, reason: str,
+               done: StrOrPromise) -> None:
         changed = refused = 0
         for token in queryset:
             try:
