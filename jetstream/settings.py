@@ -11,6 +11,7 @@ import base64
 import json
 import secrets
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
@@ -242,7 +243,7 @@ REST_FRAMEWORK = {
 }
 
 # --- Jetstream proxy -----------------------------------------------------------------------
-JETSTREAM = {
+JETSTREAM: dict[str, Any] = {
     # Header carrying the client IP when a trusted load balancer is in front ("" = peer address).
     "TRUSTED_PROXY_HEADER": envstr("JETSTREAM_TRUSTED_PROXY_HEADER", "") or "",
     "TRUSTED_PROXIES": envlist("JETSTREAM_TRUSTED_PROXIES", ["127.0.0.1/32", "::1/128"]),

@@ -152,7 +152,7 @@ def hold(*, idempotency_id: str, debit: Account, credit: Account, amount: int, e
                                      status=TransferStatus.PENDING, pending_id=None)
         now = timezone.now()
         if expires_at is None:
-            ttl = int(settings.JETSTREAM["HOLD_TTL_SECONDS"]) if ttl_seconds is None else ttl_seconds
+            ttl = settings.JETSTREAM["HOLD_TTL_SECONDS"] if ttl_seconds is None else ttl_seconds
             try:
                 expires_at = now + dt.timedelta(seconds=ttl)
             except OverflowError:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
@@ -51,8 +52,6 @@ class EgressProxy(models.Model):
         return f"{self.slug} ({self.country})"
 
     def set_url(self, url: str) -> None:
-        from urllib.parse import urlsplit
-
         try:
             validate_outbound_url(url, internal=self.internal, schemes=("http", "https", "socks5"), resolve=False,
                                   allow_credentials=True)

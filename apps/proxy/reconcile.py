@@ -4,12 +4,12 @@ Report-only on purpose: it never rewrites a counter (a correction racing live tr
 loosen a limit); a discrepancy is logged for the operator with both values.
 
 What must hold, for every company and token:
-* company ``out`` = open reservations (holds) + charges in usage events not yet written;
+* company ``out`` = open reservations + charges in usage events not yet written;
 * company ``cr``/``db`` = the wallet's posted credits/debits, once the writer has merged them
   (``db`` may lag by the unwritten charges, never lead);
 * token total = its written usage (Σ sell_cost) + open reservations + unwritten charges.
 
-In-flight work is read from Redis itself: the holds set, the stream entries not yet delivered
+In-flight work is read from Redis itself: the reservations set, the stream entries not yet delivered
 to the writer, and those delivered but not acknowledged. A counter that changes while it is
 being checked is skipped for this round, not reported.
 """
