@@ -7,7 +7,7 @@ from django.conf import settings
 
 from apps.proxy import redis_scripts
 from apps.proxy.reconcile import reconcile
-from tests.proxy.test_limits import chat
+from tests.proxy.helpers import chat
 
 
 def test_it_finds_nothing_after_real_traffic(gateway):

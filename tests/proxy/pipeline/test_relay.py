@@ -1,23 +1,14 @@
-"""The OpenAI SDK against the gateway: answers, streams, prices, records and ledger entries."""
+"""The relay: answers, streams and their usage chunk, completions, embeddings, the mock — priced and recorded."""
 
 from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 
 from apps.billing.models import Transfer, UsageRecord
-from lib.money import cost_micro
 from tests.proxy.conftest import RUB
-
-
-def expected_cost(prompt_tokens: int, completion_tokens: int, *, price_in=150_000, price_out=600_000, fx=92_500_000,
-                  coefficient="1.25", cached=0, price_cached=150_000) -> int:
-    from decimal import Decimal
-
-    return cost_micro(tokens_by_price=[(prompt_tokens - cached, price_in), (cached, price_cached), (completion_tokens, price_out)],
-                      fx_micro=fx, coefficient=Decimal(coefficient))
+from tests.proxy.helpers import expected_cost
 
 
 def test_it_answers_a_chat_completion_and_bills_it_exactly(gateway, fake_openai):
@@ -127,31 +118,3 @@ def test_it_serves_the_mock_provider_without_any_upstream(gateway, fake_openai):
     assert record.sell_cost == expected_cost(completion.usage.prompt_tokens, completion.usage.completion_tokens,
                                              price_in=10 * RUB, price_out=20 * RUB, fx=RUB)
     assert record.buy_cost == 0 and record.supplier_key_id is None
-
-
-def test_it_lists_only_the_models_the_token_may_use(gateway):
-    token = gateway.world.token
-    assert {m.id for m in gateway.client().models.list()} == {"gpt-4o-mini", "text-embedding-3-small", "demo-chat"}
-    token.models_allow = ["gpt-4o-mini", "demo-chat"]
-    token.models_deny = ["demo-chat"]
-    token.save()
-    gateway.wait_config()
-    assert [m.id for m in gateway.client().models.list()] == ["gpt-4o-mini"]
-    assert gateway.client().models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
-
-
-def test_it_reports_the_key_like_openrouter(gateway):
-    token = gateway.world.token
-    token.limit_total, token.limit_monthly, token.rpm = 100 * RUB, 50 * RUB, 600
-    token.save()
-    gateway.wait_config()
-    gateway.client().chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": "hi"}])
-    info = httpx.get(f"{gateway.base_url}/key", headers={"Authorization": f"Bearer {gateway.world.secret}"}).json()["data"]
-    spent = info["limits"]["total"]["spent"]
-    assert info["label"] == "ci" and info["limit"] == "100.000000" and spent != "0.000000"
-    assert info["limits"]["monthly"]["limit"] == "50.000000" and info["limits"]["monthly"]["resets_at"].endswith("+03:00")
-    assert info["rate_limit"]["requests_per_minute"] == 600 and info["rate_limit"]["requests_remaining"] == 599
-    from decimal import Decimal
-
-    assert Decimal(info["company_balance"]["available"]) == Decimal(1000) - Decimal(spent)
-    assert Decimal(info["limit_remaining"]) == Decimal(100) - Decimal(spent)

@@ -1,0 +1,36 @@
+"""Route + upstream call: failover, errors passed on or not, never a key or URL leaked."""
+
+from __future__ import annotations
+
+from apps.billing.models import Transfer, UsageRecord
+from tests.proxy.helpers import GOOD, post
+
+
+def test_upstream_errors_never_leak_the_supplier_key_or_url(gateway, fake_openai):
+    leak = f"key {fake_openai.api_key} at {fake_openai.base_url} is over quota"
+    fake_openai.behavior(status=500, error_body={"error": {"message": leak, "type": "server_error", "code": None}})
+    response = post(gateway, GOOD)
+    assert response.status_code == 502
+    text = response.text
+    assert fake_openai.api_key not in text and "127.0.0.1" not in text and "sk-" not in text
+    gateway.drain(expect=1)
+    record = UsageRecord.objects.get()
+    assert record.status == "upstream_error" and record.sell_cost == 0
+    assert not Transfer.objects.filter(kind="usage").exists()
+
+
+def test_it_fails_over_to_the_next_key(gateway, fake_openai):
+    fake_openai.behavior(status=503, fail_times=1)
+    completion = gateway.client().chat.completions.create(**GOOD)
+    assert completion.choices[0].message.content
+    assert len(fake_openai.requests) == 2
+    gateway.drain(expect=1)
+    assert UsageRecord.objects.get().status == "ok"
+
+
+def test_a_request_error_from_upstream_is_passed_on_without_failover(gateway, fake_openai):
+    fake_openai.behavior(status=400, error_body={"error": {"message": "Unsupported parameter: 'foo'", "type": "invalid_request_error",
+                                                           "param": "foo", "code": "unsupported_parameter"}})
+    response = post(gateway, GOOD)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "unsupported_parameter"
+    assert len(fake_openai.requests) == 1
