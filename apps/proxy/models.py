@@ -9,7 +9,6 @@ from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
-from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 TOKEN_PREFIX = "js-"
@@ -128,7 +127,3 @@ class ApiToken(models.Model):
         overlap = set(self.models_allow) & set(self.models_deny)
         if overlap:
             raise ValidationError({"models_deny": _("Models both allowed and denied: %(m)s") % {"m": ", ".join(sorted(overlap))}})
-
-    @property
-    def is_expired(self) -> bool:
-        return self.expires_at is not None and self.expires_at <= timezone.now()
