@@ -57,14 +57,19 @@ class MicroAmountField(forms.Field):
         super().__init__(**kwargs)
 
     def widget_attrs(self, widget: forms.Widget) -> dict[str, Any]:
+        """Ask for a decimal keypad (``inputmode``) and cap the input at ``max_chars`` characters."""
         return {**super().widget_attrs(widget), "inputmode": "decimal", "maxlength": str(self.max_chars)}
 
     def prepare_value(self, value: Any) -> Any:
+        """Show an integer micro-unit value as exact decimal text (1_500_000 → "1.5"); typed text as is."""
         if isinstance(value, int) and not isinstance(value, bool):
             return format_rub(value, 0, exact=True)
         return value
 
     def to_python(self, value: Any) -> int | None:
+        """Typed text → integer micro-units, None when empty (spaces and no-break spaces dropped, "," read
+        as "."). Raises ``ValidationError``: ``invalid`` (not an exact non-negative amount with at most
+        6 decimals, or over ``max_chars``), ``too_large`` (beyond a bigint), ``zero`` (unless ``allow_zero``)."""
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if value in self.empty_values:

@@ -28,10 +28,16 @@ def _keys() -> dict[str, bytes]:
 
 
 def current_key_id() -> str:
+    """The id of the key new values are encrypted with: the first of ``JETSTREAM_ENCRYPTION_KEYS``."""
     return next(iter(_keys()))
 
 
 def encrypt(plaintext: str, *, context: str = "") -> str:
+    """``plaintext`` encrypted under the current key → ``v1:<key id>:<base64(nonce || ciphertext || tag)>``.
+
+    ``context`` joins the key id in the GCM associated data: ``decrypt`` needs the same one, so a
+    value encrypted for one purpose does not decrypt as another. A fresh 12-byte nonce per call.
+    """
     key_id = current_key_id()
     nonce = os.urandom(12)
     blob = AESGCM(_keys()[key_id]).encrypt(nonce, plaintext.encode("utf-8"), f"{key_id}|{context}".encode())
@@ -39,6 +45,8 @@ def encrypt(plaintext: str, *, context: str = "") -> str:
 
 
 def key_id_of(token: str) -> str:
+    """The key id a stored value names (nothing is decrypted). Raises ``SecretDecryptionError`` if
+    the value does not have three ``:``-separated parts."""
     parts = token.split(":", 2)
     if len(parts) != 3:
         raise SecretDecryptionError("malformed encrypted value")
@@ -46,6 +54,11 @@ def key_id_of(token: str) -> str:
 
 
 def decrypt(token: str, *, context: str = "") -> str:
+    """The plaintext of an ``encrypt`` result, given the ``context`` it was encrypted with.
+
+    Raises ``SecretDecryptionError``: malformed value, unknown format version, a key id not in
+    ``JETSTREAM_ENCRYPTION_KEYS``, or failed authentication (tampered blob, another context).
+    """
     try:
         version, key_id, encoded = token.split(":", 2)
     except ValueError:
@@ -69,4 +82,6 @@ def decrypt(token: str, *, context: str = "") -> str:
 
 
 def needs_rotation(token: str) -> bool:
+    """Whether ``token`` is encrypted under a key other than the current one (re-encrypt it).
+    Raises ``SecretDecryptionError`` for a malformed value."""
     return key_id_of(token) != current_key_id()

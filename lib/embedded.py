@@ -24,6 +24,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def data_dir() -> Path:
+    """Where the embedded servers live: ``$JETSTREAM_DATA_DIR`` or ``<repo>/.data``, created if missing."""
     path = Path(os.environ.get("JETSTREAM_DATA_DIR") or BASE_DIR / ".data")
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -112,6 +113,8 @@ def ensure_redis() -> str:
 
 
 def stop() -> None:
+    """Stop the embedded Redis (SIGTERM) and PostgreSQL (SIGINT, its fast shutdown), waiting up to
+    30 s for the postmaster to exit. A server with no pid file, or whose process is gone, is skipped."""
     pidfile = data_dir() / "redis" / "redis.pid"
     if pidfile.exists():
         with contextlib.suppress(ProcessLookupError, ValueError):

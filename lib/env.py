@@ -34,11 +34,14 @@ def _raw(name: str) -> str | None:
 
 
 def envstr(name: str, default: str | None = None) -> str | None:
+    """``NAME`` (or the contents of ``NAME_FILE``) as text, or ``default`` when neither is set."""
     value = _raw(name)
     return default if value is None else value
 
 
 def envbool(name: str, default: bool) -> bool:
+    """true/false, 1/0, yes/no, on/off (any case; empty is false), or ``default`` when unset.
+    Raises ``ImproperlyConfigured`` for any other value."""
     value = _raw(name)
     if value is None:
         return default
@@ -51,6 +54,8 @@ def envbool(name: str, default: bool) -> bool:
 
 
 def envint(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer, or ``default`` when unset or blank. Raises ``ImproperlyConfigured`` for a
+    non-integer or a value outside [``minimum``, ``maximum``] (each bound optional)."""
     value = _raw(name)
     if value is None or value.strip() == "":
         return default
@@ -66,6 +71,7 @@ def envint(name: str, default: int, *, minimum: int | None = None, maximum: int 
 
 
 def envlist(name: str, default: list[str]) -> list[str]:
+    """A comma-separated list (items stripped, empty ones dropped), or a copy of ``default`` when unset."""
     value = _raw(name)
     if value is None:
         return list(default)

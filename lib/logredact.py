@@ -14,6 +14,9 @@ _PATTERNS = [
 
 
 def redact(text: str) -> str:
+    """``text`` with credential-shaped substrings masked: ``js-``/``sk-`` keys become ``js-***``/``sk-***``,
+    and the values after ``Bearer``, ``api_key``, ``authorization``, ``x-api-key`` or ``secret``
+    become ``***`` (the label stays)."""
     for pattern in _PATTERNS:
         if pattern.groups:
             text = pattern.sub(lambda m: m.group(1) + "***", text)
@@ -23,7 +26,11 @@ def redact(text: str) -> str:
 
 
 class RedactSecretsFilter(logging.Filter):
+    """A logging filter that lets every record through with its message passed through ``redact``."""
+
     def filter(self, record: logging.LogRecord) -> bool:
+        """If ``redact`` changes the formatted message, store the redacted text as ``msg`` (``args``
+        cleared: they are merged in already). Always True."""
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:

@@ -25,6 +25,7 @@ class Currency(models.TextChoices):
 
 
 class MoneyFormatError(ValueError):
+    """An amount or coefficient in a form money may not take (a float, too many decimals, NaN, out of range)."""
     pass
 
 
@@ -50,6 +51,8 @@ def to_micro(value: str | int | Decimal, *, field: str = "amount", allow_zero: b
 
 
 def to_coefficient(value: str | int | Decimal, *, field: str = "coefficient") -> Decimal:
+    """'1.25' → Decimal('1.2500'): a positive coefficient below 10_000 with at most 4 decimals.
+    Raises ``MoneyFormatError`` for a float (or bool), a non-number, or a value out of that range."""
     if isinstance(value, float) or isinstance(value, bool):
         raise MoneyFormatError(f"{field}: give coefficients as strings, not floats ({value!r})")
     try:
@@ -66,6 +69,7 @@ def to_coefficient(value: str | int | Decimal, *, field: str = "coefficient") ->
 
 
 def coefficient_units(coef: Decimal) -> int:
+    """A coefficient as integer ten-thousandths: Decimal('1.25') → 12_500 (``cost_from_units`` takes these)."""
     return int(coef * COEF_SCALE)
 
 

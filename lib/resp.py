@@ -20,10 +20,12 @@ import hiredis
 
 
 class RedisReplyError(Exception):
+    """An error reply from Redis (``ERR …``, ``NOSCRIPT …``), raised on the caller's future."""
     pass
 
 
 class RedisConnectionError(ConnectionError):
+    """Redis cannot be reached, or the connection broke with the command's reply outstanding."""
     pass
 
 
@@ -50,10 +52,13 @@ class _Protocol(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport commands are written to."""
         # Only ever made by create_connection / create_unix_connection: a stream (read-write) transport.
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        """Feed hiredis; each complete reply resolves the oldest waiting future (a reply to a cancelled
+        caller is dropped), a ``RedisReplyError`` reply as its exception."""
         self.reader.feed(data)
         while True:
             reply = self.reader.gets()
@@ -68,6 +73,7 @@ class _Protocol(asyncio.Protocol):
                 waiter.set_result(reply)
 
     def connection_lost(self, exc) -> None:
+        """Mark the connection closed and fail every waiting future with ``RedisConnectionError``."""
         self.closed = True
         error = RedisConnectionError(f"Redis connection lost: {exc}")
         while self.waiters:
@@ -77,6 +83,13 @@ class _Protocol(asyncio.Protocol):
 
 
 class Redis:
+    """The pipelined asyncio Redis client (see the module docstring), one connection per instance.
+
+    ``url``: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS) or
+    ``unix:///path/to.sock?db=N``; ``connect_timeout`` in seconds. It connects on the first command
+    and reconnects on the command after a broken connection (concurrent callers share one attempt).
+    """
+
     def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
         parts = urlsplit(url)
         query = parse_qs(parts.query)
@@ -136,18 +149,24 @@ class Redis:
         return waiter
 
     async def execute(self, *args):
+        """Send one command (``str``, ``bytes`` or ``int`` arguments) and return hiredis' reply (bytes,
+        int, list or None). Raises ``RedisReplyError`` for an error reply, ``RedisConnectionError`` when
+        Redis cannot be reached or the connection breaks, ``TypeError`` for another argument type."""
         proto = self._proto
         if proto is None or proto.closed:
             proto = await self._connection()
         return await self._send(proto, args)
 
     def register_script(self, source: str) -> bytes:
+        """Remember a Lua script for ``evalsha`` and return its SHA1 (hex, bytes); nothing is sent to Redis."""
         body = source.encode()
         sha = hashlib.sha1(body).hexdigest().encode()
         self._scripts[sha] = body
         return sha
 
     async def evalsha(self, sha: bytes, keys: list | tuple, args: list | tuple):
+        """Run a ``register_script`` script with ``keys`` and ``args`` and return its reply. On ``NOSCRIPT``
+        (Redis restarted or flushed its scripts) the script is loaded and run once more; raises as ``execute``."""
         try:
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
         except RedisReplyError as exc:
@@ -157,6 +176,7 @@ class Redis:
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
 
     async def close(self) -> None:
+        """Close the connection; replies still outstanding fail with ``RedisConnectionError``, the next command reconnects."""
         if self._proto is not None and self._proto.transport is not None:
             self._proto.transport.close()
         self._proto = None

@@ -15,6 +15,8 @@ class MicroAmountWidget(widgets.Widget):
     """Integer micro-units ⇄ exact decimal text in whole units ("0.15"); never a float."""
 
     def clean(self, value: Any, row: dict | None = None, **kwargs: Any) -> int | None:
+        """A cell → integer micro-units, or None for an empty cell. Raises ``ValueError`` (reported on
+        the row) for anything ``lib.money.to_micro`` refuses."""
         if value is None or str(value).strip() == "":
             return None
         if isinstance(value, float):
@@ -26,6 +28,7 @@ class MicroAmountWidget(widgets.Widget):
             raise ValueError(str(exc)) from None
 
     def render(self, value: Any, obj: Any = None, **kwargs: Any) -> str:
+        """Integer micro-units → exact decimal text (1_500_000 → "1.5"); None → ""."""
         if value is None:
             return ""
         return format_rub(value, 0, exact=True)
@@ -40,6 +43,8 @@ class SpreadsheetSafeMixin:
     """Exports a text cell that a spreadsheet would run as a formula with a leading quote."""
 
     def export_field(self, field: fields.Field, instance: Any, **kwargs: Any) -> Any:
+        """The field's exported value; text starting with ``=``, ``+``, ``-``, ``@``, a tab or a CR gets a
+        leading ``'`` so a spreadsheet shows it instead of running it."""
         value = super().export_field(field, instance, **kwargs)  # type: ignore[misc]
         if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
             return "'" + value
@@ -55,4 +60,5 @@ class ExportOnlyResource(SpreadsheetSafeMixin, resources.ModelResource):
     """Refuses to import whatever the admin wiring: these rows are written only by services."""
 
     def import_data(self, *args: Any, **kwargs: Any):
+        """Always raises ``PermissionError``: these rows are never imported."""
         raise PermissionError(f"{type(self).__name__} is export-only")

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 
 class UnsafeURLError(ValueError):
+    """An outbound URL refused: malformed, another scheme, credentials in it, no host, or a non-public address."""
     pass
 
 
@@ -24,6 +25,13 @@ def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 def validate_outbound_url(url: str, *, internal: bool = False, schemes: tuple[str, ...] = ("http", "https"), resolve: bool = True,
                           allow_credentials: bool = False) -> str:
+    """Return ``url`` unchanged if the gateway may call it; raise ``UnsafeURLError`` otherwise.
+
+    The scheme must be one of ``schemes``; credentials need ``allow_credentials``. ``internal``
+    skips the address check. A hostname is resolved (a blocking DNS lookup) and every address must
+    be public; with ``resolve=False`` only a literal IP is checked. The answer holds when checked:
+    DNS may resolve the name differently when a connection is made later.
+    """
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -34,6 +34,7 @@ class Outcome:
 
     @property
     def changed(self) -> bool:
+        """Whether the object was (or, dry, would be) created or updated."""
         return self.action != UNCHANGED
 
 

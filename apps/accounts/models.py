@@ -12,6 +12,7 @@ from django.utils.translation import gettext_lazy as _
 
 
 def validate_time_zone(value: str) -> None:
+    """Raise ``ValidationError`` unless ``value`` is a time zone name zoneinfo knows ("Europe/Moscow")."""
     import zoneinfo
 
     try:
@@ -21,6 +22,8 @@ def validate_time_zone(value: str) -> None:
 
 
 class UserManager(BaseUserManager):
+    """Users keyed by email (stored lower-cased); there is no username."""
+
     use_in_migrations = True
 
     def _create_user(self, email: str, password: str | None, **extra):
@@ -32,11 +35,14 @@ class UserManager(BaseUserManager):
         return user
 
     def create_user(self, email: str, password: str | None = None, **extra):
+        """A saved non-staff user; ``password`` None gives an unusable password. Raises ``ValueError``
+        without an email."""
         extra.setdefault("is_staff", False)
         extra.setdefault("is_superuser", False)
         return self._create_user(email, password, **extra)
 
     def create_superuser(self, email: str, password: str | None = None, **extra):
+        """``create_user`` with ``is_staff`` and ``is_superuser`` set."""
         extra.update(is_staff=True, is_superuser=True)
         return self._create_user(email, password, **extra)
 
@@ -65,11 +71,15 @@ class User(AbstractBaseUser, PermissionsMixin):
         return self.email
 
     def clean(self) -> None:
+        """Normalise the email (lower-cased)."""
         super().clean()
         self.email = self.__class__.objects.normalize_email(self.email).lower()
 
 
 class Company(models.Model):
+    """A customer organisation. Its tokens' weekly and monthly limits roll over in ``time_zone``; it
+    pays provider price × FX × ``sell_coefficient``. Its wallet is a billing ``Account``."""
+
     slug = models.SlugField(_("slug"), max_length=64, unique=True)
     name = models.CharField(_("name"), max_length=200)
     time_zone = models.CharField(_("time zone"), max_length=64, default="Europe/Moscow", validators=[validate_time_zone],
@@ -90,6 +100,9 @@ class Company(models.Model):
 
 
 class Department(models.Model):
+    """A part of a company, in a tree (``parent``); ``monthly_budget`` caps its tokens' spend per
+    calendar month (micro-RUB, None = no cap)."""
+
     company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="departments", verbose_name=_("company"))
     parent = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True, related_name="children", verbose_name=_("parent"))
     slug = models.SlugField(_("slug"), max_length=64)
@@ -109,6 +122,7 @@ class Department(models.Model):
         return f"{self.company} / {self.name}"
 
     def clean(self) -> None:
+        """Raise ``ValidationError`` if the parent belongs to another company or the parent chain forms a cycle."""
         if self.parent_id is None:
             return
         if self.parent.company_id != self.company_id:
@@ -123,12 +137,16 @@ class Department(models.Model):
 
 
 class CompanyRole(models.TextChoices):
+    """A user's role in a company."""
+
     OWNER = "owner", _("Owner")
     MANAGER = "manager", _("Manager")
     VIEWER = "viewer", _("Viewer")
 
 
 class Membership(models.Model):
+    """A user's ``CompanyRole`` in one company (one membership per user and company)."""
+
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("user"))
     company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("company"))
     role = models.CharField(_("role"), max_length=16, choices=CompanyRole.choices, default=CompanyRole.VIEWER)
@@ -161,11 +179,15 @@ class Supplier(models.Model):
 
 
 class SupplierRole(models.TextChoices):
+    """A user's role in a supplier."""
+
     OWNER = "owner", _("Owner")
     MEMBER = "member", _("Member")
 
 
 class SupplierMembership(models.Model):
+    """A user's ``SupplierRole`` in one supplier (one membership per user and supplier)."""
+
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="supplier_memberships", verbose_name=_("user"))
     supplier = models.ForeignKey(Supplier, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("supplier"))
     role = models.CharField(_("role"), max_length=16, choices=SupplierRole.choices, default=SupplierRole.MEMBER)

@@ -34,6 +34,7 @@ from lib.upsert import UPDATED, Outcome, find_for_update, model_default, save_st
 # --- suppliers -----------------------------------------------------------------------------
 
 def upsert_supplier(*, slug: str, name: str, dry_run: bool = False) -> Outcome:
+    """Create the supplier ``slug`` or set its ``name`` (the row locked). Raises ``ValidationError``."""
     with transaction.atomic():
         # Lock: two configuration runs editing the same supplier.
         supplier = find_for_update(Supplier.objects, dry_run=dry_run, slug=slug) or Supplier(slug=slug)
@@ -171,6 +172,8 @@ def update_department(
     monthly_budget: int | None,
     dry_run: bool = False,
 ) -> Outcome:
+    """Set a department's name, parent and ``monthly_budget`` (micro-RUB, None = none), the row
+    locked. Raises ``ValidationError`` (a parent of another company, a cycle)."""
     with transaction.atomic():
         # Lock: two editors re-parenting departments of one tree could close a cycle between them.
         department = find_for_update(Department.objects, dry_run=dry_run, pk=department.pk)
@@ -186,6 +189,7 @@ def upsert_department(
     monthly_budget: int | None = None,
     dry_run: bool = False,
 ) -> Outcome:
+    """``create_department``, or ``update_department`` of the company's department ``slug`` to exactly these values."""
     existing = Department.objects.filter(company=company, slug=slug).first() if company.pk else None
     if existing is None:
         return create_department(company=company, slug=slug, name=name, parent=parent, monthly_budget=monthly_budget, dry_run=dry_run)
@@ -196,6 +200,10 @@ def upsert_department(
 
 @dataclass(frozen=True)
 class TopUpOutcome:
+    """What ``sync_configured_top_up`` did, micro-RUB: the ``declared`` total, what configuration
+    top-ups had added before (``applied_before``), the ``amount`` added now (or, dry, that would
+    be) and its ``transfer`` (None if nothing was posted)."""
+
     declared: int  # micro-RUB, cumulative
     applied_before: int  # what earlier configuration top-ups added
     amount: int  # topped up by this call (or, on a dry run, that would be)
@@ -203,10 +211,13 @@ class TopUpOutcome:
 
     @property
     def changed(self) -> bool:
+        """Whether money was (or would be) added."""
         return self.amount > 0
 
 
 def config_top_up_prefix(company: Company) -> str:
+    """The idempotency-id prefix of a company's configuration top-ups, ``config:top_up:<slug>:``;
+    the declared total follows it, so one declaration is never posted twice."""
     return f"config:top_up:{company.slug}:"
 
 

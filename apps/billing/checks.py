@@ -16,6 +16,8 @@ _DESCRIPTION_MAX: int = Transfer._meta.get_field("description").max_length or 0
 
 
 def check_amount(amount: object, *, allow_zero: bool = False) -> None:
+    """Raise ``InvalidAmount`` unless ``amount`` is an ``int`` (not a bool) of micro-rubles in
+    1..2**63-1 (0 too with ``allow_zero``)."""
     # bool is an int subclass; Decimal and float are never money inside the ledger.
     if not isinstance(amount, int) or isinstance(amount, bool):
         raise InvalidAmount(amount, _("An amount is a whole number of micro-rubles (int), got %(type)s.")
@@ -27,6 +29,8 @@ def check_amount(amount: object, *, allow_zero: bool = False) -> None:
 
 
 def check_idempotency_id(idempotency_id: object) -> None:
+    """Raise ``InvalidTransfer`` unless it is a non-blank ``str`` no longer than the column
+    (``Transfer.idempotency_id``, 200 characters) and without NUL."""
     if not isinstance(idempotency_id, str) or not idempotency_id.strip():
         raise InvalidTransfer(_("An idempotency id is a non-empty string."))
     if len(idempotency_id) > _IDEMPOTENCY_ID_MAX or "\x00" in idempotency_id:
@@ -34,11 +38,14 @@ def check_idempotency_id(idempotency_id: object) -> None:
 
 
 def check_kind(kind: object) -> None:
+    """Raise ``InvalidTransfer`` unless ``kind`` is a ``TransferKind`` value."""
     if kind not in TransferKind.values:
         raise InvalidTransfer(_("Unknown transfer kind %(kind)r.") % {"kind": kind})
 
 
 def check_text(*, description: object, metadata: object) -> None:
+    """Raise ``InvalidTransfer`` unless ``description`` is a ``str`` that fits its column (300
+    characters) without NUL, and ``metadata`` is None or a JSON-serialisable dict."""
     if not isinstance(description, str) or len(description) > _DESCRIPTION_MAX or "\x00" in description:
         raise InvalidTransfer(_("A description is a string of at most %(max)s characters.") % {"max": _DESCRIPTION_MAX})
     if metadata is not None:
@@ -52,6 +59,8 @@ def check_text(*, description: object, metadata: object) -> None:
 
 def check_common(*, idempotency_id: object, debit: object, credit: object, kind: object, description: object,
                   metadata: object) -> None:
+    """The checks every transfer takes: the idempotency id, two different saved ``Account``s, the
+    kind, the description and metadata. Raises ``InvalidTransfer``."""
     check_idempotency_id(idempotency_id)
     for side, account in (("debit", debit), ("credit", credit)):
         if not isinstance(account, Account) or account.pk is None:

@@ -17,6 +17,8 @@ from django.utils.translation import gettext_lazy as _
 
 
 class AccountKind(models.TextChoices):
+    """What a ledger account is for: per company, department or supplier, or one of the platform's own."""
+
     COMPANY_WALLET = "company_wallet", _("Company wallet")
     DEPARTMENT_BUDGET = "department_budget", _("Department budget")
     SUPPLIER_PAYABLE = "supplier_payable", _("Supplier payable")
@@ -30,6 +32,12 @@ PLATFORM_KINDS = (AccountKind.PLATFORM_REVENUE, AccountKind.UPSTREAM_COST, Accou
 
 
 class Account(models.Model):
+    """A ledger account: four running sums (micro-RUB) that only the database triggers on
+    ``Transfer`` change; balances derive from them (``credit_balance``, ``available``).
+
+    With ``debits_must_not_exceed_credits`` (wallets) the database refuses any transfer taking
+    ``posted_debits + pending_debits`` beyond ``posted_credits + credit_limit``."""
+
     kind = models.CharField(_("kind"), max_length=32, choices=AccountKind.choices)
     company = models.ForeignKey("accounts.Company", on_delete=models.PROTECT, null=True, blank=True, related_name="ledger_accounts", verbose_name=_("company"))
     department = models.ForeignKey("accounts.Department", on_delete=models.PROTECT, null=True, blank=True, related_name="ledger_accounts", verbose_name=_("department"))
@@ -86,6 +94,8 @@ class Account(models.Model):
 
 
 class TransferStatus(models.TextChoices):
+    """POSTED at once, or PENDING (a hold) until it becomes COMMITTED, VOIDED or EXPIRED, exactly once."""
+
     PENDING = "pending", _("Pending (hold)")
     POSTED = "posted", _("Posted")
     # A hold's final states. A posted hold is "committed": its money moved in a separate
@@ -96,6 +106,8 @@ class TransferStatus(models.TextChoices):
 
 
 class TransferKind(models.TextChoices):
+    """Why the money moved, kept on each transfer (top-up, usage at sell or buy price, hold, payout, …)."""
+
     TOP_UP = "top_up", _("Top-up")
     USAGE = "usage", _("Usage (sell price)")
     USAGE_COST = "usage_cost", _("Usage cost (buy price)")
@@ -106,6 +118,13 @@ class TransferKind(models.TextChoices):
 
 
 class Transfer(models.Model):
+    """``amount`` micro-RUB (> 0) from ``debit_account`` to ``credit_account``; never deleted.
+
+    A POSTED transfer is immutable. A PENDING one is a hold, with ``expires_at``; it is resolved
+    once (``resolved_at``), and a committed hold's money moves in a separate posted transfer whose
+    ``pending`` points at it (one per hold). ``idempotency_id`` is unique across the ledger.
+    """
+
     idempotency_id = models.CharField(_("idempotency id"), max_length=200, unique=True)
     debit_account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="debits", verbose_name=_("debit account"))
     credit_account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="credits", verbose_name=_("credit account"))
@@ -162,6 +181,8 @@ class FxRate(models.Model):
 
 
 class UsageStatus(models.TextChoices):
+    """How an API request ended: a ``UsageRecord``'s status."""
+
     OK = "ok", _("Success")
     CLIENT_CLOSED = "client_closed", _("Client disconnected")
     UPSTREAM_ERROR = "upstream_error", _("Upstream error")

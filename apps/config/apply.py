@@ -83,6 +83,8 @@ class _Run:
 
     # -- bookkeeping --
     def fail(self, problems: Problems) -> None:
+        """Report ``problems`` (place, message): the dry pass collects them; the real pass raises
+        ``ConfigError`` at once (its transaction rolls back)."""
         if not self.dry_run:
             raise ConfigError(problems)  # inside the apply transaction: everything rolls back
         self.problems.extend(problems)
@@ -101,6 +103,9 @@ class _Run:
         return _FAILED
 
     def record(self, kind: str, entry: Entry, outcome: Any, key: Any, detail: str = "") -> Any:
+        """Remember what an entry's ``Outcome`` made under ``objects[kind][key]`` (for later references)
+        and report its ``Change`` (``detail`` defaults to the changed fields); a failed attempt is
+        remembered as failed. Returns the object, or ``_FAILED``."""
         if outcome is _FAILED:
             self.objects[kind][key] = _FAILED
             return _FAILED
@@ -135,6 +140,8 @@ class _Run:
         return found
 
     def each(self, kind: str, entries: list[Entry], key_of: Callable[[Entry], Any], step: Callable[[Entry], None]) -> None:
+        """``step`` over ``entries``; an entry skipped for a failed reference is marked failed under
+        ``key_of(entry)``, so entries referring to it are skipped in turn."""
         for entry in entries:
             try:
                 step(entry)
@@ -144,6 +151,8 @@ class _Run:
 
     # -- the pass --
     def execute(self) -> Report:
+        """The pass over every section in dependency order; returns the ``Report``. Raises ``ConfigError``
+        with every problem the pass found."""
         c = self.config
         self.each("egress proxy", c.egress, _slug_of, self.egress_proxy)
         self.each("supplier", c.suppliers, _slug_of, self.supplier)
@@ -160,17 +169,20 @@ class _Run:
         return self.report
 
     def egress_proxy(self, e: Entry) -> None:
+        """Upsert one ``egress`` entry."""
         v = e.values
         outcome = self.attempt("egress proxy", e, lambda: providers.upsert_egress_proxy(
             slug=v["slug"], country=v["country"], url=v["url"], internal=v.get("internal", False), dry_run=self.dry_run))
         self.record("egress proxy", e, outcome, v["slug"])
 
     def supplier(self, e: Entry) -> None:
+        """Upsert one ``suppliers`` entry."""
         v = e.values
         outcome = self.attempt("supplier", e, lambda: accounts.upsert_supplier(slug=v["slug"], name=v["name"], dry_run=self.dry_run))
         self.record("supplier", e, outcome, v["slug"])
 
     def provider(self, e: Entry) -> None:
+        """Upsert one ``providers`` entry (its egress proxy by slug, from the file or the database)."""
         v = e.values
         egress = None
         if "egress" in v:
@@ -182,6 +194,8 @@ class _Run:
         self.record("provider", e, outcome, v["slug"])
 
     def supplier_key(self, e: Entry) -> None:
+        """Upsert one key of the provider it is declared under (its supplier by slug); a new secret is
+        reported as "secret replaced", never shown."""
         v = e.values
         found = self.refs({
             "provider": ("provider", e.parent, e.place, lambda: None),
@@ -195,6 +209,7 @@ class _Run:
         self.record("supplier key", e, outcome, (e.parent, v["name"]), detail)
 
     def fx_rate(self, e: Entry) -> None:
+        """Set one ``fx`` rate (``rub`` micro-RUB per unit); a different rate adds a version."""
         v = e.values
         outcome = self.attempt("FX rate", e, lambda: fx.set_fx_rate(currency=v["currency"], rub_per_unit=v["rub"], dry_run=self.dry_run))
         detail = _("%(rub)s RUB per %(currency)s") % {"rub": format_rub(v["rub"], 0, exact=True), "currency": v["currency"]}
@@ -203,6 +218,8 @@ class _Run:
         self.record("FX rate", e, outcome, v["currency"], detail)
 
     def model(self, e: Entry) -> None:
+        """Upsert one model and, if given, its price (a different one adds a version). A price in another
+        currency than RUB needs that currency's FX rate, in the file or the database."""
         v = e.values
         provider = self.ref("provider", v["provider"], join(e.place, "provider"), lambda: Provider.objects.filter(slug=v["provider"]).first())
         outcome = self.attempt("model", e, lambda: providers.upsert_model(
@@ -227,6 +244,7 @@ class _Run:
         self.record("price", e, outcome, v["name"], detail)
 
     def company(self, e: Entry) -> None:
+        """Upsert one company (with its wallet, ``credit_limit`` micro-RUB, and moderation policy)."""
         v = e.values
         outcome = self.attempt("company", e, lambda: accounts.upsert_company(
             slug=v["slug"], name=v["name"], time_zone=v.get("time_zone"), sell_coefficient=v.get("sell_coefficient"),
@@ -234,6 +252,7 @@ class _Run:
         self.record("company", e, outcome, v["slug"])
 
     def department(self, e: Entry) -> None:
+        """Upsert one department of its company (``parent`` by slug, declared earlier in the file or in the database)."""
         v = e.values
         company = self.ref("company", e.parent, e.place, lambda: None)
         parent = None
@@ -246,6 +265,8 @@ class _Run:
         self.record("department", e, outcome, (e.parent, v["slug"]))
 
     def top_up(self, e: Entry) -> None:
+        """Bring the company's configuration top-ups to its declared ``top_up`` total (micro-RUB); only
+        ever adds (a lower total is a problem)."""
         v = e.values
         if "top_up" not in v:
             return
@@ -287,6 +308,8 @@ class _Run:
         return settings
 
     def token(self, e: Entry) -> None:
+        """Issue the token, or update its settings and, where the file says so, rotate its secret and
+        change its status. A secret generated now is added to ``report.shown_once``."""
         v = e.values
         company = self.ref("company", e.parent, e.place, lambda: None)
         settings = self._token_settings(e, company)

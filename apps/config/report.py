@@ -43,13 +43,17 @@ class Report:
 
     @property
     def changed(self) -> bool:
+        """Whether anything was (or, dry, would be) created or updated."""
         return any(change.action != UNCHANGED for change in self.changes)
 
     def counts(self, action: str) -> dict[str, int]:
+        """``{plural kind: count}`` of the changes with ``action``, in report order; kinds with none left out."""
         counter = Counter(change.kind for change in self.changes if change.action == action)
         return {plural: counter[singular] for singular, plural in KINDS if counter[singular]}
 
     def render(self) -> str:
+        """The report for the command line: one line per created or updated object, the token secrets
+        to show once, then ``summary()``."""
         lines = []
         if self.dry_run:
             lines.append(_("Dry run: the plan below was validated; nothing was written."))

@@ -35,6 +35,7 @@ class Invalid(Exception):
 
     @classmethod
     def at(cls, place: str, message: str) -> Invalid:
+        """One problem: ``message`` at ``place``."""
         return cls([(place, message)])
 
 

@@ -19,6 +19,8 @@ _EGRESS_CONTEXT = "egress-proxy"
 
 
 class ProviderKind(models.TextChoices):
+    """The upstream's wire format: it picks the adapter. A kind with no adapter yet is answered 501."""
+
     OPENAI = "openai", "OpenAI"
     ANTHROPIC = "anthropic", "Anthropic"
     GEMINI = "gemini", "Google Gemini"
@@ -52,6 +54,9 @@ class EgressProxy(models.Model):
         return f"{self.slug} ({self.country})"
 
     def set_url(self, url: str) -> None:
+        """Validate ``url`` (http, https or socks5; credentials allowed; no DNS lookup, a literal
+        non-public IP only if ``internal``) and store it encrypted, with ``scheme://host:port`` for
+        display. Raises ``ValidationError`` keyed ``url``."""
         try:
             validate_outbound_url(url, internal=self.internal, schemes=("http", "https", "socks5"), resolve=False,
                                   allow_credentials=True)
@@ -62,15 +67,19 @@ class EgressProxy(models.Model):
         self.url_display = f"{parts.scheme}://{parts.hostname}:{parts.port or ''}".rstrip(":")
 
     def reveal_url(self) -> str:
+        """The decrypted URL, credentials included. Raises ``lib.crypto.SecretDecryptionError``."""
         return crypto.decrypt(self.url_encrypted, context=_EGRESS_CONTEXT)
 
     def clean(self) -> None:
+        """Upper-case ``country``; raise ``ValidationError`` unless it is two letters."""
         self.country = (self.country or "").upper()
         if len(self.country) != 2 or not self.country.isalpha():
             raise ValidationError({"country": _("Use a two-letter country code.")})
 
 
 class Provider(models.Model):
+    """An upstream API of one ``kind``: base URL, options, optional egress proxy; its models and supplier keys hang off it."""
+
     slug = models.SlugField(_("slug"), max_length=64, unique=True)
     name = models.CharField(_("name"), max_length=200, blank=True)
     kind = models.CharField(_("kind"), max_length=32, choices=ProviderKind.choices)
@@ -93,6 +102,8 @@ class Provider(models.Model):
         return self.name or self.slug
 
     def clean(self) -> None:
+        """Raise ``ValidationError`` unless a provider (other than the mock) has a base URL that passes
+        ``validate_outbound_url`` (the host is resolved: a DNS lookup)."""
         if self.kind == ProviderKind.MOCK:
             return
         if not self.base_url:
@@ -104,6 +115,8 @@ class Provider(models.Model):
 
 
 class Modality(models.TextChoices):
+    """What a model does; the proxy refuses (422) an endpoint the modality cannot serve."""
+
     CHAT = "chat", _("Chat")
     COMPLETION = "completion", _("Text completion")
     EMBEDDING = "embedding", _("Embedding")
@@ -132,12 +145,16 @@ class Model(models.Model):
         return self.name
 
     def clean(self) -> None:
+        """Raise ``ValidationError`` if ``max_output_tokens`` exceeds ``context_window`` (tokens)."""
         if self.max_output_tokens and self.context_window and self.max_output_tokens > self.context_window:
             raise ValidationError({"max_output_tokens": _("Cannot exceed the context window.")})
 
 
 class PriceQuerySet(models.QuerySet):
+    """``Price.objects``: price versions."""
+
     def current_for(self, model: Model, at=None) -> Price | None:
+        """The version in force for ``model`` at ``at`` (default now): the latest ``valid_from`` not after it, or None."""
         return self.filter(model=model, valid_from__lte=at or timezone.now()).order_by("-valid_from").first()
 
 
@@ -173,6 +190,8 @@ class Price(models.Model):
         return f"{self.model} @ {timezone.localtime(self.valid_from):%Y-%m-%d %H:%M}"
 
     def save(self, *args, **kwargs):
+        """Insert only: a saved price raises ``ValidationError`` (versions are never edited). An empty
+        ``cached_input_per_1m`` takes the input price."""
         if self.pk is not None:
             raise ValidationError(_("Prices are versioned: add a new price instead of editing one."))
         if self.cached_input_per_1m is None:
@@ -181,6 +200,8 @@ class Price(models.Model):
 
 
 class SupplierKeyStatus(models.TextChoices):
+    """Only an ACTIVE key (of an active supplier) is routed; the others say why a key is out."""
+
     ACTIVE = "active", _("Active")
     DISABLED = "disabled", _("Disabled")
     COOLDOWN = "cooldown", _("Cooling down")
@@ -217,6 +238,8 @@ class SupplierKey(models.Model):
         return f"{self.name} (…{self.secret_last4})"
 
     def set_secret(self, secret: str) -> None:
+        """Store ``secret`` (stripped) encrypted under the current key, with that key's id and the last 4
+        characters. Raises ``ValidationError`` keyed ``secret`` for fewer than 8 characters."""
         secret = (secret or "").strip()
         if len(secret) < 8:
             raise ValidationError({"secret": _("The key looks too short.")})
@@ -230,4 +253,5 @@ class SupplierKey(models.Model):
 
     @property
     def masked_secret(self) -> str:
+        """The secret's last 4 characters after an ellipsis ("…1234"), for display."""
         return f"…{self.secret_last4}"

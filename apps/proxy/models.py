@@ -9,7 +9,6 @@ from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
-from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 TOKEN_PREFIX = "js-"
@@ -19,14 +18,18 @@ DISPLAY_PREFIX_CHARS = 10
 
 
 def hash_token(secret: str) -> str:
+    """How a token secret is stored and looked up: its SHA-256 as 64 lowercase hex characters."""
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 def generate_token_secret() -> str:
+    """A new token secret: ``js-`` and 43 URL-safe characters (32 random bytes)."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def validate_token_secret(secret: str) -> None:
+    """Raise ``ValidationError`` unless ``secret`` is ``js-`` and at least ``MIN_SECRET_CHARS`` (32)
+    of ``A-Z a-z 0-9 - _``."""
     body = secret[len(TOKEN_PREFIX):]
     if not secret.startswith(TOKEN_PREFIX):
         raise ValidationError(_("A token secret must start with %(prefix)s"), params={"prefix": TOKEN_PREFIX})
@@ -37,6 +40,8 @@ def validate_token_secret(secret: str) -> None:
 
 
 def validate_cidr(value: str) -> None:
+    """Raise ``ValidationError`` unless ``value`` is an IPv4/IPv6 address or network (host bits may be
+    set: "10.1.2.3/8" is accepted)."""
     try:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
@@ -44,11 +49,16 @@ def validate_cidr(value: str) -> None:
 
 
 class TokenEnvironment(models.TextChoices):
+    """A label on a token (production or test); the proxy serves both alike."""
+
     PROD = "prod", _("Production")
     TEST = "test", _("Test")
 
 
 class TokenStatus(models.TextChoices):
+    """Only an ACTIVE token is served (BLOCKED: 403, REVOKED: 401). A blocked token can be unblocked;
+    revoked is final (``services.set_token_status``)."""
+
     ACTIVE = "active", _("Active")
     BLOCKED = "blocked", _("Blocked")
     REVOKED = "revoked", _("Revoked")
@@ -110,12 +120,10 @@ class ApiToken(models.Model):
         return secret
 
     def clean(self) -> None:
+        """Raise ``ValidationError`` if the department belongs to another company or a model is both
+        allowed and denied."""
         if self.department is not None and self.department.company_id != self.company_id:
             raise ValidationError({"department": _("The department belongs to another company.")})
         overlap = set(self.models_allow) & set(self.models_deny)
         if overlap:
             raise ValidationError({"models_deny": _("Models both allowed and denied: %(m)s") % {"m": ", ".join(sorted(overlap))}})
-
-    @property
-    def is_expired(self) -> bool:
-        return self.expires_at is not None and self.expires_at <= timezone.now()

@@ -192,18 +192,25 @@ def company_key(company_id: int) -> str:
 
 
 def total_key(token_id: int) -> str:
+    """The string key of a token's all-time spend (micro-RUB)."""
     return f"js:tk:{token_id}:total"
 
 
 def week_key(token_id: int, week: str) -> str:
+    """The string key of a token's spend in the calendar week ``week`` ("2026-W48"), micro-RUB;
+    it expires ``WINDOW_TTL`` seconds after INIT creates it."""
     return f"js:tk:{token_id}:w:{week}"
 
 
 def month_key(token_id: int, month: str) -> str:
+    """The string key of a token's spend in the calendar month ``month`` ("2026-11"), micro-RUB;
+    it expires ``WINDOW_TTL`` seconds after INIT creates it."""
     return f"js:tk:{token_id}:m:{month}"
 
 
 def dept_key(department_id: int | None, month: str) -> str:
+    """The string key of a department's spend in ``month`` (micro-RUB). A token without a department
+    gets ``js:dp:0:…``, which the scripts neither create, check nor charge (``has_dept`` False)."""
     return f"js:dp:{department_id or 0}:m:{month}"
 
 
@@ -226,9 +233,13 @@ class SpendKeys:
                    dept_key(department_id, month), department_id is not None)
 
     def as_list(self) -> list[str]:
+        """[co, total, week, month, dept]: KEYS[1..5] of RESERVE, SETTLE and INIT (``dept`` is passed
+        even without a department; ``has_dept`` tells the scripts to ignore it)."""
         return [self.co, self.total, self.week, self.month, self.dept]
 
     def charged_keys(self) -> list[str]:
+        """The keys a reservation is charged to: the company hash first (its ``out`` field), then the
+        token's total, week and month and, with a department, ``dept``. SWEEP releases from these."""
         keys = [self.co, self.total, self.week, self.month]
         if self.has_dept:
             keys.append(self.dept)

@@ -117,12 +117,16 @@ def set_token_status(*, token: ApiToken, status: str, reason: str = "", dry_run:
 
 
 def block_token(*, token: ApiToken, reason: str) -> Outcome:
+    """``set_token_status`` to BLOCKED (the proxy answers 403 with ``reason``). Raises
+    ``TokenStateError`` for a revoked token."""
     return set_token_status(token=token, status=TokenStatus.BLOCKED, reason=reason)
 
 
 def unblock_token(*, token: ApiToken, reason: str = "") -> Outcome:
+    """``set_token_status`` back to ACTIVE. Raises ``TokenStateError`` for a revoked token."""
     return set_token_status(token=token, status=TokenStatus.ACTIVE, reason=reason)
 
 
 def revoke_token(*, token: ApiToken, reason: str) -> Outcome:
+    """``set_token_status`` to REVOKED, for good (UNCHANGED if it already is)."""
     return set_token_status(token=token, status=TokenStatus.REVOKED, reason=reason)

@@ -40,6 +40,13 @@ MAX_AGE_SECONDS = 60.0  # safety net for changes made behind Django's back (raw 
 
 @dataclass(slots=True, frozen=True)
 class TokenSnapshot:
+    """What the hot path knows of one ``ApiToken`` (with its company and department), frozen.
+
+    Limits and ``department_budget`` in micro-RUB, None = none; ``expires_at`` Unix seconds;
+    ``ip_networks`` the parsed ``ip_allow`` (invalid entries dropped, logged); ``time_zone`` the
+    company's, for the calendar windows; ``sell_coef_units`` the company's sell coefficient × 10_000.
+    """
+
     id: int
     name: str
     company_id: int
@@ -63,6 +70,7 @@ class TokenSnapshot:
     sell_coef_units: int
 
     def may_use(self, model: str) -> bool:
+        """Whether the token may call the public model ``model``: not if denied; yes if the allow-list is empty or names it."""
         if model in self.models_deny:
             return False
         return not self.models_allow or model in self.models_allow
@@ -70,6 +78,13 @@ class TokenSnapshot:
 
 @dataclass(slots=True)
 class KeyRoute:
+    """An active supplier key of an active supplier, as routing sees it.
+
+    ``secret`` decrypted; ``priority`` (lower first) and ``weight`` (within a priority) order the
+    tries; ``buy_coef_units`` the buy coefficient × 10_000; ``cooldown_until`` ``time.monotonic()``
+    seconds, in this worker only (kept across route reloads).
+    """
+
     id: int
     supplier_id: int
     secret: str
@@ -81,6 +96,13 @@ class KeyRoute:
 
 @dataclass(slots=True)
 class ModelRoute:
+    """One active model of an active provider: where its calls go and how they are priced.
+
+    ``price_*`` are the current price version's, in micro-units of its currency per 1M tokens (0
+    without a price); ``fx_micro`` micro-RUB per unit of that currency (None: no price, or no FX rate
+    for it); ``created`` Unix seconds; ``egress_url`` the decrypted egress proxy URL, if any.
+    """
+
     id: int
     name: str
     modality: str
@@ -107,6 +129,7 @@ class ModelRoute:
 
     @property
     def priced(self) -> bool:
+        """Whether calls can be priced: a current price and an FX rate for its currency."""
         return self.price_id is not None and self.fx_micro is not None
 
     def pick_keys(self) -> list[KeyRoute]:
@@ -199,6 +222,13 @@ def _load_routes() -> dict[str, ModelRoute]:
 
 
 class SnapshotCache:
+    """One worker's token and route snapshots, loaded by a single loader thread (its own DB connection).
+
+    Tokens are cached by key hash (unknown ones as None) for up to ``MAX_AGE_SECONDS``; the poller
+    drops them all and reloads the routes when the config version changes or the routes are older
+    than ``MAX_AGE_SECONDS``.
+    """
+
     def __init__(self, redis) -> None:
         self._redis = redis
         # One loader thread: loads are rare (a miss or a config change) and it keeps one DB connection.
@@ -211,11 +241,14 @@ class SnapshotCache:
         self._poller: asyncio.Task | None = None
 
     async def start(self) -> None:
+        """Read the config version, load the routes and start the poller. Raises the Redis client's errors
+        and whatever loading the routes raises (the worker's startup fails)."""
         self._version = await self._redis.execute("GET", VERSION_KEY)
         await self.reload_routes()
         self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def stop(self) -> None:
+        """Cancel the poller, close the loader thread's DB connections and shut the thread down."""
         if self._poller:
             self._poller.cancel()
         await asyncio.get_running_loop().run_in_executor(self._executor, connections.close_all)
@@ -241,6 +274,7 @@ class SnapshotCache:
                 logger.exception("config poll failed; keeping the current snapshot")
 
     async def reload_routes(self) -> None:
+        """Load the routing table in the loader thread and swap it in, keeping each key's cooldown."""
         loop = asyncio.get_running_loop()
         routes = await loop.run_in_executor(self._executor, _load_routes)
         # Keep key health (cooldowns) across reloads.
@@ -254,12 +288,19 @@ class SnapshotCache:
         self._routes_loaded = time.monotonic()
 
     def route(self, model: str) -> ModelRoute | None:
+        """The route of the public model name ``model``, or None (unknown, inactive, or its provider inactive)."""
         return self._routes.get(model)
 
     def routes(self) -> dict[str, ModelRoute]:
+        """Every route by public model name: the live snapshot, not a copy."""
         return self._routes
 
     async def token(self, key_hash: str) -> TokenSnapshot | None:
+        """The snapshot of the token whose secret hashes to ``key_hash``, or None for an unknown one.
+
+        A miss loads it in the loader thread; concurrent misses for one hash share that load. Past
+        100_000 cached hashes the cache is cleared (a flood of unknown tokens).
+        """
         cached = self._tokens.get(key_hash)
         if cached is not None and time.monotonic() - cached[1] < MAX_AGE_SECONDS:
             return cached[0]

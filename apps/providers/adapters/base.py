@@ -169,6 +169,7 @@ class HttpResponse:
         self.headers = cast("Mapping[str, str]", response.headers)
 
     async def read(self) -> bytes:
+        """See ``UpstreamResponse.read``; the connection is released before ``broken()`` is raised."""
         try:
             return await self._response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -176,9 +177,11 @@ class HttpResponse:
             raise broken() from exc
 
     def chunks(self) -> AsyncIterator[bytes]:
+        """See ``UpstreamResponse.chunks``."""
         return self._response.content.iter_any()
 
     def release(self) -> None:
+        """See ``UpstreamResponse.release``."""
         self._response.release()
 
 
@@ -245,6 +248,8 @@ class CachedTokenAuth(Auth):
         raise NotImplementedError
 
     async def headers(self, credential: Credential, http: aiohttp.ClientSession | None) -> dict[str, str]:
+        """See ``Auth.headers``: the cached token, exchanged anew (once for all concurrent callers) when
+        missing or within ``refresh_margin`` seconds of its expiry."""
         cached = self._tokens.get(credential.key_id)
         if cached is None or cached[1] - self.refresh_margin <= time.time():
             cached = await self._shared_exchange(credential, http)

@@ -77,6 +77,7 @@ class ProxyApp:
             self._started = True
 
     async def shutdown(self) -> None:
+        """Stop the snapshots' poller, close the upstream pool and the Redis connection (ASGI lifespan shutdown)."""
         await self.snapshots.stop()
         await self.upstream.stop()
         await self.redis.close()

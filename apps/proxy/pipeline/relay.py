@@ -62,6 +62,8 @@ class _Client:
                 return
 
     async def write(self, events: list[bytes]) -> None:
+        """Render ``events`` (canonical SSE lines) as one body write and keep it for an idempotent replay;
+        nothing once the client is gone (an ``OSError`` on send marks it gone)."""
         if not events or self.gone.is_set():
             return
         chunk = dialect.render_events(events)
@@ -72,6 +74,7 @@ class _Client:
             self.gone.set()
 
     def close(self) -> None:
+        """Stop watching for the client's disconnect."""
         self._watcher.cancel()
 
 

@@ -51,12 +51,15 @@ class UpstreamClient:
         return self._session
 
     async def start(self) -> None:
+        """Open the pooled aiohttp session: no connection caps, DNS cached 300 s, keep-alive 60 s, the
+        call's whole timeout ``timeout_seconds`` (10 s to connect), proxies from the environment ignored."""
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60,
                                          enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, auto_decompress=True,
                                               skip_auto_headers=("User-Agent",), trust_env=False)
 
     async def stop(self) -> None:
+        """Close the session and its pooled connections."""
         if self._session is not None:
             await self._session.close()
 

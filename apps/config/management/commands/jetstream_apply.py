@@ -16,6 +16,7 @@ INVALID_FILE = 2  # exit status for a file that cannot be applied (argparse uses
 
 
 def read_config_file(path: str) -> str:
+    """The file's text. Raises ``CommandError`` (exit status 2) if it cannot be read or is not UTF-8."""
     try:
         with open(path, encoding="utf-8") as fh:
             return fh.read()
@@ -27,6 +28,9 @@ def read_config_file(path: str) -> str:
 
 
 class Command(BaseCommand):
+    """``jetstream_apply FILE [--dry-run]``: prints the report (the plan, with ``--dry-run``). A file
+    with problems raises ``CommandError`` (exit status 2) listing each; nothing is written then."""
+
     help = "Create or update suppliers, providers, models, prices, FX rates and companies from a YAML file, in one transaction."
 
     def add_arguments(self, parser) -> None:

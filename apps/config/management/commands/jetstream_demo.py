@@ -29,6 +29,7 @@ DEMO_COMPANY, DEMO_TOKEN, DEMO_MODEL = "demo", "demo", "demo-chat"
 
 
 def first_call_examples(*, api_base: str, secret: str) -> str:
+    """A curl command and an OpenAI SDK snippet for a first chat call to ``api_base`` with ``secret`` (indented text)."""
     body = json.dumps({"model": DEMO_MODEL, "messages": [{"role": "user", "content": "Hello!"}]})
     return "\n".join([
         f"  curl {api_base}/chat/completions \\",
@@ -44,6 +45,10 @@ def first_call_examples(*, api_base: str, secret: str) -> str:
 
 
 class Command(BaseCommand):
+    """``jetstream_demo`` (see the module docstring). The demo token gets a new secret on every run.
+    Raises ``CommandError`` if demo/demo.yaml does not apply, the admin email is an ordinary user's,
+    or the demo token cannot get a new secret (it was revoked); nothing is written then."""
+
     help = "Set up the demo (superadmin, mock provider, demo company and token) and print how to use it."
 
     def handle(self, *args, **options) -> None:

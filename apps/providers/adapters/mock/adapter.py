@@ -24,14 +24,17 @@ class LocalResponse:
         self.headers: Mapping[str, str] = {}
 
     async def read(self) -> bytes:
+        """See ``UpstreamResponse.read``: the generator's whole answer for the request."""
         return await generator.respond(self._request.body, upstream_model=self._target.upstream_model,
                                        options=dict(self._target.options), kind=self._request.endpoint)
 
     def chunks(self) -> AsyncIterator[bytes]:
+        """See ``UpstreamResponse.chunks``: the generator's SSE stream for the request."""
         return generator.stream(self._request.body, upstream_model=self._target.upstream_model,
                                 options=dict(self._target.options), kind=self._request.endpoint)
 
     def release(self) -> None:
+        """See ``UpstreamResponse.release``: nothing to give back."""
         pass
 
 
@@ -43,4 +46,5 @@ class MockAdapter(OpenAIAdapter):
 
     async def open(self, http: aiohttp.ClientSession | Any, request: CanonicalRequest, target: Target,
                    credential: Credential | None, *, proxy: str | None) -> UpstreamResponse:
+        """See ``Adapter.open``: answers in-process (no HTTP; ``credential`` and ``proxy`` unused)."""
         return LocalResponse(request, target)

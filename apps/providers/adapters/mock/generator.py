@@ -145,6 +145,7 @@ class _Entropy:
         self._seed, self._buf, self._pos, self._round = seed, b"", 0, 0
 
     def below(self, n: int) -> int:
+        """The next deterministic integer in [0, n) (0 when n <= 0), from two bytes of the stream."""
         if self._pos + 2 > len(self._buf):
             self._buf = hashlib.shake_256(self._seed + self._round.to_bytes(4, "little")).digest(256)
             self._round += 1
@@ -334,6 +335,8 @@ class _ChatChoice:
         self.completion_tokens = 0
 
     def message(self) -> dict:
+        """This choice's ``chat.completion`` message: its content, or its call as ``tool_calls``
+        (``function_call`` when the request used the legacy ``functions``)."""
         message: dict[str, Any] = {"role": "assistant", "content": self.content, "refusal": None, "annotations": []}
         if self.call is not None and self.legacy:
             message["function_call"] = {"name": self.call["name"], "arguments": self.call["arguments"]}

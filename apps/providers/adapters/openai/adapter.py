@@ -34,11 +34,13 @@ class OpenAIAdapter(Adapter):
     kind = "openai"
 
     def build_request(self, request: CanonicalRequest, target: Target, auth_headers: Mapping[str, str]) -> UpstreamRequest:
+        """See ``Adapter.build_request``: ``wire.request_body`` (upstream model id; streams ask for usage) as JSON, uncompressed."""
         headers = {**auth_headers, "Content-Type": "application/json", "Accept-Encoding": "identity"}
         return UpstreamRequest(request_url(target.base_url, request.endpoint), headers,
                                request_body(request.body, upstream_model=target.upstream_model, stream=request.stream))
 
     def parse_body(self, body: bytes, request: CanonicalRequest) -> Parsed:
+        """See ``Adapter.parse_body``: the body passes through as it came; a body that is not a JSON object is ``malformed()``."""
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -49,9 +51,16 @@ class OpenAIAdapter(Adapter):
         return Parsed(body, usage, None if usage else generated_text(obj, request.endpoint))
 
     def stream_decoder(self, request: CanonicalRequest) -> OpenAIStreamDecoder:
+        """See ``Adapter.stream_decoder``."""
         return OpenAIStreamDecoder(request.endpoint)
 
     def map_error(self, status: int, body: bytes, headers: Mapping[str, str], secret: str | None) -> UpstreamFailure:
+        """See ``Adapter.map_error`` (statuses: https://platform.openai.com/docs/guides/error-codes).
+
+        401/403 → 502, fail over, key rests ``COOLDOWN_AUTH_FAILED``; 429 → 429, fail over, rests for a
+        whole-seconds ``Retry-After`` or ``COOLDOWN_RATE_LIMITED``; 5xx, 408, 409 → 502, fail over; 400,
+        404, 413, 422 are passed on and any other 4xx answered 400, with no failover.
+        """
         message, type_, code = error_message(body, secret)
         if status in (401, 403):
             return UpstreamFailure(502, "The upstream provider rejected the gateway's credentials.",

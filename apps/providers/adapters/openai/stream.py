@@ -31,6 +31,7 @@ class OpenAIStreamDecoder:
         self.events: list[bytes] = []  # every relayed event, for local counting when usage never comes
 
     def feed(self, data: bytes) -> list[bytes]:
+        """See ``StreamDecoder.feed``: events end at a blank line; a partial one waits for the next read."""
         buffer = self._buffer + data
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
@@ -42,6 +43,7 @@ class OpenAIStreamDecoder:
         return self._take(complete)
 
     def finish(self) -> list[bytes]:
+        """See ``StreamDecoder.finish``: the unterminated tail, unless ``[DONE]`` came."""
         tail, self._buffer = self._buffer, b""
         return self._take(tail) if tail and not self.done else []
 
@@ -67,10 +69,13 @@ class OpenAIStreamDecoder:
         return out
 
     def usage(self) -> Usage | None:
+        """See ``StreamDecoder.usage``."""
         return usage_from(self.usage_chunk) if self.usage_chunk else None
 
     def generated_text(self) -> str:
+        """See ``StreamDecoder.generated_text``."""
         return stream_text(self.events, self._endpoint)
 
     def produced(self) -> bool:
+        """See ``StreamDecoder.produced``."""
         return bool(self.events)

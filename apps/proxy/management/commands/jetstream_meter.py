@@ -8,6 +8,9 @@ from apps.proxy.metering import MeterWriter
 
 
 class Command(BaseCommand):
+    """``jetstream_meter``: runs one ``MeterWriter`` until SIGTERM (its handler raises ``SystemExit``
+    wherever the writer is) or, with ``--stop-after``, for that many seconds."""
+
     help = "Write usage events from the Redis stream to PostgreSQL (usage records + ledger transfers)."
 
     def add_arguments(self, parser):
