@@ -2,7 +2,7 @@
 
 Stored form: ``v1:<key id>:<base64(nonce || ciphertext || tag)>``. The key id picks the
 decryption key, so keys rotate by prepending a new one to ``JETSTREAM_ENCRYPTION_KEYS`` and
-re-encrypting (``rotate`` below); old keys keep decrypting until removed. The key id is bound
+re-encrypting (``needs_rotation`` finds what an old key still encrypts); old keys keep decrypting until removed. The key id is bound
 into the GCM associated data so a blob cannot be replayed under another key id.
 """
 

@@ -141,11 +141,14 @@ class Redis:
 
     @staticmethod
     def _send(proto: _Protocol, args: tuple) -> asyncio.Future:
+        # Encode before queueing the waiter: an argument that cannot be encoded (TypeError) must not
+        # leave a waiter behind, or every later reply on this connection would go to the wrong caller.
+        payload = _encode(args)
         waiter = asyncio.get_running_loop().create_future()
         proto.waiters.append(waiter)
         # Every proto passed here came back from create_*_connection, which calls connection_made first.
         assert proto.transport is not None, "protocol used before connection_made"
-        proto.transport.write(_encode(args))
+        proto.transport.write(payload)
         return waiter
 
     async def execute(self, *args):

@@ -24,7 +24,7 @@ class Command(BaseCommand):
     def handle(self, *args, batch_size, block_ms, consumer, reclaim_idle_ms, stop_after, **options):
         writer = MeterWriter(batch_size=batch_size, block_ms=block_ms, consumer=consumer, reclaim_idle_ms=reclaim_idle_ms)
 
-        def stop(signum, frame):  # finish the batch in hand, then exit
+        def stop(signum, frame):  # exit now: an unacknowledged batch stays pending and is rewritten idempotently
             raise SystemExit(0)
 
         signal.signal(signal.SIGTERM, stop)
