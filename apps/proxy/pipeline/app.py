@@ -140,7 +140,7 @@ class ProxyApp:
 
     # ------------------------------------------------------------------ the inference pipeline
     async def inference(self, call: Call, receive, send) -> None:
-        """authenticate → read + validate → police → [moderate] → idempotency → reserve → call upstream
+        """authenticate → read + validate → police → [moderate] → estimate → idempotency → reserve → call upstream
         → relay → settle + meter (docs/proxy.md has the stage table)."""
         await authenticate(call, self.snapshots)
         call.raw = await read_body(call.scope, receive, self.max_body)
