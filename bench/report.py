@@ -26,6 +26,7 @@ TARGET_LITELLM_RATIO = 20
 TARGET_SLOW_STREAMS = 1000
 TARGET_SLOW_RSS_MB = 300
 TARGET_RECORD_LAG_P99_MS = 1000
+TARGET_COLD_P99_MS = 100
 LOAD_CONNECTIONS = 50
 
 
@@ -330,6 +331,16 @@ def _lag_row(results: dict, c: int) -> str:
     return _missing(what) if not lags else f"| **NOT MET** | {what}: no records found for a cell |"
 
 
+def _cold_row(cold: dict | None, settings: dict) -> str:
+    what = (f"a cold worker (new process, spend counters not in Redis), {settings.get('cold_connections', 50)} connections, "
+            f"first {settings.get('cold_seconds', 1)} s: p99 ≤ {TARGET_COLD_P99_MS} ms")
+    if not cold:
+        return _missing(what)
+    errs = f", {cold['error_total']} errors" if cold["error_total"] else ""
+    return _check(cold["p99_ms"] <= TARGET_COLD_P99_MS and not cold["error_total"],
+                  f"{what}: p99 {_ms(cold['p99_ms'])} ms, max {_ms(cold['max_ms'])} ms, {cold['requests']:,} requests{errs}")
+
+
 def _targets(results: dict) -> list[str]:
     lines = ["| | Target (Jetstream, metering on) |", "|---|---|"]
     js_entry = results["targets"].get("jetstream")
@@ -338,7 +349,7 @@ def _targets(results: dict) -> list[str]:
         return [*lines, f"| **not measured** | every target: {why} |"]
     c = LOAD_CONNECTIONS
     return [*lines, *_throughput_rows(results, c), *_comparison_rows(results, c), _slow_row(js_entry.get("slow")),
-            _lag_row(results, c)]
+            _lag_row(results, c), _cold_row(js_entry.get("cold_start"), results["settings"])]
 
 
 def render(results: dict) -> str:

@@ -15,6 +15,7 @@ Environment (all optional):
     BENCH_SLOW_CHUNKS    20                          chunks per slow stream (one per interval)
     BENCH_SLOW_INTERVAL  1                           seconds between slow chunks
     BENCH_SLOW_RAMP      2                           seconds over which the slow streams are opened
+    BENCH_COLD_START     1                           measure a cold worker (0 = skip)
     BENCH_OUTPUT         docs/benchmarks.md          where the report goes
 """
 
@@ -53,6 +54,11 @@ LOGS = WORK / "logs"
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 TARGET_NAMES = ("direct", "jetstream", "jetstream_daphne", "litellm")
 MODES = (("non-stream", False), ("stream", True))
+
+
+# The cold-start cell: a new worker, this many connections, this many seconds from its start.
+COLD_CONNECTIONS = 50
+COLD_SECONDS = 1
 
 
 class BenchError(Exception):
@@ -109,6 +115,7 @@ class Settings:
     slow_ramp: float
     output: Path
     litellm_venv: Path
+    cold_start: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -132,6 +139,7 @@ class Settings:
             slow_ramp=_env_float("BENCH_SLOW_RAMP", 2.0, minimum=0.0),
             output=output if output.is_absolute() else ROOT / output,
             litellm_venv=Path(os.environ.get("BENCH_LITELLM_VENV") or WORK / "litellm-venv"),
+            cold_start=bool(_env_int("BENCH_COLD_START", 1, minimum=0)),
         )
 
 
@@ -666,6 +674,43 @@ def ensure_database() -> str:
     return f"{parsed.hostname or 'socket'}{':' + str(parsed.port) if parsed.port else ''}/{dbname} (DATABASE_URL)"
 
 
+def drop_spend_counters() -> int:
+    """Delete the proxy's spend counters in Redis (company funds, token and department windows), so
+    the next worker meets them for the first time and seeds them from PostgreSQL. Nothing may be in
+    flight. Returns how many keys went."""
+    import redis
+    from django.conf import settings as django_settings
+
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    try:
+        keys = [key for pattern in ("js:co:*", "js:tk:*", "js:dp:*") for key in client.scan_iter(pattern, count=1000)]
+        return client.delete(*keys) if keys else 0
+    finally:
+        client.close()
+
+
+def run_cold_start(procs: Processes, upstreams: dict) -> dict:
+    """A new worker hit at once by COLD_CONNECTIONS connections for one token, with its spend
+    counters not in Redis: wrk for the first COLD_SECONDS, no warm-up (deploys and autoscaling
+    start workers under load). The worker is stopped afterwards; its records are drained."""
+    dropped = drop_spend_counters()
+    target, _ = start_jetstream(procs, upstreams, name="jetstream_cold")
+    try:
+        result = run_wrk(url=target.chat_url, body_file=WORK / "body-chat.json", authorization=target.authorization,
+                         connections=COLD_CONNECTIONS, seconds=COLD_SECONDS, tag="jetstream-cold-start")
+        result["counters_dropped"] = dropped
+        if target.meter:
+            target.meter.wait_drained()
+    finally:
+        if target.meter:
+            target.meter.close()
+        for process in ("jetstream_cold", "meter"):
+            procs.stop(process)
+    print(f"  {'cold start (new worker)':32} {result['rps']:9.0f} req/s  p50 {result['p50_ms']:8.3f} ms  "
+          f"p99 {result['p99_ms']:8.3f} ms  max {result['max_ms']:8.3f} ms  errors {result['error_total']}", flush=True)
+    return result
+
+
 def start_jetstream(procs: Processes, upstreams: dict, *, name: str = "jetstream", server: str = "uvicorn") -> tuple[Target, dict]:
     """The same app and pipeline under `bin/serve`; `server` picks uvicorn (default) or daphne."""
     info = {"database": ensure_database()}
@@ -782,6 +827,40 @@ def machine_info() -> dict:
     }
 
 
+def run_target(name: str, entry: dict, *, settings: Settings, procs: Processes, upstreams: dict,
+               starters: dict[str, Callable[[], Target]]) -> None:
+    """Start one target, measure its cells (and slow streams, and for Jetstream a cold worker) into
+    ``entry``, stop it."""
+    target = None
+    try:
+        if name == "jetstream":
+            target, entry["servers"] = start_jetstream(procs, upstreams)
+        elif name == "jetstream_daphne":
+            target, entry["servers"] = start_jetstream(procs, upstreams, name=name, server="daphne")
+        else:
+            target = starters[name]()
+        slow_server = None
+        if name in settings.slow_targets:
+            slow_server = "slow-upstream" if name == "direct" else target.server
+        entry |= measure(target, procs=procs, settings=settings, slow_server=slow_server)
+        if name == "direct" and "slow" in entry:
+            entry["slow"]["measured_process"] = "slow upstream (aiohttp)"
+        if name == "jetstream" and settings.cold_start:
+            procs.stop(name)
+            procs.stop("meter")
+            entry["cold_start"] = run_cold_start(procs, upstreams)
+    except BenchError as exc:
+        entry["error"] = str(exc)
+        banner = "JETSTREAM FAILED" if name == "jetstream" else f"{name.upper()} FAILED"
+        print(f"\n!!! {banner}: {exc}\n", file=sys.stderr, flush=True)
+    finally:
+        if target and target.meter:
+            target.meter.close()
+        if name != "direct":  # nginx and the slow upstream serve every target
+            for process in (name, "meter"):
+                procs.stop(process)
+
+
 def run(settings: Settings, procs: Processes) -> dict:
     results: dict = {
         "machine": machine_info(),
@@ -789,6 +868,7 @@ def run(settings: Settings, procs: Processes) -> dict:
             "targets": list(settings.targets), "connections": list(settings.connections), "warmup_s": settings.warmup,
             "duration_s": settings.duration, "slow_targets": list(settings.slow_targets), "slow_streams": settings.slow_streams,
             "slow_chunks": settings.slow_chunks, "slow_interval_s": settings.slow_interval, "slow_ramp_s": settings.slow_ramp,
+            "cold_connections": COLD_CONNECTIONS, "cold_seconds": COLD_SECONDS,
         },
         "targets": {},
     }
@@ -808,30 +888,7 @@ def run(settings: Settings, procs: Processes) -> dict:
         print(f"== {name}", flush=True)
         entry: dict = {}
         results["targets"][name] = entry
-        target = None
-        try:
-            if name == "jetstream":
-                target, entry["servers"] = start_jetstream(procs, upstreams)
-            elif name == "jetstream_daphne":
-                target, entry["servers"] = start_jetstream(procs, upstreams, name=name, server="daphne")
-            else:
-                target = starters[name]()
-            slow_server = None
-            if name in settings.slow_targets:
-                slow_server = "slow-upstream" if name == "direct" else target.server
-            entry |= measure(target, procs=procs, settings=settings, slow_server=slow_server)
-            if name == "direct" and "slow" in entry:
-                entry["slow"]["measured_process"] = "slow upstream (aiohttp)"
-        except BenchError as exc:
-            entry["error"] = str(exc)
-            banner = "JETSTREAM FAILED" if name == "jetstream" else f"{name.upper()} FAILED"
-            print(f"\n!!! {banner}: {exc}\n", file=sys.stderr, flush=True)
-        finally:
-            if target and target.meter:
-                target.meter.close()
-            if name != "direct":  # nginx and the slow upstream serve every target
-                for process in (name, "meter"):
-                    procs.stop(process)
+        run_target(name, entry, settings=settings, procs=procs, upstreams=upstreams, starters=starters)
     return results
 
 

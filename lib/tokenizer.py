@@ -43,7 +43,7 @@ class _Loaded:
 
     quicktok (exact BPE in C++, tables bundled in the wheel) counts without building a token list
     and has no length caps; it agrees token for token with the reference implementation
-    (tests/providers/test_tokens.py checks it against bpe_openai). It costs ~65 MB for o200k and
+    (tests/lib/test_tokenizer.py checks it against bpe_openai). It costs ~65 MB for o200k and
     ~30 MB for cl100k, a third of what bpe_openai needs, which matters for the proxy's RSS.
     """
 

@@ -16,6 +16,7 @@ import logging
 import random
 import time
 import zoneinfo
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from django.utils import timezone
 from apps.billing.models import FxRate
 from apps.providers.adapters.base import Target
 from apps.providers.models import Model, Price, SupplierKey, SupplierKeyStatus
+from lib import tokenizer
 from lib.money import coefficient_units
 
 from .models import ApiToken
@@ -221,6 +223,13 @@ def _load_routes() -> dict[str, ModelRoute]:
     return routes
 
 
+def encodings_for(routes: Iterable[ModelRoute]) -> set[str]:
+    """The tokenizer encodings the proxy counts with for these routes: a chat model's own, and
+    cl100k for completion and embedding models (``spend.estimate``)."""
+    return {tokenizer.encoding_for_model(route.upstream_model) if route.modality == "chat" else tokenizer.CL100K
+            for route in routes}
+
+
 class SnapshotCache:
     """One worker's token and route snapshots, loaded by a single loader thread (its own DB connection).
 
@@ -274,9 +283,13 @@ class SnapshotCache:
                 logger.exception("config poll failed; keeping the current snapshot")
 
     async def reload_routes(self) -> None:
+        """Load the routing table in the loader thread, keep key health across reloads, and load the
+        tokenizer tables the routes need there too (a table loads in about a second: on the event
+        loop it would stall every request of a cold worker)."""
         """Load the routing table in the loader thread and swap it in, keeping each key's cooldown."""
         loop = asyncio.get_running_loop()
         routes = await loop.run_in_executor(self._executor, _load_routes)
+        await loop.run_in_executor(self._executor, tokenizer.preload, encodings_for(routes.values()))
         # Keep key health (cooldowns) across reloads.
         for name, route in routes.items():
             old = self._routes.get(name)

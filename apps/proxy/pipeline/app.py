@@ -17,7 +17,6 @@ from typing import Any
 from django.conf import settings
 
 from apps.billing.models import UsageStatus
-from lib import tokenizer
 from lib.resp import Redis, RedisConnectionError, RedisReplyError
 
 from ..dialects import openai as dialect
@@ -68,8 +67,7 @@ class ProxyApp:
             if self._started:
                 return
             await self.upstream.start()
-            await self.snapshots.start()
-            tokenizer.preload([tokenizer.O200K])  # the common tables now, not on a request (cl100k loads on first use)
+            await self.snapshots.start()  # routes, and the tokenizer tables they need
             # Django's import-time objects live for the whole process: frozen, the collector no
             # longer rescans them, which keeps full collections (and tail latency) short.
             gc.collect()

@@ -8,6 +8,7 @@ upstream's usage or locally counted tokens) and appends the usage event, in one 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -99,7 +100,8 @@ def price_usage(call: Call, usage, fallback_text: str | None) -> None:
     else:
         call.counted_locally = True
         call.input_tokens = call.input_tokens_estimate
-        call.output_tokens = tokenizer.count_text(fallback_text or "") if fallback_text else 0
+        encoding = tokenizer.encoding_for_model(call.route.upstream_model)
+        call.output_tokens = tokenizer.count_text(fallback_text, encoding=encoding) if fallback_text else 0
         call.cached_tokens = 0
     route, reserved = call.route, call.reservation.amount
     sell = price(route, call.input_tokens, call.output_tokens, call.cached_tokens, call.token.sell_coef_units)
@@ -130,6 +132,7 @@ class SpendCounters:
         self._reserve = redis.register_script(RESERVE)
         self._settle = redis.register_script(SETTLE)
         self._init = redis.register_script(INIT)
+        self._seeding: dict[tuple[str, ...], asyncio.Future[None]] = {}
 
     def keys_for(self, token: TokenSnapshot, now: float) -> SpendKeys:
         """The token's counter keys in the calendar windows around ``now`` (company time zone)."""
@@ -165,7 +168,19 @@ class SpendCounters:
         raise gateway_unavailable("The gateway could not initialise spend counters.")
 
     async def seed(self, token: TokenSnapshot, keys: SpendKeys) -> None:
-        """Create the token's and company's counters from PostgreSQL (a first sight, or Redis lost them)."""
+        """Create the token's and company's counters from PostgreSQL (a first sight, or Redis lost them).
+
+        Concurrent calls for the same counters share one load: a cold worker hit by many requests
+        of one token would otherwise queue one database load per request in the loader thread."""
+        flight = tuple(keys.as_list())
+        pending = self._seeding.get(flight)
+        if pending is None:
+            pending = asyncio.ensure_future(self._seed(token, keys))
+            self._seeding[flight] = pending
+            pending.add_done_callback(lambda _done: self._seeding.pop(flight, None))
+        await asyncio.shield(pending)
+
+    async def _seed(self, token: TokenSnapshot, keys: SpendKeys) -> None:
         values = await self._snapshots.run_in_loader(load_initial_counters, token.id, token.company_id, token.department_id,
                                                      token.time_zone.key)
         await self.redis.evalsha(self._init, keys.as_list(),
