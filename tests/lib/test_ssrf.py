@@ -8,7 +8,9 @@ real aiohttp connectors and through the gateway; DNS answers come from a map the
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -17,6 +19,13 @@ from aiohttp.resolver import ThreadedResolver
 from django.core.exceptions import ValidationError
 
 from lib.ssrf import GuardedResolver, UnsafeAddressError, UnsafeURLError, guarded_socket, validate_outbound_url
+from tests.fakes import openai_upstream
+from tests.proxy.conftest import Gateway, ServerThread, build_world, flush_gateway_keys, free_port
+from tests.proxy.helpers import GOOD, post
+
+# The proxy tests' fixtures: one FakeOpenAI per session, reset around every test.
+fake_openai_server = openai_upstream.fake_openai_server
+fake_openai = openai_upstream.fake_openai
 
 PUBLIC_V4 = "93.184.215.14"
 
@@ -237,3 +246,131 @@ def test_the_guard_follows_a_rebinding_answer():
         dns.answers["api.rebind.test"] = answer
         with pytest.raises(UnsafeAddressError):
             asyncio.run(ask())
+
+
+# --- through the gateway ---------------------------------------------------------------------------
+
+@pytest.fixture
+def dns() -> AnswerMap:
+    return AnswerMap()
+
+
+@pytest.fixture
+def ssrf_gateway(transactional_db, fake_openai, dns):
+    """The real gateway whose upstream client resolves names through ``dns``."""
+    from django.conf import settings
+
+    from apps.proxy.pipeline.app import ProxyApp
+    from apps.proxy.pipeline.upstream import UpstreamClient
+    from jetstream.asgi import build_application
+
+    flush_gateway_keys()
+    world = build_world(fake_openai)
+    app = ProxyApp()
+    app.upstream = UpstreamClient(timeout_seconds=settings.JETSTREAM["UPSTREAM_TIMEOUT_SECONDS"], resolver=dns)
+    with ServerThread(build_application(app), free_port()) as server:
+        yield Gateway(world, server)
+    flush_gateway_keys()
+
+
+def _point_provider(gateway, base_url: str, *, internal: bool = False, egress=None) -> None:
+    # Saved without clean(): a row that passed the save-time check when DNS answered otherwise, or
+    # before the check knew every spelling.
+    provider = gateway.world.provider
+    provider.base_url, provider.internal, provider.egress = base_url, internal, egress
+    provider.save()
+    gateway.wait_config()
+
+
+def _assert_refused(response, fake, caplog, needle: str) -> None:
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "upstream_unreachable"
+    assert "127.0.0.1" not in response.text and "localhost" not in response.text and ".test" not in response.text
+    assert fake.requests == []  # not a byte reached the upstream: neither the body nor the supplier key
+    assert needle in caplog.text
+
+
+def test_the_internal_fake_upstream_keeps_working(ssrf_gateway, fake_openai):
+    completion = ssrf_gateway.client().chat.completions.create(**GOOD)
+    assert completion.choices[0].message.content
+    assert len(fake_openai.requests) == 1
+
+
+def test_the_first_request_after_a_rebind_to_loopback_is_refused(ssrf_gateway, fake_openai, dns, caplog):
+    port = urlsplit(fake_openai.base_url).port
+    base_url = f"http://api.rebind.test:{port}/v1"
+    dns.answers["api.rebind.test"] = [PUBLIC_V4]
+    assert validate_outbound_url(base_url, getaddrinfo=dns.getaddrinfo) == base_url  # what the save saw
+    _point_provider(ssrf_gateway, base_url)
+
+    dns.answers["api.rebind.test"] = ["127.0.0.1"]
+    with caplog.at_level(logging.WARNING, logger="lib.ssrf"):
+        response = post(ssrf_gateway, GOOD)
+
+    _assert_refused(response, fake_openai, caplog, "refused an outbound connection to api.rebind.test (127.0.0.1)")
+    assert "api.rebind.test" in dns.asked
+    ssrf_gateway.drain(expect=1)
+    from apps.billing.models import UsageRecord
+
+    record = UsageRecord.objects.get()
+    assert record.status == "upstream_error" and record.sell_cost == 0
+    assert (record.error_code, record.http_status) == ("upstream_unreachable", 502)
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "[::ffff:127.0.0.1]", "0x7f.1"])
+def test_a_provider_not_marked_internal_that_reaches_loopback_at_call_time_is_refused(ssrf_gateway, fake_openai, caplog, host):
+    port = urlsplit(fake_openai.base_url).port
+    _point_provider(ssrf_gateway, f"http://{host}:{port}/v1")
+
+    with caplog.at_level(logging.WARNING, logger="lib.ssrf"):
+        response = post(ssrf_gateway, GOOD)
+
+    _assert_refused(response, fake_openai, caplog, "refused an outbound connection")
+
+
+def test_an_egress_proxy_not_marked_internal_on_loopback_is_refused(ssrf_gateway, fake_openai, caplog):
+    from apps.providers.models import EgressProxy
+
+    port = urlsplit(fake_openai.base_url).port
+    proxy = EgressProxy(slug="nl-1", country="NL", internal=True)
+    proxy.set_url(f"http://localhost:{port}")
+    proxy.internal = False  # as saved before proxy hosts were resolved
+    proxy.save()
+    _point_provider(ssrf_gateway, "http://api.upstream.test/v1", egress=proxy)
+
+    with caplog.at_level(logging.WARNING, logger="lib.ssrf"):
+        response = post(ssrf_gateway, GOOD)
+
+    _assert_refused(response, fake_openai, caplog, "refused an outbound connection to localhost")
+
+
+def test_an_egress_proxy_marked_internal_may_be_private_and_carries_a_public_provider(ssrf_gateway, fake_openai, dns):
+    from apps.providers.models import EgressProxy
+
+    proxy = EgressProxy(slug="nl-1", country="NL", internal=True)
+    proxy.set_url(fake_openai.base_url.removesuffix("/v1"))  # FakeOpenAI answers absolute-form requests: a forward proxy
+    proxy.save()
+    _point_provider(ssrf_gateway, "http://api.upstream.test/v1", egress=proxy)
+
+    completion = ssrf_gateway.client().chat.completions.create(**GOOD)
+
+    assert completion.choices[0].message.content
+    assert fake_openai.last_request.headers["Host"] == "api.upstream.test"
+    assert dns.asked == []  # the provider's name is the proxy's to resolve
+
+
+def test_a_socks_egress_proxy_is_a_clear_refusal(ssrf_gateway, fake_openai, caplog):
+    from apps.providers.models import EgressProxy
+
+    port = urlsplit(fake_openai.base_url).port
+    proxy = EgressProxy(slug="nl-1", country="NL", internal=True)
+    proxy.set_url(f"socks5://user:S0CKS-SECRET@127.0.0.1:{port}")
+    proxy.save()
+    _point_provider(ssrf_gateway, "http://api.upstream.test/v1", egress=proxy)
+
+    with caplog.at_level(logging.ERROR, logger="apps.proxy.pipeline.upstream"):
+        response = post(ssrf_gateway, GOOD)
+
+    _assert_refused(response, fake_openai, caplog, "provider openai-main: its egress proxy is SOCKS")
+    assert "S0CKS-SECRET" not in caplog.text
