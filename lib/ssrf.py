@@ -150,10 +150,12 @@ class GuardedResolver(AbstractResolver):
     Wraps ``inner`` (aiohttp's default resolver unless given: tests pass one whose answers they
     control). ``resolve`` returns ``inner``'s answer (a list of ``ResolveResult``) only if every
     address passes ``is_public_address``; otherwise it logs the name and the address and raises
-    ``UnsafeAddressError``, before anything is connected or cached. Build it inside the event loop.
+    ``UnsafeAddressError``, before anything is connected or cached. Build it inside the event loop;
+    ``close`` closes ``inner`` only if the guard made it.
     """
 
     def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._owns_inner = inner is None
         self._inner = inner if inner is not None else DefaultResolver()
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
@@ -167,8 +169,12 @@ class GuardedResolver(AbstractResolver):
         return results
 
     async def close(self) -> None:
-        """Close ``inner``."""
-        await self._inner.close()
+        """Close ``inner`` if the guard made it (a resolver passed in is its owner's to close)."""
+        if self._owns_inner:
+            await self._inner.close()
+
+
+SocketFactory = Callable[[tuple[Any, ...]], socket.socket]
 
 
 def guarded_socket(addr_info: tuple[Any, ...]) -> socket.socket:

@@ -17,7 +17,7 @@ from aiohttp.abc import AbstractResolver
 
 from apps.providers.adapters import adapter_for
 from apps.providers.adapters.base import Adapter, Credential, UpstreamFailure, UpstreamResponse, unreachable
-from lib.ssrf import GuardedResolver, guarded_socket
+from lib.ssrf import GuardedResolver, SocketFactory, guarded_socket
 
 from ..exceptions import ApiError
 from ..snapshot import KeyRoute, ModelRoute
@@ -48,6 +48,7 @@ class UpstreamClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=10)
         self._session: aiohttp.ClientSession | None = None
         self._internal_session: aiohttp.ClientSession | None = None
+        self._guard: GuardedResolver | None = None
         self._resolver = resolver  # the names' source of truth under the guard; aiohttp's default if None
 
     @property
@@ -78,10 +79,11 @@ class UpstreamClient:
         """Open the pooled aiohttp sessions: no connection caps, DNS cached 300 s, keep-alive 60 s, the
         call's whole timeout ``timeout_seconds`` (10 s to connect), proxies from the environment ignored.
         One session checks every address it connects to (``lib.ssrf``), one is for internal peers."""
-        self._session = self._new_session(resolver=GuardedResolver(self._resolver), socket_factory=guarded_socket)
+        self._guard = GuardedResolver(self._resolver)
+        self._session = self._new_session(resolver=self._guard, socket_factory=guarded_socket)
         self._internal_session = self._new_session(resolver=self._resolver)
 
-    def _new_session(self, *, resolver: AbstractResolver | None, socket_factory=None) -> aiohttp.ClientSession:
+    def _new_session(self, *, resolver: AbstractResolver | None, socket_factory: SocketFactory | None = None) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60,
                                          enable_cleanup_closed=True, resolver=resolver, socket_factory=socket_factory)
         return aiohttp.ClientSession(connector=connector, timeout=self._timeout, auto_decompress=True,
@@ -92,6 +94,8 @@ class UpstreamClient:
         for session in (self._session, self._internal_session):
             if session is not None:
                 await session.close()
+        if self._guard is not None:  # a connector closes only the resolver it made itself
+            await self._guard.close()
 
     async def open(self, call: Call) -> Opened:
         """Start the call's upstream answer (sets ``call.key`` to the key that served it). Raises
