@@ -54,12 +54,16 @@ class EgressProxy(models.Model):
         return f"{self.slug} ({self.country})"
 
     def set_url(self, url: str) -> None:
-        """Validate ``url`` (http, https or socks5; credentials allowed; no DNS lookup, a literal
-        non-public IP only if ``internal``) and store it encrypted, with ``scheme://host:port`` for
-        display. Raises ``ValidationError`` keyed ``url``."""
+        """Validate ``url`` (http, https or socks5; credentials allowed; the host resolved — a DNS lookup —
+        and a non-public address allowed only if ``internal``) and store it encrypted, with
+        ``scheme://host:port`` for display. Raises ``ValidationError`` keyed ``url``.
+
+        A name that does not resolve yet is accepted: the proxy's connect-time guard (``lib.ssrf``)
+        judges every address it connects to anyway. A ``socks5`` URL is stored, but the proxy cannot
+        speak SOCKS and answers its providers' calls 502 (logged for the operator)."""
         try:
-            validate_outbound_url(url, internal=self.internal, schemes=("http", "https", "socks5"), resolve=False,
-                                  allow_credentials=True)
+            validate_outbound_url(url, internal=self.internal, schemes=("http", "https", "socks5"), allow_credentials=True,
+                                  unresolved_ok=True, subject="egress proxy")
         except UnsafeURLError as exc:
             raise ValidationError({"url": str(exc)}) from None
         parts = urlsplit(url)

@@ -102,7 +102,9 @@ class ModelRoute:
 
     ``price_*`` are the current price version's, in micro-units of its currency per 1M tokens (0
     without a price); ``fx_micro`` micro-RUB per unit of that currency (None: no price, or no FX rate
-    for it); ``created`` Unix seconds; ``egress_url`` the decrypted egress proxy URL, if any.
+    for it); ``created`` Unix seconds; ``egress_url`` the decrypted egress proxy URL, if any;
+    ``internal`` / ``egress_internal`` the provider's / egress proxy's ``internal`` flag (a loopback or
+    private address allowed).
     """
 
     id: int
@@ -124,10 +126,19 @@ class ModelRoute:
     price_cached: int
     fx_micro: int | None
     keys: list[KeyRoute] = field(default_factory=list)
+    internal: bool = False
+    egress_internal: bool = False
     target: Target = field(init=False)  # where the adapter sends this model's calls
 
     def __post_init__(self) -> None:
         self.target = Target(self.base_url, self.upstream_model, self.provider_options)
+
+    @property
+    def connects_internally(self) -> bool:
+        """Whether the peer the gateway connects to may have a non-public address: the egress proxy's
+        flag when calls go through one (the proxy, not the gateway, then connects to the provider),
+        else the provider's. False means every connection is checked against SSRF (``lib.ssrf``)."""
+        return self.egress_internal if self.egress_url is not None else self.internal
 
     @property
     def priced(self) -> bool:
@@ -206,8 +217,10 @@ def _load_routes() -> dict[str, ModelRoute]:
         provider = model.provider
         price = prices.get(model.pk)
         egress_url = None
+        egress_internal = False
         if provider.egress is not None and provider.egress.is_active:
             egress_url = provider.egress.reveal_url()
+            egress_internal = provider.egress.internal
         routes[model.name] = ModelRoute(
             id=model.pk, name=model.name, modality=model.modality, upstream_model=model.upstream_model or model.name,
             context_window=model.context_window, max_output_tokens=model.max_output_tokens,
@@ -218,7 +231,7 @@ def _load_routes() -> dict[str, ModelRoute]:
             price_input=price.input_per_1m if price else 0, price_output=price.output_per_1m if price else 0,
             price_cached=price.cached_input_per_1m if price else 0,
             fx_micro=fx.get(price.currency) if price else None,
-            keys=keys.get(provider.pk, []),
+            keys=keys.get(provider.pk, []), internal=provider.internal, egress_internal=egress_internal,
         )
     return routes
 

@@ -8,17 +8,22 @@ the request itself (another 4xx) is answered at once.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 
 from apps.providers.adapters import adapter_for
-from apps.providers.adapters.base import Adapter, Credential, UpstreamFailure, UpstreamResponse
+from apps.providers.adapters.base import Adapter, Credential, UpstreamFailure, UpstreamResponse, unreachable
+from lib.ssrf import GuardedResolver, SocketFactory, guarded_socket
 
 from ..exceptions import ApiError
-from ..snapshot import KeyRoute
+from ..snapshot import KeyRoute, ModelRoute
 from .context import Call
+
+logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 
@@ -39,29 +44,58 @@ def _cool_down(key: KeyRoute, seconds: float) -> None:
 class UpstreamClient:
     """The worker's pooled upstream connections (aiohttp) and the call with failover."""
 
-    def __init__(self, *, timeout_seconds: int) -> None:
+    def __init__(self, *, timeout_seconds: int, resolver: AbstractResolver | None = None) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=10)
         self._session: aiohttp.ClientSession | None = None
+        self._internal_session: aiohttp.ClientSession | None = None
+        self._guard: GuardedResolver | None = None
+        self._resolver = resolver  # the names' source of truth under the guard; aiohttp's default if None
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        """The pooled session (after ``start``)."""
+        """The pooled session whose every connection is checked against SSRF (after ``start``)."""
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() has not run")
         return self._session
 
+    def session_for(self, route: ModelRoute) -> aiohttp.ClientSession:
+        """The session for ``route``'s connections: unguarded only when the peer the gateway connects
+        to (the egress proxy if the route has one, else the provider) is marked internal. Raises
+        ``UpstreamFailure`` (``unreachable``) for a SOCKS egress proxy, which aiohttp cannot speak."""
+        if route.egress_url is not None and route.egress_url.lower().startswith("socks"):
+            # aiohttp would send plain HTTP (the supplier key included) to the SOCKS port: refuse instead.
+            logger.error("provider %s: its egress proxy is SOCKS, which the upstream client does not support; "
+                         "use an http:// or https:// proxy", route.provider_slug)
+            refusal = unreachable()
+            refusal.failover, refusal.cooldown = False, None  # about the route, not the key: no other key fares better
+            raise refusal
+        if route.connects_internally:
+            if self._internal_session is None:
+                raise RuntimeError("UpstreamClient.start() has not run")
+            return self._internal_session
+        return self.session
+
     async def start(self) -> None:
-        """Open the pooled aiohttp session: no connection caps, DNS cached 300 s, keep-alive 60 s, the
-        call's whole timeout ``timeout_seconds`` (10 s to connect), proxies from the environment ignored."""
+        """Open the pooled aiohttp sessions: no connection caps, DNS cached 300 s, keep-alive 60 s, the
+        call's whole timeout ``timeout_seconds`` (10 s to connect), proxies from the environment ignored.
+        One session checks every address it connects to (``lib.ssrf``), one is for internal peers."""
+        self._guard = GuardedResolver(self._resolver)
+        self._session = self._new_session(resolver=self._guard, socket_factory=guarded_socket)
+        self._internal_session = self._new_session(resolver=self._resolver)
+
+    def _new_session(self, *, resolver: AbstractResolver | None, socket_factory: SocketFactory | None = None) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60,
-                                         enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, auto_decompress=True,
-                                              skip_auto_headers=("User-Agent",), trust_env=False)
+                                         enable_cleanup_closed=True, resolver=resolver, socket_factory=socket_factory)
+        return aiohttp.ClientSession(connector=connector, timeout=self._timeout, auto_decompress=True,
+                                     skip_auto_headers=("User-Agent",), trust_env=False)
 
     async def stop(self) -> None:
-        """Close the session and its pooled connections."""
-        if self._session is not None:
-            await self._session.close()
+        """Close the sessions and their pooled connections."""
+        for session in (self._session, self._internal_session):
+            if session is not None:
+                await session.close()
+        if self._guard is not None:  # a connector closes only the resolver it made itself
+            await self._guard.close()
 
     async def open(self, call: Call) -> Opened:
         """Start the call's upstream answer (sets ``call.key`` to the key that served it). Raises
@@ -94,7 +128,7 @@ class UpstreamClient:
     async def _attempt(self, adapter: Adapter, call: Call, key: KeyRoute | None) -> Opened:
         route = call.route
         credential = Credential(key.id, key.secret) if key is not None else None
-        response = await adapter.open(self.session, call.request, route.target, credential, proxy=route.egress_url)
+        response = await adapter.open(self.session_for(route), call.request, route.target, credential, proxy=route.egress_url)
         if response.status >= 300:
             try:
                 error_body = await response.read()
