@@ -7,63 +7,17 @@ the peer (JETSTREAM_TRUSTED_PROXY_HEADER / JETSTREAM_TRUSTED_PROXIES).
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
 import pytest
 
 from apps.billing.models import UsageRecord
-from tests.proxy.conftest import Gateway, free_port
+from tests.proxy.conftest import Gateway
 from tests.proxy.test_durability import child_env
+from tests.test_serve import served
 
-ROOT = Path(__file__).resolve().parents[2]
 SPOOFED = {"X-Forwarded-For": "10.1.2.3"}
-
-
-@contextmanager
-def served(*, server: str, **env: str) -> Iterator[str]:
-    """`bin/serve` exactly as the Procfile runs it, on a free loopback port; yields its base URL.
-    The process gets its own session so that whatever it execs is stopped with it."""
-    port = free_port()
-    process = subprocess.Popen([str(ROOT / "bin" / "serve")], cwd=ROOT, start_new_session=True,
-                               env=child_env(JETSTREAM_SERVER=server, JETSTREAM_HOST="127.0.0.1", JETSTREAM_PORT=port, **env),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_until_serving(process, f"http://127.0.0.1:{port}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(process)
-
-
-def wait_until_serving(process: subprocess.Popen, url: str, *, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{url}/v1/models", timeout=1)
-            return
-        except httpx.HTTPError:
-            if process.poll() is not None:
-                raise RuntimeError(process.stderr.read().decode()[-3000:]) from None
-            time.sleep(0.1)
-    raise RuntimeError("bin/serve did not start")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-    process.stderr.close()
 
 
 def chat(url: str, secret: str, headers: dict[str, str]) -> httpx.Response:
@@ -85,7 +39,7 @@ def allowed_10_8(world):
 
 @pytest.mark.parametrize("server", ["uvicorn", "daphne"])
 def test_it_ignores_x_forwarded_for_by_default(allowed_10_8, server):
-    with served(server=server) as url:
+    with served(child_env(JETSTREAM_SERVER=server)) as url:
         refused = chat(url, allowed_10_8.secret, SPOOFED)
     assert refused.status_code == 403, refused.text
     assert refused.json()["error"]["code"] == "ip_not_allowed"
@@ -95,7 +49,7 @@ def test_it_ignores_x_forwarded_for_by_default(allowed_10_8, server):
 
 @pytest.mark.parametrize("server", ["uvicorn", "daphne"])
 def test_it_ignores_x_forwarded_for_when_only_another_header_is_trusted(allowed_10_8, server):
-    with served(server=server, JETSTREAM_TRUSTED_PROXY_HEADER="X-Real-IP", JETSTREAM_TRUSTED_PROXIES="127.0.0.1/32") as url:
+    with served(child_env(JETSTREAM_SERVER=server, JETSTREAM_TRUSTED_PROXY_HEADER="X-Real-IP", JETSTREAM_TRUSTED_PROXIES="127.0.0.1/32")) as url:
         refused = chat(url, allowed_10_8.secret, SPOOFED)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "ip_not_allowed"
     assert recorded_ip(allowed_10_8) == "127.0.0.1"
@@ -103,7 +57,7 @@ def test_it_ignores_x_forwarded_for_when_only_another_header_is_trusted(allowed_
 
 @pytest.mark.parametrize("server", ["uvicorn", "daphne"])
 def test_it_honours_the_configured_header_from_a_trusted_proxy(allowed_10_8, server):
-    with served(server=server, JETSTREAM_TRUSTED_PROXY_HEADER="X-Forwarded-For", JETSTREAM_TRUSTED_PROXIES="127.0.0.1/32") as url:
+    with served(child_env(JETSTREAM_SERVER=server, JETSTREAM_TRUSTED_PROXY_HEADER="X-Forwarded-For", JETSTREAM_TRUSTED_PROXIES="127.0.0.1/32")) as url:
         answered = chat(url, allowed_10_8.secret, SPOOFED)
     assert answered.status_code == 200, answered.text
     assert recorded_ip(allowed_10_8) == "10.1.2.3"
@@ -111,7 +65,7 @@ def test_it_honours_the_configured_header_from_a_trusted_proxy(allowed_10_8, ser
 
 @pytest.mark.parametrize("server", ["uvicorn", "daphne"])
 def test_it_ignores_the_configured_header_from_an_untrusted_peer(allowed_10_8, server):
-    with served(server=server, JETSTREAM_TRUSTED_PROXY_HEADER="X-Forwarded-For", JETSTREAM_TRUSTED_PROXIES="192.0.2.0/24") as url:
+    with served(child_env(JETSTREAM_SERVER=server, JETSTREAM_TRUSTED_PROXY_HEADER="X-Forwarded-For", JETSTREAM_TRUSTED_PROXIES="192.0.2.0/24")) as url:
         refused = chat(url, allowed_10_8.secret, SPOOFED)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "ip_not_allowed"
     assert recorded_ip(allowed_10_8) == "127.0.0.1"
