@@ -8,7 +8,9 @@ JETSTREAM_SECRET_KEY or JETSTREAM_ENCRYPTION_KEYS stops the process with a clear
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -243,10 +245,28 @@ REST_FRAMEWORK = {
 }
 
 # --- Jetstream proxy -----------------------------------------------------------------------
+# Client identity. The servers pass the TCP peer through untouched (bin/serve runs uvicorn with
+# --no-proxy-headers and Daphne without --proxy-headers): any client can write X-Forwarded-For, so
+# only apps/proxy/pipeline/admission.py:ClientAddress reads a client-IP header, and only when it is
+# configured here and the peer is one of the trusted proxies.
+_trusted_proxy_header = envstr("JETSTREAM_TRUSTED_PROXY_HEADER", "") or ""
+if _trusted_proxy_header and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", _trusted_proxy_header):
+    raise ImproperlyConfigured(f"JETSTREAM_TRUSTED_PROXY_HEADER must be an HTTP header name, got {_trusted_proxy_header!r}")
+_trusted_proxies = envlist("JETSTREAM_TRUSTED_PROXIES", ["127.0.0.1/32", "::1/128"])
+for _network in _trusted_proxies:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"JETSTREAM_TRUSTED_PROXIES must list IP networks (CIDR), got {_network!r}") from None
+# allauth (login rate limits, sessions) reads the client IP on its own: keep it on the peer address,
+# whatever headers a client sends (0 trusted X-Forwarded-For hops, no client-IP header).
+ALLAUTH_TRUSTED_PROXY_COUNT = 0
+ALLAUTH_TRUSTED_CLIENT_IP_HEADER = None
+
 JETSTREAM: dict[str, Any] = {
     # Header carrying the client IP when a trusted load balancer is in front ("" = peer address).
-    "TRUSTED_PROXY_HEADER": envstr("JETSTREAM_TRUSTED_PROXY_HEADER", "") or "",
-    "TRUSTED_PROXIES": envlist("JETSTREAM_TRUSTED_PROXIES", ["127.0.0.1/32", "::1/128"]),
+    "TRUSTED_PROXY_HEADER": _trusted_proxy_header,
+    "TRUSTED_PROXIES": _trusted_proxies,
     "MAX_BODY_BYTES": envint("JETSTREAM_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024),
     "HOLD_TTL_SECONDS": envint("JETSTREAM_HOLD_TTL_SECONDS", 900, minimum=1),
     "UPSTREAM_TIMEOUT_SECONDS": envint("JETSTREAM_UPSTREAM_TIMEOUT_SECONDS", 600, minimum=1),
