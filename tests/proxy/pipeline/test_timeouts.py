@@ -141,7 +141,7 @@ def test_a_connect_timeout_is_504_and_fails_over(gateway_with, fake_openai):
         response = send(gateway, GOOD)
         assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
         assert "connect" in response.json()["error"]["message"] and str(port) not in response.text
-        assert time.monotonic() - started < 4
+        assert 1.0 <= time.monotonic() - started < 4  # two keys × 0.5 s: the first key's timeout failed over
         record = only_record(gateway)
         assert (record.status, record.http_status, record.error_code) == ("upstream_error", 504, "upstream_timeout")
     finally:
