@@ -268,8 +268,19 @@ JETSTREAM: dict[str, Any] = {
     "TRUSTED_PROXY_HEADER": _trusted_proxy_header,
     "TRUSTED_PROXIES": _trusted_proxies,
     "MAX_BODY_BYTES": envint("JETSTREAM_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024),
+    # Also how long a /v1 reservation outlives its worker: a live request keeps its own alive.
     "HOLD_TTL_SECONDS": envint("JETSTREAM_HOLD_TTL_SECONDS", 900, minimum=1),
+    # Upstream time limits (apps/proxy/pipeline/upstream.py): connecting; a stream's response
+    # headers and first body bytes; silence between a stream's reads; a non-streamed answer whole.
+    "UPSTREAM_CONNECT_TIMEOUT_SECONDS": envint("JETSTREAM_UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10, minimum=1),
+    "UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS": envint("JETSTREAM_UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS", 120, minimum=1),
+    "UPSTREAM_IDLE_TIMEOUT_SECONDS": envint("JETSTREAM_UPSTREAM_IDLE_TIMEOUT_SECONDS", 120, minimum=1),
     "UPSTREAM_TIMEOUT_SECONDS": envint("JETSTREAM_UPSTREAM_TIMEOUT_SECONDS", 600, minimum=1),
+    # SSE comments to a streaming client after this much silence (0 = off): load balancers' idle
+    # timeouts (often 60 s) must not cut a slow model's answer.
+    "SSE_KEEPALIVE_SECONDS": envint("JETSTREAM_SSE_KEEPALIVE_SECONDS", 15, minimum=0),
+    # How long a stream whose client left is still read for the upstream's usage before it is closed.
+    "CLIENT_GONE_DRAIN_SECONDS": envint("JETSTREAM_CLIENT_GONE_DRAIN_SECONDS", 10, minimum=0),
 }
 
 LOGGING = {

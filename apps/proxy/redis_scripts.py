@@ -16,7 +16,9 @@ lowers ``out`` and raises ``db`` in one script after each commit, so spend is al
 exactly once or (briefly) twice, never zero times.
 
 A worker that dies between reserve and settle leaves its reservation; the sweeper (``SWEEP``)
-releases expired reservations and records the request as failed, atomically.
+releases expired reservations and records the request as failed, atomically. A live request's
+reservation never expires: its worker keeps pushing the expiry (the member's score, Unix seconds)
+ahead while the request runs (``SpendCounters.extend_reservations``).
 """
 
 from __future__ import annotations

@@ -79,6 +79,9 @@ class Behavior:
     words: int | None = None  # answer length in words (default: derived from the prompt)
     drop_after_chunks: int | None = None  # close the connection abruptly after K stream events (no [DONE])
     hang: bool = False  # accept the request and never answer until reset() or stop()
+    first_event_delay_ms: int = 0  # a stream's headers at once, then this much silence before its first event
+    stall_after_chunks: int | None = None  # after K stream events, send nothing more (connection open) until reset()
+    slow_times: int | None = None  # only the next N requests get hang / first_event_delay_ms / stall_after_chunks; None → all
     stream_usage_even_if_not_requested: bool = False  # a usage chunk without stream_options.include_usage
     response_body: Any = None  # a 200 answer with exactly this JSON body (an upstream that misreports, overshoots…)
 
@@ -260,15 +263,19 @@ class FakeOpenAI:
     # ----------------------------------------------------------------- serving
 
     def _take_behavior(self) -> tuple[Behavior, bool]:
-        """The behaviour for one request and whether it fails (counting down ``fail_times``)."""
+        """The behaviour for one request and whether it fails (counting down ``fail_times`` and ``slow_times``)."""
         with self._lock:
             behavior = self._behavior
+            if behavior.slow_times is not None:
+                self._behavior = dataclasses.replace(behavior, slow_times=max(0, behavior.slow_times - 1))
+                if behavior.slow_times <= 0:
+                    behavior = dataclasses.replace(behavior, hang=False, first_event_delay_ms=0, stall_after_chunks=None)
             fails = behavior.status is not None and behavior.status >= 400
             if fails and behavior.fail_times is not None:
                 if behavior.fail_times <= 0:
                     fails = False
                 else:
-                    self._behavior = dataclasses.replace(behavior, fail_times=behavior.fail_times - 1)
+                    self._behavior = dataclasses.replace(self._behavior, fail_times=behavior.fail_times - 1)
             return behavior, fails
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -364,10 +371,18 @@ class FakeOpenAI:
         record.stream = True
         response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
         stream_options = dict(options, latency_ms=behavior.latency_ms)
+        if behavior.first_event_delay_ms:
+            record.status = 200
+            await response.prepare(request)
+            if not await self._silence(request, record, behavior.first_event_delay_ms / 1000):
+                return response
         async for event in generator.stream(body, upstream_model=model, options=stream_options, kind=kind):
             if not response.prepared:  # headers go out with the first event, after latency_ms
                 record.status = 200
                 await response.prepare(request)
+            if behavior.stall_after_chunks is not None and record.events_sent >= behavior.stall_after_chunks:
+                await self._silence(request, record, None)
+                return response
             if behavior.drop_after_chunks is not None and record.events_sent >= behavior.drop_after_chunks:
                 record.dropped = True
                 if request.transport is not None:
@@ -386,6 +401,21 @@ class FakeOpenAI:
             return response
         record.completed = True
         return response
+
+
+    async def _silence(self, request: web.Request, record: RecordedRequest, seconds: float | None) -> bool:
+        """Send nothing for ``seconds`` (None: until reset() or stop()); False if the client left meanwhile."""
+        release = self._release
+        assert release is not None
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while deadline is None or time.monotonic() < deadline:
+            if request.transport is None or request.transport.is_closing():
+                record.client_disconnected = True
+                return False
+            if release.is_set():
+                break
+            await asyncio.sleep(0.02)
+        return True
 
 
 # --------------------------------------------------------------------------- pytest fixtures

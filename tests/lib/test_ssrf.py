@@ -261,13 +261,13 @@ def ssrf_gateway(transactional_db, fake_openai, dns):
     from django.conf import settings
 
     from apps.proxy.pipeline.app import ProxyApp
-    from apps.proxy.pipeline.upstream import UpstreamClient
+    from apps.proxy.pipeline.upstream import Timeouts, UpstreamClient
     from jetstream.asgi import build_application
 
     flush_gateway_keys()
     world = build_world(fake_openai)
     app = ProxyApp()
-    app.upstream = UpstreamClient(timeout_seconds=settings.JETSTREAM["UPSTREAM_TIMEOUT_SECONDS"], resolver=dns)
+    app.upstream = UpstreamClient(timeouts=Timeouts.from_settings(settings.JETSTREAM), resolver=dns)
     with ServerThread(build_application(app), free_port()) as server:
         yield Gateway(world, server)
     flush_gateway_keys()

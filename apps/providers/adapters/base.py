@@ -36,6 +36,8 @@ COOLDOWN_UNREACHABLE = 5.0
 COOLDOWN_AUTH_FAILED = 300.0
 COOLDOWN_RATE_LIMITED = 10.0
 COOLDOWN_SERVER_ERROR = 5.0
+# A key whose upstream went silent rests longer: the next requests would most likely hang on it too.
+COOLDOWN_TIMED_OUT = 30.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -126,6 +128,16 @@ def unreachable() -> UpstreamFailure:
     """A connection error or a timeout before the answer's headers: try the next key."""
     return UpstreamFailure(502, "The upstream provider could not be reached.", code="upstream_unreachable",
                            failover=True, cooldown=COOLDOWN_UNREACHABLE)
+
+
+def timed_out(limit: str) -> UpstreamFailure:
+    """The upstream did not answer within one of the gateway's time limits: 504 ``upstream_timeout``.
+
+    ``limit`` names the limit for the message ("connect", "first byte", "total", "idle"). Before the
+    first byte reaches the client the next key may be tried (``failover``); this key rests
+    ``COOLDOWN_TIMED_OUT`` seconds."""
+    return UpstreamFailure(504, f"The upstream provider did not answer in time ({limit} timeout).", code="upstream_timeout",
+                           failover=True, cooldown=COOLDOWN_TIMED_OUT)
 
 
 def broken() -> UpstreamFailure:
@@ -301,12 +313,14 @@ class Adapter:
         return await self.send(http, self.build_request(request, target, auth_headers), proxy=proxy)
 
     async def send(self, http: aiohttp.ClientSession, prepared: UpstreamRequest, *, proxy: str | None) -> UpstreamResponse:
-        """POST ``prepared`` (no redirects followed). Raises ``UpstreamFailure`` (``unreachable``)
-        on a connection error or a timeout before the answer's headers."""
+        """POST ``prepared`` (no redirects followed). Raises ``UpstreamFailure``: ``timed_out`` when the
+        session's connect timeout fires, ``unreachable`` on a connection error."""
         try:
             response = await http.post(prepared.url, data=prepared.body, headers=prepared.headers, allow_redirects=False,
                                        proxy=proxy)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except TimeoutError as exc:  # aiohttp's ConnectionTimeoutError: the session only sets connect limits
+            raise timed_out("connect") from exc
+        except (aiohttp.ClientError, OSError) as exc:
             raise unreachable() from exc
         return HttpResponse(response)
 

@@ -29,7 +29,7 @@ from .idempotency import IdempotencyStore
 from .relay import relay_body, relay_stream
 from .responses import send_error
 from .spend import SpendCounters, estimate, rate_headers
-from .upstream import UpstreamClient
+from .upstream import Timeouts, UpstreamClient
 
 logger = logging.getLogger("jetstream.proxy")
 
@@ -49,7 +49,7 @@ class ProxyApp:
         self.client_address = ClientAddress(header=conf["TRUSTED_PROXY_HEADER"], trusted_proxies=conf["TRUSTED_PROXIES"])
         self.redis = Redis(settings.REDIS_URL)
         self.snapshots = SnapshotCache(self.redis)
-        self.upstream = UpstreamClient(timeout_seconds=conf["UPSTREAM_TIMEOUT_SECONDS"])
+        self.upstream = UpstreamClient(timeouts=Timeouts.from_settings(conf))
         self.counters = SpendCounters(self.redis, self.snapshots, reservation_ttl=conf["HOLD_TTL_SECONDS"])
         self.distinct_ips = DistinctIpCap(self.redis)
         self.idempotency = IdempotencyStore(self.redis, self.counters)
@@ -161,16 +161,16 @@ class ProxyApp:
         """Route + call the upstream, relay, settle + meter: the part of a call that holds money.
         Whatever breaks (a bug, cancellation), the reservation is settled and the call recorded."""
         try:
+            if call.request.stream:  # the relay opens a stream itself: it keeps the client alive meanwhile
+                await relay_stream(call, self.upstream, receive, send, counters=self.counters, idempotency=self.idempotency)
+                return
             try:
                 opened = await self.upstream.open(call)
             except ApiError as error:
                 await self.counters.settle(call, status=UsageStatus.UPSTREAM_ERROR, http=error.status, error=error)
                 await send_error(send, call, error)
                 return
-            if call.request.stream:
-                await relay_stream(call, opened, receive, send, counters=self.counters, idempotency=self.idempotency)
-            else:
-                await relay_body(call, opened, send, counters=self.counters, idempotency=self.idempotency)
+            await relay_body(call, opened, send, counters=self.counters, idempotency=self.idempotency)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 logger.exception("request %s failed inside the gateway", call.id)

@@ -1,8 +1,14 @@
 """The relay stage: the upstream's answer to the client, then settle + meter.
 
 The adapter turns the upstream's bytes into canonical form (``parse_body`` / its stream decoder);
-the inbound dialect renders them for the client. A client that disconnects mid-stream is still
-billed for what was generated: the relay keeps reading the upstream until its usage arrives.
+the inbound dialect renders them for the client.
+
+A client that disconnects mid-stream is still billed for what was generated: the relay keeps
+reading the upstream for the usage, but only for ``CLIENT_GONE_DRAIN_SECONDS`` — then it closes
+the upstream connection (so a departed client cannot keep an upstream generating for minutes) and
+bills the text received so far, counted locally. A client that leaves before the first bytes
+closes the upstream at once and pays for the prompt. A stream silent for
+``UPSTREAM_IDLE_TIMEOUT_SECONDS`` ends with a 504 ``upstream_timeout`` error event.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import logging
 import time
 
 from apps.billing.models import UsageStatus
-from apps.providers.adapters.base import StreamDecoder, UpstreamFailure
+from apps.providers.adapters.base import StreamDecoder, UpstreamFailure, timed_out
 
 from ..dialects import openai as dialect
 from ..exceptions import ApiError
@@ -20,7 +26,7 @@ from .context import Call
 from .idempotency import IdempotencyStore
 from .responses import JSON, send_error
 from .spend import SpendCounters, price_usage, rub
-from .upstream import Opened
+from .upstream import Opened, UpstreamClient
 
 logger = logging.getLogger("jetstream.proxy")
 
@@ -45,21 +51,74 @@ async def relay_body(call: Call, opened: Opened, send, *, counters: SpendCounter
     await send({"type": "http.response.body", "body": payload})
 
 
-class _Client:
-    """The streaming client's side: writes, disconnect watching, and what was sent (for replays)."""
+KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: clients (the OpenAI SDK included) skip it
 
-    def __init__(self, send, receive) -> None:
+
+class _Client:
+    """The streaming client's side: the response start, writes (one at a time), disconnect watching,
+    keep-alive comments during silences, and what was sent (for idempotent replays).
+
+    The 200 response starts with the first write or keep-alive; until then a failure can still be
+    answered with its own status. Keep-alives begin once ``arm`` is called (an upstream accepted the
+    call) and go out after ``keepalive`` seconds of silence (0 = never); they are not kept in ``sent``."""
+
+    def __init__(self, call: Call, send, receive, *, keepalive: float) -> None:
+        self.call = call
         self.send = send
         self.gone = asyncio.Event()
+        self.started = False
         self.sent: list[bytes] = []
-        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        self._loop = asyncio.get_running_loop()
+        self._lock = asyncio.Lock()
+        self._last = self._loop.time()  # of the last write: the silence a load balancer measures
+        self._keepalive = keepalive
+        self._timer: asyncio.TimerHandle | None = None
+        self._pinging: asyncio.Task | None = None
+        self._closed = False
+        self.watcher = self._loop.create_task(self._watch(receive))
 
     async def _watch(self, receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self.gone.set()
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # noqa: S110 - a server that cannot receive any more has lost the client too
+            pass
+        self.gone.set()
+
+    def arm(self) -> None:
+        """Start the keep-alive comments (``UpstreamClient.open``'s ``on_accepted``)."""
+        if self._keepalive > 0 and self._timer is None and self._pinging is None and not self._closed:
+            self._timer = self._loop.call_at(self._last + self._keepalive, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._closed or self.gone.is_set():
+            return
+        due = self._last + self._keepalive
+        if due > self._loop.time():  # something was written meanwhile
+            self._timer = self._loop.call_at(due, self._tick)
+        else:
+            self._pinging = self._loop.create_task(self._ping())
+
+    async def _ping(self) -> None:
+        await self._emit(KEEPALIVE)
+        self._pinging = None
+        self.arm()
+
+    async def _emit(self, chunk: bytes, *, more: bool = True) -> None:
+        # One writer at a time: a keep-alive and the relay's write must not interleave their messages.
+        async with self._lock:
+            if self.gone.is_set():
                 return
+            try:
+                if not self.started:
+                    self.started = True
+                    await self.send({"type": "http.response.start", "status": 200,
+                                     "headers": [*dialect.SSE_HEADERS, (b"x-request-id", self.call.id.encode()), *self.call.headers]})
+                await self.send({"type": "http.response.body", "body": chunk, "more_body": more})
+            except OSError:  # the client is gone (servers that raise rather than drop the write)
+                self.gone.set()
+            self._last = self._loop.time()
 
     async def write(self, events: list[bytes]) -> None:
         """Render ``events`` (canonical SSE lines) as one body write and keep it for an idempotent replay;
@@ -68,64 +127,133 @@ class _Client:
             return
         chunk = dialect.render_events(events)
         self.sent.append(chunk)
-        try:
-            await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except OSError:  # the client is gone (servers that raise rather than drop the write)
-            self.gone.set()
+        await self._emit(chunk)
+
+    async def end(self, tail: bytes) -> None:
+        """The last body write (the response starts with it if nothing was written yet)."""
+        await self._emit(tail, more=False)
 
     def close(self) -> None:
-        """Stop watching for the client's disconnect."""
-        self._watcher.cancel()
+        """Stop watching for the client's disconnect and sending keep-alives."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._pinging is not None:
+            self._pinging.cancel()
+        self.watcher.cancel()
 
 
-async def _pump(call: Call, opened: Opened, decoder: StreamDecoder, client: _Client) -> None:
-    """Upstream reads → decoder → client writes, one write per read, until the upstream is done."""
-    await client.send({"type": "http.response.start", "status": 200,
-                       "headers": [*dialect.SSE_HEADERS, (b"x-request-id", call.id.encode()), *call.headers]})
-    async for data in opened.response.chunks():
-        events = decoder.feed(data)
+async def _pump(call: Call, opened: Opened, decoder: StreamDecoder, client: _Client, idle: float) -> None:
+    """Upstream reads → decoder → client writes, one write per read, until the upstream is done.
+    Raises ``TimeoutError`` when the upstream sends nothing for ``idle`` seconds."""
+    data: bytes | None = opened.first
+    assert opened.chunks is not None, "UpstreamClient.open returns a stream's chunks"
+    while data is not None:
+        events = decoder.feed(data) if data else []
         if events and call.ttft_ms is None:
             call.ttft_ms = int((time.time() - call.started) * 1000)
         await client.write(events)
         if decoder.done:
             return
+        async with asyncio.timeout(idle):
+            data = await anext(opened.chunks, None)
     await client.write(decoder.finish())
 
 
-async def relay_stream(call: Call, opened: Opened, receive, send, *, counters: SpendCounters,
+class _StreamRun:
+    """One stream's upstream side, run as a task the client's departure can bound: open (up to the
+    first bytes, with failover), then pump. Keeps what it got so far for billing."""
+
+    def __init__(self, call: Call, upstream: UpstreamClient, client: _Client) -> None:
+        self.call = call
+        self.upstream = upstream
+        self.client = client
+        self.opened: Opened | None = None
+        self.decoder: StreamDecoder | None = None
+        self.cut = False  # the client left and the drain time ran out: the upstream was closed
+
+    async def _work(self) -> None:
+        self.opened = await self.upstream.open(self.call, on_accepted=self.client.arm)
+        self.decoder = self.opened.adapter.stream_decoder(self.call.request)
+        await _pump(self.call, self.opened, self.decoder, self.client, self.upstream.timeouts.idle)
+
+    async def run(self) -> BaseException | None:
+        """Run to the end; what it raised (None on success or when cut). A client that leaves gets
+        ``client_gone_drain`` seconds more reading for the usage once the upstream produced something,
+        none before: then the upstream connection is closed."""
+        work = asyncio.get_running_loop().create_task(self._work())
+        try:
+            await asyncio.wait({work, self.client.watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done() and self.decoder is not None and self.decoder.produced():
+                await asyncio.wait({work}, timeout=self.upstream.timeouts.client_gone_drain)
+            if not work.done():
+                self.cut = True
+                work.cancel()
+                await asyncio.wait({work})
+        finally:
+            if not work.done():  # this request itself is cancelled (server shutdown)
+                work.cancel()
+            if self.opened is not None:
+                self.opened.response.release()
+        return None if self.cut else work.exception()
+
+
+async def relay_stream(call: Call, upstream: UpstreamClient, receive, send, *, counters: SpendCounters,
                        idempotency: IdempotencyStore) -> None:
-    """A streamed answer: relayed as it arrives, priced from the usage chunk (or the text counted
-    locally), settled, and ended with the usage chunk (if asked for) and ``[DONE]``."""
-    decoder = opened.adapter.stream_decoder(call.request)
-    client = _Client(send, receive)
-    status, http, error = UsageStatus.OK, 200, None
+    """A streamed answer: opened (failover before the first bytes), relayed as it arrives, priced from
+    the usage chunk (or the text counted locally), settled, and ended with the usage chunk (if asked
+    for) and ``[DONE]``. A failure before the client's response started is answered with its status
+    (504 ``upstream_timeout`` for a timeout); after it, as an error event in the stream."""
+    client = _Client(call, send, receive, keepalive=upstream.timeouts.keepalive)
+    stream = _StreamRun(call, upstream, client)
     try:
-        await _pump(call, opened, decoder, client)
-    except Exception as exc:  # a broken upstream stream (timeouts, resets, protocol errors)
-        status, http = UsageStatus.UPSTREAM_ERROR, 502
-        error = ApiError(502, "The upstream stream broke off.", type="api_error", code="upstream_broken")
-        logger.warning("upstream stream for %s broke: %s", call.id, type(exc).__name__)
+        failure = await stream.run()
     finally:
-        opened.response.release()
         client.close()
-    usage = decoder.usage()
-    price_usage(call, usage, None if usage else decoder.generated_text())
+    status, http, error = _outcome(call, stream, failure)
+    decoder = stream.decoder
+    if stream.opened is None and error is not None:
+        call.sell = call.buy = 0  # no upstream answered: nothing is billed
+    else:
+        usage = decoder.usage() if decoder is not None else None
+        price_usage(call, usage, None if usage else decoder.generated_text() if decoder is not None else "")
     if client.gone.is_set() and status == UsageStatus.OK:
         status, http = UsageStatus.CLIENT_CLOSED, 499
-    if status == UsageStatus.UPSTREAM_ERROR and not decoder.produced():
+    if status == UsageStatus.UPSTREAM_ERROR and not (decoder is not None and decoder.produced()):
         call.sell = call.buy = 0  # nothing was produced: nothing is billed
     await counters.settle(call, status=status, http=http, error=error)
     if client.gone.is_set():
+        return
+    if error is not None and not client.started:
+        await send_error(send, call, error)
         return
     tail = _stream_end(call, decoder, error)
     client.sent.append(tail)
     if status == UsageStatus.OK:
         await idempotency.store(call, 200, [*dialect.SSE_HEADERS, (b"x-request-id", call.id.encode())], b"".join(client.sent))
-    await send({"type": "http.response.body", "body": tail, "more_body": False})
+    await client.end(tail)
 
 
-def _stream_end(call: Call, decoder: StreamDecoder, error: ApiError | None) -> bytes:
-    if error is not None:
+def _outcome(call: Call, stream: _StreamRun, failure: BaseException | None) -> tuple[str, int, ApiError | None]:
+    """(usage status, HTTP status for the record, the client's error) of a finished stream."""
+    if failure is None:
+        return UsageStatus.OK, 200, None
+    if isinstance(failure, ApiError):  # every key failed before the first bytes
+        return UsageStatus.UPSTREAM_ERROR, failure.status, failure
+    if stream.opened is None:
+        raise failure  # not the upstream's doing: a gateway bug, answered and recorded as one
+    if isinstance(failure, TimeoutError):
+        error = ApiError.from_upstream(timed_out("idle"))
+        logger.warning("upstream stream for %s went silent for %s s", call.id, stream.upstream.timeouts.idle)
+    else:  # a broken upstream stream (resets, protocol errors)
+        error = ApiError(502, "The upstream stream broke off.", type="api_error", code="upstream_broken")
+        logger.warning("upstream stream for %s broke: %s", call.id, type(failure).__name__)
+    return UsageStatus.UPSTREAM_ERROR, error.status, error
+
+
+def _stream_end(call: Call, decoder: StreamDecoder | None, error: ApiError | None) -> bytes:
+    if error is not None or decoder is None:
+        assert error is not None, "a stream without a decoder ended in an error"
         return dialect.render_error_event(error) + dialect.DONE
     if call.request.include_usage:
         return dialect.render_usage_chunk(call.request, decoder.usage_chunk, response_id=f"chatcmpl-{call.id}",

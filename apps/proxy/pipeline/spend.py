@@ -119,13 +119,24 @@ def _opt(value: int | None) -> str | int:
     return "" if value is None else value
 
 
+def _expiry(unix_seconds: float) -> str:
+    # A reservation's score in js:reservations, to the millisecond: whole seconds would let a short
+    # lifetime's reservation expire up to a second early, before its keeper's next round.
+    return f"{unix_seconds:.3f}"
+
+
 class SpendCounters:
     """The Redis side of spend and rate limits for one worker: reserve, settle, record, seed.
 
-    ``reservation_ttl`` (seconds) is how long a reservation lives before the sweeper releases it
-    as a crashed call's."""
+    ``reservation_ttl`` (seconds) is how long a reservation outlives the last sign of life of its
+    call before the sweeper releases it as a crashed call's. A live call keeps its reservation
+    alive: every ``reservation_ttl / 3`` seconds this worker pushes the expiry of all its unsettled
+    reservations ``reservation_ttl`` seconds ahead, in one ``ZADD``. Why not a lifetime long enough
+    for the longest request: a stream has no total time limit (a healthy answer may run for an
+    hour), so no fixed lifetime could cover it, and a long one would leave a crashed worker's
+    reservations blocking limits for that long."""
 
-    def __init__(self, redis: Redis, snapshots: SnapshotCache, *, reservation_ttl: int) -> None:
+    def __init__(self, redis: Redis, snapshots: SnapshotCache, *, reservation_ttl: float) -> None:
         self.redis = redis
         self._snapshots = snapshots
         self._reservation_ttl = reservation_ttl
@@ -133,6 +144,10 @@ class SpendCounters:
         self._settle = redis.register_script(SETTLE)
         self._init = redis.register_script(INIT)
         self._seeding: dict[tuple[str, ...], asyncio.Future[None]] = {}
+        # Unsettled reservations of this worker → the task of the call that holds each: a call that
+        # ends without settling (a bug, a crash path) stops being kept alive and the sweeper takes it.
+        self._live: dict[bytes, asyncio.Task] = {}
+        self._keeper: asyncio.Task | None = None
 
     def keys_for(self, token: TokenSnapshot, now: float) -> SpendKeys:
         """The token's counter keys in the calendar windows around ``now`` (company time zone)."""
@@ -154,18 +169,51 @@ class SpendCounters:
         tpm_estimate = call.input_tokens_estimate + call.max_output_tokens
         args = [amount, _opt(token.limit_total), _opt(token.limit_weekly), _opt(token.limit_monthly),
                 _opt(token.department_budget), _opt(token.rpm), _opt(token.tpm), tpm_estimate, frac,
-                int(now + self._reservation_ttl), member, WINDOW_TTL, 1 if keys.has_dept else 0]
+                _expiry(now + self._reservation_ttl), member, WINDOW_TTL, 1 if keys.has_dept else 0]
         redis_keys = [*keys.as_list(), rpm_cur, rpm_prev, tpm_cur, tpm_prev, RESERVATIONS_KEY]
         for _attempt in range(3):
             result = await self.redis.evalsha(self._reserve, redis_keys, args)
             code = result[0]
             if code == 0:
+                self._keep_alive(member)
                 return Reservation(amount, keys, tpm_estimate, tpm_cur, member, int(result[1]), int(result[2]))
             if code == 1:
                 await self.seed(token, keys)
                 continue
             raise limit_error([r.decode() if isinstance(r, bytes) else r for r in result[1:]], amount)
         raise gateway_unavailable("The gateway could not initialise spend counters.")
+
+    def _keep_alive(self, member: bytes) -> None:
+        owner = asyncio.current_task()
+        if owner is None:
+            return
+        self._live[member] = owner
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(self._keep_reservations())
+
+    async def _keep_reservations(self) -> None:
+        """While this worker has unsettled reservations: every third of their lifetime, push them all
+        ``reservation_ttl`` seconds ahead (a Redis failure is logged; the next round retries)."""
+        while self._live:
+            await asyncio.sleep(self._reservation_ttl / 3)
+            for member, owner in list(self._live.items()):
+                if owner.done():
+                    del self._live[member]
+            try:
+                await self.extend_reservations(list(self._live))
+            except Exception:
+                logger.exception("could not extend %d live reservations", len(self._live))
+
+    async def extend_reservations(self, members: list[bytes]) -> None:
+        """Set the expiry of these ``js:reservations`` members to ``reservation_ttl`` seconds from now.
+        Only members still in the set are touched (``XX``: one settled or swept meanwhile stays gone),
+        and an expiry never moves back (``GT``)."""
+        expiry = _expiry(time.time() + self._reservation_ttl)
+        for start in range(0, len(members), 500):  # bounded commands: members carry their failure event
+            args: list[str | bytes] = []
+            for member in members[start:start + 500]:
+                args += [expiry, member]
+            await self.redis.execute("ZADD", RESERVATIONS_KEY, "XX", "GT", *args)
 
     async def seed(self, token: TokenSnapshot, keys: SpendKeys) -> None:
         """Create the token's and company's counters from PostgreSQL (a first sight, or Redis lost them).
@@ -190,6 +238,7 @@ class SpendCounters:
     async def settle(self, call: Call, *, status: str, http: int, error: ApiError | None = None) -> None:
         """Swap the reservation for ``call.sell`` and append the usage event, atomically; marks the call settled."""
         reservation = call.reservation
+        self._live.pop(reservation.member, None)
         tpm_delta = (call.input_tokens + call.output_tokens) - reservation.tpm_estimate if call.token.tpm else 0
         event = call.usage_event(status=status, http=http, error=error)
         await self.redis.evalsha(self._settle, [*reservation.keys.as_list(), reservation.tpm_key, RESERVATIONS_KEY, STREAM_KEY],

@@ -1,22 +1,32 @@
 """Route + upstream call: the provider's adapter, supplier keys in order, failover.
 
 Failover happens only before the first byte reaches the client: when the adapter says a failure
-is about the key or the moment (connection error, timeout before headers, 401/403, 429, 5xx), the
-key cools down in this worker and the next one is tried, up to ``MAX_ATTEMPTS``; a failure about
-the request itself (another 4xx) is answered at once.
+is about the key or the moment (connection error, a timeout before the first byte, 401/403, 429,
+5xx), the key cools down in this worker and the next one is tried, up to ``MAX_ATTEMPTS``; a
+failure about the request itself (another 4xx) is answered at once.
+
+Time limits (``Timeouts``, seconds, from ``JETSTREAM``): *connect* (TCP, TLS, egress proxy);
+*first byte* — for a stream, until the response headers and the first body bytes; *idle* — between
+two reads of a stream (the relay enforces it); *total* — a non-streamed answer, headers and whole
+body. A stream has no total limit: a healthy answer may run as long as its upstream keeps talking.
+A non-streamed answer has no first-byte limit of its own: many upstreams send their headers only
+with the finished answer, so the total limit bounds it. Every timeout is a 504 ``upstream_timeout``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from apps.providers.adapters import adapter_for
-from apps.providers.adapters.base import Adapter, Credential, UpstreamFailure, UpstreamResponse, unreachable
+from apps.providers.adapters.base import Adapter, Credential, UpstreamFailure, UpstreamResponse, broken, timed_out, unreachable
 from lib.ssrf import GuardedResolver, SocketFactory, guarded_socket
 
 from ..exceptions import ApiError
@@ -28,13 +38,42 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 
 
+@dataclass(slots=True, frozen=True)
+class Timeouts:
+    """The upstream call's time limits and the stream relay's intervals, in seconds.
+
+    ``connect``, ``first_byte``, ``idle``, ``total``: see the module docstring. ``keepalive``: after
+    this much silence towards a streaming client (once an upstream accepted the call) the relay
+    sends an SSE comment; 0 = never. ``client_gone_drain``: how long the relay keeps reading a stream
+    whose client left, for the upstream's usage; then it closes the upstream connection."""
+
+    connect: float
+    first_byte: float
+    idle: float
+    total: float
+    keepalive: float = 0
+    client_gone_drain: float = 0
+
+    @classmethod
+    def from_settings(cls, conf: Mapping[str, Any]) -> Timeouts:
+        """From ``settings.JETSTREAM``: ``UPSTREAM_CONNECT_TIMEOUT_SECONDS``, ``UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS``,
+        ``UPSTREAM_IDLE_TIMEOUT_SECONDS``, ``UPSTREAM_TIMEOUT_SECONDS`` (the total of a non-streamed answer),
+        ``SSE_KEEPALIVE_SECONDS`` and ``CLIENT_GONE_DRAIN_SECONDS``."""
+        return cls(connect=conf["UPSTREAM_CONNECT_TIMEOUT_SECONDS"], first_byte=conf["UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS"],
+                   idle=conf["UPSTREAM_IDLE_TIMEOUT_SECONDS"], total=conf["UPSTREAM_TIMEOUT_SECONDS"],
+                   keepalive=conf["SSE_KEEPALIVE_SECONDS"], client_gone_drain=conf["CLIENT_GONE_DRAIN_SECONDS"])
+
+
 @dataclass(slots=True)
 class Opened:
-    """A started 2xx upstream answer: its adapter, the response, and for a non-streamed call its whole body."""
+    """A started 2xx upstream answer: its adapter and the response; for a non-streamed call its whole
+    ``body``; for a stream its ``first`` body bytes (b"" if it ended at once) and the ``chunks`` after them."""
 
     adapter: Adapter
     response: UpstreamResponse
     body: bytes | None = None
+    first: bytes = b""
+    chunks: AsyncIterator[bytes] | None = None
 
 
 def _cool_down(key: KeyRoute, seconds: float) -> None:
@@ -44,8 +83,11 @@ def _cool_down(key: KeyRoute, seconds: float) -> None:
 class UpstreamClient:
     """The worker's pooled upstream connections (aiohttp) and the call with failover."""
 
-    def __init__(self, *, timeout_seconds: int, resolver: AbstractResolver | None = None) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=10)
+    def __init__(self, *, timeouts: Timeouts, resolver: AbstractResolver | None = None) -> None:
+        self.timeouts = timeouts
+        # aiohttp enforces only the connect limit; the first-byte, idle and total limits depend on
+        # whether the call streams, so ``_attempt`` and the relay apply them per call.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_connect=timeouts.connect)
         self._session: aiohttp.ClientSession | None = None
         self._internal_session: aiohttp.ClientSession | None = None
         self._guard: GuardedResolver | None = None
@@ -77,8 +119,8 @@ class UpstreamClient:
 
     async def start(self) -> None:
         """Open the pooled aiohttp sessions: no connection caps, DNS cached 300 s, keep-alive 60 s, the
-        call's whole timeout ``timeout_seconds`` (10 s to connect), proxies from the environment ignored.
-        One session checks every address it connects to (``lib.ssrf``), one is for internal peers."""
+        connect timeout ``timeouts.connect``, proxies from the environment ignored. One session checks
+        every address it connects to (``lib.ssrf``), one is for internal peers."""
         self._guard = GuardedResolver(self._resolver)
         self._session = self._new_session(resolver=self._guard, socket_factory=guarded_socket)
         self._internal_session = self._new_session(resolver=self._resolver)
@@ -97,23 +139,25 @@ class UpstreamClient:
         if self._guard is not None:  # a connector closes only the resolver it made itself
             await self._guard.close()
 
-    async def open(self, call: Call) -> Opened:
-        """Start the call's upstream answer (sets ``call.key`` to the key that served it). Raises
-        ``ApiError``: 501 (no adapter for the kind), 503 (no key), or the last key's failure."""
+    async def open(self, call: Call, *, on_accepted: Callable[[], None] | None = None) -> Opened:
+        """Start the call's upstream answer (sets ``call.key`` to the key that served it): for a stream,
+        up to its first body bytes. ``on_accepted`` is called when an upstream answered 2xx headers
+        (the relay may then keep the client's connection alive). Raises ``ApiError``: 501 (no adapter
+        for the kind), 503 (no key), or the last key's failure (504 ``upstream_timeout`` for a timeout)."""
         route = call.route
         adapter = adapter_for(route.provider_kind)
         if adapter is None:
             raise ApiError(501, f"Provider kind '{route.provider_kind}' has no adapter yet.", type="api_error",
                            code="provider_not_supported")
         if not adapter.needs_key:
-            return await self._attempt(adapter, call, None)
+            return await self._attempt(adapter, call, None, on_accepted)
         keys = route.pick_keys()
         if not keys:
             raise ApiError(503, "No upstream key is available for this model right now.", type="api_error", code="no_upstream_key")
         failure = UpstreamFailure(502, "The upstream provider failed.")
         for key in keys[:MAX_ATTEMPTS]:
             try:
-                opened = await self._attempt(adapter, call, key)
+                opened = await self._attempt(adapter, call, key, on_accepted)
             except UpstreamFailure as exc:
                 if exc.cooldown:
                     _cool_down(key, exc.cooldown)
@@ -125,7 +169,42 @@ class UpstreamClient:
             return opened
         raise ApiError.from_upstream(failure)
 
-    async def _attempt(self, adapter: Adapter, call: Call, key: KeyRoute | None) -> Opened:
+    async def _attempt(self, adapter: Adapter, call: Call, key: KeyRoute | None,
+                       on_accepted: Callable[[], None] | None) -> Opened:
+        # One deadline per attempt: for a stream the first-byte limit (headers and first body bytes),
+        # otherwise the total limit (headers and the whole body). Either fires before anything
+        # reached the client, so the failure may fail over to the next key.
+        stream = call.request.stream
+        limit = self.timeouts.first_byte if stream else self.timeouts.total
+        response: UpstreamResponse | None = None
+        try:
+            async with asyncio.timeout(limit):
+                response = await self._send(adapter, call, key)
+                if not stream:
+                    body = await response.read()
+                    response.release()
+                    return Opened(adapter, response, body)
+                if on_accepted is not None:
+                    on_accepted()
+                chunks = aiter(response.chunks())
+                first = await anext(chunks, b"")
+                return Opened(adapter, response, first=first, chunks=chunks)
+        except TimeoutError:
+            if response is not None:
+                response.release()  # unread: the connection is closed, not pooled
+            raise timed_out("first byte" if stream else "total") from None
+        except (aiohttp.ClientError, OSError) as exc:  # the stream broke before its first bytes
+            if response is not None:
+                response.release()
+            raise broken() from exc
+        except BaseException:
+            if response is not None:
+                response.release()
+            raise
+
+    async def _send(self, adapter: Adapter, call: Call, key: KeyRoute | None) -> UpstreamResponse:
+        """The upstream's 2xx response (headers read); a non-2xx answer is read and raised as the
+        adapter's ``UpstreamFailure``."""
         route = call.route
         credential = Credential(key.id, key.secret) if key is not None else None
         response = await adapter.open(self.session_for(route), call.request, route.target, credential, proxy=route.egress_url)
@@ -135,8 +214,4 @@ class UpstreamClient:
             finally:
                 response.release()
             raise adapter.map_error(response.status, error_body, response.headers, key.secret if key else None)
-        if call.request.stream:
-            return Opened(adapter, response)
-        body = await response.read()
-        response.release()
-        return Opened(adapter, response, body)
+        return response
