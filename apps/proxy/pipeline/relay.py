@@ -20,7 +20,7 @@ from .context import Call
 from .idempotency import IdempotencyStore
 from .responses import JSON, send_error
 from .spend import SpendCounters, price_usage, rub
-from .upstream import Opened
+from .upstream import Opened, provider_secrets
 
 logger = logging.getLogger("jetstream.proxy")
 
@@ -108,6 +108,9 @@ async def relay_stream(call: Call, opened: Opened, receive, send, *, counters: S
     finally:
         opened.response.release()
         client.close()
+    if error is None and decoder.error is not None:
+        error = _error_event(call, opened, decoder.error)
+        status, http = UsageStatus.UPSTREAM_ERROR, error.status
     usage = decoder.usage()
     price_usage(call, usage, None if usage else decoder.generated_text())
     if client.gone.is_set() and status == UsageStatus.OK:
@@ -122,6 +125,20 @@ async def relay_stream(call: Call, opened: Opened, receive, send, *, counters: S
     if status == UsageStatus.OK:
         await idempotency.store(call, 200, [*dialect.SSE_HEADERS, (b"x-request-id", call.id.encode())], b"".join(client.sent))
     await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _error_event(call: Call, opened: Opened, payload: bytes) -> ApiError:
+    """The gateway's own error for an error event in the upstream's stream (its text scrubbed, its
+    type and code mapped by the adapter); the key rests as after the same failure in a status.
+
+    The stream's 200 and headers went out before the first upstream read, so the client always
+    learns of it in the stream (the error event, then ``[DONE]``) and no other key is tried: failover
+    ends where the response starts. What was generated before the event is billed, nothing else."""
+    failure = opened.adapter.in_band_error(payload, provider_secrets(call.route))
+    if failure.cooldown and call.key is not None:
+        call.key.cooldown_until = max(call.key.cooldown_until, time.monotonic() + failure.cooldown)
+    logger.warning("upstream stream for %s ended with an error event (%s)", call.id, failure.code)
+    return ApiError.from_upstream(failure)
 
 
 def _stream_end(call: Call, decoder: StreamDecoder, error: ApiError | None) -> bytes:

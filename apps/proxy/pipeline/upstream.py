@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import aiohttp
 
 from apps.providers.adapters import adapter_for
-from apps.providers.adapters.base import Adapter, Credential, UpstreamFailure, UpstreamResponse
+from apps.providers.adapters.base import Adapter, Credential, UpstreamFailure, UpstreamResponse, malformed
 
 from ..exceptions import ApiError
-from ..snapshot import KeyRoute
+from ..snapshot import KeyRoute, ModelRoute
 from .context import Call
 
 MAX_ATTEMPTS = 3
@@ -30,6 +30,11 @@ class Opened:
     adapter: Adapter
     response: UpstreamResponse
     body: bytes | None = None
+
+
+def provider_secrets(route: ModelRoute) -> tuple[str, ...]:
+    """Every supplier key of the route's provider (plain text): what the adapter scrubs from upstream error text."""
+    return tuple(key.secret for key in route.keys)
 
 
 def _cool_down(key: KeyRoute, seconds: float) -> None:
@@ -100,9 +105,20 @@ class UpstreamClient:
                 error_body = await response.read()
             finally:
                 response.release()
-            raise adapter.map_error(response.status, error_body, response.headers, key.secret if key else None)
-        if call.request.stream:
+            raise adapter.map_error(response.status, error_body, response.headers, provider_secrets(route))
+        if call.request.stream and not _is_json(response):
             return Opened(adapter, response)
         body = await response.read()
         response.release()
+        # An upstream that answers 200 with an error object failed like one that said so in its status
+        # (a stream request answered with JSON included: nothing has reached the client yet).
+        failure = adapter.body_failure(body, provider_secrets(route))
+        if failure is not None:
+            raise failure
+        if call.request.stream:
+            raise malformed()
         return Opened(adapter, response, body)
+
+
+def _is_json(response: UpstreamResponse) -> bool:
+    return (response.headers.get("Content-Type") or "").startswith("application/json")
