@@ -8,6 +8,8 @@ against ``expected_keys`` and records every request. Failure behaviours are set 
     with FakeOpenAI() as fake:
         fake.behavior(status=429, error_body={"error": {...}})
         fake.behavior(drop_after_chunks=3)
+        fake.behavior(status=500, error_body=LEAKY_ERROR)  # echoes its key and URL: "{key}", "{url}"
+        fake.behavior(stream_error_after=2, stream_error_body=LEAKY_ERROR)
         ...
         fake.reset()  # default behaviour, no recorded requests, hung requests released
 
@@ -48,6 +50,25 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
 }
 
 
+# What a careless upstream tells the world about itself. "{key}" and "{url}" in an error body,
+# stream error or header are replaced by the key the request presented and the URL it was sent to.
+INTERNAL_HOST = "pg-7.prod.internal"
+BARE_HOST = "pgmain"
+INTERNAL_IP = "10.12.0.5"
+INTERNAL_IPV6 = "fd00::17"
+DSN = "postgres://jet:hunter2@pg-main.svc:5432/billing"
+LEAKY_TEXT = (f"key {{key}} failed at {{url}} via host {BARE_HOST} and {INTERNAL_HOST} ({INTERNAL_IP}, [{INTERNAL_IPV6}]:8443); "
+              f"dsn {DSN}; retry with Authorization: Bearer {{key}}")
+
+
+def leaky_error(*, code: object = LEAKY_TEXT) -> dict:
+    """An OpenAI-shaped error whose every field echoes the key, the URL, hosts, addresses and a DSN."""
+    return {"error": {"message": LEAKY_TEXT, "type": LEAKY_TEXT, "param": LEAKY_TEXT, "code": code}}
+
+
+LEAKY_ERROR = leaky_error()
+
+
 def openai_error(message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:  # noqa: A002
     """An error body in OpenAI's shape."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
@@ -67,7 +88,7 @@ def _masked(key: str) -> str:
 class Behavior:
     """What the fake does with the next requests. ``FakeOpenAI.behavior(**changes)`` replaces fields."""
 
-    status: int | None = None  # answer every request (after auth) with this HTTP status…
+    status: int | None = None  # answer every request (after auth) with this HTTP status (200 too, given an error_body)…
     error_body: Any = None  # …and this body: a dict is sent as JSON, a str as is; None → OpenAI's error for the status
     error_headers: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. {"Retry-After": "1"}
     fail_times: int | None = None  # only the next N requests get ``status``; None → all of them
@@ -84,6 +105,9 @@ class Behavior:
     slow_times: int | None = None  # only the next N requests get hang / first_event_delay_ms / stall_after_chunks; None → all
     stream_usage_even_if_not_requested: bool = False  # a usage chunk without stream_options.include_usage
     response_body: Any = None  # a 200 answer with exactly this JSON body (an upstream that misreports, overshoots…)
+    response_headers: dict[str, str] = dataclasses.field(default_factory=dict)  # sent with every answer, 2xx included
+    stream_error_after: int | None = None  # in a stream, after K events send an error event and end (no [DONE])
+    stream_error_body: Any = None  # …this one: a dict as JSON, a str as is; None → OpenAI's error for 500
 
     def generator_options(self) -> dict:
         options: dict[str, Any] = {
@@ -270,7 +294,8 @@ class FakeOpenAI:
                 self._behavior = dataclasses.replace(behavior, slow_times=max(0, behavior.slow_times - 1))
                 if behavior.slow_times <= 0:
                     behavior = dataclasses.replace(behavior, hang=False, first_event_delay_ms=0, stall_after_chunks=None)
-            fails = behavior.status is not None and behavior.status >= 400
+            # status=200 with an error_body is an upstream that reports failure in a 200's body.
+            fails = behavior.status is not None and (behavior.status >= 400 or behavior.error_body is not None)
             if fails and behavior.fail_times is not None:
                 if behavior.fail_times <= 0:
                     fails = False
@@ -302,6 +327,18 @@ class FakeOpenAI:
         content_type = "application/json" if not isinstance(payload, str) else "text/plain"
         return web.Response(status=status, text=text, content_type=content_type, headers=headers)
 
+    @staticmethod
+    def _echo(payload: Any, request: web.Request) -> Any:
+        """``payload`` with "{key}" and "{url}" replaced by the presented key and the request's URL."""
+        if isinstance(payload, str):
+            key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            return payload.replace("{key}", key).replace("{url}", str(request.url))
+        if isinstance(payload, dict):
+            return {FakeOpenAI._echo(k, request): FakeOpenAI._echo(v, request) for k, v in payload.items()}
+        if isinstance(payload, list):
+            return [FakeOpenAI._echo(v, request) for v in payload]
+        return payload
+
     async def _answer(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
@@ -327,11 +364,13 @@ class FakeOpenAI:
         is_stream = isinstance(body, dict) and body.get("stream") is True and request.method == "POST"
         if behavior.latency_ms and not (is_stream and not fails):
             await asyncio.sleep(behavior.latency_ms / 1000)
+        headers = self._echo(dict(behavior.response_headers), request)
         if fails:
             payload = behavior.error_body if behavior.error_body is not None else _default_error(behavior.status)
-            return self._json(record, behavior.status, payload, dict(behavior.error_headers))
+            return self._json(record, behavior.status, self._echo(payload, request),
+                              {**headers, **self._echo(dict(behavior.error_headers), request)})
         if behavior.response_body is not None and not is_stream:
-            return self._json(record, 200, behavior.response_body)
+            return self._json(record, 200, self._echo(behavior.response_body, request), headers)
 
         route = (request.method, request.path.rstrip("/"))
         if route == ("GET", "/v1/models"):
@@ -361,7 +400,7 @@ class FakeOpenAI:
         payload = await generator.respond(body, upstream_model=model, options=options, kind=kind)
         record.status = 200
         record.completed = True
-        return web.Response(status=200, body=payload, content_type="application/json")
+        return web.Response(status=200, body=payload, content_type="application/json", headers=headers)
 
     def _model_entry(self, model: str) -> dict:
         return {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "fake-openai"}
@@ -369,7 +408,8 @@ class FakeOpenAI:
     async def _stream(self, request: web.Request, record: RecordedRequest, behavior: Behavior, body: dict, model: str, kind: str,
                       options: dict) -> web.StreamResponse:
         record.stream = True
-        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+                                                           **self._echo(dict(behavior.response_headers), request)})
         stream_options = dict(options, latency_ms=behavior.latency_ms)
         if behavior.first_event_delay_ms:
             record.status = 200
@@ -383,6 +423,11 @@ class FakeOpenAI:
             if behavior.stall_after_chunks is not None and record.events_sent >= behavior.stall_after_chunks:
                 await self._silence(request, record, None)
                 return response
+            if behavior.stream_error_after is not None and record.events_sent >= behavior.stream_error_after:
+                error = behavior.stream_error_body if behavior.stream_error_body is not None else _default_error(500)
+                error = self._echo(error, request)
+                await response.write(b"data: " + (error.encode() if isinstance(error, str) else orjson.dumps(error)) + b"\n\n")
+                break
             if behavior.drop_after_chunks is not None and record.events_sent >= behavior.drop_after_chunks:
                 record.dropped = True
                 if request.transport is not None:

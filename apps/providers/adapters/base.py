@@ -11,6 +11,12 @@ an adapter's business:
     response body    ──parse_body────► Parsed (canonical body, Usage, generated text)
     stream bytes     ──StreamDecoder─► canonical SSE events per network read + final Usage
     status + body    ──map_error─────► UpstreamFailure (what to answer, whether to fail over)
+    a 2xx body or stream event that is an error ──body_failure / in_band_error──► UpstreamFailure
+
+Nothing an upstream writes about an error reaches a client, a usage record or a log as it came:
+messages go through ``lib.scrub.scrub`` with every supplier key of the provider (``secrets``), and
+``type``/``code`` are mapped into the gateway's own closed vocabulary (``rejected`` and
+``REQUEST_ERROR_CODES`` here; the other failures have fixed codes).
 
 Authentication is the adapter's ``auth``: a static key today (``StaticBearerAuth``); a provider that
 exchanges a key for a short-lived token (GigaChat's OAuth, Yandex Cloud's IAM token) subclasses
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, cast
 
@@ -104,13 +110,27 @@ class Parsed:
     text: str | None = None
 
 
+# The codes an upstream's refusal of the request itself (a 4xx) may keep: OpenAI's codes that tell
+# a client what to fix in its request (https://platform.openai.com/docs/guides/error-codes). Any
+# other upstream code becomes ``upstream_rejected``; an upstream's ``type`` is never kept.
+REQUEST_ERROR_CODES = frozenset({
+    "context_length_exceeded", "invalid_value", "invalid_type", "invalid_request", "model_not_found",
+    "unsupported_parameter", "unsupported_value", "missing_required_parameter", "string_above_max_length",
+    "string_below_min_length", "array_above_max_length", "array_below_min_length", "empty_array",
+    "integer_above_max_value", "integer_below_min_value", "decimal_above_max_value", "decimal_below_min_value",
+    "invalid_image_url", "invalid_image_format", "image_parse_error", "invalid_prompt", "content_policy_violation",
+    "content_filter",
+})
+
+
 class UpstreamFailure(Exception):
     """An upstream answer or connection the client cannot be given as is.
 
     ``status`` is the gateway's HTTP status for the client, ``type``/``code`` the gateway's own error
-    vocabulary, ``message`` safe to show (no key, no URL). ``failover`` says whether the next key may
-    be tried (the failure is about this key or this moment, not the request); ``cooldown`` how many
-    seconds this key should rest (None = not at all).
+    vocabulary (never an upstream's: see ``rejected``), ``message`` safe to show (scrubbed: no key,
+    URL, host or address). ``failover`` says whether the next key may be tried (the failure is about
+    this key or this moment, not the request); ``cooldown`` how many seconds this key should rest
+    (None = not at all).
     """
 
     def __init__(self, status: int, message: str, *, type: str = "api_error", code: str = "upstream_error",  # noqa: A002
@@ -144,6 +164,14 @@ def broken() -> UpstreamFailure:
     """The connection broke while the answer's body was read: try the next key."""
     return UpstreamFailure(502, "The upstream connection broke.", code="upstream_broken",
                            failover=True, cooldown=COOLDOWN_UNREACHABLE)
+
+
+def rejected(status: int, message: str | None, *, code: str | None) -> UpstreamFailure:
+    """The upstream refused the request itself (a 4xx, the same on every key): no failover, type
+    ``invalid_request_error``, ``code`` kept only if it is in ``REQUEST_ERROR_CODES`` (else
+    ``upstream_rejected``). ``message`` must already be scrubbed; None gets a generic one."""
+    return UpstreamFailure(status, message or "The upstream provider rejected the request.", type="invalid_request_error",
+                           code=code if code in REQUEST_ERROR_CODES else "upstream_rejected")
 
 
 def malformed() -> UpstreamFailure:
@@ -205,8 +233,11 @@ class StreamDecoder(Protocol):
     the gateway's cost in it); ``usage_chunk`` keeps it as a canonical ``chat.completion.chunk`` dict.
     """
 
-    done: bool  # the upstream said its stream is complete
+    done: bool  # the upstream said its stream is complete (or ended it with an error event)
     usage_chunk: dict[str, Any] | None
+    # The payload of an error event the upstream sent in the stream (raw, unscrubbed: for
+    # ``Adapter.in_band_error`` only, never relayed); ``done`` is set with it and nothing follows.
+    error: bytes | None
 
     def feed(self, data: bytes) -> list[bytes]:
         """Canonical events completed by ``data``."""
@@ -332,6 +363,19 @@ class Adapter:
         """A fresh decoder for one streamed answer."""
         raise NotImplementedError
 
-    def map_error(self, status: int, body: bytes, headers: Mapping[str, str], secret: str | None) -> UpstreamFailure:
-        """What a non-2xx answer means for the client and for the key (``secret`` is scrubbed from it)."""
+    def map_error(self, status: int, body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> UpstreamFailure:
+        """What a non-2xx answer means for the client and for the key. ``secrets`` are the provider's
+        supplier keys (the one used and the others): scrubbed, with everything else ``lib.scrub``
+        removes, from whatever of the body the failure or a log line carries."""
         raise NotImplementedError
+
+    def body_failure(self, body: bytes, secrets: Sequence[str]) -> UpstreamFailure | None:
+        """The failure a 2xx non-streamed ``body`` stands for when it is an error object rather than
+        an answer (some upstreams answer HTTP 200 with one), or None for an answer. Default: None."""
+        return None
+
+    def in_band_error(self, payload: bytes, secrets: Sequence[str]) -> UpstreamFailure:
+        """What an error sent inside a 2xx answer means (a 200 error body, a stream's error event
+        ``StreamDecoder.error``). Default: the upstream failed, 502, fail over."""
+        return UpstreamFailure(502, "The upstream provider failed.", code="upstream_error", failover=True,
+                               cooldown=COOLDOWN_SERVER_ERROR)

@@ -26,7 +26,7 @@ from .context import Call
 from .idempotency import IdempotencyStore
 from .responses import JSON, send_error
 from .spend import SpendCounters, price_usage, rub
-from .upstream import Opened, UpstreamClient
+from .upstream import Opened, UpstreamClient, provider_secrets
 
 logger = logging.getLogger("jetstream.proxy")
 
@@ -212,6 +212,9 @@ async def relay_stream(call: Call, upstream: UpstreamClient, receive, send, *, c
         client.close()
     status, http, error = _outcome(call, stream, failure)
     decoder = stream.decoder
+    if error is None and stream.opened is not None and decoder is not None and decoder.error is not None:
+        error = _error_event(call, stream.opened, decoder.error)
+        status, http = UsageStatus.UPSTREAM_ERROR, error.status
     if stream.opened is None and error is not None:
         call.sell = call.buy = 0  # no upstream answered: nothing is billed
     else:
@@ -232,6 +235,20 @@ async def relay_stream(call: Call, upstream: UpstreamClient, receive, send, *, c
     if status == UsageStatus.OK:
         await idempotency.store(call, 200, [*dialect.SSE_HEADERS, (b"x-request-id", call.id.encode())], b"".join(client.sent))
     await client.end(tail)
+
+
+def _error_event(call: Call, opened: Opened, payload: bytes) -> ApiError:
+    """The gateway's own error for an error event in the upstream's stream (its text scrubbed, its
+    type and code mapped by the adapter); the key rests as after the same failure in a status.
+
+    Failover ends once an upstream answered 2xx headers (the client may already hold keep-alives or
+    content): a client that got nothing yet receives the error as its answer's status, one that got
+    something receives the error event, then ``[DONE]``. Only what was generated is billed."""
+    failure = opened.adapter.in_band_error(payload, provider_secrets(call.route))
+    if failure.cooldown and call.key is not None:
+        call.key.cooldown_until = max(call.key.cooldown_until, time.monotonic() + failure.cooldown)
+    logger.warning("upstream stream for %s ended with an error event (%s)", call.id, failure.code)
+    return ApiError.from_upstream(failure)
 
 
 def _outcome(call: Call, stream: _StreamRun, failure: BaseException | None) -> tuple[str, int, ApiError | None]:

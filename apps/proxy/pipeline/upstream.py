@@ -26,7 +26,16 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from apps.providers.adapters import adapter_for
-from apps.providers.adapters.base import Adapter, Credential, UpstreamFailure, UpstreamResponse, broken, timed_out, unreachable
+from apps.providers.adapters.base import (
+    Adapter,
+    Credential,
+    UpstreamFailure,
+    UpstreamResponse,
+    broken,
+    malformed,
+    timed_out,
+    unreachable,
+)
 from lib.ssrf import GuardedResolver, SocketFactory, guarded_socket
 
 from ..exceptions import ApiError
@@ -74,6 +83,15 @@ class Opened:
     body: bytes | None = None
     first: bytes = b""
     chunks: AsyncIterator[bytes] | None = None
+
+
+def provider_secrets(route: ModelRoute) -> tuple[str, ...]:
+    """Every supplier key of the route's provider (plain text): what the adapter scrubs from upstream error text."""
+    return tuple(key.secret for key in route.keys)
+
+
+def _is_json(response: UpstreamResponse) -> bool:
+    return (response.headers.get("Content-Type") or "").startswith("application/json")
 
 
 def _cool_down(key: KeyRoute, seconds: float) -> None:
@@ -180,9 +198,16 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(limit):
                 response = await self._send(adapter, call, key)
-                if not stream:
+                if not stream or _is_json(response):
                     body = await response.read()
                     response.release()
+                    # An upstream that answers 2xx with an error object failed like one that said so in
+                    # its status (a stream request answered with JSON too: nothing reached the client yet).
+                    failure = adapter.body_failure(body, provider_secrets(call.route))
+                    if failure is not None:
+                        raise failure
+                    if stream:
+                        raise malformed()
                     return Opened(adapter, response, body)
                 if on_accepted is not None:
                     on_accepted()
@@ -213,5 +238,5 @@ class UpstreamClient:
                 error_body = await response.read()
             finally:
                 response.release()
-            raise adapter.map_error(response.status, error_body, response.headers, key.secret if key else None)
+            raise adapter.map_error(response.status, error_body, response.headers, provider_secrets(route))
         return response

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 import pytest
 
+from apps.providers.adapters import base
 from apps.providers.adapters.base import CanonicalRequest, Target, UpstreamFailure, Usage
 from apps.providers.adapters.openai import OpenAIAdapter, OpenAIStreamDecoder
 
@@ -96,11 +99,160 @@ def test_an_empty_stream_produced_nothing():
 def test_it_maps_upstream_errors_to_the_gateway_and_the_key(status, gateway_status, code, failover, cooldown):
     body = orjson.dumps({"error": {"message": f"bad {KEY} at https://internal.example/v1", "type": "invalid_request_error",
                                    "code": "context_length_exceeded"}})
-    failure = OpenAIAdapter().map_error(status, body, {"retry-after": "7"}, KEY)
+    failure = OpenAIAdapter().map_error(status, body, {"retry-after": "7"}, (KEY,))
     assert (failure.status, failure.code, failure.failover, failure.cooldown) == (gateway_status, code, failover, cooldown)
     assert KEY not in failure.message and "internal.example" not in failure.message
 
 
 def test_a_rate_limit_without_retry_after_cools_the_key_for_the_default():
-    failure = OpenAIAdapter().map_error(429, b"{}", {}, KEY)
+    failure = OpenAIAdapter().map_error(429, b"{}", {}, (KEY,))
     assert failure.cooldown == 10.0 and failure.type == "rate_limit_error"
+
+
+# --------------------------------------------------------------------------- scrubbing and in-band errors
+
+# Keys with no recognisable shape: only the secrets passed in can catch them.
+USED = "q7Zt!used-supplier-key"
+SIBLING = "w9Xy!sibling-supplier-key"
+SECRETS = (USED, SIBLING)
+LEAK = (f"key {USED} (or {SIBLING}) at https://llm.supplier.example/v1 via host pgmain and pg-7.prod.internal "
+        "(10.12.0.5, [fd00::17]:8443); dsn postgres://jet:hunter2@pg-main.svc:5432/billing")
+LEAKS = (USED, SIBLING, "llm.supplier.example", "pgmain", "pg-7.prod.internal", "10.12.0.5", "fd00::17", "postgres://",
+         "hunter2", "pg-main.svc")
+GATEWAY_TYPES = {"invalid_request_error", "api_error", "rate_limit_error"}
+GATEWAY_CODES = {"upstream_rejected", "upstream_error", "upstream_auth_failed", "upstream_rate_limited",
+                 *base.REQUEST_ERROR_CODES}
+ERROR_SHAPES = {
+    "openai": orjson.dumps({"error": {"message": LEAK, "type": LEAK, "param": LEAK, "code": LEAK}}),
+    "openai-numeric-code": orjson.dumps({"error": {"message": LEAK, "type": LEAK, "param": LEAK, "code": 400}}),
+    "string": orjson.dumps({"error": LEAK, "error_type": LEAK}),
+    "vllm": orjson.dumps({"object": "error", "message": LEAK, "type": LEAK, "param": LEAK, "code": 503}),
+    "plain-text": LEAK.encode(),
+    "html": f"<html><body><h1>502 Bad Gateway</h1>{LEAK}</body></html>".encode(),
+}
+
+
+def assert_clean(failure: UpstreamFailure) -> None:
+    for text in (failure.message, failure.type, failure.code):
+        assert not [leak for leak in LEAKS if leak in text], text
+    assert failure.type in GATEWAY_TYPES and failure.code in GATEWAY_CODES
+
+
+@pytest.mark.parametrize("shape", ERROR_SHAPES)
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 413, 418, 422, 429, 500, 502, 503])
+def test_no_error_shape_carries_a_key_url_host_or_address_through_map_error(status, shape, caplog):
+    caplog.set_level(logging.INFO, logger="jetstream.providers")
+    failure = OpenAIAdapter().map_error(status, ERROR_SHAPES[shape], {"retry-after": LEAK}, SECRETS)
+    assert_clean(failure)
+    assert caplog.records, "the upstream's answer is logged for operators"
+    assert not [leak for leak in LEAKS if leak in caplog.text], caplog.text
+
+
+@pytest.mark.parametrize(("code", "mapped"), [
+    ("context_length_exceeded", "context_length_exceeded"), ("invalid_value", "invalid_value"),
+    ("model_not_found", "model_not_found"), ("unsupported_parameter", "unsupported_parameter"),
+    ("sk-leaked-in-code-0123456789", "upstream_rejected"), ("billing_hard_limit_reached", "upstream_rejected"),
+    ("bad\x00code", "upstream_rejected"), (None, "upstream_rejected"), (12, "upstream_rejected"),
+])
+def test_a_request_error_keeps_only_allow_listed_codes_and_never_the_upstream_type(code, mapped):
+    body = orjson.dumps({"error": {"message": "Fix it.", "type": f"type-{KEY}", "param": "x", "code": code}})
+    failure = OpenAIAdapter().map_error(400, body, {}, (KEY,))
+    assert (failure.status, failure.type, failure.code, failure.message) == (400, "invalid_request_error", mapped, "Fix it.")
+    assert not failure.failover
+
+
+def test_a_request_error_in_plain_text_gets_the_gateways_message():
+    failure = OpenAIAdapter().map_error(400, LEAK.encode(), {}, SECRETS)
+    assert (failure.status, failure.code, failure.message) == (400, "upstream_rejected", "The upstream provider rejected the request.")
+
+
+def test_a_request_error_message_is_passed_on_scrubbed():
+    body = orjson.dumps({"error": {"message": f"Invalid 'messages': see {LEAK}", "code": "invalid_value"}})
+    failure = OpenAIAdapter().map_error(422, body, {}, SECRETS)
+    assert failure.status == 422 and failure.message.startswith("Invalid 'messages': see key *** (or ***) at ***")
+    assert_clean(failure)
+
+
+def test_server_and_credential_failures_say_nothing_of_the_upstreams_text():
+    body = orjson.dumps({"error": {"message": "Engine overloaded in eu-west pool 7", "code": None}})
+    assert OpenAIAdapter().map_error(503, body, {}, ()).message == "The upstream provider failed (HTTP 503)."
+    assert OpenAIAdapter().map_error(429, body, {}, ()).message == "The upstream provider is rate limiting; retry later."
+    assert OpenAIAdapter().map_error(401, body, {}, ()).message == "The upstream provider rejected the gateway's credentials."
+
+
+def test_a_huge_retry_after_cannot_bench_a_key_for_longer_than_a_refused_one():
+    assert OpenAIAdapter().map_error(429, b"{}", {"retry-after": "99999999"}, ()).cooldown == 300.0
+
+
+@pytest.mark.parametrize(("body", "status", "code", "failover"), [
+    (ERROR_SHAPES["openai"], 502, "upstream_error", True),
+    (ERROR_SHAPES["openai-numeric-code"], 400, "upstream_rejected", False),
+    (ERROR_SHAPES["string"], 502, "upstream_error", True),
+    (ERROR_SHAPES["vllm"], 502, "upstream_error", True),
+    (orjson.dumps({"error": {"message": LEAK, "code": 429}}), 429, "upstream_rate_limited", True),
+    (orjson.dumps({"error": {"message": LEAK, "status": 401}}), 502, "upstream_auth_failed", True),
+    (orjson.dumps({"error": {"message": LEAK}, "choices": []}), 502, "upstream_error", True),
+])
+def test_a_200_body_that_is_an_error_object_is_a_failure(body, status, code, failover):
+    failure = OpenAIAdapter().body_failure(body, SECRETS)
+    assert failure is not None
+    assert (failure.status, failure.code, failure.failover) == (status, code, failover)
+    assert_clean(failure)
+
+
+@pytest.mark.parametrize("body", [
+    orjson.dumps({"choices": [{"message": {"content": '{"error": "a model may write this"}'}}]}),
+    orjson.dumps({"choices": [{"message": {"content": "x"}}], "error": None}),
+    orjson.dumps({"object": "list", "data": [{"embedding": [0.1]}], "error": {"message": "partial"}}),
+    b"not json at all",
+])
+def test_an_answer_is_not_taken_for_an_error(body):
+    assert OpenAIAdapter().body_failure(body, SECRETS) is None
+
+
+def stream_error_event(payload: bytes, *, before: bytes = b"") -> tuple[OpenAIStreamDecoder, list[bytes]]:
+    decoder = OpenAIStreamDecoder("chat")
+    out = decoder.feed(before + payload + b"\n\n" + chunk("after the error") + b"\n\ndata: [DONE]\n\n")
+    return decoder, out + decoder.finish()
+
+
+@pytest.mark.parametrize("payload", [
+    b"data: " + ERROR_SHAPES["openai"],
+    b"data:" + ERROR_SHAPES["string"],
+    b"data: " + ERROR_SHAPES["vllm"],
+    b"event: error\ndata: " + orjson.dumps({"message": LEAK}),
+    b"data: " + LEAK.encode(),  # not JSON: a plain-text complaint
+])
+def test_the_decoder_never_relays_an_error_event_and_ends_the_stream_there(payload):
+    for before in (b"", chunk("Hel") + b"\n\n"):
+        decoder, out = stream_error_event(payload, before=before)
+        assert out == ([chunk("Hel")] if before else [])
+        assert decoder.done and decoder.error is not None and decoder.produced() == bool(before)
+        assert not [leak for leak in LEAKS if leak.encode() in b"".join(out)]
+        assert_clean(OpenAIAdapter().in_band_error(decoder.error, SECRETS))
+
+
+def test_the_decoder_takes_an_error_cut_off_mid_event_for_an_error():
+    decoder = OpenAIStreamDecoder("chat")
+    assert decoder.feed(chunk("Hel") + b'\n\ndata: {"error": {"message": "key ' + USED.encode()) == [chunk("Hel")]
+    assert decoder.finish() == [] and decoder.error is not None and decoder.done
+
+
+def test_an_event_after_event_error_is_not_marked_by_it():
+    decoder = OpenAIStreamDecoder("chat")
+    assert decoder.feed(b"event: ping\ndata: " + chunk("a")[6:] + b"\n\n") == [chunk("a")]
+    assert decoder.error is None
+
+
+@pytest.mark.parametrize("body", [ERROR_SHAPES["openai"], LEAK.encode(), b""])
+def test_a_stream_that_held_no_event_at_all_ends_with_an_error(body):
+    decoder = OpenAIStreamDecoder("chat")
+    assert decoder.feed(body) == [] and decoder.finish() == []
+    assert decoder.done and decoder.error == body.strip() and not decoder.produced()
+    assert_clean(OpenAIAdapter().in_band_error(decoder.error, SECRETS))
+
+
+def test_the_decoder_drops_empty_data_and_accepts_done_without_a_space():
+    decoder = OpenAIStreamDecoder("chat")
+    assert decoder.feed(b"data: \n\n" + chunk("x") + b"\n\ndata:[DONE]\n\n") == [chunk("x")]
+    assert decoder.done and decoder.error is None

@@ -1,9 +1,11 @@
 """``OpenAIAdapter``: the canonical form is OpenAI's, so requests and answers pass through with the
-upstream model id swapped in; only errors are translated."""
+upstream model id swapped in; only errors are translated (scrubbed by ``lib.scrub``, their type and
+code mapped into the gateway's vocabulary) — including errors sent with HTTP 200."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 
 import orjson
 
@@ -18,9 +20,20 @@ from apps.providers.adapters.base import (
     UpstreamFailure,
     UpstreamRequest,
     malformed,
+    rejected,
 )
 from apps.providers.adapters.openai.stream import OpenAIStreamDecoder
-from apps.providers.adapters.openai.wire import error_message, generated_text, request_body, request_url, usage_from
+from apps.providers.adapters.openai.wire import (
+    generated_text,
+    load_error,
+    request_body,
+    request_url,
+    upstream_error,
+    usage_from,
+)
+from lib.scrub import scrub
+
+logger = logging.getLogger("jetstream.providers")
 
 # Statuses after which the same request may succeed with another key (or a moment later).
 _SERVER_TROUBLE = (408, 409)
@@ -54,25 +67,50 @@ class OpenAIAdapter(Adapter):
         """See ``Adapter.stream_decoder``."""
         return OpenAIStreamDecoder(request.endpoint)
 
-    def map_error(self, status: int, body: bytes, headers: Mapping[str, str], secret: str | None) -> UpstreamFailure:
+    def map_error(self, status: int, body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> UpstreamFailure:
         """See ``Adapter.map_error`` (statuses: https://platform.openai.com/docs/guides/error-codes).
 
         401/403 → 502, fail over, key rests ``COOLDOWN_AUTH_FAILED``; 429 → 429, fail over, rests for a
-        whole-seconds ``Retry-After`` or ``COOLDOWN_RATE_LIMITED``; 5xx, 408, 409 → 502, fail over; 400,
-        404, 413, 422 are passed on and any other 4xx answered 400, with no failover.
+        whole-seconds ``Retry-After`` (at most ``COOLDOWN_AUTH_FAILED``) or ``COOLDOWN_RATE_LIMITED``;
+        5xx, 408, 409 → 502, fail over. These say nothing of the upstream's text: it is about the
+        supplier's account or servers, not the client's request. 400, 404, 413, 422 are passed on and
+        any other 4xx answered 400, with no failover: the message scrubbed, the code kept only from
+        ``REQUEST_ERROR_CODES`` (see ``rejected``). The upstream's text, scrubbed, goes to the log.
         """
-        message, type_, code = error_message(body, secret)
+        return self._failure(status, body, headers, secrets, origin=f"HTTP {status}")
+
+    def body_failure(self, body: bytes, secrets: Sequence[str]) -> UpstreamFailure | None:
+        """See ``Adapter.body_failure``: a 200 body that is an error object (``wire.error_object``)."""
+        if b'"error"' not in body:  # cheap: in an answer the word is only ever inside an escaped string
+            return None
+        return self.in_band_error(body, secrets) if load_error(body) is not None else None
+
+    def in_band_error(self, payload: bytes, secrets: Sequence[str]) -> UpstreamFailure:
+        """See ``Adapter.in_band_error``: mapped as ``map_error`` maps the HTTP status the error names
+        in its ``code`` or ``status`` (vLLM, OpenRouter), or as a 502 when it names none."""
+        _, _, status = upstream_error(payload)
+        return self._failure(status or 502, payload, {}, secrets, origin="an error inside a 2xx answer")
+
+    def _failure(self, status: int, body: bytes, headers: Mapping[str, str], secrets: Sequence[str], *,
+                 origin: str) -> UpstreamFailure:
+        message, code, _ = upstream_error(body)
         if status in (401, 403):
-            return UpstreamFailure(502, "The upstream provider rejected the gateway's credentials.",
-                                   code="upstream_auth_failed", failover=True, cooldown=COOLDOWN_AUTH_FAILED)
-        if status == 429:
+            failure = UpstreamFailure(502, "The upstream provider rejected the gateway's credentials.",
+                                      code="upstream_auth_failed", failover=True, cooldown=COOLDOWN_AUTH_FAILED)
+        elif status == 429:
             retry_after = headers.get("retry-after", "")
-            return UpstreamFailure(429, f"The upstream provider is rate limiting: {message}", type="rate_limit_error",
-                                   code="upstream_rate_limited", failover=True,
-                                   cooldown=float(retry_after) if retry_after.isdigit() else COOLDOWN_RATE_LIMITED)
-        if status >= 500 or status in _SERVER_TROUBLE:
-            return UpstreamFailure(502, f"The upstream provider failed: {message}", code="upstream_error", failover=True,
-                                   cooldown=COOLDOWN_SERVER_ERROR)
-        # Any other 4xx is about the request itself: the same on every key.
-        return UpstreamFailure(status if status in _CLIENT_STATUSES else 400, message,
-                               type=type_ or "invalid_request_error", code=code or "upstream_rejected")
+            # Retry-After is the upstream's word: capped, so one answer cannot bench a key for days.
+            cooldown = min(float(retry_after), COOLDOWN_AUTH_FAILED) if retry_after.isdigit() else COOLDOWN_RATE_LIMITED
+            failure = UpstreamFailure(429, "The upstream provider is rate limiting; retry later.", type="rate_limit_error",
+                                      code="upstream_rate_limited", failover=True, cooldown=cooldown)
+        elif status >= 500 or status in _SERVER_TROUBLE:
+            failure = UpstreamFailure(502, f"The upstream provider failed (HTTP {status}).", code="upstream_error",
+                                      failover=True, cooldown=COOLDOWN_SERVER_ERROR)
+        else:
+            # Any other 4xx is about the request itself: the same on every key.
+            failure = rejected(status if status in _CLIENT_STATUSES else 400, scrub(message, secrets) if message else None,
+                               code=code)
+        detail = scrub(message if message is not None else body.decode("utf-8", "replace"), secrets, limit=300)
+        logger.log(logging.INFO if failure.type == "invalid_request_error" else logging.WARNING,
+                   "upstream answered %s -> %s %s: %s", origin, failure.status, failure.code, detail)
+        return failure

@@ -8,7 +8,7 @@ in-process ``mock``.
 
 from __future__ import annotations
 
-import re
+from typing import Any
 
 import orjson
 
@@ -100,27 +100,38 @@ def stream_text(events: list[bytes], endpoint: str) -> str:
     return "".join(parts)
 
 
-_SECRETISH = re.compile(r"(sk-[A-Za-z0-9_\-]{4,}|js-[A-Za-z0-9_\-]{4,}|https?://\S+|Bearer\s+\S+)")
+def error_object(obj: Any) -> dict | None:
+    """The error inside a decoded upstream answer or stream event, or None when it is not one.
+
+    Shapes: OpenAI's ``{"error": {"message", "type", "param", "code"}}``, ``{"error": "text"}``
+    (TGI, some proxies) and vLLM's ``{"object": "error", "message", "type", "code": 400}``. An
+    object that also carries ``choices`` or ``data`` is an answer, not an error."""
+    if not isinstance(obj, dict) or obj.get("choices") or obj.get("data"):
+        return None
+    error = obj.get("error")
+    if isinstance(error, dict):
+        return error
+    if isinstance(error, str):
+        return {"message": error}
+    return obj if obj.get("object") == "error" else None
 
 
-def scrub(message: str, secret: str | None = None) -> str:
-    """Upstream error text without keys or URLs (ours or the supplier's)."""
-    if secret:
-        message = message.replace(secret, "***")
-    return _SECRETISH.sub("***", message)[:500]
-
-
-def error_message(body: bytes, secret: str | None = None) -> tuple[str, str | None, str | None]:
-    """(message, type, code) from an upstream error body, scrubbed."""
+def load_error(payload: bytes) -> dict | None:
+    """``error_object`` of a JSON ``payload`` (None if it is not JSON or not an error)."""
     try:
-        obj = orjson.loads(body)
-        error = obj.get("error") if isinstance(obj, dict) else None
-        if isinstance(error, dict):
-            return (scrub(str(error.get("message") or "upstream error"), secret),
-                    error.get("type") if isinstance(error.get("type"), str) else None,
-                    error.get("code") if isinstance(error.get("code"), str) else None)
-        if isinstance(error, str):
-            return scrub(error, secret), None, None
-    except (orjson.JSONDecodeError, TypeError):
-        pass
-    return "The upstream provider returned an error.", None, None
+        return error_object(orjson.loads(payload))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def upstream_error(body: bytes) -> tuple[str | None, str | None, int | None]:
+    """(message, code, status) of an upstream error body exactly as the upstream wrote them — raw,
+    unscrubbed: for the adapter's mapping only. ``status`` is an HTTP status the error names in
+    ``code`` or ``status`` (400–599). A body that is not an error object (plain text, an HTML page)
+    gives (None, None, None)."""
+    error = load_error(body)
+    if error is None:
+        return None, None, None
+    message, code, status = error.get("message"), error.get("code"), error.get("status")
+    numeric = next((n for n in (code, status) if isinstance(n, int) and not isinstance(n, bool) and 400 <= n <= 599), None)
+    return (message if isinstance(message, str) else None), (code if isinstance(code, str) else None), numeric
