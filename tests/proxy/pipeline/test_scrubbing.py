@@ -146,10 +146,12 @@ def events(response: httpx.Response) -> list[dict | str]:
 def test_a_stream_error_event_before_any_content_is_the_gateways_and_costs_nothing(gateway, fake_openai, logs, error_body, named):
     fake_openai.behavior(stream_error_after=0, stream_error_body=error_body)
     response = post(gateway, STREAM)
-    assert response.status_code == 200  # the stream's start went out before the first upstream read
-    assert events(response) == [{"error": {"message": f"The upstream provider failed (HTTP {named}).", "type": "api_error",
-                                           "param": None, "code": "upstream_error"}}, "[DONE]"]
-    assert len(fake_openai.requests) == 1  # no failover once the response has started
+    # Nothing reached the client yet (its response starts with the first event or keep-alive): the
+    # error is the answer's own status and body.
+    assert response.status_code == 502
+    assert response.json() == {"error": {"message": f"The upstream provider failed (HTTP {named}).", "type": "api_error",
+                                         "param": None, "code": "upstream_error"}}
+    assert len(fake_openai.requests) == 1  # no failover once an upstream answered 2xx headers
     assert_clean(fake_openai, response, logs)
     record = record_of(gateway, fake_openai, response)
     assert (record.status, record.http_status, record.error_code, record.sell_cost, record.buy_cost) == (
