@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,8 @@ ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_EMAIL_VERIFICATION = envstr("ACCOUNT_EMAIL_VERIFICATION", "optional")
 ACCOUNT_RATE_LIMITS = {"login_failed": "5/m/ip,5/5m/key"}
 ACCOUNT_ALLOW_REGISTRATION = False
-# One-time secrets (a new token) are flashed as messages: keep them server-side, not in a cookie.
+# Messages stay server-side, not in a signed-but-readable cookie. One-time secrets (a new token's)
+# are never messages: the page that creates one shows it (apps/proxy/admin.py), so no store holds it.
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 # django-otp: never show TOTP secrets or QR codes in the admin.
 OTP_ADMIN_HIDE_SENSITIVE_DATA = True
@@ -248,9 +250,15 @@ JETSTREAM: dict[str, Any] = {
     "TRUSTED_PROXY_HEADER": envstr("JETSTREAM_TRUSTED_PROXY_HEADER", "") or "",
     "TRUSTED_PROXIES": envlist("JETSTREAM_TRUSTED_PROXIES", ["127.0.0.1/32", "::1/128"]),
     "MAX_BODY_BYTES": envint("JETSTREAM_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024),
+    # Origins whose browser scripts may call /v1 (CORS): "https://app.example.com,…" or "*"; none = off.
+    "CORS_ALLOWED_ORIGINS": envlist("JETSTREAM_CORS_ALLOWED_ORIGINS", []),
     "HOLD_TTL_SECONDS": envint("JETSTREAM_HOLD_TTL_SECONDS", 900, minimum=1),
     "UPSTREAM_TIMEOUT_SECONDS": envint("JETSTREAM_UPSTREAM_TIMEOUT_SECONDS", 600, minimum=1),
 }
+
+for _origin in JETSTREAM["CORS_ALLOWED_ORIGINS"]:
+    if _origin != "*" and not re.fullmatch(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?", _origin):
+        raise ImproperlyConfigured(f"JETSTREAM_CORS_ALLOWED_ORIGINS: {_origin!r} is not an origin like https://app.example.com (or *)")
 
 LOGGING = {
     "version": 1,

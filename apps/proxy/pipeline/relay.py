@@ -37,19 +37,22 @@ async def relay_body(call: Call, opened: Opened, send, *, counters: SpendCounter
     price_usage(call, parsed.usage, parsed.text)
     call.ttft_ms = int((time.time() - call.started) * 1000)
     await counters.settle(call, status=UsageStatus.OK, http=200)
-    payload = parsed.body
-    headers = [JSON, (b"content-length", str(len(payload)).encode()), (b"x-request-id", call.id.encode()),
-               (b"x-jetstream-cost", rub(call.sell).encode()), *call.headers]
+    rename = dialect.model_renamer(call.request.model, call.route.upstream_model)
+    payload = parsed.body if rename is None else rename(parsed.body)
+    headers = [JSON, (b"content-length", str(len(payload)).encode()), (b"x-jetstream-cost", rub(call.sell).encode()),
+               *call.headers]
     await idempotency.store(call, 200, headers, payload)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
 
 class _Client:
-    """The streaming client's side: writes, disconnect watching, and what was sent (for replays)."""
+    """The streaming client's side: writes, disconnect watching, and what was sent (for replays).
+    ``rename`` gives each event the public model name (``dialect.model_renamer``; None: as they are)."""
 
-    def __init__(self, send, receive) -> None:
+    def __init__(self, send, receive, rename=None) -> None:
         self.send = send
+        self.rename = rename
         self.gone = asyncio.Event()
         self.sent: list[bytes] = []
         self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
@@ -66,6 +69,8 @@ class _Client:
         nothing once the client is gone (an ``OSError`` on send marks it gone)."""
         if not events or self.gone.is_set():
             return
+        if self.rename is not None:
+            events = [self.rename(event) for event in events]
         chunk = dialect.render_events(events)
         self.sent.append(chunk)
         try:
@@ -81,7 +86,7 @@ class _Client:
 async def _pump(call: Call, opened: Opened, decoder: StreamDecoder, client: _Client) -> None:
     """Upstream reads → decoder → client writes, one write per read, until the upstream is done."""
     await client.send({"type": "http.response.start", "status": 200,
-                       "headers": [*dialect.SSE_HEADERS, (b"x-request-id", call.id.encode()), *call.headers]})
+                       "headers": [*dialect.SSE_HEADERS, *call.headers]})
     async for data in opened.response.chunks():
         events = decoder.feed(data)
         if events and call.ttft_ms is None:
@@ -97,7 +102,7 @@ async def relay_stream(call: Call, opened: Opened, receive, send, *, counters: S
     """A streamed answer: relayed as it arrives, priced from the usage chunk (or the text counted
     locally), settled, and ended with the usage chunk (if asked for) and ``[DONE]``."""
     decoder = opened.adapter.stream_decoder(call.request)
-    client = _Client(send, receive)
+    client = _Client(send, receive, dialect.model_renamer(call.request.model, call.route.upstream_model))
     status, http, error = UsageStatus.OK, 200, None
     try:
         await _pump(call, opened, decoder, client)
@@ -118,9 +123,11 @@ async def relay_stream(call: Call, opened: Opened, receive, send, *, counters: S
     if client.gone.is_set():
         return
     tail = _stream_end(call, decoder, error)
+    if client.rename is not None:
+        tail = client.rename(tail)  # the usage chunk may be the upstream's, with its model id
     client.sent.append(tail)
     if status == UsageStatus.OK:
-        await idempotency.store(call, 200, [*dialect.SSE_HEADERS, (b"x-request-id", call.id.encode())], b"".join(client.sent))
+        await idempotency.store(call, 200, [*dialect.SSE_HEADERS], b"".join(client.sent))
     await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 

@@ -58,8 +58,9 @@ class OpenAIAdapter(Adapter):
         """See ``Adapter.map_error`` (statuses: https://platform.openai.com/docs/guides/error-codes).
 
         401/403 → 502, fail over, key rests ``COOLDOWN_AUTH_FAILED``; 429 → 429, fail over, rests for a
-        whole-seconds ``Retry-After`` or ``COOLDOWN_RATE_LIMITED``; 5xx, 408, 409 → 502, fail over; 400,
-        404, 413, 422 are passed on and any other 4xx answered 400, with no failover.
+        whole-seconds ``Retry-After`` or ``COOLDOWN_RATE_LIMITED``; 5xx, 408, 409 → 502, fail over; a 3xx
+        redirect → 502 ``upstream_redirect``, no failover; 400, 404, 413, 422 are passed on and any other
+        4xx answered 400, with no failover.
         """
         message, type_, code = error_message(body, secret)
         if status in (401, 403):
@@ -73,6 +74,11 @@ class OpenAIAdapter(Adapter):
         if status >= 500 or status in _SERVER_TROUBLE:
             return UpstreamFailure(502, f"The upstream provider failed: {message}", code="upstream_error", failover=True,
                                    cooldown=COOLDOWN_SERVER_ERROR)
+        if status < 400:
+            # A redirect (never followed: the target was not checked against SSRF and would get the
+            # key) is the provider's configuration, not the client's request; every key meets it.
+            return UpstreamFailure(502, "The upstream provider answered with a redirect, which the gateway does not follow.",
+                                   code="upstream_redirect")
         # Any other 4xx is about the request itself: the same on every key.
         return UpstreamFailure(status if status in _CLIENT_STATUSES else 400, message,
                                type=type_ or "invalid_request_error", code=code or "upstream_rejected")
