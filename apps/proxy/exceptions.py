@@ -45,7 +45,7 @@ class ApiError(ProxyError):
         self.type = type
         self.code = code
         self.param = param
-        self.headers = headers or []
+        self.headers = list(headers or ())  # a copy: the x-should-retry below must not land in the caller's list
         if not retryable:
             self.headers.append(SHOULD_NOT_RETRY)
 
