@@ -170,7 +170,8 @@ ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_EMAIL_VERIFICATION = envstr("ACCOUNT_EMAIL_VERIFICATION", "optional")
 ACCOUNT_RATE_LIMITS = {"login_failed": "5/m/ip,5/5m/key"}
 ACCOUNT_ALLOW_REGISTRATION = False
-# One-time secrets (a new token) are flashed as messages: keep them server-side, not in a cookie.
+# Messages stay server-side, not in a signed-but-readable cookie. One-time secrets (a new token's)
+# are never messages: the page that creates one shows it (apps/proxy/admin.py), so no store holds it.
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 # django-otp: never show TOTP secrets or QR codes in the admin.
 OTP_ADMIN_HIDE_SENSITIVE_DATA = True
@@ -268,6 +269,8 @@ JETSTREAM: dict[str, Any] = {
     "TRUSTED_PROXY_HEADER": _trusted_proxy_header,
     "TRUSTED_PROXIES": _trusted_proxies,
     "MAX_BODY_BYTES": envint("JETSTREAM_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024),
+    # Origins whose browser scripts may call /v1 (CORS): "https://app.example.com,…" or "*"; none = off.
+    "CORS_ALLOWED_ORIGINS": envlist("JETSTREAM_CORS_ALLOWED_ORIGINS", []),
     # Also how long a /v1 reservation outlives its worker: a live request keeps its own alive.
     "HOLD_TTL_SECONDS": envint("JETSTREAM_HOLD_TTL_SECONDS", 900, minimum=1),
     # Upstream time limits (apps/proxy/pipeline/upstream.py): connecting; a stream's response
@@ -282,6 +285,10 @@ JETSTREAM: dict[str, Any] = {
     # How long a stream whose client left is still read for the upstream's usage before it is closed.
     "CLIENT_GONE_DRAIN_SECONDS": envint("JETSTREAM_CLIENT_GONE_DRAIN_SECONDS", 10, minimum=0),
 }
+
+for _origin in JETSTREAM["CORS_ALLOWED_ORIGINS"]:
+    if _origin != "*" and not re.fullmatch(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?", _origin):
+        raise ImproperlyConfigured(f"JETSTREAM_CORS_ALLOWED_ORIGINS: {_origin!r} is not an origin like https://app.example.com (or *)")
 
 LOGGING = {
     "version": 1,

@@ -1,7 +1,8 @@
 """Superadmin page for API tokens.
 
-The secret exists in clear exactly once: generated on add and handed to the superadmin in a
-one-time message. Pages show only its display prefix; the sha256 is never rendered. Limits are
+The secret exists in clear exactly once: generated on add and shown in the answer to that very
+POST (``response_add`` renders it), so no store — not the session, where messages live, nor a
+cookie — ever holds it. Pages show only its display prefix; the sha256 is never rendered. Limits are
 typed in rubles and stored in micro-rubles. Blocking, unblocking and revoking go through
 apps.proxy.services (block/revoke need a reason), never through the edit form.
 """
@@ -15,7 +16,10 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
 
     from lib.admin import FieldGroups
 
+# Where save_model hands a new secret to response_add: on the request object, gone with it.
+_SECRET_ATTR = "_jetstream_new_token_secret"
 _LIMIT_HELP = _("In rubles, e.g. 5000 or 12.50; empty = no limit.")
 
 
@@ -101,8 +107,27 @@ class ApiTokenAdmin(admin.ModelAdmin):
         # The admin goes on with `obj` (its log entry, the redirect): make it the saved token.
         obj.pk, obj.key_hash, obj.key_prefix, obj._state = token.pk, token.key_hash, token.key_prefix, token._state
         if secret is not None:
-            # The only time the secret exists in clear: shown once, stored nowhere.
-            messages.success(request, _("The token's secret, shown only now — copy it: %(secret)s") % {"secret": secret})
+            # The only time the secret exists in clear: kept on this request for response_add to show.
+            setattr(request, _SECRET_ATTR, secret)
+
+    def response_add(self, request: HttpRequest, obj: ApiToken, post_url_continue: str | None = None) -> HttpResponse:
+        """The page that shows a new token's secret, once, as the answer to the POST that created it.
+
+        Not a redirect with a flashed message: a message waits in the session table (or a cookie)
+        until the next page renders it. The admin's views send ``Cache-Control: no-store``."""
+        secret: str | None = getattr(request, _SECRET_ATTR, None)
+        if secret is None:
+            return super().response_add(request, obj, post_url_continue)
+        opts = self.opts
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": opts, "title": _("secret"), "token": obj,
+            "secret_html": format_html('<code id="token-secret">{}</code>', secret),
+            "change_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk]),
+            "add_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_add"),
+            "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+        }
+        return TemplateResponse(request, "admin/proxy/apitoken/secret_shown.html", context)
 
     def _reason(self, request: HttpRequest, *, required: bool = True) -> str | None:
         reason = (request.POST.get("reason") or "").strip()[:300]

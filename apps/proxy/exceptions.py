@@ -11,6 +11,10 @@ import orjson
 
 from apps.providers.adapters.base import UpstreamFailure
 
+# The header both official SDKs read before their own status rules (openai-python and
+# anthropic-sdk-python ``_should_retry``): "false" stops a retry whatever the status.
+SHOULD_NOT_RETRY = (b"x-should-retry", b"false")
+
 
 class ProxyError(Exception):
     """Base class of every error the proxy raises on purpose."""
@@ -27,17 +31,23 @@ class ApiError(ProxyError):
     401 AuthenticationError, 402/409/413/422 APIStatusError, 403 PermissionDeniedError, 404
     NotFoundError, 429 RateLimitError, 5xx InternalServerError); ``headers`` are added to the answer
     (``Retry-After``, rate-limit headers). 499 means the client left (answered as 400 if it can still hear).
+
+    ``retryable=False`` marks a refusal that no retry can cure (a spend limit, the balance, a body
+    reused under another request's Idempotency-Key): the answer carries ``x-should-retry: false``,
+    which the OpenAI and Anthropic SDKs obey instead of retrying a 409/429 up to ``max_retries`` times.
     """
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,  # noqa: A002
-                 param: str | None = None, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+                 param: str | None = None, headers: list[tuple[bytes, bytes]] | None = None, retryable: bool = True) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
         self.code = code
         self.param = param
-        self.headers = headers or []
+        self.headers = list(headers or ())  # a copy: the x-should-retry below must not land in the caller's list
+        if not retryable:
+            self.headers.append(SHOULD_NOT_RETRY)
 
     def body(self) -> bytes:
         """The error object's JSON."""

@@ -29,27 +29,52 @@ def _secrets_in_messages(response) -> list[str]:
     return [found for m in get_messages(response.wsgi_request) for found in FULL_SECRET.findall(str(m))]
 
 
-def _secret_from_messages(response) -> str:
-    found = _secrets_in_messages(response)
-    assert len(found) == 1, found
+def _secret_from_page(response) -> str:
+    found = FULL_SECRET.findall(response.content.decode())
+    assert len(found) == 1, found  # shown exactly once on the page
     return found[0]
 
 
 def test_it_generates_the_secret_and_shows_it_once(superadmin_client, personas, catalog):
     response = superadmin_client.post(reverse("admin:proxy_apitoken_add"), _token_form(personas))
-    assert response.status_code == 302
-    secret = _secret_from_messages(response)
+    # The answer to the POST that created the token is the one page that shows its secret.
+    assert response.status_code == 200
+    secret = _secret_from_page(response)
+    assert "no-store" in response["Cache-Control"]
     token = ApiToken.objects.get(name="billing-bot")
     assert token.key_hash == hash_token(secret)
     assert token.key_prefix == secret[:10] and len(secret) > 40
+    assert _secrets_in_messages(response) == []
+    page = response.content.decode()
+    change_url = reverse("admin:proxy_apitoken_change", args=[token.pk])
+    assert f'href="{change_url}"' in page and token.key_hash not in page
 
-    shown = superadmin_client.get(response["Location"]).content.decode()
-    assert secret in shown  # the one-time message
-    again = superadmin_client.get(response["Location"]).content.decode()
-    assert secret not in again and token.key_hash not in again
-    page = superadmin_client.get(reverse("admin:proxy_apitoken_change", args=[token.pk])).content.decode()
-    assert secret not in page and token.key_hash not in page
-    assert f"{token.key_prefix}…" in page
+    for url in (reverse("admin:proxy_apitoken_changelist"), change_url, reverse("admin:index")):
+        again = superadmin_client.get(url).content.decode()
+        assert secret not in again and token.key_hash not in again
+    assert f"{token.key_prefix}…" in superadmin_client.get(change_url).content.decode()
+
+
+def test_it_stores_the_secret_in_no_session(superadmin_client, personas, catalog):
+    from django.contrib.sessions.models import Session
+
+    response = superadmin_client.post(reverse("admin:proxy_apitoken_add"), _token_form(personas))
+    sessions = list(Session.objects.all())
+    assert sessions  # the superadmin's own session is there, and was looked at
+    for session in sessions:
+        assert FULL_SECRET.findall(str(session.get_decoded())) == []
+    secret = _secret_from_page(response)
+    assert all(secret not in session.session_data for session in sessions)
+    # Nor in a cookie the answer sets (messages could fall back to one).
+    assert all(secret not in morsel.value for morsel in response.cookies.values())
+
+
+def test_it_shows_the_secret_page_in_russian(superadmin_client, personas, catalog):
+    response = superadmin_client.post(reverse("admin:proxy_apitoken_add"), _token_form(personas),
+                                      headers={"accept-language": "ru"})
+    page = response.content.decode()
+    assert "Секрет токена показывается только сейчас — скопируйте его:" in page
+    assert _secret_from_page(response)
 
 
 def test_it_stores_limits_in_micro_rubles_and_shows_them_in_rubles(superadmin_client, personas, catalog):

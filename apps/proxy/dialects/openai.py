@@ -10,6 +10,7 @@ common ones.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ import orjson
 
 from apps.providers.adapters.base import CanonicalRequest
 from apps.proxy.exceptions import ApiError, bad_request
+from lib.jsonbytes import depth_at_end
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 _NUMBER_PARAMS = {"temperature": (0, 2), "top_p": (0, 1), "presence_penalty": (-2, 2), "frequency_penalty": (-2, 2)}
@@ -147,6 +149,27 @@ def check_completion(body) -> CanonicalRequest:
     return CanonicalRequest("completion", model, body, stream, include_usage, _max_tokens(body, "max_tokens"), max(n, best_of or 1))
 
 
+def _embedding_input(value: Any) -> None:
+    """Checks an embeddings ``input``: a string, an array of strings, a token array or an array of
+    token arrays, none of them empty (OpenAI answers 400 for ``""`` and ``[""]``; ``[]`` and ``[[]]`` are as empty)."""
+    if value is None:
+        raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    ok = isinstance(value, str) or (isinstance(value, list) and value and (
+        all(isinstance(v, str) for v in value) or all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        or all(isinstance(v, list) for v in value)))
+    if not ok or (isinstance(value, str) and not value):
+        raise bad_request("'input' must be a non-empty string, array of strings, or token arrays.", param="input", code="invalid_type")
+    if isinstance(value, str):
+        return
+    if len(value) > 2048:
+        raise bad_request("'input' may hold at most 2048 items.", param="input", code="invalid_value")
+    # "" or [] among the items leaves nothing to embed (a token id 0 is a token).
+    empty = next((i for i, v in enumerate(value) if isinstance(v, (str, list)) and not v), None)
+    if empty is not None:
+        raise bad_request(f"'input[{empty}]' is empty; every input must hold at least one character or token.",
+                          param=f"input[{empty}]", code="invalid_value")
+
+
 def check_embeddings(body) -> CanonicalRequest:
     """An embeddings body → the canonical request. Raises ``ApiError`` 400 naming the field."""
     if not isinstance(body, dict):
@@ -155,16 +178,7 @@ def check_embeddings(body) -> CanonicalRequest:
     if not isinstance(model, str) or not model.strip():
         raise bad_request("'model' must be a non-empty string.", param="model",
                           code="missing_required_parameter" if model is None else "invalid_type")
-    value = body.get("input")
-    if value is None:
-        raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
-    ok = isinstance(value, str) or (isinstance(value, list) and value and (
-        all(isinstance(v, str) for v in value) or all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        or all(isinstance(v, list) for v in value)))
-    if not ok or (isinstance(value, str) and not value):
-        raise bad_request("'input' must be a non-empty string, array of strings, or token arrays.", param="input", code="invalid_type")
-    if isinstance(value, list) and len(value) > 2048:
-        raise bad_request("'input' may hold at most 2048 items.", param="input", code="invalid_value")
+    _embedding_input(body.get("input"))
     fmt = body.get("encoding_format")
     if fmt is not None and fmt not in ("float", "base64"):
         raise bad_request("'encoding_format' must be 'float' or 'base64'.", param="encoding_format", code="invalid_value")
@@ -215,6 +229,55 @@ def render_usage_chunk(request: CanonicalRequest, usage_chunk: dict[str, Any] | 
     final["usage"] = {**(final.get("usage") or {}), "prompt_tokens": input_tokens, "completion_tokens": output_tokens,
                       "total_tokens": input_tokens + output_tokens, "cost": orjson.Fragment(cost.encode())}
     return b"data: " + orjson.dumps(final) + b"\n\n"
+
+
+_MODEL_KEY = b'"model"'
+# After the key: the colon and a JSON string value (what a top-level "model" holds).
+_STRING_VALUE = re.compile(rb'\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def model_renamer(public: str, upstream: str) -> Callable[[bytes], bytes] | None:
+    """What makes an answer show the public model name the client used instead of the upstream's
+    model id (which is internal: a supplier's deployment, a version): None when the two names are
+    the same (nothing to do, nothing spent), else a function for ``rename_model``'s payloads."""
+    if public == upstream:
+        return None
+    encoded = orjson.dumps(public)
+    return lambda payload: rename_model(payload, encoded)
+
+
+def rename_model(payload: bytes, public: bytes) -> bytes:
+    """``payload`` (a JSON object, or one SSE ``data: {…}`` event) with its top-level ``model``
+    value replaced by ``public`` (a JSON-encoded string); unchanged when it has no ``"model"`` key.
+
+    The usual answer has one ``"model"`` key, at the top: its value is replaced in the bytes,
+    which costs one search and a scan of the bytes before it. Anything else (several, or the
+    one not at the top) is parsed and re-encoded, so the rename stays exact."""
+    count = payload.count(_MODEL_KEY)
+    if count == 0:
+        return payload
+    if count == 1:
+        at = payload.find(_MODEL_KEY)
+        before = payload[:at]
+        value = _STRING_VALUE.match(payload, at + len(_MODEL_KEY))
+        # Inside a string a quote is escaped, so `{` or `,` then `"model"` then `:` is a key; at depth 1, the top one.
+        if value is not None and before.rstrip().endswith((b"{", b",")) and depth_at_end(before) == 1:
+            return payload[:value.start(1)] + public + payload[value.end(1):]
+    return _rename_parsed(payload, public)
+
+
+def _rename_parsed(payload: bytes, public: bytes) -> bytes:
+    if payload.startswith(b"data:") and b"\n\n" in payload.rstrip(b"\n"):  # several events: one by one
+        return b"\n\n".join(rename_model(event, public) for event in payload.split(b"\n\n"))
+    start = payload.find(b"{")
+    try:
+        obj = orjson.loads(payload[start:]) if start >= 0 else None
+        if not isinstance(obj, dict) or "model" not in obj:
+            return payload
+        obj["model"] = orjson.Fragment(public)
+        return payload[:start] + orjson.dumps(obj)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # not ours to fix: relayed as it came
+        return payload
 
 
 def render_error_event(error: ApiError) -> bytes:

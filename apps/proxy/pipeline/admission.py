@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from lib.jsonbytes import nesting_exceeds
 from lib.resp import Redis
 
-from ..exceptions import ApiError, forbidden, not_found, unauthorized
+from ..exceptions import ApiError, bad_request, forbidden, not_found, unauthorized
 from ..models import TokenStatus, hash_token
 from ..snapshot import ModelRoute, SnapshotCache, TokenSnapshot
 from .context import Call
@@ -24,6 +25,11 @@ from .context import Call
 # Which model modalities may serve each endpoint.
 MODALITY_FOR = {"chat": ("chat",), "completion": ("completion", "chat"), "embedding": ("embedding",)}
 MAX_SECRET_LENGTH = 256
+# Levels of arrays and objects a body may nest. The parser (orjson) reads 1024, the encoder that
+# forwards the body writes 254: a body between the two passed the door and failed inside (a 500).
+# Real requests nest under 20 (a tool's JSON Schema a few levels more); 64 leaves room and is
+# one limit every later stage can hold.
+MAX_JSON_DEPTH = 64
 
 
 def bearer(scope: dict[str, Any]) -> str | None:
@@ -61,8 +67,9 @@ async def authenticate(call: Call, snapshots: SnapshotCache) -> TokenSnapshot:
 
 
 async def read_body(scope: dict[str, Any], receive, max_body: int) -> bytes:
-    """The whole request body (bytes). Raises ``ApiError`` 413 above ``max_body`` bytes, 499 if the
-    client leaves first."""
+    """The whole request body (bytes). Raises ``ApiError`` 413 above ``max_body`` bytes, 400
+    ``json_too_deep`` for JSON nested deeper than ``MAX_JSON_DEPTH`` levels, 499 if the client
+    leaves first."""
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > max_body:
             raise ApiError(413, f"The request body exceeds {max_body} bytes.", code="request_too_large")
@@ -77,7 +84,18 @@ async def read_body(scope: dict[str, Any], receive, max_body: int) -> bytes:
             raise ApiError(413, f"The request body exceeds {max_body} bytes.", code="request_too_large")
         chunks.append(chunk)
         if not message.get("more_body"):
-            return b"".join(chunks)
+            return check_depth(b"".join(chunks))
+
+
+def check_depth(raw: bytes) -> bytes:
+    """``raw`` if it nests at most ``MAX_JSON_DEPTH`` levels. Raises ``ApiError`` 400 ``json_too_deep``.
+
+    Costs nothing measurable: a body with fewer brackets than the limit (a plain chat) is passed
+    on two ``count`` calls; others take a few C-level passes (``lib/jsonbytes.py``)."""
+    if nesting_exceeds(raw, MAX_JSON_DEPTH):
+        raise bad_request(f"The request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; "
+                          f"the gateway's limit is {MAX_JSON_DEPTH} levels.", code="json_too_deep")
+    return raw
 
 
 class ClientAddress:

@@ -27,7 +27,7 @@ from .admission import ClientAddress, DistinctIpCap, authenticate, police, read_
 from .context import Call
 from .idempotency import IdempotencyStore
 from .relay import relay_body, relay_stream
-from .responses import send_error
+from .responses import Cors, answering, send_error
 from .spend import SpendCounters, estimate, rate_headers
 from .upstream import Timeouts, UpstreamClient
 
@@ -36,6 +36,10 @@ logger = logging.getLogger("jetstream.proxy")
 ENDPOINTS = {b"/v1/chat/completions": "chat", b"/v1/completions": "completion", b"/v1/embeddings": "embedding"}
 INFERENCE = frozenset(ENDPOINTS.values())
 MODELS = b"/v1/models"
+KEY = b"/v1/key"
+# The methods each kind of path takes (OPTIONS, answered for any known path, aside).
+POST_ONLY = ("POST",)
+READ_ONLY = ("GET", "HEAD")
 # Refusals recorded as "invalid" (the request itself is wrong); other refusals are "rejected".
 INVALID_STATUSES = (400, 404, 413, 422)
 
@@ -53,6 +57,7 @@ class ProxyApp:
         self.counters = SpendCounters(self.redis, self.snapshots, reservation_ttl=conf["HOLD_TTL_SECONDS"])
         self.distinct_ips = DistinctIpCap(self.redis)
         self.idempotency = IdempotencyStore(self.redis, self.counters)
+        self.cors = Cors(conf["CORS_ALLOWED_ORIGINS"])
         self._started = False
         self._starting: asyncio.Lock | None = None
 
@@ -108,8 +113,13 @@ class ProxyApp:
         endpoint = ENDPOINTS.get(path)
         call = Call(id=f"req_{uuid.uuid4().hex}", endpoint=endpoint or path.decode("latin-1")[:64], started=time.time(),
                     client_ip=self.client_address(scope), scope=scope)
+        method = scope["method"]
+        origin = self.cors.origin(scope)
+        # Every answer from here on, whichever stage sends it, carries the request id, the
+        # processing time and (for an allowed origin) CORS headers; a preflight brings its own.
+        send = answering(call, send, head=method == "HEAD", extra=None if method == "OPTIONS" else self.cors.headers(origin))
         try:
-            await self.dispatch(call, scope["method"], path, receive, send)
+            await self.dispatch(call, method, path, receive, send)
         except ApiError as error:
             await self.refuse(call, send, error)
         except (RedisConnectionError, RedisReplyError):
@@ -120,21 +130,36 @@ class ProxyApp:
             await self.refuse(call, send, gateway_error())
 
     async def dispatch(self, call: Call, method: str, path: bytes, receive, send) -> None:
-        """Send the call to its endpoint. Raises ``ApiError`` 404/405 for unknown endpoints and methods."""
-        if call.endpoint in INFERENCE:
-            if method != "POST":
-                raise ApiError(405, f"Use POST for {path.decode()}.", code="method_not_allowed")
+        """Send the call to its endpoint; answer ``OPTIONS`` (CORS preflight included) for any known
+        path; ``HEAD`` is ``GET`` without the body. Raises ``ApiError`` 404 for an unknown path, 405
+        with ``Allow`` for a method the path does not take."""
+        allowed = POST_ONLY if call.endpoint in INFERENCE else READ_ONLY if _is_info(path) else None
+        if allowed is None:
+            raise ApiError(404, f"Unknown endpoint {method} {path.decode('utf-8', 'replace')}.", code="unknown_endpoint")
+        if method == "OPTIONS":
+            await self.options(call, send, allowed)
+        elif method not in allowed:
+            raise ApiError(405, f"Use {' or '.join(allowed)} for {path.decode('utf-8', 'replace')}.", code="method_not_allowed",
+                           headers=[(b"allow", ", ".join((*allowed, "OPTIONS")).encode())])
+        elif call.endpoint in INFERENCE:
             await self.inference(call, receive, send)
-        elif method == "GET" and (path == MODELS or path.startswith(MODELS + b"/") or path == b"/v1/key"):
+        else:
             await authenticate(call, self.snapshots)
             if path == MODELS:
                 await info.list_models(call, send, self.snapshots)
-            elif path == b"/v1/key":
+            elif path == KEY:
                 await info.key_info(call, send, self.counters)
             else:
                 await info.get_model(call, send, self.snapshots, path[len(MODELS) + 1:].decode("utf-8", "replace"))
-        else:
-            raise ApiError(404, f"Unknown endpoint {method} {path.decode('utf-8', 'replace')}.", code="unknown_endpoint")
+
+    async def options(self, call: Call, send, allowed: tuple[str, ...]) -> None:
+        """204 with ``Allow``; for a CORS preflight from an allowed origin, the ``Access-Control-*``
+        answer too (a browser refuses the real request when they are missing). Needs no token:
+        browsers send preflights without credentials."""
+        headers = [(b"allow", ", ".join((*allowed, "OPTIONS")).encode()), (b"content-length", b"0"),
+                   *self.cors.preflight_headers(call.scope, self.cors.origin(call.scope), allowed)]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
     # ------------------------------------------------------------------ the inference pipeline
     async def inference(self, call: Call, receive, send) -> None:
@@ -196,3 +221,7 @@ class ProxyApp:
             except (RedisConnectionError, RedisReplyError):
                 logger.error("could not record refused request %s (Redis unavailable)", call.id)
         await send_error(send, call, error)
+
+
+def _is_info(path: bytes) -> bool:
+    return path == MODELS or path == KEY or path.startswith(MODELS + b"/")

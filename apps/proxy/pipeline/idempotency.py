@@ -53,13 +53,17 @@ class IdempotencyStore:
                 break
         saved = orjson.loads(stored)
         if saved["h"] != digest:
-            raise ApiError(409, "This Idempotency-Key was used with a different request body.", code="idempotency_key_reused")
+            # 409 is one of the statuses the SDKs retry; this one a retry cannot cure.
+            raise ApiError(409, "This Idempotency-Key was used with a different request body.", code="idempotency_key_reused",
+                           retryable=False)
         if saved.get("p"):
             raise ApiError(409, "A request with this Idempotency-Key is still in progress.", code="idempotency_in_progress")
+        # This answer's own request id and processing time come from ``answering``; an answer stored by an
+        # older worker may still hold its request id.
         headers = [(k.encode(), v.encode()) for k, v in saved["hd"]]
-        headers = [h for h in headers if h[0] not in (b"x-request-id", b"x-jetstream-cost")]
-        headers += [(b"x-request-id", call.id.encode()), (b"x-jetstream-cost", b"0.000000"),
-                    (b"x-jetstream-replayed-from", saved["rid"].encode()), (b"idempotent-replayed", b"true")]
+        headers = [h for h in headers if h[0] not in (b"x-request-id", b"x-jetstream-cost", b"openai-processing-ms")]
+        headers += [(b"x-jetstream-cost", b"0.000000"), (b"x-jetstream-replayed-from", saved["rid"].encode()),
+                    (b"idempotent-replayed", b"true")]
         await self._counters.record(call, status="ok", http=saved["s"], error=ApiError(200, "", type="", code="idempotent_replay"))
         await send({"type": "http.response.start", "status": saved["s"], "headers": headers})
         await send({"type": "http.response.body", "body": saved["b"].encode("latin-1")})

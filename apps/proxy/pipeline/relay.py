@@ -43,9 +43,10 @@ async def relay_body(call: Call, opened: Opened, send, *, counters: SpendCounter
     price_usage(call, parsed.usage, parsed.text)
     call.ttft_ms = int((time.time() - call.started) * 1000)
     await counters.settle(call, status=UsageStatus.OK, http=200)
-    payload = parsed.body
-    headers = [JSON, (b"content-length", str(len(payload)).encode()), (b"x-request-id", call.id.encode()),
-               (b"x-jetstream-cost", rub(call.sell).encode()), *call.headers]
+    rename = dialect.model_renamer(call.request.model, call.route.upstream_model)
+    payload = parsed.body if rename is None else rename(parsed.body)
+    headers = [JSON, (b"content-length", str(len(payload)).encode()), (b"x-jetstream-cost", rub(call.sell).encode()),
+               *call.headers]
     await idempotency.store(call, 200, headers, payload)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
@@ -60,11 +61,13 @@ class _Client:
 
     The 200 response starts with the first write or keep-alive; until then a failure can still be
     answered with its own status. Keep-alives begin once ``arm`` is called (an upstream accepted the
-    call) and go out after ``keepalive`` seconds of silence (0 = never); they are not kept in ``sent``."""
+    call) and go out after ``keepalive`` seconds of silence (0 = never); they are not kept in ``sent``.
+    ``rename`` gives each event the public model name (``dialect.model_renamer``; None: as they are)."""
 
-    def __init__(self, call: Call, send, receive, *, keepalive: float) -> None:
+    def __init__(self, call: Call, send, receive, *, keepalive: float, rename=None) -> None:
         self.call = call
         self.send = send
+        self.rename = rename
         self.gone = asyncio.Event()
         self.started = False
         self.sent: list[bytes] = []
@@ -114,7 +117,7 @@ class _Client:
                 if not self.started:
                     self.started = True
                     await self.send({"type": "http.response.start", "status": 200,
-                                     "headers": [*dialect.SSE_HEADERS, (b"x-request-id", self.call.id.encode()), *self.call.headers]})
+                                     "headers": [*dialect.SSE_HEADERS, *self.call.headers]})
                 await self.send({"type": "http.response.body", "body": chunk, "more_body": more})
             except OSError:  # the client is gone (servers that raise rather than drop the write)
                 self.gone.set()
@@ -125,6 +128,8 @@ class _Client:
         nothing once the client is gone (an ``OSError`` on send marks it gone)."""
         if not events or self.gone.is_set():
             return
+        if self.rename is not None:
+            events = [self.rename(event) for event in events]
         chunk = dialect.render_events(events)
         self.sent.append(chunk)
         await self._emit(chunk)
@@ -204,7 +209,8 @@ async def relay_stream(call: Call, upstream: UpstreamClient, receive, send, *, c
     the usage chunk (or the text counted locally), settled, and ended with the usage chunk (if asked
     for) and ``[DONE]``. A failure before the client's response started is answered with its status
     (504 ``upstream_timeout`` for a timeout); after it, as an error event in the stream."""
-    client = _Client(call, send, receive, keepalive=upstream.timeouts.keepalive)
+    client = _Client(call, send, receive, keepalive=upstream.timeouts.keepalive,
+                     rename=dialect.model_renamer(call.request.model, call.route.upstream_model))
     stream = _StreamRun(call, upstream, client)
     try:
         failure = await stream.run()
@@ -231,9 +237,11 @@ async def relay_stream(call: Call, upstream: UpstreamClient, receive, send, *, c
         await send_error(send, call, error)
         return
     tail = _stream_end(call, decoder, error)
+    if client.rename is not None:
+        tail = client.rename(tail)  # the usage chunk may be the upstream's, with its model id
     client.sent.append(tail)
     if status == UsageStatus.OK:
-        await idempotency.store(call, 200, [*dialect.SSE_HEADERS, (b"x-request-id", call.id.encode())], b"".join(client.sent))
+        await idempotency.store(call, 200, [*dialect.SSE_HEADERS], b"".join(client.sent))
     await client.end(tail)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 from lib import tokenizer
@@ -266,17 +267,29 @@ def limit_error(detail: list, amount: int) -> ApiError:
                                  (f"x-ratelimit-reset-{kind}".encode(), f"{retry}s".encode())])
     status, code, template = LIMIT_ERRORS[name]
     message = template.format(limit=rub(int(detail[1])), amount=rub(amount))
-    return ApiError(status, message, type="insufficient_quota" if status == 402 else "rate_limit_error", code=code)
+    # A spent limit or an empty wallet stays so for hours: an SDK retry in a second only adds load.
+    return ApiError(status, message, type="insufficient_quota" if status == 402 else "rate_limit_error", code=code,
+                    retryable=False)
 
 
-def rate_headers(call: Call) -> list[tuple[bytes, bytes]]:
-    """``x-ratelimit-*`` headers for a call that passed its rate limits."""
+def rate_headers(call: Call, now: float | None = None) -> list[tuple[bytes, bytes]]:
+    """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for a call that passed its rate
+    limits (only the kinds the token has). The reset is OpenAI's "time until the limit is back to its
+    initial state", in whole seconds ("95s"): the sliding window (this minute's bucket, then the
+    previous minute's, weighted down as the minute passes) forgets this call at the end of the next
+    minute. ``now`` is Unix seconds (default: the clock)."""
     token, reservation = call.token, call.reservation
+    if not (token.rpm or token.tpm):
+        return []
+    now = time.time() if now is None else now
+    reset = f"{math.ceil(120 - now % 60)}s".encode()
     headers = []
     if token.rpm:
         headers += [(b"x-ratelimit-limit-requests", str(token.rpm).encode()),
-                    (b"x-ratelimit-remaining-requests", str(max(0, reservation.rpm_left)).encode())]
+                    (b"x-ratelimit-remaining-requests", str(max(0, reservation.rpm_left)).encode()),
+                    (b"x-ratelimit-reset-requests", reset)]
     if token.tpm:
         headers += [(b"x-ratelimit-limit-tokens", str(token.tpm).encode()),
-                    (b"x-ratelimit-remaining-tokens", str(max(0, reservation.tpm_left)).encode())]
+                    (b"x-ratelimit-remaining-tokens", str(max(0, reservation.tpm_left)).encode()),
+                    (b"x-ratelimit-reset-tokens", reset)]
     return headers

@@ -72,7 +72,7 @@ class OpenAIAdapter(Adapter):
 
         401/403 → 502, fail over, key rests ``COOLDOWN_AUTH_FAILED``; 429 → 429, fail over, rests for a
         whole-seconds ``Retry-After`` (at most ``COOLDOWN_AUTH_FAILED``) or ``COOLDOWN_RATE_LIMITED``;
-        5xx, 408, 409 → 502, fail over. These say nothing of the upstream's text: it is about the
+        5xx, 408, 409 → 502, fail over; a 3xx redirect → 502 ``upstream_redirect``, no failover. These say nothing of the upstream's text: it is about the
         supplier's account or servers, not the client's request. 400, 404, 413, 422 are passed on and
         any other 4xx answered 400, with no failover: the message scrubbed, the code kept only from
         ``REQUEST_ERROR_CODES`` (see ``rejected``). The upstream's text, scrubbed, goes to the log.
@@ -106,6 +106,11 @@ class OpenAIAdapter(Adapter):
         elif status >= 500 or status in _SERVER_TROUBLE:
             failure = UpstreamFailure(502, f"The upstream provider failed (HTTP {status}).", code="upstream_error",
                                       failover=True, cooldown=COOLDOWN_SERVER_ERROR)
+        elif status < 400:
+            # A redirect (never followed: the target was not checked against SSRF and would get the
+            # key) is the provider's configuration, not the client's request; every key meets it.
+            failure = UpstreamFailure(502, "The upstream provider answered with a redirect, which the gateway does not follow.",
+                                      code="upstream_redirect")
         else:
             # Any other 4xx is about the request itself: the same on every key.
             failure = rejected(status if status in _CLIENT_STATUSES else 400, scrub(message, secrets) if message else None,
