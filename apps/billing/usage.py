@@ -344,9 +344,9 @@ class _Tally:
 def record_usage_batch(*, events: list[UsageEvent]) -> RecordOutcome:
     """Write one ``UsageRecord`` per event and its sell/buy transfers, all in one transaction.
 
-    Every event is normalised first (``UsageEvent.normalised``); one whose cost had to be clamped
-    to bigint's ceiling is recorded without its transfers and with ``error_code``
-    ``charge_refused_by_ledger`` (that is no amount anyone owes). Idempotent: a request id already
+    Every event is normalised first (``UsageEvent.normalised``); a cost it had to clamp to
+    bigint's ceiling is recorded (``usage_clamped``) but not posted — that is no amount anyone
+    owes — while the event's other cost is. Idempotent: a request id already
     recorded (or a transfer id already used) is skipped, except that a ``gateway_lost``
     placeholder the sweeper wrote is replaced by the real event.
 
@@ -366,7 +366,13 @@ def record_usage_batch(*, events: list[UsageEvent]) -> RecordOutcome:
     if not events:
         return RecordOutcome(written=())
     tally = _Tally()
-    _write_isolating(list(enumerate(_uncharged_if_cost_clamped(event.normalised()) for event in events)), tally, top=True)
+    events = [event.normalised() for event in events]
+    ceiling = _cost_ceiling()
+    for event in events:
+        if ceiling in (event.sell_cost, event.buy_cost):
+            logger.error("usage event %s: a cost beyond the ledger's range is recorded (usage_clamped) but not posted",
+                         event.request_id)
+    _write_isolating(list(enumerate(events)), tally, top=True)
     return RecordOutcome(written=tuple(tally.written), charges_refused=tuple(tally.charges_refused),
                          refused=tuple(tally.refused))
 
@@ -374,20 +380,20 @@ def record_usage_batch(*, events: list[UsageEvent]) -> RecordOutcome:
 CHARGE_REFUSED = "charge_refused_by_ledger"
 
 
-def _uncharged_if_cost_clamped(event: UsageEvent) -> UsageEvent:
-    # A cost normalisation had to clamp to bigint's ceiling is no amount anyone owes: posted, it
-    # would also bring the account's running sums so near bigint's end that every later charge
-    # to it overflowed. Recorded (flagged usage_clamped) and left to the operator, like a refused charge.
-    ceiling = _cost_ceiling()
-    if event.usage_clamped and (event.sell_cost >= ceiling or event.buy_cost >= ceiling):
-        logger.error("usage event %s: a cost beyond the ledger's range; recording usage without its charge", event.request_id)
-        return dataclasses.replace(event, error_code=CHARGE_REFUSED)
-    return event
-
-
 @functools.cache
 def _cost_ceiling() -> int:
     return next(limit[1] for name, _, limit in _column_rules() if name == "sell_cost")
+
+
+def posted_sell_cost(event: UsageEvent) -> int:
+    """The micro-RUB of an event's ``sell_cost`` that billing posts to the company's wallet: the
+    cost itself, or 0 for anything but an integer below bigint's ceiling (a cost normalisation
+    clamped there is recorded, never posted).
+
+    A cost at that ceiling is no amount anyone owes, and posted it would leave the account's
+    running sums no room: every later charge to it would overflow."""
+    sell = event.sell_cost
+    return sell if type(sell) is int and 0 <= sell < _cost_ceiling() else 0
 
 
 def _refused_by_database(exc: BaseException) -> bool:
@@ -418,7 +424,6 @@ def _write_isolating(batch: list[tuple[int, UsageEvent]], tally: _Tally, *, top:
         _write_isolating(batch[middle:], tally)
         return
     tally.written.extend(event.request_id for _, event in batch)
-    tally.charges_refused.extend(event.request_id for _, event in batch if event.error_code == CHARGE_REFUSED)
 
 
 def _write_alone(index: int, event: UsageEvent, tally: _Tally) -> None:
@@ -550,17 +555,17 @@ def _record_rows(events: list[UsageEvent]) -> list[list]:
 
 def _transfer_rows(events: list[UsageEvent]) -> list[list]:
     ids, debits, credits, amounts, kinds, rids = [], [], [], [], [], []
+    ceiling = _cost_ceiling()
     for e in events:
-        if e.error_code == CHARGE_REFUSED:  # recorded without its charge (_uncharged_if_cost_clamped)
-            continue
-        if e.sell_cost and e.company_id:
+        sell = posted_sell_cost(e)
+        if sell and e.company_id:
             ids.append(f"usage:{e.request_id}:sell")
             debits.append(ledger_accounts.wallet(e.company_id))
             credits.append(ledger_accounts.platform(AccountKind.PLATFORM_REVENUE))
-            amounts.append(e.sell_cost)
+            amounts.append(sell)
             kinds.append(TransferKind.USAGE)
             rids.append(e.request_id)
-        if e.buy_cost and e.supplier_id:
+        if e.buy_cost and e.supplier_id and e.buy_cost != ceiling:  # as posted_sell_cost
             ids.append(f"usage:{e.request_id}:buy")
             debits.append(ledger_accounts.platform(AccountKind.UPSTREAM_COST))
             credits.append(ledger_accounts.payable(e.supplier_id))

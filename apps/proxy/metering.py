@@ -33,7 +33,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from apps.billing.usage import MalformedUsageEvent, UsageEvent, record_usage_batch
+from apps.billing.usage import MalformedUsageEvent, UsageEvent, posted_sell_cost, record_usage_batch
 from apps.billing.wallets import wallet_sums
 
 from . import redis_scripts
@@ -163,7 +163,9 @@ class MeterWriter:
         for company in companies:
             args += sums[company]
         for entry in entries:
-            args += [position.get(entry.event.company_id or 0, 0), entry.event.sell_cost or 0, entry.stream_id]
+            # What billing posts is what leaves `out` (not an absurd cost clamped to bigint's ceiling,
+            # which no proxy counted and which would overflow the counter).
+            args += [position.get(entry.event.company_id or 0, 0), posted_sell_cost(entry.event), entry.stream_id]
         keys = [redis_scripts.STREAM_KEY, *(redis_scripts.company_key(c) for c in companies)]
         if outcome.refused:
             # One transaction (MULTI): a writer that dies before it leaves every entry pending and

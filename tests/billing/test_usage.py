@@ -349,16 +349,21 @@ def test_a_failure_of_the_database_itself_is_not_taken_for_a_refusal():
     assert not _refused_by_database(RuntimeError("a bug"))
 
 
-def test_a_cost_beyond_bigint_is_recorded_without_its_charge(books):
+def test_a_cost_beyond_bigint_is_recorded_but_not_posted(books, caplog):
     # Clamped to bigint's ceiling it is no amount anyone owes, and posted it would leave the
     # payable's running sums no room: every later charge to it would overflow.
     services.top_up(company=books.company, amount=RUB, idempotency_id="invoice:1")
     events = [usage(books, "req_absurd", sell=10, buy=2**70), usage(books, "req_after", sell=20, buy=18)]
-    outcome = record_usage_batch(events=events)
-    assert outcome == RecordOutcome(written=("req_absurd", "req_after"), charges_refused=("req_absurd",))
+    with caplog.at_level(logging.ERROR, logger="jetstream.meter"):
+        assert record_usage_batch(events=events) == RecordOutcome(written=("req_absurd", "req_after"))
     absurd = UsageRecord.objects.get(request_id="req_absurd")
-    assert (absurd.buy_cost, absurd.usage_clamped, absurd.error_code) == (INT64, True, "charge_refused_by_ledger")
-    assert not Transfer.objects.filter(idempotency_id__startswith="usage:req_absurd:").exists()
+    assert (absurd.sell_cost, absurd.buy_cost, absurd.usage_clamped) == (10, INT64, True)
+    # The company's side was a real charge (the proxy caps it at the reservation): posted.
+    assert Transfer.objects.get(idempotency_id="usage:req_absurd:sell").amount == 10
+    assert not Transfer.objects.filter(idempotency_id="usage:req_absurd:buy").exists()
     assert Transfer.objects.get(idempotency_id="usage:req_after:buy").amount == 18
     assert services.balance(books.payable).posted == 18
+    assert services.balance(books.wallet).posted == RUB - 30
+    assert [r.getMessage() for r in caplog.records if "req_absurd" in r.getMessage()] == [
+        "usage event req_absurd: a cost beyond the ledger's range is recorded (usage_clamped) but not posted"]
     assert services.verify_ledger() == []

@@ -66,6 +66,8 @@ def meter(books):
     services.top_up(company=books.company, amount=1_000 * RUB, idempotency_id="invoice:fuzz")
     writer = MeterWriter(consumer="fuzz", block_ms=10, batch_size=64)
     writer.ensure_group()
+    # The company's funds as the proxy keeps them: each acknowledgement lowers `out` by the entry's charge.
+    writer.redis.hset(redis_scripts.company_key(books.company.pk), mapping={"cr": 1_000 * RUB, "db": 0, "lim": 0, "out": 0})
     yield writer
     writer.redis.close()
     flush_gateway_keys()
@@ -123,6 +125,7 @@ def test_poison_never_stops_the_meter_and_every_request_gets_one_record(books, m
     client = redis.Redis.from_url(settings.REDIS_URL)
     expected: dict[str, bool] = {}  # stored request id → flagged usage_clamped
     refused: set[str] = set()
+    refused_sells = 0
     for index in range(240):
         event = good_event(books, index, rng)
         clamped = False
@@ -132,6 +135,7 @@ def test_poison_never_stops_the_meter_and_every_request_gets_one_record(books, m
         elif roll < 0.64:
             event["token_id"] = 900_000 + index  # no such token: the database refuses it whatever its values
             refused.add(event["request_id"])
+            refused_sells += event["sell_cost"]
         client.xadd(redis_scripts.STREAM_KEY, {"e": raw_entry(event, rng)})
         if event["request_id"] not in refused:
             expected[stored_request_id(event["request_id"])] = clamped
@@ -147,15 +151,20 @@ def test_poison_never_stops_the_meter_and_every_request_gets_one_record(books, m
     assert sorted(dead) == sorted(refused)
     assert client.xpending(redis_scripts.STREAM_KEY, GROUP)["pending"] == 0
     assert services.verify_ledger() == []
-    # Every charge recorded is in the ledger once, and nothing else is; a cost clamped to bigint's
-    # ceiling is recorded without its charge.
-    charged = [r for r in records.values() if r.error_code != "charge_refused_by_ledger"]
-    assert all(r.usage_clamped and INT64 in (r.sell_cost, r.buy_cost) for r in records.values() if r not in charged)
+    # Every cost recorded is in the ledger once, and nothing else is — but a cost clamped to
+    # bigint's ceiling, which is recorded and flagged, never posted.
+    assert all(r.usage_clamped for r in records.values() if INT64 in (r.sell_cost, r.buy_cost))
+    assert not any(r.error_code == "charge_refused_by_ledger" for r in records.values())
     sells = dict(Transfer.objects.filter(kind="usage").values_list("metadata__request_id", "amount"))
-    assert sells == {r.request_id: r.sell_cost for r in charged if r.sell_cost > 0}
+    assert sells == {r.request_id: r.sell_cost for r in records.values() if 0 < r.sell_cost < INT64}
     buys = dict(Transfer.objects.filter(kind="usage_cost").values_list("metadata__request_id", "amount"))
-    assert buys == {r.request_id: r.buy_cost for r in charged if r.buy_cost > 0}
+    assert buys == {r.request_id: r.buy_cost for r in records.values() if 0 < r.buy_cost < INT64}
     assert services.balance(books.wallet).posted == 1_000 * RUB - sum(sells.values())
+    # Each acknowledgement lowered the proxy's `out` by what was posted (a set-aside event's charge
+    # included: it is kept in the dead letter), never by an absurd amount.
+    funds = client.hgetall(redis_scripts.company_key(books.company.pk))
+    assert int(funds[b"out"]) == -(sum(sells.values()) + refused_sells)
+    assert int(funds[b"db"]) == sum(sells.values())
     for record in records.values():
         for name in ("request_id", "endpoint", "model_name", "status", "error_type", "error_code"):
             value = getattr(record, name)
