@@ -136,7 +136,7 @@ class UsageEvent:
         values["usage_counted_locally"] = self.usage_counted_locally is True or self.usage_counted_locally == 1
         if clamped:
             logger.warning("usage event %s: %s out of its column's range; clamped and flagged usage_clamped",
-                           values["request_id"], ", ".join(f"{k}={repr(v)[:40]}" for k, v in clamped.items()))
+                           values["request_id"], ", ".join(f"{k}={_loggable(v)}" for k, v in clamped.items()))
         values["usage_clamped"] = bool(clamped) or self.usage_clamped is True
         return UsageEvent(**values)
 
@@ -242,10 +242,18 @@ def _column_rules() -> tuple[tuple[str, str, Any], ...]:
     return tuple(rules)
 
 
+def _loggable(value: Any) -> str:
+    # Numbers as they came (a huge integer by its size: Python refuses to print past 4300 digits);
+    # anything else by its type only — a string in an id field could be anything, a secret too.
+    if type(value) is int:
+        return repr(value) if value.bit_length() <= 128 else f"<int of {value.bit_length()} bits>"
+    return repr(value) if type(value) is float or value is None else f"<{type(value).__name__}>"
+
+
 def _text(value: Any, max_length: int) -> tuple[str, bool]:
     if type(value) is not str:
         # A str subclass (a UsageStatus) as its plain value; a number as its digits.
-        value = str.__str__(value) if isinstance(value, str) else str(value) if type(value) in (int, float) else ""
+        value = str.__str__(value) if isinstance(value, str) else _loggable(value) if type(value) in (int, float) else ""
     if _REFUSED_IN_TEXT.search(value):
         value = _REFUSED_IN_TEXT.sub("\ufffd", value)
     return value[:max_length], False

@@ -115,6 +115,7 @@ def test_it_cleans_text_and_addresses_without_flagging(field, raw, expected):
 
 @pytest.mark.parametrize(("field", "raw", "expected"), [
     ("output_tokens", 2**31, INT32),  # the upstream usage
+    pytest.param("output_tokens", 10**5000, INT32, id="output_tokens-10**5000"),  # beyond what Python will print
     ("input_tokens", 2**64, INT32),
     ("cached_tokens", -1, 0),
     ("latency_ms", 10**30, INT32),
@@ -140,6 +141,15 @@ def test_it_clamps_counts_costs_and_ids_to_their_column_and_flags_the_event(fiel
     assert getattr(event, field) == expected
     assert event.usage_clamped is True
     assert any(field in r.getMessage() and "req_n" in r.getMessage() for r in caplog.records)
+
+
+def test_the_log_names_raw_numbers_but_never_a_string_from_a_numeric_field(caplog):
+    with caplog.at_level(logging.WARNING, logger="jetstream.meter"):
+        bare(company_id="sk-live-0123456789", output_tokens=2**31, input_tokens=10**5000).normalised()
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "sk-live" not in message
+    assert "company_id=<str>" in message and "output_tokens=2147483648" in message
+    assert "input_tokens=<int of 16610 bits>" in message
 
 
 @pytest.mark.parametrize("raw", [math.nan, math.inf, -math.inf, -1.0, 1e20, "2026-01-01", True])
