@@ -124,7 +124,7 @@ class UsageRecordAdmin(ExportPermissionMixin, ViewOnlyAdminMixin, ExportActionMi
     list_display = ["started_at", "request_id", "company", "token", "model_name", "status", "http_status",
                     "input_tokens", "output_tokens", "sell_cost", "sell_cost_rub", "buy_cost", "buy_cost_rub", "latency_ms"]
     list_display_links = ["started_at", "request_id"]
-    list_filter = ["status", "stream", "usage_counted_locally", "provider", "endpoint"]
+    list_filter = ["status", "stream", "usage_counted_locally", "usage_clamped", "provider", "endpoint"]
     search_fields = ["=request_id", "model_name", "company__name", "company__slug", "token__name", "=token__key_prefix"]
     list_select_related = ["company", "token"]
     date_hierarchy = "started_at"

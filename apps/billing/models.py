@@ -219,6 +219,10 @@ class UsageRecord(models.Model):
     latency_ms = models.PositiveIntegerField(_("latency, ms"), default=0)
     ttft_ms = models.PositiveIntegerField(_("time to first token, ms"), null=True, blank=True)
     client_ip = models.GenericIPAddressField(_("client IP"), null=True, blank=True)
+    usage_clamped = models.BooleanField(
+        _("values clamped"), default=False,
+        help_text=_("A token count, cost, HTTP status or time in the usage event did not fit its column and was clamped "
+                    "(the raw values are in the log with the request id)."))
     started_at = models.DateTimeField(_("started"))
     finished_at = models.DateTimeField(_("finished"))
     recorded_at = models.DateTimeField(_("recorded"), auto_now_add=True)

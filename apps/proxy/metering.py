@@ -10,6 +10,14 @@ Durable and idempotent by request id:
   pending; the next writer (or itself on restart) reclaims and rewrites them, and the
   conflicts make the rewrite a no-op.
 * the same loop sweeps expired reservations (a proxy that died mid-request) into failed records.
+
+One bad entry never stops the meter. Events are normalised to what their columns hold where they
+are made and again when read (``UsageEvent.normalised``); a batch the database still refuses is
+split until the refused events stand alone (``record_usage_batch``), and an entry that is not an
+event, or an event the database refuses on its own, is set aside: copied as it was into the
+dead-letter stream ``js:usage:dead`` (with the error's class name and the original entry id),
+acknowledged on ``js:usage`` and counted in ``js:metrics:usage_dead_letter`` — one Redis
+transaction — and logged at ERROR. Everything else lands.
 """
 
 from __future__ import annotations
@@ -18,14 +26,14 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import redis
 from django.conf import settings
 from django.db import connection
 
-from apps.billing.usage import MalformedUsageEvent, UsageEvent, record_usage_batch
+from apps.billing.usage import MalformedUsageEvent, UsageEvent, posted_sell_cost, record_usage_batch
 from apps.billing.wallets import wallet_sums
 
 from . import redis_scripts
@@ -34,14 +42,23 @@ logger = logging.getLogger("jetstream.meter")
 
 GROUP = "meter"
 RECLAIM_IDLE_MS = 15_000
+# Entries set aside: the raw fields of the js:usage entry plus ``dead_error`` (the exception's class
+# name, never its message) and ``dead_source_id`` (the entry's id in js:usage). Trimmed to about
+# DEAD_LETTER_MAXLEN entries so a flood cannot fill Redis; DEAD_LETTER_METRIC keeps counting.
+DEAD_LETTER_KEY = "js:usage:dead"
+DEAD_LETTER_MAXLEN = 100_000
+# The number of entries ever set aside (an integer string; alert when it grows).
+DEAD_LETTER_METRIC = "js:metrics:usage_dead_letter"
 
 
 @dataclass(slots=True)
 class StreamEntry:
-    """One decoded entry of ``js:usage``: its stream id (for the ACK) and its usage event."""
+    """One decoded entry of ``js:usage``: its stream id (for the ACK), its usage event and the
+    entry's raw fields (what the dead-letter stream keeps if the database refuses the event)."""
 
     stream_id: bytes
     event: UsageEvent
+    fields: dict[bytes, bytes] = field(default_factory=dict)
 
 
 def sync_company_funds(company_ids: list[int] | None, *, client: redis.Redis | None = None) -> None:
@@ -62,8 +79,18 @@ def sync_company_funds(company_ids: list[int] | None, *, client: redis.Redis | N
             client.close()
 
 
+def _set_aside(pipe: redis.client.Pipeline, stream_id: bytes, fields: dict[bytes, bytes], *, error: str) -> None:
+    """Queue on ``pipe`` the copy of one ``js:usage`` entry into the dead-letter stream (its raw
+    fields, the error's class name, its id) and the metric's increment."""
+    entry: dict[Any, Any] = {**fields, b"dead_error": error, b"dead_source_id": stream_id}
+    pipe.xadd(DEAD_LETTER_KEY, entry, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+    pipe.incr(DEAD_LETTER_METRIC)
+
+
 class MeterWriter:
-    """Drains ``js:usage`` through the consumer group ``meter`` into billing, one batch at a time.
+    """Drains ``js:usage`` through the consumer group ``meter`` into billing, one batch at a time;
+    sets aside (``DEAD_LETTER_KEY``) what cannot be written. ``written`` and ``dead_lettered``
+    count entries since it started.
 
     ``batch_size`` entries per read, ``block_ms`` milliseconds of blocking read, ``consumer`` its
     name in the group (default host-pid), ``reclaim_idle_ms`` how long another consumer's entry
@@ -83,6 +110,7 @@ class MeterWriter:
         self._last_reclaim = 0.0
         self._last_sync = 0.0
         self.written = 0
+        self.dead_lettered = 0
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if missing; an existing group is kept."""
@@ -100,20 +128,34 @@ class MeterWriter:
                 self.redis.xack(redis_scripts.STREAM_KEY, GROUP, stream_id)
                 continue
             try:
-                decoded.append(StreamEntry(stream_id, UsageEvent.decode(fields[b"e"])))
-            except (KeyError, MalformedUsageEvent):
-                logger.error("malformed usage event %s dropped: %r", stream_id, fields)
-                self.redis.xack(redis_scripts.STREAM_KEY, GROUP, stream_id)
+                decoded.append(StreamEntry(stream_id, UsageEvent.decode(fields[b"e"]), fields))
+            except (KeyError, MalformedUsageEvent) as exc:
+                # Not an event at all: nothing to write or to lower `out` by; kept for the operator.
+                pipe = self.redis.pipeline(transaction=True)
+                _set_aside(pipe, stream_id, fields, error=type(exc).__name__)
+                pipe.xack(redis_scripts.STREAM_KEY, GROUP, stream_id)
+                pipe.execute()
+                self._report_set_aside(stream_id, "?", type(exc).__name__)
         return decoded
+
+    def _report_set_aside(self, stream_id: bytes, request_id: str, error: str) -> None:
+        self.dead_lettered += 1
+        logger.error("usage entry %s (request %s) set aside in %s: %s", stream_id.decode(), request_id,
+                     DEAD_LETTER_KEY, error)
 
     def process(self, entries: list[StreamEntry]) -> int:
         """Write the entries through billing's door, then acknowledge them and lower the
-        companies' outstanding spend in one Redis step (``redis_scripts.ACK``); return how many.
+        companies' outstanding spend in one Redis step (``redis_scripts.ACK``); return how many
+        entries were handled (written, or set aside because the database refused them).
 
-        Raises what the write raises (the entries stay pending and are retried)."""
+        An event the database refuses on its own is copied to ``DEAD_LETTER_KEY`` and counted in
+        ``DEAD_LETTER_METRIC`` in the same Redis transaction as the acknowledgement; its charge
+        (micro-RUB) leaves ``out`` like any acknowledged entry's, as a refused charge does, and
+        stays in the dead-letter copy for the operator. Raises what the write raises when it is
+        not about the events (the entries stay pending and are retried)."""
         if not entries:
             return 0
-        record_usage_batch(events=[entry.event for entry in entries])  # writes every event or raises
+        outcome = record_usage_batch(events=[entry.event for entry in entries])  # every event written or refused
         sums = wallet_sums(list({e.event.company_id for e in entries if e.event.company_id}))
         companies = list(sums)
         position = {company: index for index, company in enumerate(companies, start=1)}
@@ -121,9 +163,23 @@ class MeterWriter:
         for company in companies:
             args += sums[company]
         for entry in entries:
-            args += [position.get(entry.event.company_id or 0, 0), entry.event.sell_cost or 0, entry.stream_id]
-        self._ack(keys=[redis_scripts.STREAM_KEY, *(redis_scripts.company_key(c) for c in companies)], args=args)
-        self.written += len(entries)
+            # What billing posts is what leaves `out` (not an absurd cost clamped to bigint's ceiling,
+            # which no proxy counted and which would overflow the counter).
+            args += [position.get(entry.event.company_id or 0, 0), posted_sell_cost(entry.event), entry.stream_id]
+        keys = [redis_scripts.STREAM_KEY, *(redis_scripts.company_key(c) for c in companies)]
+        if outcome.refused:
+            # One transaction (MULTI): a writer that dies before it leaves every entry pending and
+            # nothing set aside; after it, every entry is acknowledged and each refused one copied once.
+            pipe = self.redis.pipeline(transaction=True)
+            for refused in outcome.refused:
+                _set_aside(pipe, entries[refused.index].stream_id, entries[refused.index].fields, error=refused.error)
+            self._ack(keys=keys, args=args, client=pipe)
+            pipe.execute()
+            for refused in outcome.refused:
+                self._report_set_aside(entries[refused.index].stream_id, refused.request_id, refused.error)
+        else:
+            self._ack(keys=keys, args=args)
+        self.written += len(entries) - len(outcome.refused)
         return len(entries)
 
     def housekeeping(self, now: float) -> None:

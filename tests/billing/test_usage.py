@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import time
 
 import orjson
 import pytest
+from django.db import OperationalError
 
 from apps.billing import services
 from apps.billing.models import Transfer, TransferKind, UsageRecord, UsageStatus
-from apps.billing.usage import MalformedUsageEvent, RecordOutcome, UsageEvent, record_usage_batch
+from apps.billing.usage import MalformedUsageEvent, RecordOutcome, RefusedEvent, UsageEvent, record_usage_batch
 from apps.billing.wallets import WalletSums, company_wallet_sums, wallet_sums
 from tests.billing.conftest import RUB
 
@@ -22,10 +25,10 @@ T0 = 1_780_000_000.25  # Unix seconds
 
 
 def usage(books, request_id: str, *, sell: int = 0, buy: int = 0, **fields) -> UsageEvent:
-    fields = {"status": UsageStatus.OK, "company_id": books.company.pk, "supplier_id": books.supplier.pk, **fields}
+    fields = {"status": UsageStatus.OK, "company_id": books.company.pk, "supplier_id": books.supplier.pk,
+              "model_name": "gpt-4o-mini", "input_tokens": 1000, "output_tokens": 200, **fields}
     return UsageEvent(request_id=request_id, endpoint="chat", http_status=200, started_at=T0, finished_at=T0 + 1.5,
-                      model_name="gpt-4o-mini", input_tokens=1000, output_tokens=200, sell_cost=sell, buy_cost=buy,
-                      latency_ms=1500, ttft_ms=300, client_ip="192.0.2.7", **fields)
+                      sell_cost=sell, buy_cost=buy, latency_ms=1500, ttft_ms=300, client_ip="192.0.2.7", **fields)
 
 
 # --- the event ---------------------------------------------------------------------------------
@@ -67,6 +70,122 @@ def test_it_fills_what_a_minimal_event_leaves_out():
 def test_it_refuses_what_is_not_an_event(raw):
     with pytest.raises(MalformedUsageEvent):
         UsageEvent.decode(raw)
+
+
+# --- normalisation: every value fits its column ----------------------------------------------
+
+INT32, INT16, INT64 = 2**31 - 1, 2**15 - 1, 2**63 - 1
+MODEL_NAME_MAX = UsageRecord._meta.get_field("model_name").max_length
+ERROR_CODE_MAX = UsageRecord._meta.get_field("error_code").max_length
+
+
+def bare(**fields) -> UsageEvent:
+    return UsageEvent(**{"request_id": "req_n", "endpoint": "chat", "status": "ok", "http_status": 200, "started_at": T0,
+                         "finished_at": T0 + 1, **fields})
+
+
+@pytest.mark.parametrize(("field", "raw", "expected"), [
+    # text PostgreSQL refuses: NUL and lone surrogates become U+FFFD, so the record shows something was there
+    ("model_name", "demo\x00chat", "demo\ufffdchat"),
+    ("error_code", "bad\x00code", "bad\ufffdcode"),
+    ("error_type", "x\ud800y", "x\ufffdy"),
+    ("endpoint", "\x00", "\ufffd"),
+    ("request_id", "req\x00\udfff", "req\ufffd\ufffd"),
+    # cut to the column's max_length (read from UsageRecord)
+    ("model_name", "m" * 1000, "m" * MODEL_NAME_MAX),
+    ("error_code", "é" * 100, "é" * ERROR_CODE_MAX),
+    # wrong types: a number as its digits, anything else ""
+    ("error_code", 429, "429"),
+    ("model_name", ["a"], ""),
+    ("model_name", None, ""),
+    ("status", UsageStatus.OK, "ok"),
+    # addresses inet refuses
+    ("client_ip", "not-an-ip", None),
+    ("client_ip", "10.0.0.1, 10.0.0.2", None),
+    ("client_ip", "fe80::1%eth0", "fe80::1"),
+    ("client_ip", 167772161, None),
+    ("client_ip", "2001:DB8::1", "2001:db8::1"),
+])
+def test_it_cleans_text_and_addresses_without_flagging(field, raw, expected):
+    event = bare(**{field: raw}).normalised()
+    assert getattr(event, field) == expected
+    assert type(getattr(event, field)) in (str, type(None))
+    assert event.usage_clamped is False
+
+
+@pytest.mark.parametrize(("field", "raw", "expected"), [
+    ("output_tokens", 2**31, INT32),  # the issue's upstream usage
+    pytest.param("output_tokens", 10**5000, INT32, id="output_tokens-10**5000"),  # beyond what Python will print
+    ("input_tokens", 2**64, INT32),
+    ("cached_tokens", -1, 0),
+    ("latency_ms", 10**30, INT32),
+    ("ttft_ms", -5, 0),
+    ("http_status", 70_000, INT16),
+    ("http_status", -1, 0),
+    ("sell_cost", 2**63, INT64),
+    ("buy_cost", -300, 0),  # the table's CHECK: costs are never negative
+    ("fx_rub_per_unit", -(2**70), -(2**63)),
+    ("output_tokens", "12", 0),
+    ("output_tokens", True, 0),
+    ("output_tokens", 1.5, 0),
+    ("output_tokens", math.nan, 0),
+    ("input_tokens", 1.8446744073709552e19, INT32),  # how orjson reads an integer beyond 64 bits
+    ("ttft_ms", "soon", None),
+    ("token_id", 2**63, None),  # an id clamped would point at another row
+    ("company_id", "4", None),
+    ("department_id", 0.5, None),
+])
+def test_it_clamps_counts_costs_and_ids_to_their_column_and_flags_the_event(field, raw, expected, caplog):
+    with caplog.at_level(logging.WARNING, logger="jetstream.meter"):
+        event = bare(**{field: raw}).normalised()
+    assert getattr(event, field) == expected
+    assert event.usage_clamped is True
+    assert any(field in r.getMessage() and "req_n" in r.getMessage() for r in caplog.records)
+
+
+def test_the_log_names_raw_numbers_but_never_a_string_from_a_numeric_field(caplog):
+    with caplog.at_level(logging.WARNING, logger="jetstream.meter"):
+        bare(company_id="sk-live-0123456789", output_tokens=2**31, input_tokens=10**5000).normalised()
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "sk-live" not in message
+    assert "company_id=<str>" in message and "output_tokens=2147483648" in message
+    assert "input_tokens=<int of 16610 bits>" in message
+
+
+@pytest.mark.parametrize("raw", [math.nan, math.inf, -math.inf, -1.0, 1e20, "2026-01-01", True])
+def test_a_time_that_is_no_unix_time_becomes_now(raw):
+    before = time.time()
+    event = bare(started_at=raw, finished_at=raw).normalised()
+    assert before <= event.started_at <= event.finished_at <= time.time()
+    assert event.usage_clamped is True
+
+
+def test_a_normal_event_is_left_as_it_is():
+    event = bare(token_id=3, company_id=4, input_tokens=INT32, sell_cost=INT64, http_status=INT16, client_ip="192.0.2.7",
+                 model_name="m" * MODEL_NAME_MAX, finished_at=None)
+    assert event.normalised() == dataclasses.replace(event, finished_at=T0)
+    assert event.normalised().normalised() == event.normalised()
+
+
+def test_encoding_normalises_what_json_could_not_even_carry():
+    # orjson refuses integers beyond 64 bits and lone surrogates; NaN would become null.
+    event = bare(output_tokens=2**70, error_code="a\ud800", started_at=math.nan, model_name="demo\x00chat")
+    decoded = UsageEvent.decode(event.encode())
+    assert (decoded.output_tokens, decoded.error_code, decoded.model_name) == (INT32, "a\ufffd", "demo\ufffdchat")
+    assert math.isfinite(decoded.started_at) and decoded.usage_clamped is True
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"request_id": "req_f", "started_at": NaN, "output_tokens": 1e400}',
+    b'{"request_id": "req_f", "started_at": 5, "model_name": "\\ud800", "output_tokens": 99999999999999999999999}',
+    b'{"request_id": "req_f", "started_at": 5, "model_name": "caf\xe9"}',
+    b'{"rid": "req_f", "t0": 5, "mn": "x\\u0000y", "ot": 4294967296, "ip": "nope", "http": 99999}',
+])
+def test_it_decodes_and_normalises_entries_another_writer_made(raw):
+    event = UsageEvent.decode(raw)
+    assert event.request_id == "req_f"
+    assert "\x00" not in event.model_name and 0 <= event.output_tokens <= INT32 and math.isfinite(event.started_at)
+    assert isinstance(event.model_name.encode("utf-8"), bytes)  # raises on a lone surrogate
 
 
 # --- the door ----------------------------------------------------------------------------------
@@ -170,3 +289,91 @@ def test_it_reads_wallet_sums_for_the_proxy_counters(books, personas):
     # Company A has no wallet yet: the proxy's cold start creates it.
     assert company_wallet_sums(personas.company_a.pk) == (0, 0, 0)
     assert services.company_wallet(personas.company_a).pk in {a.pk for a in personas.company_a.ledger_accounts.all()}
+
+
+# --- the door: poison never blocks a batch ---------------------------------------------------
+
+def test_the_issues_poison_events_are_recorded_beside_the_others(books):
+    services.top_up(company=books.company, amount=RUB, idempotency_id="invoice:1")
+    events = [usage(books, "req_ok_1", sell=100, buy=90),
+              usage(books, "req_nul_model", status=UsageStatus.INVALID, model_name="demo\x00chat", error_code="model_not_found"),
+              usage(books, "req_huge_usage", sell=200, buy=180, output_tokens=2**31),
+              usage(books, "req_nul_code", status=UsageStatus.UPSTREAM_ERROR, error_type="invalid_request_error",
+                    error_code="bad\x00code"),
+              usage(books, "req_ok_2", sell=300, buy=270)]
+    outcome = record_usage_batch(events=events)
+    assert outcome == RecordOutcome(written=("req_ok_1", "req_nul_model", "req_huge_usage", "req_nul_code", "req_ok_2"))
+    records = {r.request_id: r for r in UsageRecord.objects.all()}
+    assert records["req_nul_model"].model_name == "demo\ufffdchat"
+    assert (records["req_huge_usage"].output_tokens, records["req_huge_usage"].usage_clamped) == (INT32, True)
+    assert records["req_nul_code"].error_code == "bad\ufffdcode"
+    assert [r.usage_clamped for r in (records["req_ok_1"], records["req_nul_model"], records["req_ok_2"])] == [False] * 3
+    assert services.balance(books.wallet).posted == RUB - 600
+    assert services.verify_ledger() == []
+
+
+def test_an_event_the_database_refuses_on_its_own_is_isolated_and_returned(books, caplog):
+    services.top_up(company=books.company, amount=RUB, idempotency_id="invoice:1")
+    # No such token: the record's foreign key refuses it, with or without its charge.
+    good = [usage(books, f"req_{i}", sell=10, buy=9) for i in range(7)]
+    events = [*good[:5], usage(books, "req_ghost_token", sell=50, buy=45, token_id=987_654), *good[5:]]
+    with caplog.at_level(logging.WARNING, logger="jetstream.meter"):
+        outcome = record_usage_batch(events=events)
+    assert outcome.written == tuple(e.request_id for e in good)
+    assert outcome.refused == (RefusedEvent(index=5, request_id="req_ghost_token", error="IntegrityError"),)
+    assert outcome.charges_refused == ()
+    assert set(UsageRecord.objects.values_list("request_id", flat=True)) == {e.request_id for e in good}
+    assert not Transfer.objects.filter(idempotency_id__startswith="usage:req_ghost_token:").exists()
+    assert services.balance(books.wallet).posted == RUB - 70
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("req_ghost_token" in m and "IntegrityError" in m for m in errors)
+    assert services.verify_ledger() == []
+
+
+def test_an_unknown_supplier_leaves_the_record_without_its_charge(books):
+    services.top_up(company=books.company, amount=RUB, idempotency_id="invoice:1")
+    outcome = record_usage_batch(events=[usage(books, "req_a", sell=10, buy=9),
+                                         usage(books, "req_no_payable", sell=20, buy=18, supplier_id=987_654)])
+    assert outcome == RecordOutcome(written=("req_a", "req_no_payable"), charges_refused=("req_no_payable",))
+    assert UsageRecord.objects.get(request_id="req_no_payable").error_code == "charge_refused_by_ledger"
+    assert services.verify_ledger() == []
+
+
+def test_a_placeholder_and_the_real_event_in_one_batch_are_both_written(books):
+    # The sweeper gave up on a slow request, then it settled: both events reach one batch, and one
+    # INSERT … ON CONFLICT DO UPDATE may not touch a row twice.
+    services.top_up(company=books.company, amount=RUB, idempotency_id="invoice:1")
+    lost = usage(books, "req_slow", status=UsageStatus.FAILED, error_code="gateway_lost")
+    outcome = record_usage_batch(events=[usage(books, "req_a", sell=5), lost, usage(books, "req_slow", sell=300, buy=250)])
+    assert outcome.written == ("req_a", "req_slow", "req_slow") and outcome.refused == ()
+    record = UsageRecord.objects.get(request_id="req_slow")
+    assert (record.status, record.error_code, record.sell_cost) == ("ok", "", 300)
+    assert services.balance(books.wallet).posted == RUB - 305
+    assert services.verify_ledger() == []
+
+
+def test_a_failure_of_the_database_itself_is_not_taken_for_a_refusal():
+    from apps.billing.usage import _refused_by_database
+
+    assert not _refused_by_database(OperationalError("connection lost"))
+    assert not _refused_by_database(RuntimeError("a bug"))
+
+
+def test_a_cost_beyond_bigint_is_recorded_but_not_posted(books, caplog):
+    # Clamped to bigint's ceiling it is no amount anyone owes, and posted it would leave the
+    # payable's running sums no room: every later charge to it would overflow.
+    services.top_up(company=books.company, amount=RUB, idempotency_id="invoice:1")
+    events = [usage(books, "req_absurd", sell=10, buy=2**70), usage(books, "req_after", sell=20, buy=18)]
+    with caplog.at_level(logging.ERROR, logger="jetstream.meter"):
+        assert record_usage_batch(events=events) == RecordOutcome(written=("req_absurd", "req_after"))
+    absurd = UsageRecord.objects.get(request_id="req_absurd")
+    assert (absurd.sell_cost, absurd.buy_cost, absurd.usage_clamped) == (10, INT64, True)
+    # The company's side was a real charge (the proxy caps it at the reservation): posted.
+    assert Transfer.objects.get(idempotency_id="usage:req_absurd:sell").amount == 10
+    assert not Transfer.objects.filter(idempotency_id="usage:req_absurd:buy").exists()
+    assert Transfer.objects.get(idempotency_id="usage:req_after:buy").amount == 18
+    assert services.balance(books.payable).posted == 18
+    assert services.balance(books.wallet).posted == RUB - 30
+    assert [r.getMessage() for r in caplog.records if "req_absurd" in r.getMessage()] == [
+        "usage event req_absurd: a cost beyond the ledger's range is recorded (usage_clamped) but not posted"]
+    assert services.verify_ledger() == []
