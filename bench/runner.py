@@ -689,15 +689,18 @@ def drop_spend_counters() -> int:
         client.close()
 
 
-def run_cold_start(procs: Processes, upstreams: dict) -> dict:
-    """A new worker hit at once by COLD_CONNECTIONS connections for one token, with its spend
-    counters not in Redis: wrk for the first COLD_SECONDS, no warm-up (deploys and autoscaling
-    start workers under load). The worker is stopped afterwards; its records are drained."""
-    dropped = drop_spend_counters()
+def run_cold_start(procs: Processes, upstreams: dict, *, drop_counters: bool) -> dict:
+    """A new worker hit at once by COLD_CONNECTIONS connections for one token: wrk for the first
+    COLD_SECONDS, no warm-up (deploys and autoscaling start workers under load). With
+    ``drop_counters`` the spend counters are not in Redis either (Redis lost them, or the token is
+    new), so the worker also seeds them from PostgreSQL. The worker is stopped afterwards; its
+    records are drained."""
+    dropped = drop_spend_counters() if drop_counters else 0
     target, _ = start_jetstream(procs, upstreams, name="jetstream_cold")
     try:
         result = run_wrk(url=target.chat_url, body_file=WORK / "body-chat.json", authorization=target.authorization,
-                         connections=COLD_CONNECTIONS, seconds=COLD_SECONDS, tag="jetstream-cold-start")
+                         connections=COLD_CONNECTIONS, seconds=COLD_SECONDS,
+                         tag="jetstream-cold-start" + ("-no-counters" if drop_counters else ""))
         result["counters_dropped"] = dropped
         if target.meter:
             target.meter.wait_drained()
@@ -706,7 +709,8 @@ def run_cold_start(procs: Processes, upstreams: dict) -> dict:
             target.meter.close()
         for process in ("jetstream_cold", "meter"):
             procs.stop(process)
-    print(f"  {'cold start (new worker)':32} {result['rps']:9.0f} req/s  p50 {result['p50_ms']:8.3f} ms  "
+    label = "cold worker, no counters" if drop_counters else "cold worker"
+    print(f"  {label:32} {result['rps']:9.0f} req/s  p50 {result['p50_ms']:8.3f} ms  "
           f"p99 {result['p99_ms']:8.3f} ms  max {result['max_ms']:8.3f} ms  errors {result['error_total']}", flush=True)
     return result
 
@@ -848,7 +852,8 @@ def run_target(name: str, entry: dict, *, settings: Settings, procs: Processes, 
         if name == "jetstream" and settings.cold_start:
             procs.stop(name)
             procs.stop("meter")
-            entry["cold_start"] = run_cold_start(procs, upstreams)
+            entry["cold_start"] = run_cold_start(procs, upstreams, drop_counters=False)
+            entry["cold_start_no_counters"] = run_cold_start(procs, upstreams, drop_counters=True)
     except BenchError as exc:
         entry["error"] = str(exc)
         banner = "JETSTREAM FAILED" if name == "jetstream" else f"{name.upper()} FAILED"
