@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from apps.billing.models import UsageStatus
 from apps.providers.adapters.base import StreamDecoder, UpstreamFailure, timed_out
@@ -52,7 +53,8 @@ async def relay_body(call: Call, opened: Opened, send, *, counters: SpendCounter
     await send({"type": "http.response.body", "body": payload})
 
 
-KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: clients (the OpenAI SDK included) skip it
+KEEPALIVE = b": keep-alive\n\n"
+_CUT = "the client left and the drain time ran out"  # an SSE comment: clients (the OpenAI SDK included) skip it
 
 
 class _Client:
@@ -78,6 +80,7 @@ class _Client:
         self._timer: asyncio.TimerHandle | None = None
         self._pinging: asyncio.Task | None = None
         self._closed = False
+        self.on_gone: Callable[[], None] | None = None  # called once when the client leaves
         self.watcher = self._loop.create_task(self._watch(receive))
 
     async def _watch(self, receive) -> None:
@@ -87,6 +90,8 @@ class _Client:
         except Exception:  # noqa: S110 - a server that cannot receive any more has lost the client too
             pass
         self.gone.set()
+        if self.on_gone is not None:
+            self.on_gone()
 
     def arm(self) -> None:
         """Start the keep-alive comments (``UpstreamClient.open``'s ``on_accepted``)."""
@@ -183,24 +188,45 @@ class _StreamRun:
         await _pump(self.call, self.opened, self.decoder, self.client, self.upstream.timeouts.idle)
 
     async def run(self) -> BaseException | None:
-        """Run to the end; what it raised (None on success or when cut). A client that leaves gets
-        ``client_gone_drain`` seconds more reading for the usage once the upstream produced something,
-        none before: then the upstream connection is closed."""
-        work = asyncio.get_running_loop().create_task(self._work())
-        try:
-            await asyncio.wait({work, self.client.watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if not work.done() and self.decoder is not None and self.decoder.produced():
-                await asyncio.wait({work}, timeout=self.upstream.timeouts.client_gone_drain)
-            if not work.done():
+        """Run to the end in the request's own task; what it raised (None on success or when cut). A
+        client that leaves gets ``client_gone_drain`` seconds more reading for the usage once the
+        upstream produced something, none before: then the upstream connection is closed (the
+        request's task is cancelled with ``_CUT`` and the cancellation absorbed here)."""
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        finished = False
+        cut_timer: asyncio.TimerHandle | None = None
+
+        def cut() -> None:
+            if not finished:
                 self.cut = True
-                work.cancel()
-                await asyncio.wait({work})
+                task.cancel(_CUT)
+
+        def on_gone() -> None:
+            nonlocal cut_timer
+            produced = self.decoder is not None and self.decoder.produced()
+            cut_timer = loop.call_later(self.upstream.timeouts.client_gone_drain if produced else 0, cut)
+
+        self.client.on_gone = on_gone
+        if self.client.gone.is_set():
+            on_gone()
+        try:
+            await self._work()
+        except asyncio.CancelledError:
+            if not self.cut:
+                raise  # the request itself is cancelled (server shutdown)
+            task.uncancel()
+        except Exception as exc:
+            return exc
         finally:
-            if not work.done():  # this request itself is cancelled (server shutdown)
-                work.cancel()
+            finished = True
+            self.client.on_gone = None
+            if cut_timer is not None:
+                cut_timer.cancel()
             if self.opened is not None:
                 self.opened.response.release()
-        return None if self.cut else work.exception()
+        return None
 
 
 async def relay_stream(call: Call, upstream: UpstreamClient, receive, send, *, counters: SpendCounters,
