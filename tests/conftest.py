@@ -36,7 +36,7 @@ def fast_password_hashing(settings):
 @pytest.fixture(autouse=True)
 def fresh_ledger_account_ids():
     """Billing's per-process cache of ledger account ids must not outlive a rolled-back test database."""
-    from apps.billing.usage import ledger_accounts
+    from apps.billing.usage_records import ledger_accounts
 
     ledger_accounts.clear()
     yield

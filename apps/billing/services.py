@@ -15,7 +15,7 @@ Amounts are ``int`` micro-rubles (see lib/money.py). Holds are two-phase: ``hold
 ``post_hold`` moves up to the held amount, ``void_hold`` releases, ``expire_holds`` times out.
 Their caller is supplier withdrawals (apps/billing/withdrawals.py: a hold from request to payout);
 ``billing.tasks.void_expired_holds`` runs ``expire_holds`` on beat. Metered usage does not use
-ledger holds (the proxy reserves spend in Redis) and is written through apps/billing/usage.py.
+ledger holds (the proxy reserves spend in Redis) and is written through apps/billing/usage_records.py.
 """
 
 from __future__ import annotations

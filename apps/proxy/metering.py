@@ -3,7 +3,7 @@
 Durable and idempotent by request id:
 * the proxy appends each request's event to ``js:usage`` before its response ends;
 * the writer reads through a consumer group, hands a batch to
-  ``apps.billing.usage.record_usage_batch`` (ONE PostgreSQL transaction; records
+  ``apps.billing.usage_records.record_usage_batch`` (ONE PostgreSQL transaction; records
   ``ON CONFLICT (request_id)``, transfers ``ON CONFLICT (idempotency_id)``), and only after the
   commit acknowledges the entries — in the same Redis step that lowers the
   companies' outstanding spend (redis_scripts.ACK). A writer killed at any point leaves its entries
@@ -33,7 +33,8 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from apps.billing.usage import MalformedUsageEvent, UsageEvent, posted_sell_cost, record_usage_batch
+from apps.billing.usage import MalformedUsageEvent, UsageEvent
+from apps.billing.usage_records import posted_sell_cost, record_usage_batch
 from apps.billing.wallets import wallet_sums
 
 from . import redis_scripts

@@ -17,7 +17,8 @@ from django.db import OperationalError
 
 from apps.billing import services
 from apps.billing.models import Transfer, TransferKind, UsageRecord, UsageStatus
-from apps.billing.usage import MalformedUsageEvent, RecordOutcome, RefusedEvent, UsageEvent, record_usage_batch
+from apps.billing.usage import MalformedUsageEvent, UsageEvent
+from apps.billing.usage_records import RecordOutcome, RefusedEvent, record_usage_batch
 from apps.billing.wallets import WalletSums, company_wallet_sums, wallet_sums
 from tests.billing.conftest import RUB
 
@@ -353,7 +354,7 @@ def test_a_placeholder_and_the_real_event_in_one_batch_are_both_written(books):
 
 
 def test_a_failure_of_the_database_itself_is_not_taken_for_a_refusal():
-    from apps.billing.usage import _refused_by_database
+    from apps.billing.usage_records import _refused_by_database
 
     assert not _refused_by_database(OperationalError("connection lost"))
     assert not _refused_by_database(RuntimeError("a bug"))

@@ -15,7 +15,8 @@ from django.conf import settings
 
 from apps.billing import services as ledger
 from apps.billing.models import Transfer, UsageRecord, UsageStatus
-from apps.billing.usage import UsageEvent, record_usage_batch
+from apps.billing.usage import UsageEvent
+from apps.billing.usage_records import record_usage_batch
 from apps.proxy import redis_scripts
 from apps.proxy.metering import DEAD_LETTER_KEY, DEAD_LETTER_METRIC, GROUP, MeterWriter, StreamEntry
 from tests.proxy.conftest import build_world, flush_gateway_keys
