@@ -18,7 +18,7 @@ messages go through ``lib.scrub.scrub`` with every supplier key of the provider 
 ``type``/``code`` are mapped into the gateway's own closed vocabulary (``rejected`` and
 ``REQUEST_ERROR_CODES`` here; the other failures have fixed codes).
 
-Authentication is the adapter's ``auth``: a static key today (``StaticBearerAuth``); a provider that
+Authentication is the adapter's ``auth``: a static Bearer key today (``Auth``); a provider that
 exchanges a key for a short-lived token (GigaChat's OAuth, Yandex Cloud's IAM token) subclasses
 ``CachedTokenAuth``, which caches one token per supplier key and lets concurrent requests share
 one exchange.
@@ -267,8 +267,6 @@ class Auth:
         """Headers that authenticate ``credential``. Raises ``UpstreamFailure`` if it cannot."""
         return {"Authorization": f"Bearer {credential.secret}"}
 
-
-StaticBearerAuth = Auth
 
 
 class CachedTokenAuth(Auth):

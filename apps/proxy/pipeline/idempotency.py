@@ -13,6 +13,7 @@ import hashlib
 
 import orjson
 
+from apps.billing.models import UsageStatus
 from lib.resp import Redis
 
 from ..exceptions import ApiError, bad_request
@@ -64,7 +65,7 @@ class IdempotencyStore:
         headers = [h for h in headers if h[0] not in (b"x-request-id", b"x-jetstream-cost", b"openai-processing-ms")]
         headers += [(b"x-jetstream-cost", b"0.000000"), (b"x-jetstream-replayed-from", saved["rid"].encode()),
                     (b"idempotent-replayed", b"true")]
-        await self._counters.record(call, status="ok", http=saved["s"], error=ApiError(200, "", type="", code="idempotent_replay"))
+        await self._counters.record(call, status=UsageStatus.OK, http=saved["s"], error=ApiError(200, "", type="", code="idempotent_replay"))
         await send({"type": "http.response.start", "status": saved["s"], "headers": headers})
         await send({"type": "http.response.body", "body": saved["b"].encode("latin-1")})
         return True

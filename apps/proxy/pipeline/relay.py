@@ -53,8 +53,8 @@ async def relay_body(call: Call, opened: Opened, send, *, counters: SpendCounter
     await send({"type": "http.response.body", "body": payload})
 
 
-KEEPALIVE = b": keep-alive\n\n"
-_CUT = "the client left and the drain time ran out"  # an SSE comment: clients (the OpenAI SDK included) skip it
+KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: clients (the OpenAI SDK included) skip it
+_CUT = "the client left and the drain time ran out"  # the cancel message that ends a drained stream
 
 
 class _Client:

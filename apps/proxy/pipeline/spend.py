@@ -13,6 +13,7 @@ import logging
 import math
 import time
 
+from apps.billing.models import UsageStatus
 from lib import tokenizer
 from lib.money import cost_from_units, format_rub
 from lib.resp import Redis
@@ -165,7 +166,7 @@ class SpendCounters:
         now = time.time()
         keys = self.keys_for(token, now)
         rpm_cur, rpm_prev, tpm_cur, tpm_prev, frac = rate_keys(token.id, now)
-        failure = call.usage_event(status="failed", http=500, error=ApiError(500, "", type="api_error", code="gateway_lost"))
+        failure = call.usage_event(status=UsageStatus.FAILED, http=500, error=ApiError(500, "", type="api_error", code="gateway_lost"))
         member = reservation_member(request_id=call.id, keys=keys, amount=amount, failure_event=failure)
         tpm_estimate = call.input_tokens_estimate + call.max_output_tokens
         args = [amount, _opt(token.limit_total), _opt(token.limit_weekly), _opt(token.limit_monthly),
