@@ -44,7 +44,7 @@ from apps.config.report import Change, Report
 from apps.config.schema import Problems, join, load_yaml, show
 from apps.providers import services as providers
 from apps.providers.exceptions import ProvidersError
-from apps.providers.models import EgressProxy, Model, Provider
+from apps.providers.models import OPTION_FIELDS, EgressProxy, Model, Provider
 from apps.proxy import services as tokens
 from apps.proxy.exceptions import ProxyError
 from apps.proxy.models import ApiToken, TokenStatus, hash_token
@@ -188,9 +188,11 @@ class _Run:
         if "egress" in v:
             egress = self.ref("egress proxy", v["egress"], join(e.place, "egress"),
                               lambda: EgressProxy.objects.filter(slug=v["egress"]).first())
+        # The kind-specific fields join the options (a field wins over the same name inside ``options``).
+        options = {**(v.get("options") or {}), **{name: v[name] for name in OPTION_FIELDS if name in v}}
         outcome = self.attempt("provider", e, lambda: providers.upsert_provider(
             slug=v["slug"], kind=v["kind"], name=v.get("name", ""), base_url=v.get("base_url", ""),
-            internal=v.get("internal", False), options=v.get("options"), egress=egress, dry_run=self.dry_run))
+            internal=v.get("internal", False), options=options, egress=egress, dry_run=self.dry_run))
         self.record("provider", e, outcome, v["slug"])
 
     def supplier_key(self, e: Entry) -> None:

@@ -35,7 +35,7 @@ from apps.config.schema import (
     text,
     validated,
 )
-from apps.providers.models import Modality, ProviderKind, SupplierKeyStatus
+from apps.providers.models import OPTION_FIELDS, Modality, ProviderKind, SupplierKeyStatus
 from apps.proxy.models import TokenEnvironment, TokenStatus, validate_cidr, validate_token_secret
 from lib.money import Currency
 
@@ -99,6 +99,8 @@ SCHEMA = mapping({
         "base_url": Key(text),
         "internal": Key(boolean),
         "options": Key(options),
+        # Kind-specific fields (``apps.providers.models.OPTION_FIELDS``), kept in the provider's options.
+        **{name: Key(text) for name in OPTION_FIELDS},
         "egress": Key(slug),
         "keys": Key(list_of(_SUPPLIER_KEY)),
     }))),

@@ -81,6 +81,13 @@ class EgressProxy(models.Model):
             raise ValidationError({"country": _("Use a two-letter country code.")})
 
 
+# Kind-specific settings an operator writes as a provider's own fields in ``jetstream_apply`` YAML;
+# they are kept in ``Provider.options`` under the same names (docs/providers.md lists them per kind).
+# ``auth_url`` is a second address the gateway sends the supplier key to, so it is checked like
+# ``base_url``.
+OPTION_FIELDS = ("auth_url", "scope", "folder_id", "api_version", "ca_bundle")
+
+
 class Provider(models.Model):
     """An upstream API of one ``kind``: base URL, options, optional egress proxy; its models and supplier keys hang off it."""
 
@@ -106,8 +113,9 @@ class Provider(models.Model):
         return self.name or self.slug
 
     def clean(self) -> None:
-        """Raise ``ValidationError`` unless a provider (other than the mock) has a base URL that passes
-        ``validate_outbound_url`` (the host is resolved: a DNS lookup)."""
+        """Raise ``ValidationError`` unless a provider (other than the mock) has a base URL — and, when
+        its options name one, an ``auth_url`` — that passes ``validate_outbound_url`` (the host is
+        resolved: a DNS lookup)."""
         if self.kind == ProviderKind.MOCK:
             return
         if not self.base_url:
@@ -116,6 +124,12 @@ class Provider(models.Model):
             validate_outbound_url(self.base_url, internal=self.internal)
         except UnsafeURLError as exc:
             raise ValidationError({"base_url": str(exc)}) from None
+        auth_url = (self.options or {}).get("auth_url") if isinstance(self.options, dict) else None
+        if auth_url is not None:
+            try:
+                validate_outbound_url(str(auth_url), internal=self.internal)
+            except UnsafeURLError as exc:
+                raise ValidationError({"options": str(exc)}) from None
 
 
 class Modality(models.TextChoices):

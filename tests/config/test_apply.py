@@ -513,3 +513,64 @@ def test_it_runs_as_a_command_with_exit_codes(transactional_db, tmp_path):
     missing = run_manage("jetstream_apply", str(Path(tmp_path) / "missing.yaml"))
     assert missing.returncode == 2
     assert "cannot read" in missing.stderr and "Traceback" not in missing.stderr
+
+
+ISSUE_8_PROVIDERS = """
+fx:
+  - {currency: USD, rub: "92.5"}
+suppliers:
+  - {slug: north-keys, name: North Keys}
+providers:
+  - slug: giga
+    kind: gigachat
+    base_url: http://127.0.0.1:9/api/v1
+    auth_url: http://127.0.0.1:9/api/v2/oauth
+    scope: GIGACHAT_API_CORP
+    internal: true
+    keys:
+      - {name: g1, supplier: north-keys, secret: "Z2lnYS1jbGllbnQ6Z2lnYS1zZWNyZXQ="}
+  - slug: yandex
+    kind: yandexgpt
+    base_url: http://127.0.0.1:9/foundationModels/v1
+    folder_id: b1gexamplefolder
+    internal: true
+    keys:
+      - {name: y1, supplier: north-keys, secret: "AQVN-yandex-api-key"}
+  - slug: claude
+    kind: anthropic
+    base_url: http://127.0.0.1:9/v1
+    internal: true
+    keys:
+      - {name: a1, supplier: north-keys, secret: "sk-ant-api03-example"}
+models:
+  - {name: gigachat-pro, provider: giga, upstream_model: GigaChat-Pro,
+     price: {input_per_1m: "1500", output_per_1m: "1500", currency: RUB}}
+  - {name: yandexgpt-lite, provider: yandex, upstream_model: yandexgpt-lite/latest,
+     price: {input_per_1m: "200", output_per_1m: "200", currency: RUB}}
+  - {name: claude-haiku, provider: claude, upstream_model: claude-haiku-4-5,
+     price: {input_per_1m: "1", output_per_1m: "5", cached_input_per_1m: "0.1", currency: USD}}
+"""
+
+
+def test_it_applies_the_russian_and_anthropic_providers_with_their_own_fields(db, apply_text):
+    out, _err = apply_text(ISSUE_8_PROVIDERS)
+
+    giga = Provider.objects.get(slug="giga")
+    assert (giga.kind, giga.options) == ("gigachat", {"auth_url": "http://127.0.0.1:9/api/v2/oauth", "scope": "GIGACHAT_API_CORP"})
+    assert Provider.objects.get(slug="yandex").options == {"folder_id": "b1gexamplefolder"}
+    assert Provider.objects.get(slug="claude").kind == "anthropic"
+    claude_price = Price.objects.get(model__name="claude-haiku")
+    assert (claude_price.currency, claude_price.input_per_1m, claude_price.output_per_1m, claude_price.cached_input_per_1m) == \
+        ("USD", 1_000_000, 5_000_000, 100_000)
+    assert Price.objects.get(model__name="gigachat-pro").input_per_1m == 1_500_000_000
+    assert "Z2lnYS1jbGllbnQ6Z2lnYS1zZWNyZXQ=" not in out
+    assert "unchanged: suppliers 1, providers 3, supplier keys 3, models 3, prices 3, FX rates 1" in apply_text(ISSUE_8_PROVIDERS)[0]
+
+
+def test_it_refuses_an_auth_url_at_a_private_address_unless_the_provider_is_internal(db, apply_text):
+    text = ISSUE_8_PROVIDERS.replace("auth_url: http://127.0.0.1:9/api/v2/oauth\n    scope: GIGACHAT_API_CORP\n    internal: true",
+                                     "auth_url: http://127.0.0.1:9/api/v2/oauth\n    scope: GIGACHAT_API_CORP")
+    text = text.replace("base_url: http://127.0.0.1:9/api/v1", "base_url: https://8.8.8.8/api/v1")
+    with pytest.raises(CommandError):
+        apply_text(text)
+    assert not Provider.objects.filter(slug="giga").exists()
