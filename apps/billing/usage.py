@@ -315,7 +315,7 @@ def _fits(event: UsageEvent) -> bool:
     for name, kind, limit in _column_rules():
         raw = getattr(event, name)
         if kind == "text":
-            if not (type(raw) is str and len(raw) <= limit and raw.isascii() and "\x00" not in raw):
+            if not (isinstance(raw, str) and len(raw) <= limit and raw.isascii() and "\x00" not in raw):
                 return False
         elif kind in _INTEGER_KINDS:
             if not ((type(raw) is int and limit[0] <= raw <= limit[1]) or (raw is None and kind in _NULLABLE_KINDS)):

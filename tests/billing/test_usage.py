@@ -168,6 +168,18 @@ def test_a_normal_event_is_left_as_it_is():
     assert event.normalised().normalised() == event.normalised()
 
 
+def test_the_proxys_events_take_the_fast_path_with_a_status_enum(monkeypatch):
+    # The proxy passes UsageStatus members (a str subclass): they fit their column as they are, so
+    # encoding must not fall back to normalising every field (twice per proxied request).
+    event = bare(status=UsageStatus.OK, token_id=3, company_id=4, client_ip="192.0.2.7", ttft_ms=12)
+
+    def refuse(self):
+        raise AssertionError("normalised() ran for an event that fits")
+
+    monkeypatch.setattr(UsageEvent, "normalised", refuse)
+    assert orjson.loads(event.encode())["status"] == "ok"
+
+
 def test_encoding_normalises_what_json_could_not_even_carry():
     # orjson refuses integers beyond 64 bits and lone surrogates; NaN would become null.
     event = bare(output_tokens=2**70, error_code="a\ud800", started_at=math.nan, model_name="demo\x00chat")
