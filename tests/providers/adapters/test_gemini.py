@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import struct
 
 import aiohttp
 import orjson
@@ -241,6 +242,11 @@ def test_it_parses_embeddings_with_locally_counted_usage():
     assert parsed.usage is None  # the gateway counts (and marks the record counted locally)
     assert body["object"] == "list" and [d["embedding"] for d in body["data"]] == [[0.1, 0.2], [0.3, 0.4]]
     assert [d["index"] for d in body["data"]] == [0, 1] and body["usage"]["prompt_tokens"] == 3
+    request.body["encoding_format"] = "base64"
+    encoded = orjson.loads(ADAPTER.parse_body(orjson.dumps({"embeddings": [{"values": [0.5, -2.0]}]}), request).body)
+    assert struct.unpack("<2f", base64.b64decode(encoded["data"][0]["embedding"])) == (0.5, -2.0)
+    with pytest.raises(UpstreamFailure):
+        ADAPTER.parse_body(orjson.dumps({"embeddings": [{"values": ["x"]}]}), request)
 
 
 # --------------------------------------------------------------------------- stream decoder
@@ -315,6 +321,11 @@ def test_the_decoder_ends_with_an_error_for_a_cut_stream_a_raw_error_and_a_block
 
     decoder, chunks = decode(b"")
     assert chunks == [] and decoder.error == TRUNCATED
+
+    as_event = google_error(429, "RESOURCE_EXHAUSTED", "slow down")
+    decoder, chunks = decode(sse(piece([{"text": "Hel"}])) + sse(as_event) + sse(piece([{"text": "lo"}], finish="STOP")))
+    assert len(chunks) == 1 and orjson.loads(decoder.error) == as_event
+    assert ADAPTER.in_band_error(decoder.error, []).code == "upstream_rate_limited"
 
 
 # --------------------------------------------------------------------------- errors

@@ -87,7 +87,7 @@ class GeminiAdapter(Adapter):
         if not isinstance(obj, dict):
             raise malformed()
         if request_.endpoint == "embedding":
-            listed = response.embeddings(obj, model=request_.model,
+            listed = response.embeddings(obj, model=request_.model, encoding=request_.body.get("encoding_format"),
                                          input_tokens=tokenizer.count_embedding_input(request_.body.get("input")))
             if listed is None:
                 raise malformed()

@@ -18,6 +18,8 @@ Thought parts (``"thought": true``) are the model's reasoning summary: never sho
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 from typing import Any
 
@@ -125,14 +127,26 @@ def response_id(obj: dict[str, Any], fallback: str) -> str:
     return f"chatcmpl-{given}" if isinstance(given, str) and given else fallback
 
 
-def embeddings(obj: dict[str, Any], *, model: str, input_tokens: int) -> dict[str, Any] | None:
+def _base64_floats(values: list[Any]) -> str:
+    # OpenAI's ``encoding_format: "base64"``: the vector as little-endian float32 bytes, base64-encoded.
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+
+
+def embeddings(obj: dict[str, Any], *, model: str, input_tokens: int, encoding: str | None = None) -> dict[str, Any] | None:
     """OpenAI's embeddings list for a ``BatchEmbedContentsResponse`` (or a single ``EmbedContentResponse``),
-    with ``input_tokens`` (counted locally: Gemini reports none) as its usage; None when it is neither."""
+    with ``input_tokens`` (counted locally: Gemini reports none) as its usage; each vector a list of floats,
+    or a base64 string when ``encoding`` is ``"base64"`` (what the OpenAI SDKs ask for by default). None
+    when ``obj`` is neither response."""
     items = obj.get("embeddings")
     if items is None and isinstance(obj.get("embedding"), dict):
         items = [obj["embedding"]]
     if not isinstance(items, list) or not all(isinstance(item, dict) and isinstance(item.get("values"), list) for item in items):
         return None
-    data = [{"object": "embedding", "index": i, "embedding": item["values"]} for i, item in enumerate(items)]
+    try:
+        data = [{"object": "embedding", "index": i,
+                 "embedding": _base64_floats(item["values"]) if encoding == "base64" else item["values"]}
+                for i, item in enumerate(items)]
+    except struct.error:  # a value that is not a number
+        return None
     return {"object": "list", "data": data, "model": model,
             "usage": {"prompt_tokens": input_tokens, "total_tokens": input_tokens}}
