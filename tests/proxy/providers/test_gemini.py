@@ -221,3 +221,18 @@ def test_errors_fail_over_between_keys_and_never_leak_the_key_or_url(gw, gemini)
         gw.client().chat.completions.create(model="gemini-flash", messages=[{"role": "user", "content": "x"}])
     # Not one URL the upstream saw carried a key.
     assert all("key" not in r.query and OTHER_KEY not in r.url for r in gemini.fake.requests)
+
+
+def test_an_image_and_two_candidates_reach_gemini_and_come_back_as_choices(gw, gemini):
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    completion = gw.client().chat.completions.create(model="gemini-flash", n=2, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is this"}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}]}])
+    assert [c.index for c in completion.choices] == [0, 1]
+    assert {c.message.content for c in completion.choices} == {"Gemini heard: What is this"}
+    sent = gemini.fake.last_request.body
+    assert sent["contents"][0]["parts"][1] == {"inlineData": {"mimeType": "image/png", "data": png}}
+    assert sent["generationConfig"]["candidateCount"] == 2
+    gw.drain(expect=1)
+    record = only_record()
+    # Gemini counts an image as 258 tokens; both candidates' words are output.
+    assert (record.input_tokens, record.output_tokens) == (3 + 258, 2 * 5) and record.sell_cost == cost(261, 10)
