@@ -141,8 +141,14 @@ def _fields(obj: Any, allowed: set[str], where: str) -> dict:
     return obj
 
 
+_FORMATS = {"STRING": {"enum", "date-time"}, "INTEGER": {"int32", "int64"}, "NUMBER": {"float", "double"}}
+
+
 def _schema(schema: Any, where: str) -> None:
     _fields(schema, _SCHEMA_FIELDS, where)
+    kind = str(schema.get("type", "")).upper()
+    if "format" in schema and schema["format"] not in _FORMATS.get(kind, ()):
+        raise _bad(f"* GenerateContentRequest.{where}.format: only {sorted(_FORMATS.get(kind, ()))} are supported for {kind} type")
     if schema.get("type", "object").upper() == "OBJECT" and "properties" in schema and not schema["properties"]:
         raise _bad(f"* GenerateContentRequest.{where}.properties: should be non-empty for OBJECT type")
     for name, value in (schema.get("properties") or {}).items():

@@ -44,7 +44,8 @@ PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n fake image").decode()
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city", "strict": True,
     "parameters": {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object", "additionalProperties": False,
-                   "properties": {"city": {"type": "string", "description": "City"},
+                   "properties": {"city": {"type": "string", "description": "City", "format": "uri"},
+                                  "when": {"type": "string", "format": "date-time"},
                                   "unit": {"type": ["string", "null"], "enum": ["C", "F"]},
                                   "where": {"$ref": "#/$defs/place"}},
                    "required": ["city"], "$defs": {"place": {"type": "object", "additionalProperties": False,
@@ -104,6 +105,7 @@ def test_it_maps_tools_to_declarations_gemini_accepts_and_tool_choice_to_its_con
     assert declaration["name"] == "get_weather" and declaration["description"] == "Weather in a city"
     assert declaration["parameters"] == {"type": "object", "required": ["city"], "properties": {
         "city": {"type": "string", "description": "City"},
+        "when": {"type": "string", "format": "date-time"},
         "unit": {"type": "string", "nullable": True, "enum": ["C", "F"]},
         "where": {"type": "object", "properties": {"lat": {"type": "number"}}}}}
     assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}}

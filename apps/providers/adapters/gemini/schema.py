@@ -5,17 +5,20 @@ Gemini parses request JSON strictly: a key its ``Schema`` message does not have 
 ``$schema``, ``strict``, ``$defs``, ``const``…) fails the whole request with 400 "Unknown name". So the
 schema is rebuilt from the keys Gemini knows: ``$ref`` is inlined from ``$defs``/``definitions`` (a few
 levels deep), a ``type`` list with ``"null"`` becomes ``nullable``, ``const`` becomes a one-value ``enum``,
-and everything else unknown is dropped (validation keywords only: the model still sees the shape).
+a ``format`` Gemini does not know for the type (``uri``, ``email``…) is dropped, and everything else
+unknown is dropped (validation keywords only: the model still sees the shape).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-_KEPT = frozenset({"type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems", "required",
+_KEPT = frozenset({"type", "title", "description", "nullable", "enum", "maxItems", "minItems", "required",
                    "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example", "default",
                    "minimum", "maximum", "propertyOrdering"})
 _MAX_REF_DEPTH = 8
+# The only ``format`` values Gemini accepts, per type; any other (``uri``, ``email``…) is refused with a 400.
+_FORMATS = {"string": {"enum", "date-time"}, "integer": {"int32", "int64"}, "number": {"float", "double"}}
 
 
 def gemini_schema(schema: Any) -> dict[str, Any] | None:
@@ -45,6 +48,8 @@ def _reduce(schema: dict[str, Any], definitions: dict[str, Any], depth: int) -> 
         out["type"] = types[0] if types else "string"
         if "null" in kind:
             out["nullable"] = True
+    if schema.get("format") in _FORMATS.get(str(out.get("type", "")).lower(), ()):
+        out["format"] = schema["format"]
     if "const" in schema and "enum" not in out:
         out["enum"] = [schema["const"]]
     if isinstance(schema.get("properties"), dict):
