@@ -255,6 +255,7 @@ class Behavior:
     omit_usage: bool = False
     response_body: Any = None  # a 200 answer with exactly this JSON body
     drop_after_chunks: int | None = None  # cut the connection after K stream events
+    end_after_chunks: int | None = None  # end the stream cleanly after K events, before the one with finishReason
     stream_error_after: int | None = None  # after K stream events, a raw google.rpc error JSON (no ``data:``), then the end
     stream_error_body: Any = None  # …this one; None → a 500 INTERNAL
     stream_error_as_data: bool = False  # send the mid-stream error as a ``data:`` event instead
@@ -564,6 +565,8 @@ class FakeGemini:
                 # Google sends a failure mid-stream as raw JSON (pretty-printed, no ``data:``); some proxies as an event.
                 await response.write(b"data: " + encoded + b"\r\n\r\n" if behavior.stream_error_as_data
                                      else orjson.dumps(error, option=orjson.OPT_INDENT_2) + b"\n")
+                break
+            if behavior.end_after_chunks is not None and record.events_sent >= behavior.end_after_chunks:
                 break
             if behavior.drop_after_chunks is not None and record.events_sent >= behavior.drop_after_chunks:
                 if request.transport is not None:

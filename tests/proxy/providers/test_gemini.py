@@ -236,3 +236,19 @@ def test_an_image_and_two_candidates_reach_gemini_and_come_back_as_choices(gw, g
     record = only_record()
     # Gemini counts an image as 258 tokens; both candidates' words are output.
     assert (record.input_tokens, record.output_tokens) == (3 + 258, 2 * 5) and record.sell_cost == cost(261, 10)
+
+
+@pytest.mark.parametrize("cut", [{"end_after_chunks": 2}, {"drop_after_chunks": 2}])
+def test_a_stream_cut_before_its_finish_reason_ends_in_an_error_and_bills_what_came(gw, gemini, cut):
+    gemini.fake.behavior(chunks=4, **cut)
+    got = []
+    with pytest.raises(openai.APIError):
+        for chunk in gw.client().chat.completions.create(model="gemini-flash", stream=True,
+                                                         messages=[{"role": "user", "content": "one two three four five six"}]):
+            got.append(chunk)
+    assert "".join(c.choices[0].delta.content or "" for c in got if c.choices) == "Gemini heard: one two"
+    gw.drain(expect=1)
+    record = only_record()
+    assert (record.status, record.http_status) == ("upstream_error", 502)
+    # Billed from the last usageMetadata that arrived: the whole prompt and the words generated so far.
+    assert (record.input_tokens, record.output_tokens) == (6, 4) and record.sell_cost == cost(6, 4)
