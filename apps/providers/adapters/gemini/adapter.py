@@ -30,7 +30,8 @@ from apps.providers.adapters.base import (
     UpstreamRequest,
     malformed,
 )
-from apps.providers.adapters.gemini import errors, request, response
+from apps.providers.adapters.gemini import errors, response
+from apps.providers.adapters.gemini import request as wire
 from apps.providers.adapters.gemini.stream import TRUNCATED, GeminiStreamDecoder
 from apps.providers.adapters.openai.wire import generated_text
 from lib import tokenizer
@@ -57,24 +58,24 @@ class GeminiAdapter(Adapter):
     kind = "gemini"
     auth: Auth = GeminiAuth()
 
-    def build_request(self, request_: CanonicalRequest, target: Target, auth_headers: Mapping[str, str]) -> UpstreamRequest:
+    def build_request(self, request: CanonicalRequest, target: Target, auth_headers: Mapping[str, str]) -> UpstreamRequest:
         """See ``Adapter.build_request``. Raises ``UpstreamFailure`` (400) for a legacy completions request
-        and for a body Gemini cannot carry (``request`` module)."""
+        and for a body Gemini cannot carry (``gemini.request``)."""
         headers = {**auth_headers, "Content-Type": "application/json", "Accept-Encoding": "identity"}
         base = f"{target.base_url}/{model_path(target.upstream_model)}"
-        if request_.endpoint == "embedding":
-            body = request.embed_request(request_.body, upstream_model=target.upstream_model)
+        if request.endpoint == "embedding":
+            body = wire.embed_request(request.body, upstream_model=target.upstream_model)
             return UpstreamRequest(f"{base}:batchEmbedContents", headers, orjson.dumps(body))
-        if request_.endpoint != "chat":
-            raise request.invalid("Gemini models serve /v1/chat/completions and /v1/embeddings, not legacy /v1/completions.")
-        body = request.chat_request(request_.body, upstream_model=target.upstream_model)
+        if request.endpoint != "chat":
+            raise wire.invalid("Gemini models serve /v1/chat/completions and /v1/embeddings, not legacy /v1/completions.")
+        body = wire.chat_request(request.body, upstream_model=target.upstream_model)
         safety = target.options.get("safety_settings")
         if isinstance(safety, list):
             body["safetySettings"] = safety
-        url = f"{base}:streamGenerateContent?alt=sse" if request_.stream else f"{base}:generateContent"
+        url = f"{base}:streamGenerateContent?alt=sse" if request.stream else f"{base}:generateContent"
         return UpstreamRequest(url, headers, orjson.dumps(body))
 
-    def parse_body(self, body: bytes, request_: CanonicalRequest) -> Parsed:
+    def parse_body(self, body: bytes, request: CanonicalRequest) -> Parsed:
         """See ``Adapter.parse_body``: a ``GenerateContentResponse`` as a ``chat.completion`` with its usage
         (``response.usage_from``), or a ``BatchEmbedContentsResponse`` as an embeddings list whose usage is
         counted locally (Gemini reports none; ``Parsed.usage`` stays None so the gateway counts it the same
@@ -86,9 +87,9 @@ class GeminiAdapter(Adapter):
             obj = None
         if not isinstance(obj, dict):
             raise malformed()
-        if request_.endpoint == "embedding":
-            listed = response.embeddings(obj, model=request_.model, encoding=request_.body.get("encoding_format"),
-                                         input_tokens=tokenizer.count_embedding_input(request_.body.get("input")))
+        if request.endpoint == "embedding":
+            listed = response.embeddings(obj, model=request.model, encoding=request.body.get("encoding_format"),
+                                         input_tokens=tokenizer.count_embedding_input(request.body.get("input")))
             if listed is None:
                 raise malformed()
             return Parsed(orjson.dumps(listed), None, None)
@@ -97,13 +98,13 @@ class GeminiAdapter(Adapter):
             raise errors.blocked(reason)
         if not obj.get("candidates"):
             raise malformed()
-        completion, usage = response.completion(obj, model=request_.model,
+        completion, usage = response.completion(obj, model=request.model,
                                                 response_id=response.response_id(obj, f"chatcmpl-{secrets.token_hex(12)}"))
         return Parsed(orjson.dumps(completion), usage, None if usage else generated_text(completion, "chat"))
 
-    def stream_decoder(self, request_: CanonicalRequest) -> GeminiStreamDecoder:
+    def stream_decoder(self, request: CanonicalRequest) -> GeminiStreamDecoder:
         """See ``Adapter.stream_decoder``."""
-        return GeminiStreamDecoder(request_)
+        return GeminiStreamDecoder(request)
 
     def map_error(self, status: int, body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> UpstreamFailure:
         """See ``Adapter.map_error`` (statuses: https://ai.google.dev/gemini-api/docs/troubleshooting).
