@@ -20,6 +20,7 @@ ADAPTERS: dict[str, str] = {
     ProviderKind.DEEPSEEK: "apps.providers.adapters.openai.OpenAIAdapter",
     ProviderKind.MISTRAL: "apps.providers.adapters.openai.OpenAIAdapter",
     ProviderKind.QWEN: "apps.providers.adapters.openai.OpenAIAdapter",
+    ProviderKind.GEMINI: "apps.providers.adapters.gemini.GeminiAdapter",
     ProviderKind.MOCK: "apps.providers.adapters.mock.MockAdapter",
 }
 
