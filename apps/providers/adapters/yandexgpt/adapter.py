@@ -163,6 +163,8 @@ class YandexGPTAdapter(OpenAIAdapter):
             except (ValueError, TypeError):
                 raise malformed() from None
             return Parsed(orjson.dumps(listing), usage)
+        if not (isinstance(obj, dict) and ("choices" in obj or "data" in obj)):
+            raise malformed()
         return super().parse_body(body, request)
 
     def stream_decoder(self, request: CanonicalRequest) -> YandexStreamDecoder:  # type: ignore[override]
