@@ -17,14 +17,16 @@ from apps.providers.adapters.base import CanonicalRequest, Credential, Target, U
 from apps.providers.adapters.yandexgpt import NativeStreamDecoder, YandexGPTAdapter, YandexStreamDecoder, wire
 from apps.providers.adapters.yandexgpt.auth import signed_jwt
 from apps.providers.adapters.yandexgpt.stream import TRUNCATED
-from tests.fakes.yandex_upstream import (  # noqa: F401 - fixtures
+from tests.fakes import yandex_upstream
+from tests.fakes.yandex_upstream import (
     API_KEY,
     FOLDER,
-    IAM_TOKEN,
-    fake_yandex,
-    fake_yandex_server,
     new_authorized_key,
 )
+
+# The fake's fixtures, by assignment (an import would be shadowed by every test's argument).
+fake_yandex_server = yandex_upstream.fake_yandex_server
+fake_yandex = yandex_upstream.fake_yandex
 
 NATIVE = Target("https://llm.api.cloud.yandex.net/foundationModels/v1", "yandexgpt-lite/latest", {"folder_id": FOLDER})
 COMPAT = Target("https://llm.api.cloud.yandex.net/v1", "yandexgpt/latest", {"folder_id": FOLDER, "api": "openai"})
@@ -419,7 +421,7 @@ def test_the_jwt_is_ps256_and_verifiable():
                   hashes.SHA256())
 
 
-def test_an_authorized_key_is_exchanged_once_and_cached(fake_yandex):  # noqa: F811
+def test_an_authorized_key_is_exchanged_once_and_cached(fake_yandex):
     key = new_authorized_key()
     fake_yandex.register_key(key)
     adapter = YandexGPTAdapter()
