@@ -81,7 +81,8 @@ def test_it_builds_a_native_completion_request():
                     "max_tokens": 200, "temperature": 0.4, "top_p": 0.9, "stop": ["\n"]}, stream=True)
     prepared = YandexGPTAdapter().build_request(request, NATIVE, AUTH)
     assert prepared.url == "https://llm.api.cloud.yandex.net/foundationModels/v1/completion"
-    assert prepared.headers["Authorization"] == f"Api-Key {API_KEY}" and prepared.headers["x-folder-id"] == FOLDER
+    assert prepared.headers["Authorization"] == f"Api-Key {API_KEY}"
+    assert "x-folder-id" not in prepared.headers  # with an API key the service account's folder is used
     body = orjson.loads(prepared.body)
     assert body == {"modelUri": "gpt://b1gexamplefolder/yandexgpt-lite/latest",
                     "completionOptions": {"stream": True, "temperature": 0.4, "maxTokens": "200"},
@@ -153,10 +154,16 @@ def test_it_builds_a_native_embedding_request():
 def test_the_openai_mode_sends_the_uri_as_model_and_the_folder_as_project():
     prepared = YandexGPTAdapter().build_request(chat(stream=True), COMPAT, {"Authorization": f"Bearer {API_KEY}"})
     assert prepared.url == "https://llm.api.cloud.yandex.net/v1/chat/completions"
-    assert prepared.headers["OpenAI-Project"] == FOLDER and prepared.headers["x-folder-id"] == FOLDER
+    assert prepared.headers["OpenAI-Project"] == FOLDER and "x-folder-id" not in prepared.headers
     body = orjson.loads(prepared.body)
     assert body["model"] == "gpt://b1gexamplefolder/yandexgpt/latest" and body["stream_options"] == {"include_usage": True}
     assert body["messages"] == [{"role": "user", "content": "Привет"}]
+
+
+def test_iam_tokens_carry_the_folder_header():
+    iam = Target(NATIVE.base_url, NATIVE.upstream_model, {"folder_id": FOLDER, "auth": "iam"})
+    prepared = YandexGPTAdapter().build_request(chat(), iam, {"Authorization": "Bearer t1.x"})
+    assert prepared.headers["x-folder-id"] == FOLDER
 
 
 @pytest.mark.parametrize(("options", "header"), [

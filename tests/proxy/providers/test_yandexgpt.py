@@ -115,7 +115,7 @@ def test_it_answers_a_sync_chat_and_bills_the_string_token_counts(gateway, fake_
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (prompt, words)
     upstream = fake_yandex.last_request
     assert upstream.path == "/foundationModels/v1/completion"
-    assert upstream.headers["authorization"] == f"Api-Key {API_KEY}" and upstream.headers["x-folder-id"] == FOLDER
+    assert upstream.headers["authorization"] == f"Api-Key {API_KEY}" and "x-folder-id" not in upstream.headers
     assert upstream.body["modelUri"] == f"gpt://{FOLDER}/yandexgpt-lite/latest"
     assert upstream.body["completionOptions"] == {"stream": False, "temperature": 0.3, "maxTokens": "300"}
     assert_billed(gateway, prompt=prompt, completion=words, key=yandex.key)
@@ -334,4 +334,5 @@ def test_an_authorized_key_is_exchanged_for_an_iam_token(gateway, fake_yandex, y
     assert fake_yandex.issued == 1  # cached for the second request
     calls = [r for r in fake_yandex.requests if r.path.endswith("/completion")]
     assert len(calls) == 2 and all(r.headers["authorization"].startswith("Bearer t1.9euelZexchanged") for r in calls)
+    assert all(r.headers["x-folder-id"] == FOLDER for r in calls)
     gateway.drain(expect=2)

@@ -3,13 +3,14 @@
 Provider options (``Provider.options``; ``jetstream_apply`` puts a provider's YAML fields there):
 
 - ``folder_id`` (required): the Yandex Cloud folder the models are billed to; it makes the model
-  URIs (``gpt://<folder_id>/<upstream_model>``, ``emb://…`` for embeddings) and is sent as ``x-folder-id``.
+  URIs (``gpt://<folder_id>/<upstream_model>``, ``emb://…`` for embeddings) and, with IAM tokens
+  only, is sent as ``x-folder-id``.
 - ``auth``: ``api_key`` (default) or ``iam`` — see ``auth.py``.
 - ``api``: ``native`` (default) — ``POST {base_url}/completion`` and ``/textEmbedding`` with
   base_url ``https://llm.api.cloud.yandex.net/foundationModels/v1``, mapped by ``wire.py`` and
   ``stream.py`` — or ``openai``: Yandex's OpenAI-compatible endpoint (base_url
   ``https://llm.api.cloud.yandex.net/v1``), spoken by ``OpenAIAdapter``'s code with the model URI as
-  ``model`` and the folder in ``OpenAI-Project`` and ``x-folder-id``.
+  ``model`` and the folder in ``OpenAI-Project``.
 
 ``parse_body`` and ``stream_decoder`` are not told the provider's options: they recognise the
 answer's format (a native answer is ``{"result": …}`` or an embedding, a native stream starts with
@@ -128,12 +129,15 @@ class YandexGPTAdapter(OpenAIAdapter):
         options = YandexOptions.of(target.options)
         scheme = "emb" if request.endpoint == "embedding" else "gpt"
         uri = wire.model_uri(options.folder_id, target.upstream_model, scheme=scheme)
+        # The folder travels in the model URI. x-folder-id goes only with IAM tokens: Yandex's docs say
+        # not to send it with an API key, and one naming another folder than the service account's is
+        # refused (400 "Specified folder ID … does not match with service account folder ID …").
+        folder = {"x-folder-id": options.folder_id} if options.auth == "iam" else {}
         if options.api == "openai":
             prepared = super().build_request(request, Target(target.base_url, uri, target.options), auth_headers)
-            prepared.headers.update({"OpenAI-Project": options.folder_id, "x-folder-id": options.folder_id})
+            prepared.headers.update({"OpenAI-Project": options.folder_id, **folder})
             return prepared
-        headers = {**auth_headers, "Content-Type": "application/json", "Accept-Encoding": "identity",
-                   "x-folder-id": options.folder_id}
+        headers = {**auth_headers, "Content-Type": "application/json", "Accept-Encoding": "identity", **folder}
         if request.endpoint == "embedding":
             return UpstreamRequest(target.base_url + wire.EMBEDDING_PATH, headers, wire.embedding_body(request.body, uri=uri))
         if request.endpoint != "chat":
