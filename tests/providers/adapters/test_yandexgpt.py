@@ -461,3 +461,27 @@ def test_a_refused_authorized_key_fails_over():
         asyncio.run(run(fake.iam_url))
     assert (refused.value.code, refused.value.failover, refused.value.cooldown) == ("upstream_auth_failed", True,
                                                                                    base.COOLDOWN_AUTH_FAILED)
+
+
+def test_a_refused_iam_token_is_dropped_and_exchanged_anew(fake_yandex):
+    key = new_authorized_key()
+    fake_yandex.register_key(key)
+    adapter = YandexGPTAdapter()
+    target = Target(fake_yandex.native_url, "yandexgpt-lite/latest", {"folder_id": FOLDER, "auth": "iam", "iam_url": fake_yandex.iam_url})
+    credential = Credential(43, orjson.dumps(key).decode())
+
+    async def call(http):
+        response = await adapter.open(http, chat(), target, credential, proxy=None)
+        status = response.status
+        await response.read()
+        response.release()
+        return status
+
+    async def run():
+        async with aiohttp.ClientSession() as http:
+            first = await call(http)
+            fake_yandex.iam_tokens.clear()  # the IAM token is revoked upstream
+            return first, await call(http), await call(http)
+
+    assert asyncio.run(run()) == (200, 401, 200)
+    assert fake_yandex.issued == 2

@@ -112,11 +112,14 @@ class YandexGPTAdapter(OpenAIAdapter):
 
     async def open(self, http: aiohttp.ClientSession, request: CanonicalRequest, target: Target, credential: Credential | None,
                    *, proxy: str | None) -> UpstreamResponse:
-        """See ``Adapter.open``: authenticated by the provider's ``auth`` option; a native 2xx stream
-        is handed back as a stream whatever its ``Content-Type`` (``_NdjsonResponse``)."""
+        """See ``Adapter.open``: authenticated by the provider's ``auth`` option (a 401 drops the key's
+        cached IAM token); a native 2xx stream is handed back as a stream whatever its ``Content-Type``
+        (``_NdjsonResponse``)."""
         options = YandexOptions.of(target.options)
         auth_headers = await self.auth_headers(options, credential, http) if credential is not None else {}
         response = await self.send(http, self.build_request(request, target, auth_headers), proxy=proxy)
+        if response.status == 401 and credential is not None:
+            self.iam.forget(credential.key_id)  # an exchanged IAM token that was revoked: the next call exchanges anew
         if options.api == "native" and request.stream and 200 <= response.status < 300:
             return _NdjsonResponse(response)
         return response
