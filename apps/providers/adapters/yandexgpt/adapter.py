@@ -20,7 +20,7 @@ Yandex's gRPC-gateway error shape translated first (``wire.as_openai_error``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +85,7 @@ class _NdjsonResponse:
         """See ``UpstreamResponse.read``."""
         return await self._response.read()
 
-    def chunks(self):  # noqa: ANN201 - an AsyncIterator[bytes], as UpstreamResponse.chunks
+    def chunks(self) -> AsyncIterator[bytes]:
         """See ``UpstreamResponse.chunks``."""
         return self._response.chunks()
 
