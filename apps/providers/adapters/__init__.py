@@ -21,6 +21,7 @@ ADAPTERS: dict[str, str] = {
     ProviderKind.MISTRAL: "apps.providers.adapters.openai.OpenAIAdapter",
     ProviderKind.QWEN: "apps.providers.adapters.openai.OpenAIAdapter",
     ProviderKind.GEMINI: "apps.providers.adapters.gemini.GeminiAdapter",
+    ProviderKind.YANDEXGPT: "apps.providers.adapters.yandexgpt.YandexGPTAdapter",
     ProviderKind.MOCK: "apps.providers.adapters.mock.MockAdapter",
 }
 
