@@ -78,7 +78,8 @@ def _retry_after(headers: Mapping[str, str]) -> float:
 class AnthropicAdapter(Adapter):
     """Anthropic's Messages API (chat only: Anthropic has no completions or embeddings endpoint).
 
-    ``Target.options``: ``anthropic_version`` (header, default ``2023-06-01``), ``anthropic_beta``
+    ``Target.options``: ``anthropic_version`` (header, default ``2023-06-01``; from ``2026-10-21`` on,
+    ``temperature`` and ``top_p`` are not sent, as that version refuses them), ``anthropic_beta``
     (header, a comma-separated string or a list), ``default_max_tokens`` (``max_tokens`` when the
     client gave none; default ``DEFAULT_MAX_TOKENS`` — keep it at or below the model's output limit).
     """
@@ -94,13 +95,15 @@ class AnthropicAdapter(Adapter):
             raise rejected(400, f"The model '{request.model}' is served by Anthropic, which has no {request.endpoint} "
                                 "endpoint; use /v1/chat/completions.", code="invalid_request")
         options = target.options
+        version = str(options.get("anthropic_version") or API_VERSION)
         try:
             body = request_body(request.body, upstream_model=target.upstream_model, stream=request.stream,
-                                max_tokens=_positive(options.get("default_max_tokens")) or DEFAULT_MAX_TOKENS)
+                                max_tokens=_positive(options.get("default_max_tokens")) or DEFAULT_MAX_TOKENS,
+                                api_version=version)
         except RequestNotMappable as exc:
             raise rejected(400, str(exc), code="invalid_request") from None
-        headers = {**auth_headers, "anthropic-version": str(options.get("anthropic_version") or API_VERSION),
-                   "content-type": "application/json", "Accept-Encoding": "identity"}
+        headers = {**auth_headers, "anthropic-version": version, "content-type": "application/json",
+                   "Accept-Encoding": "identity"}
         beta = options.get("anthropic_beta")
         if beta:
             headers["anthropic-beta"] = ",".join(beta) if isinstance(beta, list) else str(beta)

@@ -39,6 +39,9 @@ from apps.providers.adapters.base import Usage
 
 MESSAGES_PATH = "/messages"
 API_VERSION = "2023-06-01"
+# From this API version on, temperature/top_p/top_k are refused with a 400, even at their defaults
+# (https://platform.claude.com/docs/en/api/migration-2026-10-21): they are not sent.
+NO_SAMPLING_VERSION = "2026-10-21"
 # max_tokens is required by Anthropic; without one from the client or the provider's options, this.
 DEFAULT_MAX_TOKENS = 4096
 
@@ -76,10 +79,12 @@ def finish_reason(stop_reason: Any) -> str | None:
 # --------------------------------------------------------------------------- request
 
 
-def request_body(body: dict[str, Any], *, upstream_model: str, stream: bool, max_tokens: int) -> bytes:
+def request_body(body: dict[str, Any], *, upstream_model: str, stream: bool, max_tokens: int,
+                 api_version: str = API_VERSION) -> bytes:
     """The Messages request for canonical chat ``body`` (see the module docstring), as JSON bytes.
 
-    ``max_tokens`` is used when the body names none. Raises ``RequestNotMappable``."""
+    ``max_tokens`` is used when the body names none; ``api_version`` is the ``anthropic-version``
+    the request goes out with. Raises ``RequestNotMappable``."""
     if isinstance(body.get("n"), int) and body["n"] > 1:
         raise RequestNotMappable("Anthropic models generate one choice per request: 'n' must be 1.")
     system, messages = _conversation(body.get("messages") or [])
@@ -87,7 +92,7 @@ def request_body(body: dict[str, Any], *, upstream_model: str, stream: bool, max
                               "max_tokens": _max_tokens(body) or max_tokens}
     if system:
         mapped["system"] = system
-    _sampling(body, mapped)
+    _sampling(body, mapped, sampling=api_version < NO_SAMPLING_VERSION)
     _tooling(body, mapped)
     if stream:
         mapped["stream"] = True
@@ -102,9 +107,9 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
     return None
 
 
-def _sampling(body: dict[str, Any], mapped: dict[str, Any]) -> None:
+def _sampling(body: dict[str, Any], mapped: dict[str, Any], *, sampling: bool) -> None:
     for name in ("temperature", "top_p"):
-        if body.get(name) is not None:
+        if sampling and body.get(name) is not None:
             mapped[name] = body[name]
     stop = body.get("stop")
     if isinstance(stop, str):
