@@ -320,6 +320,16 @@ def test_a_stream_with_nothing_in_it_hands_over_what_came():
     assert decoder.error == TRUNCATED and not decoder.produced()
 
 
+def test_a_tool_choice_goes_only_with_tools():
+    assert "tool_choice" not in build({"messages": [{"role": "user", "content": "x"}], "tool_choice": "none"})[1]
+
+
+def test_an_event_may_spread_its_data_over_several_lines():
+    decoder, chunks = decode(b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0,\n'
+                             b'data: "delta": {"type": "text_delta", "text": "hi"}}\n\n')
+    assert [c["choices"][0]["delta"] for c in chunks] == [{"role": "assistant", "content": "hi"}]
+
+
 def test_a_payload_that_is_not_json_fails_the_stream():
     decoder, _ = decode(b"event: content_block_delta\ndata: {cut off\n\n")
     assert decoder.done and decoder.error == b"{cut off"

@@ -83,12 +83,13 @@ class AnthropicStreamDecoder:
         return out
 
     def _event(self, event: bytes) -> list[bytes]:
-        name, payload = b"", b""
+        name, data = b"", []
         for line in event.split(b"\n"):
             if line.startswith(b"event:"):
                 name = line[6:].strip()
             elif line.startswith(b"data:"):
-                payload += line[5:].strip()
+                data.append(line[5:].strip())
+        payload = b"\n".join(data)  # several data lines make one payload, joined by newlines (the SSE rule)
         if not payload:
             return []  # a comment, or an event with no data
         try:

@@ -131,7 +131,7 @@ def _tooling(body: dict[str, Any], mapped: dict[str, Any]) -> None:
         choice = dict(choice or {"type": "auto"})
         if choice["type"] != "none":
             choice["disable_parallel_tool_use"] = True
-    if choice is not None and (tools or choice["type"] == "none"):
+    if choice is not None and tools:  # a tool_choice without tools is refused upstream
         mapped["tool_choice"] = choice
 
 
