@@ -264,3 +264,30 @@ def test_a_mid_stream_error_event_ends_the_stream_with_the_gateways_error_and_bi
     gateway.drain(expect=1)
     rec = record()
     assert rec.status == "upstream_error" and rec.usage_counted_locally and rec.output_tokens > 0 and rec.sell_cost > 0
+
+
+def test_api_version_2026_10_21_gets_no_sampling_parameters(gateway, fake_anthropic):
+    provider = gateway.world.claude_keys[0].provider
+    provider.options = {"anthropic_version": "2026-10-21", "default_max_tokens": 1024}
+    provider.save()
+    gateway.wait_config()
+    completion = gateway.client().chat.completions.create(model=MODEL, temperature=0.7, top_p=0.9,
+                                                          messages=[{"role": "user", "content": "new version"}])
+    assert completion.choices[0].message.content == "You said: new version"  # FakeAnthropic refuses them, as Anthropic does
+    upstream = fake_anthropic.last_request
+    assert upstream.headers["anthropic-version"] == "2026-10-21" and upstream.body["max_tokens"] == 1024
+    assert "temperature" not in upstream.body and "top_p" not in upstream.body
+
+
+def test_an_embedding_model_on_anthropic_is_refused_clearly(gateway, fake_anthropic):
+    from apps.providers.models import Model, Price
+
+    model = Model.objects.create(name="claude-embed", provider=gateway.world.claude_keys[0].provider, upstream_model="x",
+                                 modality="embedding")
+    Price.objects.create(model=model, currency="USD", input_per_1m=100_000, output_per_1m=0)
+    gateway.wait_config()
+    with pytest.raises(openai.BadRequestError, match="no embedding endpoint"):
+        gateway.client().embeddings.create(model="claude-embed", input="hello")
+    assert fake_anthropic.requests == []
+    gateway.drain(expect=1)
+    assert (record().status, record().sell_cost) == ("upstream_error", 0)
