@@ -330,6 +330,17 @@ def test_an_event_may_spread_its_data_over_several_lines():
     assert [c["choices"][0]["delta"] for c in chunks] == [{"role": "assistant", "content": "hi"}]
 
 
+def test_a_whole_message_where_the_stream_belonged_is_relayed_as_one_chunk():
+    decoder, chunks = decode(message([{"type": "text", "text": "Hi."}, {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}],
+                                     "tool_use", cache_read_input_tokens=4))
+    [chunk] = chunks
+    assert chunk["id"] == "msg_1" and chunk["choices"][0]["finish_reason"] == "tool_calls"
+    assert chunk["choices"][0]["delta"] == {"role": "assistant", "content": "Hi.", "tool_calls": [
+        {"index": 0, "id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]}
+    assert decoder.done and decoder.error is None and decoder.usage() == Usage(14, 5, 4)
+    assert decoder.usage_chunk["usage"]["prompt_tokens"] == 14 and decoder.generated_text() == 'Hi.f{"a":1}'
+
+
 def test_a_payload_that_is_not_json_fails_the_stream():
     decoder, _ = decode(b"event: content_block_delta\ndata: {cut off\n\n")
     assert decoder.done and decoder.error == b"{cut off"

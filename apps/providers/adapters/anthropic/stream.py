@@ -19,8 +19,10 @@ parse it); ``message_delta``'s stop reason as ``finish_reason``. Thinking is not
 tokens are billed as output). The usage goes into ``usage_chunk`` (withheld: the relay renders the
 stream's end). Unknown event types are skipped, as Anthropic's versioning policy asks.
 
-An ``error`` event, a ``data:`` payload that is not JSON, and a stream that closes before
-``message_stop`` end the stream with ``error`` set (the last with a synthetic ``api_error``): the
+A whole ``message`` object where the stream belonged (an upstream that ignored ``stream: true``)
+becomes one chunk with its text, tool calls and finish reason, and its usage. An ``error`` event, a
+``data:`` payload that is not JSON, and a stream that closes before ``message_stop`` end the stream
+with ``error`` set (the last with a synthetic ``api_error``): the
 client gets the gateway's error event, never a truncated answer dressed as complete.
 """
 
@@ -31,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from apps.providers.adapters.anthropic.wire import finish_reason, openai_usage, usage_from
+from apps.providers.adapters.anthropic.wire import completion, finish_reason, generated_text, openai_usage, usage_from
 from apps.providers.adapters.base import Usage
 
 TRUNCATED = b'{"type":"error","error":{"type":"api_error","message":"The upstream stream ended before message_stop."}}'
@@ -79,8 +81,32 @@ class AnthropicStreamDecoder:
         out = self._event(tail) if tail.strip() and not self.done else []
         if not self.done:
             nothing = self._events == 0 and self._usage is None
+            whole = self._whole_message(tail) if nothing else None
+            if whole is not None:
+                return whole
             self.error, self.done = (tail.strip() or TRUNCATED) if nothing else TRUNCATED, True
         return out
+
+    def _whole_message(self, tail: bytes) -> list[bytes] | None:
+        """The chunks of a whole ``message`` object sent where the stream belonged (an upstream that
+        ignored ``stream: true``), or None when ``tail`` is not one: the answer in one chunk."""
+        try:
+            message = orjson.loads(tail)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(message, dict) or message.get("type") != "message":
+            return None
+        self._start(message)
+        body, usage = completion(message)
+        [choice] = body["choices"]
+        delta: dict[str, Any] = {"content": choice["message"]["content"]}
+        if choice["message"].get("tool_calls"):
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(choice["message"]["tool_calls"])]
+        self._text.append(generated_text(body))
+        self._output_reported = usage is not None
+        self._set_usage_chunk()
+        self.done = True
+        return [self._chunk(delta, choice["finish_reason"])]
 
     def _event(self, event: bytes) -> list[bytes]:
         name, data = b"", []
@@ -180,14 +206,16 @@ class AnthropicStreamDecoder:
             # Cumulative: every figure it names replaces the one from message_start.
             self._usage = {**(self._usage or {}), **{k: v for k, v in usage.items() if v is not None}}
             self._output_reported = True
-        if self._usage is not None:
-            canonical = usage_from(self._usage)
-            assert canonical is not None
-            self.usage_chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
-                                "model": self._model, "choices": [], "usage": openai_usage(canonical, self._usage)}
+        self._set_usage_chunk()
         delta = obj.get("delta")
         reason = finish_reason(delta.get("stop_reason")) if isinstance(delta, dict) else None
         return [self._chunk({}, reason)] if reason is not None else []
+
+    def _set_usage_chunk(self) -> None:
+        canonical = usage_from(self._usage)
+        if canonical is not None and self._usage is not None:
+            self.usage_chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                                "model": self._model, "choices": [], "usage": openai_usage(canonical, self._usage)}
 
     def usage(self) -> Usage | None:
         """See ``StreamDecoder.usage``: Anthropic's figures mapped as ``wire.usage_from`` does, once a
