@@ -86,6 +86,8 @@ def test_options_set_the_api_version_and_beta_and_2026_versions_drop_sampling():
     headers, body = build({"messages": [{"role": "user", "content": "Hi"}], "temperature": 1.0, "top_p": 0.5}, target=target)
     assert headers["anthropic-version"] == "2026-10-21" and headers["anthropic-beta"] == "prompt-caching-2024-07-31,x"
     assert "temperature" not in body and "top_p" not in body
+    configured = Target(TARGET.base_url, TARGET.upstream_model, {"api_version": "2026-10-21"})  # the YAML field api_version
+    assert build({"messages": [{"role": "user", "content": "Hi"}]}, target=configured)[0]["anthropic-version"] == "2026-10-21"
 
 
 def test_it_maps_images_as_base64_and_url_sources_and_pdfs_as_documents():

@@ -78,7 +78,7 @@ def _retry_after(headers: Mapping[str, str]) -> float:
 class AnthropicAdapter(Adapter):
     """Anthropic's Messages API (chat only: Anthropic has no completions or embeddings endpoint).
 
-    ``Target.options``: ``anthropic_version`` (header, default ``2023-06-01``; from ``2026-10-21`` on,
+    ``Target.options``: ``anthropic_version`` or ``api_version`` (header, default ``2023-06-01``; from ``2026-10-21`` on,
     ``temperature`` and ``top_p`` are not sent, as that version refuses them), ``anthropic_beta``
     (header, a comma-separated string or a list), ``default_max_tokens`` (``max_tokens`` when the
     client gave none; default ``DEFAULT_MAX_TOKENS`` — keep it at or below the model's output limit).
@@ -95,7 +95,8 @@ class AnthropicAdapter(Adapter):
             raise rejected(400, f"The model '{request.model}' is served by Anthropic, which has no {request.endpoint} "
                                 "endpoint; use /v1/chat/completions.", code="invalid_request")
         options = target.options
-        version = str(options.get("anthropic_version") or API_VERSION)
+        # ``api_version`` is where the configuration's kind-independent field of that name lands.
+        version = str(options.get("anthropic_version") or options.get("api_version") or API_VERSION)
         try:
             body = request_body(request.body, upstream_model=target.upstream_model, stream=request.stream,
                                 max_tokens=_positive(options.get("default_max_tokens")) or DEFAULT_MAX_TOKENS,
