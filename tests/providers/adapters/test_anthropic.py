@@ -80,6 +80,11 @@ def test_max_tokens_comes_from_the_client_then_the_options_then_the_default():
     assert build({"messages": messages}, target=configured)[1]["max_tokens"] == 1024
 
 
+def test_a_temperature_above_anthropics_top_is_capped():
+    # OpenAI's temperature runs to 2, Anthropic's to 1.
+    assert build({"messages": [{"role": "user", "content": "Hi"}], "temperature": 1.7})[1]["temperature"] == 1
+
+
 def test_options_set_the_api_version_and_beta_and_2026_versions_drop_sampling():
     target = Target(TARGET.base_url, TARGET.upstream_model, {"anthropic_version": "2026-10-21",
                                                              "anthropic_beta": ["prompt-caching-2024-07-31", "x"]})

@@ -109,8 +109,10 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
 
 def _sampling(body: dict[str, Any], mapped: dict[str, Any], *, sampling: bool) -> None:
     for name in ("temperature", "top_p"):
-        if sampling and body.get(name) is not None:
-            mapped[name] = body[name]
+        value = body.get(name)
+        if sampling and isinstance(value, int | float) and not isinstance(value, bool):
+            # OpenAI's temperature runs to 2, Anthropic's to 1: above it is "as random as it gets".
+            mapped[name] = min(value, 1)
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
