@@ -16,6 +16,7 @@ from apps.providers.models import ProviderKind
 
 ADAPTERS: dict[str, str] = {
     ProviderKind.OPENAI: "apps.providers.adapters.openai.OpenAIAdapter",
+    ProviderKind.ANTHROPIC: "apps.providers.adapters.anthropic.AnthropicAdapter",
     ProviderKind.OPENAI_COMPATIBLE: "apps.providers.adapters.openai.OpenAIAdapter",
     ProviderKind.DEEPSEEK: "apps.providers.adapters.openai.OpenAIAdapter",
     ProviderKind.MISTRAL: "apps.providers.adapters.openai.OpenAIAdapter",
