@@ -574,3 +574,17 @@ def test_it_refuses_an_auth_url_at_a_private_address_unless_the_provider_is_inte
     with pytest.raises(CommandError):
         apply_text(text)
     assert not Provider.objects.filter(slug="giga").exists()
+
+
+def test_an_applied_yandex_model_reaches_its_folder_as_a_model_uri(db, apply_text):
+    import orjson
+
+    from apps.providers.adapters import adapter_for
+    from apps.providers.adapters.base import CanonicalRequest, Target
+
+    apply_text(ISSUE_8_PROVIDERS)
+    model = Model.objects.select_related("provider").get(name="yandexgpt-lite")
+    target = Target(model.provider.base_url, model.upstream_model, model.provider.options)
+    request = CanonicalRequest("chat", "yandexgpt-lite", {"model": "yandexgpt-lite", "messages": [{"role": "user", "content": "Привет"}]})
+    prepared = adapter_for(model.provider.kind).build_request(request, target, {})
+    assert orjson.loads(prepared.body)["modelUri"] == "gpt://b1gexamplefolder/yandexgpt-lite/latest"
