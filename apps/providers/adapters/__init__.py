@@ -20,6 +20,7 @@ ADAPTERS: dict[str, str] = {
     ProviderKind.DEEPSEEK: "apps.providers.adapters.openai.OpenAIAdapter",
     ProviderKind.MISTRAL: "apps.providers.adapters.openai.OpenAIAdapter",
     ProviderKind.QWEN: "apps.providers.adapters.openai.OpenAIAdapter",
+    ProviderKind.GIGACHAT: "apps.providers.adapters.gigachat.GigaChatAdapter",
     ProviderKind.MOCK: "apps.providers.adapters.mock.MockAdapter",
 }
 
