@@ -170,6 +170,7 @@ class GigaChatAdapter(Adapter):
     def _failure(self, status: int, body: bytes, headers: Mapping[str, str], secrets: Sequence[str], *,
                  origin: str) -> UpstreamFailure:
         message, _ = error_fields(body)
+        secrets = (*secrets, *self.auth.tokens())
         failure = _key_failure(status, headers) or _request_failure(status, scrub(message, secrets) if message else None)
         detail = scrub(message if message is not None else body.decode("utf-8", "replace"), secrets, limit=300)
         logger.log(logging.INFO if failure.type == "invalid_request_error" else logging.WARNING,

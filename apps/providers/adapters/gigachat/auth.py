@@ -126,6 +126,11 @@ class GigaChatAuth(CachedTokenAuth):
             self.forget(credential.key_id)
         self._settings[credential.key_id] = bound
 
+    def tokens(self) -> tuple[str, ...]:
+        """Every cached access token: scrubbed from upstream error text with the keys (a careless
+        upstream echoes the token it was sent)."""
+        return tuple(token for token, _ in self._tokens.values())
+
     def discard(self, key_id: int, header: str) -> None:
         """Forget ``key_id``'s token if ``header`` (an ``Authorization`` value the upstream refused)
         still carries it: a token another request has renewed meanwhile is kept."""
