@@ -409,7 +409,7 @@ class FakeGigaChat:
             return self._json(422, gigachat_error(422, "Invalid params: input must be a list of strings"))
         if body.get("model") not in self.models:
             return self._json(404, gigachat_error(404, "No such model"))
-        data = [{"object": "embedding", "index": i, "embedding": _vector(text), "usage": {"prompt_tokens": len(text.split()) + 2}}
+        data = [{"object": "embedding", "index": i, "embedding": _vector(text), "usage": {"prompt_tokens": len(text.split())}}
                 for i, text in enumerate(texts)]
         return self._json(200, {"object": "list", "model": body["model"], "data": data})
 
