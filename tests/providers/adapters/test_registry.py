@@ -24,7 +24,7 @@ def test_it_serves_the_mock_in_process_without_a_key():
     assert isinstance(adapter, MockAdapter) and not adapter.needs_key
 
 
-@pytest.mark.parametrize("kind", [ProviderKind.ANTHROPIC, ProviderKind.GEMINI, ProviderKind.GIGACHAT, ProviderKind.YANDEXGPT, "nope"])
+@pytest.mark.parametrize("kind", [ProviderKind.ANTHROPIC, ProviderKind.GEMINI, ProviderKind.YANDEXGPT, "nope"])
 def test_it_has_no_adapter_for_kinds_not_built_yet(kind):
     assert adapter_for(kind) is None
 
