@@ -497,3 +497,26 @@ def test_a_200_error_object_is_a_failure():
         adapter.parse_body(b'{"object": "list"}', chat())
     assert malformed.value.code == "upstream_malformed"
 
+
+
+def test_a_request_that_times_out_during_the_exchange_does_not_fail_the_others_waiting_for_it(fake):
+    fake.behavior(oauth_latency_ms=400)
+    adapter = GigaChatAdapter()
+
+    async def both():
+        async with aiohttp.ClientSession() as http:
+            async def impatient():
+                async with asyncio.timeout(0.1):
+                    return await call(adapter, fake, chat("a"), session=http)
+
+            async def patient():
+                await asyncio.sleep(0.05)  # joins the exchange the impatient one started
+                async with asyncio.timeout(5):
+                    return await call(adapter, fake, chat("b"), session=http)
+
+            return await asyncio.gather(impatient(), patient(), return_exceptions=True)
+
+    first, second = asyncio.run(both())
+    assert isinstance(first, TimeoutError)
+    assert isinstance(second, Outcome) and second.status == 200
+    assert len(fake.exchanges) == 1 and len(fake.requests) == 1
