@@ -520,3 +520,19 @@ def test_a_request_that_times_out_during_the_exchange_does_not_fail_the_others_w
     assert isinstance(first, TimeoutError)
     assert isinstance(second, Outcome) and second.status == 200
     assert len(fake.exchanges) == 1 and len(fake.requests) == 1
+
+
+def test_the_exchange_goes_through_the_session_it_is_given_so_the_ssrf_guard_applies(fake):
+    from apps.proxy.pipeline.upstream import Timeouts, UpstreamClient
+
+    async def guarded():
+        client = UpstreamClient(timeouts=Timeouts(connect=2, first_byte=5, idle=5, total=5))
+        await client.start()
+        try:
+            return await call(GigaChatAdapter(), fake, chat(), session=client.session)  # the guarded (non-internal) session
+        finally:
+            await client.stop()
+
+    outcome = asyncio.run(guarded())
+    assert outcome.failure is not None and outcome.failure.code == "upstream_unreachable"
+    assert fake.exchanges == [] and fake.requests == []  # the key never left for a loopback address
