@@ -206,3 +206,41 @@ def test_an_upstream_refusal_reaches_the_client_scrubbed(gw, giga):
         assert secret not in message
     gw.drain(expect=1)
     assert UsageRecord.objects.get().sell_cost == 0
+
+
+def test_a_200_answer_that_finished_with_error_fails_over_to_the_next_key(gw, giga):
+    giga.fake.behavior(finish_reason="error")
+    with pytest.raises(openai.APIStatusError) as failed:
+        gw.client().chat.completions.create(model="giga-max", messages=[{"role": "user", "content": "x"}])
+    assert failed.value.status_code == 502 and len(giga.fake.requests) == 2  # both keys tried
+    gw.drain(expect=1)
+    record = UsageRecord.objects.get()
+    assert record.status == "upstream_error" and record.sell_cost == 0
+
+
+def test_a_blacklisted_topic_ends_with_content_filter(gw, giga):
+    giga.fake.behavior(finish_reason="blacklist")
+    completion = gw.client().chat.completions.create(model="giga-max", messages=[{"role": "user", "content": "x"}])
+    assert completion.choices[0].finish_reason == "content_filter"
+    chunks = list(gw.client().chat.completions.create(model="giga-max", messages=[{"role": "user", "content": "x"}], stream=True))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "content_filter"
+
+
+def test_an_error_mid_stream_ends_it_with_an_error_event_and_bills_what_was_generated(gw, giga):
+    giga.fake.behavior(chunks=4, stream_error_after=2, stream_error_body=leaky_gigachat_error(500))
+    stream = gw.client().chat.completions.create(model="giga-max", messages=[{"role": "user", "content": "x"}], stream=True)
+    received = []
+    with pytest.raises(openai.APIError) as broke:
+        for chunk in stream:
+            received.append(chunk)
+    assert len(received) == 2 and "failed at" not in str(broke.value) and DEFAULT_AUTH_KEY not in str(broke.value)
+    gw.drain(expect=1)
+    record = UsageRecord.objects.get()
+    assert record.status == "upstream_error" and record.output_tokens > 0 and record.sell_cost > 0
+
+
+def test_rate_limits_on_every_key_reach_the_client_as_429(gw, giga):
+    giga.fake.behavior(status=429, error_headers={"Retry-After": "3"})
+    with pytest.raises(openai.RateLimitError):
+        gw.client().chat.completions.create(model="giga-max", messages=[{"role": "user", "content": "x"}])
+    assert len(giga.fake.requests) == 2
