@@ -165,6 +165,7 @@ class FakeGigaChat:
     def stop(self) -> None:
         if self._thread is None or self._loop is None:
             return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._thread = None
@@ -185,9 +186,16 @@ class FakeGigaChat:
         try:
             loop.run_forever()
         finally:
-            assert self._runner is not None
-            loop.run_until_complete(self._runner.cleanup())
             loop.close()
+
+    async def _shutdown(self) -> None:
+        """Cancel handlers still running (a slow token answer the client gave up on), then close."""
+        pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        assert self._runner is not None
+        await self._runner.cleanup()
 
     async def _serve(self) -> None:
         app = web.Application()

@@ -536,3 +536,15 @@ def test_the_exchange_goes_through_the_session_it_is_given_so_the_ssrf_guard_app
     outcome = asyncio.run(guarded())
     assert outcome.failure is not None and outcome.failure.code == "upstream_unreachable"
     assert fake.exchanges == [] and fake.requests == []  # the key never left for a loopback address
+
+
+def test_a_token_service_that_never_answers_times_out_and_the_next_request_exchanges_anew(fake):
+    fake.behavior(oauth_latency_ms=1500)
+    adapter = GigaChatAdapter()
+    adapter.auth.exchange_timeout = 0.2
+    failure = run(adapter, fake, chat()).failure
+    assert failure is not None and (failure.code, failure.failover, failure.cooldown) == ("upstream_timeout", True, base.COOLDOWN_TIMED_OUT)
+    assert "token exchange" in failure.message
+    fake.behavior(oauth_latency_ms=0)
+    assert run(adapter, fake, chat()).status == 200
+    assert len(fake.exchanges) == 2

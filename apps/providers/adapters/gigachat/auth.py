@@ -115,6 +115,8 @@ class GigaChatAuth(CachedTokenAuth):
     seconds before it expires. ``bind`` must precede ``headers`` for a key: it gives the exchange the
     provider's settings (and forgets a token minted under other settings or another secret)."""
 
+    exchange_timeout: float = 20.0  # seconds one exchange may take, connect to last byte
+
     def __init__(self) -> None:
         super().__init__()
         self._settings: dict[int, tuple[OAuthSettings, str]] = {}
@@ -134,7 +136,14 @@ class GigaChatAuth(CachedTokenAuth):
         return await asyncio.shield(task)
 
     async def _exchange_and_keep(self, credential: Credential, http: aiohttp.ClientSession | None) -> tuple[str, float]:
-        token = await self.exchange(credential, http)
+        # No caller's time limit reaches the exchange any more: it has its own, or a token service
+        # that never answers would hold every later request for this key.
+        try:
+            async with asyncio.timeout(self.exchange_timeout):
+                token = await self.exchange(credential, http)
+        except TimeoutError:
+            logger.warning("GigaChat token exchange for key %s took longer than %s s", credential.key_id, self.exchange_timeout)
+            raise timed_out("token exchange") from None
         self._tokens[credential.key_id] = token
         return token
 
