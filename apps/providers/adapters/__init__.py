@@ -23,6 +23,7 @@ ADAPTERS: dict[str, str] = {
     ProviderKind.QWEN: "apps.providers.adapters.openai.OpenAIAdapter",
     ProviderKind.GEMINI: "apps.providers.adapters.gemini.GeminiAdapter",
     ProviderKind.YANDEXGPT: "apps.providers.adapters.yandexgpt.YandexGPTAdapter",
+    ProviderKind.GIGACHAT: "apps.providers.adapters.gigachat.GigaChatAdapter",
     ProviderKind.MOCK: "apps.providers.adapters.mock.MockAdapter",
 }
 
