@@ -30,12 +30,16 @@ the registry in ``apps/providers/adapters/__init__.py``).
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, cast
 
 import aiohttp
+
+logger = logging.getLogger("jetstream.providers")
 
 # Seconds a failing key rests before it is tried first again.
 COOLDOWN_UNREACHABLE = 5.0
@@ -279,10 +283,11 @@ class CachedTokenAuth(Auth):
     header_name: ClassVar[str] = "Authorization"
     scheme: ClassVar[str] = "Bearer"
     refresh_margin: ClassVar[float] = 60.0  # seconds before expiry a token is renewed
+    exchange_timeout: float = 20.0  # seconds one exchange may take, connect to last byte
 
     def __init__(self) -> None:
         self._tokens: dict[int, tuple[str, float]] = {}
-        self._exchanges: dict[int, asyncio.Future[tuple[str, float]]] = {}
+        self._running: dict[int, asyncio.Task[tuple[str, float]]] = {}
 
     async def exchange(self, credential: Credential, http: aiohttp.ClientSession | None) -> tuple[str, float]:
         """(access token, its expiry as Unix seconds) for ``credential``. Raises ``UpstreamFailure``."""
@@ -297,23 +302,34 @@ class CachedTokenAuth(Auth):
         return {self.header_name: f"{self.scheme} {cached[0]}"}
 
     async def _shared_exchange(self, credential: Credential, http: aiohttp.ClientSession | None) -> tuple[str, float]:
-        pending = self._exchanges.get(credential.key_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[tuple[str, float]] = asyncio.get_running_loop().create_future()
-        self._exchanges[credential.key_id] = future
+        # The exchange is a task of its own that callers only wait for (shielded): a caller's time
+        # limit ends its wait, not the exchange — run in the first caller's task, its cancellation
+        # would reach every request waiting for the same token — and the token is cached for the
+        # others when it comes.
+        task = self._running.get(credential.key_id)
+        if task is None:
+            task = asyncio.ensure_future(self._exchange_and_keep(credential, http))
+            self._running[credential.key_id] = task
+            task.add_done_callback(functools.partial(self._finished, credential.key_id))
+        return await asyncio.shield(task)
+
+    async def _exchange_and_keep(self, credential: Credential, http: aiohttp.ClientSession | None) -> tuple[str, float]:
+        # No caller's time limit reaches the exchange: it has its own, or a token service that never
+        # answers would hold every later request for this key.
         try:
-            token = await self.exchange(credential, http)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters get it, an unwaited future logs nothing
-            raise
-        else:
-            self._tokens[credential.key_id] = token
-            future.set_result(token)
-            return token
-        finally:
-            self._exchanges.pop(credential.key_id, None)
+            async with asyncio.timeout(self.exchange_timeout):
+                token = await self.exchange(credential, http)
+        except TimeoutError:
+            logger.warning("token exchange for supplier key %s took longer than %s s", credential.key_id, self.exchange_timeout)
+            raise timed_out("token exchange") from None
+        self._tokens[credential.key_id] = token
+        return token
+
+    def _finished(self, key_id: int, task: asyncio.Task[tuple[str, float]]) -> None:
+        if self._running.get(key_id) is task:
+            del self._running[key_id]
+        if not task.cancelled():
+            task.exception()  # retrieved: an exchange nobody waits for any more logs nothing
 
     def forget(self, key_id: int) -> None:
         """Drop a cached token (the upstream refused it: the next request exchanges anew)."""

@@ -72,3 +72,41 @@ def test_a_failed_exchange_reaches_every_waiter_and_the_next_request_tries_again
     assert all(isinstance(r, UpstreamFailure) for r in results) and auth.calls == [3]
     auth.fail = False
     assert asyncio.run(auth.headers(Credential(3, "s"), None)) == {"Authorization": "Bearer access-3-2"}
+
+
+def test_a_caller_that_gives_up_does_not_cancel_the_exchange_others_wait_for():
+    # The first caller's own time limit fires mid-exchange: the others still get the token.
+    auth = CountingExchange()
+
+    async def run():
+        first = asyncio.ensure_future(auth.headers(Credential(7, "secret"), None))
+        await asyncio.sleep(0)
+        others = [asyncio.ensure_future(auth.headers(Credential(7, "secret"), None)) for _ in range(3)]
+        await asyncio.sleep(0)
+        first.cancel()
+        return first, await asyncio.gather(*others)
+
+    first, others = asyncio.run(run())
+    assert first.cancelled() and auth.calls == [7]
+    assert {h["Authorization"] for h in others} == {"Bearer access-7-1"}
+
+
+def test_an_exchange_that_never_answers_times_out_for_everyone_and_is_tried_anew():
+    class Hanging(CountingExchange):
+        exchange_timeout = 0.05
+
+        async def exchange(self, credential, http):
+            self.calls.append(credential.key_id)
+            if len(self.calls) == 1:
+                await asyncio.sleep(10)
+            return "fresh", time.time() + 60
+
+    auth = Hanging()
+
+    async def run():
+        results = await asyncio.gather(*(auth.headers(Credential(7, "s"), None) for _ in range(3)), return_exceptions=True)
+        return results, await auth.headers(Credential(7, "s"), None)
+
+    results, later = asyncio.run(run())
+    assert all(isinstance(r, UpstreamFailure) and r.code == "upstream_timeout" for r in results)
+    assert later == {"Authorization": "Bearer fresh"} and auth.calls == [7, 7]

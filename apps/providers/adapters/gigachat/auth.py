@@ -24,7 +24,6 @@ trusted together with the system roots for both the exchange and the API.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import os
@@ -115,43 +114,9 @@ class GigaChatAuth(CachedTokenAuth):
     seconds before it expires. ``bind`` must precede ``headers`` for a key: it gives the exchange the
     provider's settings (and forgets a token minted under other settings or another secret)."""
 
-    exchange_timeout: float = 20.0  # seconds one exchange may take, connect to last byte
-
     def __init__(self) -> None:
         super().__init__()
         self._settings: dict[int, tuple[OAuthSettings, str]] = {}
-        self._running: dict[int, asyncio.Task[tuple[str, float]]] = {}
-
-    async def _shared_exchange(self, credential: Credential, http: aiohttp.ClientSession | None) -> tuple[str, float]:
-        # ``CachedTokenAuth`` runs the exchange in the first caller's task: when that request's own
-        # time limit cancels it, every request waiting for the same token gets CancelledError too
-        # (and its request is torn down as if the server were stopping). Here the exchange is a task
-        # of its own that callers only wait for (shielded): a caller's timeout ends its wait, not
-        # the exchange, and the token is cached for the others when it comes.
-        task = self._running.get(credential.key_id)
-        if task is None:
-            task = asyncio.ensure_future(self._exchange_and_keep(credential, http))
-            self._running[credential.key_id] = task
-            task.add_done_callback(functools.partial(self._finished, credential.key_id))
-        return await asyncio.shield(task)
-
-    async def _exchange_and_keep(self, credential: Credential, http: aiohttp.ClientSession | None) -> tuple[str, float]:
-        # No caller's time limit reaches the exchange any more: it has its own, or a token service
-        # that never answers would hold every later request for this key.
-        try:
-            async with asyncio.timeout(self.exchange_timeout):
-                token = await self.exchange(credential, http)
-        except TimeoutError:
-            logger.warning("GigaChat token exchange for key %s took longer than %s s", credential.key_id, self.exchange_timeout)
-            raise timed_out("token exchange") from None
-        self._tokens[credential.key_id] = token
-        return token
-
-    def _finished(self, key_id: int, task: asyncio.Task[tuple[str, float]]) -> None:
-        if self._running.get(key_id) is task:
-            del self._running[key_id]
-        if not task.cancelled():
-            task.exception()  # retrieved: an exchange nobody waits for any more logs nothing
 
     def bind(self, credential: Credential, settings: OAuthSettings) -> None:
         """Use ``settings`` for ``credential``'s exchanges from now on."""
