@@ -52,12 +52,12 @@ async def send_json(send: Send, call: Call, status: int, obj: Any) -> None:
 
 
 async def send_error(send: Send, call: Call, error: ApiError) -> None:
-    """``error`` in OpenAI's shape with its headers and cost 0; a client that has left is ignored
-    (the call is recorded all the same)."""
+    """``error`` in the call's dialect's shape (``Dialect.render_error``) with its headers and cost 0;
+    a client that has left is ignored (the call is recorded all the same)."""
     headers = [JSON, NO_COST, *call.headers, *error.headers]
     try:
         await send({"type": "http.response.start", "status": error.status if error.status != 499 else 400, "headers": headers})
-        await send({"type": "http.response.body", "body": error.body()})
+        await send({"type": "http.response.body", "body": call.dialect.render_error(call, error)})
     except (OSError, RuntimeError):
         pass
 
