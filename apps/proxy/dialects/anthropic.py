@@ -15,7 +15,8 @@ Anthropic). ``max_tokens`` is required, as Anthropic requires it.
 
 Canonical answer → Anthropic: content ``text`` and ``tool_use`` blocks; ``finish_reason`` stop →
 ``end_turn``, length → ``max_tokens``, tool_calls/function_call → ``tool_use``, content_filter →
-``refusal``. Usage is the billed usage, in Anthropic's meaning: ``input_tokens`` excludes the tokens
+``refusal``; an answer with tool calls stops with ``tool_use`` whatever its ``finish_reason`` (OpenAI
+says "stop" after a call it was told to make by name). Usage is the billed usage, in Anthropic's meaning: ``input_tokens`` excludes the tokens
 read from cache (``cache_read_input_tokens``).
 """
 
@@ -284,6 +285,7 @@ class AnthropicStream:
         self._index = -1  # the open content block's index (-1: none yet)
         self._open: tuple[str, int] | None = None  # ("text", 0) or ("tool", the call's canonical index)
         self._stop_reason = "end_turn"
+        self._tools = False  # a tool_use block was sent
 
     def _start(self) -> list[bytes]:
         self._started = True
@@ -315,6 +317,7 @@ class AnthropicStream:
                 out = self._open_block(("text", 0), {"type": "text", "text": ""})
             delta = {"type": "text_delta", "text": piece.text}
         else:
+            self._tools = True
             if self._open != ("tool", piece.index):
                 block = {"type": "tool_use", "id": piece.id or f"toolu_{piece.index}", "name": piece.name or "", "input": {}}
                 out = self._open_block(("tool", piece.index), block)
@@ -336,6 +339,8 @@ class AnthropicStream:
         if error is not None:
             return sse("error", error_object(self._call, error))
         out = [] if self._started else self._start()
+        if self._tools:
+            self._stop_reason = "tool_use"
         out.extend(self._close())
         billed: dict[str, Any] = {**usage(self._call), "cost": orjson.Fragment(format_rub(self._call.sell, 6).encode())}
         out.append(sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": self._stop_reason, "stop_sequence": None},
@@ -360,7 +365,7 @@ class AnthropicDialect(Dialect):
         if answer.text or answer.refusal:
             content.append({"type": "text", "text": answer.text or answer.refusal})
         content.extend({"type": "tool_use", "id": c.id, "name": c.name, "input": _tool_input(c.arguments)} for c in answer.tool_calls)
-        stop = STOP_REASONS.get(answer.finish_reason or "stop", "end_turn")
+        stop = "tool_use" if answer.tool_calls else STOP_REASONS.get(answer.finish_reason or "stop", "end_turn")
         return orjson.dumps({"id": message_id(call), "type": "message", "role": "assistant", "model": call.request.model,
                              "content": content, "stop_reason": stop, "stop_sequence": None, "usage": usage(call)})
 
