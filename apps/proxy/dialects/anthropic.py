@@ -40,8 +40,9 @@ STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_
                 "content_filter": "refusal"}
 # The gateway's HTTP statuses as Anthropic's error types (https://docs.anthropic.com/en/api/errors).
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
-               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
-               503: "overloaded_error", 504: "timeout_error"}
+               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 504: "timeout_error"}
+# Anthropic's own overload is 529 ``overloaded_error``; the gateway's 503s (Redis unreachable, a model
+# without a price) stay 503 and are ``api_error``: the SDK retries every 5xx alike.
 PING = sse("ping", {"type": "ping"})
 MAX_STOP_SEQUENCES = 4  # what OpenAI-wire upstreams take
 
@@ -353,6 +354,7 @@ class AnthropicDialect(Dialect):
     """Anthropic Messages (see the module docstring)."""
 
     name = "anthropic"
+    request_id_header = b"request-id"  # what the SDK reads into ``Message._request_id``
 
     def parse(self, endpoint: str, raw: bytes) -> CanonicalRequest:
         """See ``Dialect.parse`` (``parse_messages``)."""

@@ -50,6 +50,8 @@ class Dialect:
 
     name: ClassVar[str] = ""
     sse_headers: ClassVar[HeaderList] = SSE_HEADERS
+    # A header that repeats the request id (``x-request-id`` is always sent) under the dialect's own name.
+    request_id_header: ClassVar[bytes | None] = None
 
     def parse(self, endpoint: str, raw: bytes) -> CanonicalRequest:
         """The canonical request for ``endpoint`` from the raw body. Raises ``ApiError`` 400."""

@@ -25,11 +25,14 @@ NO_COST = (b"x-jetstream-cost", b"0.000000")
 
 
 def answering(call: Call, send: Send, *, head: bool = False, extra: HeaderList | None = None) -> Send:
-    """``send`` for ``call``: the response start gets ``x-request-id`` (the call's id),
+    """``send`` for ``call``: the response start gets ``x-request-id`` (the call's id; also under the
+    dialect's own name, ``Dialect.request_id_header``),
     ``openai-processing-ms`` (milliseconds from the request's arrival to the response's first byte)
     and ``extra`` (CORS); with ``head`` (a HEAD request) body bytes are dropped, headers kept."""
     request_id = call.id.encode()
     added = extra or []
+    if call.dialect.request_id_header is not None:  # Anthropic's SDK reads `request-id`
+        added = [(call.dialect.request_id_header, request_id), *added]
 
     async def send_answer(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":

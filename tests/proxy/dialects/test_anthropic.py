@@ -33,6 +33,7 @@ def test_it_answers_like_anthropic_and_bills_exactly_as_chat_completions(gateway
     message = raw.parse()
     assert message.type == "message" and message.role == "assistant" and message.model == "gpt-4o-mini"
     assert message.id == "msg_" + raw.headers["x-request-id"].removeprefix("req_")
+    assert message._request_id == raw.headers["x-request-id"] == raw.headers["request-id"]
     assert message.stop_reason == "end_turn" and message.content[0].type == "text" and message.content[0].text
     # The upstream got the canonical chat request, with the supplier's key.
     upstream = fake_openai.last_request

@@ -123,7 +123,7 @@ def test_anthropic_errors_have_anthropics_types():
     for status, kind in ((400, "invalid_request_error"), (401, "authentication_error"), (402, "billing_error"),
                          (403, "permission_error"), (404, "not_found_error"), (409, "invalid_request_error"),
                          (413, "request_too_large"), (429, "rate_limit_error"), (499, "invalid_request_error"),
-                         (502, "api_error"), (503, "overloaded_error"), (504, "timeout_error")):
+                         (502, "api_error"), (503, "api_error"), (504, "timeout_error")):
         body = orjson.loads(ANTHROPIC.render_error(call, ApiError(status, "m", code="c")))
         assert body == {"type": "error", "error": {"type": kind, "message": "m", "code": "c"}, "request_id": "req_abc"}
     assert sse_events(AnthropicStream(call).end(None, ApiError(502, "m", code="c")))[0][0] == "error"
