@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from apps.providers.adapters.base import CanonicalRequest
 from apps.proxy.exceptions import ApiError, bad_request
 from lib.jsonbytes import depth_at_end
+from lib.money import format_rub
+
+from .base import SSE_HEADERS, Dialect
+
+if TYPE_CHECKING:
+    from ..pipeline.context import Call
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 _NUMBER_PARAMS = {"temperature": (0, 2), "top_p": (0, 1), "presence_penalty": (-2, 2), "frequency_penalty": (-2, 2)}
@@ -210,7 +216,7 @@ def parse(endpoint: str, raw: bytes) -> CanonicalRequest:
 # --------------------------------------------------------------------------- rendering
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+__all__ = ["SSE_HEADERS", "OpenAIDialect", "parse"]  # SSE_HEADERS: also where it was before the seam
 DONE = b"data: [DONE]\n\n"
 
 
@@ -283,3 +289,59 @@ def _rename_parsed(payload: bytes, public: bytes) -> bytes:
 def render_error_event(error: ApiError) -> bytes:
     """An error inside a started stream: one ``data:`` event with the error object."""
     return b"data: " + error.body() + b"\n\n"
+
+
+KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: clients (the OpenAI SDK included) skip it
+
+
+class OpenAIStream:
+    """The canonical stream is this dialect's own: events pass through as bytes (renamed to the
+    public model name only when it differs from the upstream's id), one write per upstream read."""
+
+    __slots__ = ("_call", "_rename")
+    keepalive = KEEPALIVE
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+        self._rename = model_renamer(call.request.model, call.route.upstream_model)
+
+    def events(self, events: list[bytes]) -> bytes:
+        """See ``StreamRenderer.events``: ``render_events`` of the (renamed) events."""
+        if self._rename is not None:
+            events = [self._rename(event) for event in events]
+        return render_events(events)
+
+    def end(self, usage_chunk: dict[str, Any] | None, error: ApiError | None) -> bytes:
+        """See ``StreamRenderer.end``: the error event, or the usage chunk when the client asked for
+        ``stream_options.include_usage``; then ``[DONE]``."""
+        call = self._call
+        if error is not None:
+            return render_error_event(error) + DONE
+        if not call.request.include_usage:
+            return DONE
+        tail = render_usage_chunk(call.request, usage_chunk, response_id=f"chatcmpl-{call.id}", created=int(call.started),
+                                  input_tokens=call.input_tokens, output_tokens=call.output_tokens, cost=format_rub(call.sell, 6))
+        # The usage chunk may be the upstream's, with its model id.
+        return (tail if self._rename is None else self._rename(tail)) + DONE
+
+
+class OpenAIDialect(Dialect):
+    """OpenAI chat completions, completions and embeddings: the canonical form itself."""
+
+    name = "openai"
+
+    def parse(self, endpoint: str, raw: bytes) -> CanonicalRequest:
+        """See ``Dialect.parse`` (``parse`` above)."""
+        return parse(endpoint, raw)
+
+    def render_body(self, call: Call, body: bytes) -> bytes:
+        """See ``Dialect.render_body``: the body as it came, with the public model name."""
+        rename = model_renamer(call.request.model, call.route.upstream_model)
+        return body if rename is None else rename(body)
+
+    def stream_renderer(self, call: Call) -> OpenAIStream:
+        """See ``Dialect.stream_renderer``."""
+        return OpenAIStream(call)
+
+
+OPENAI = OpenAIDialect()

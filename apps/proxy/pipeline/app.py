@@ -17,26 +17,37 @@ from typing import Any
 from django.conf import settings
 
 from apps.billing.models import UsageStatus
+from lib import tokenizer
 from lib.resp import Redis, RedisConnectionError, RedisReplyError
 
-from ..dialects import openai as dialect
-from ..exceptions import ApiError, gateway_error, gateway_unavailable
+from ..dialects.anthropic import ANTHROPIC, parse_messages
+from ..dialects.base import Dialect
+from ..dialects.openai import OPENAI
+from ..dialects.responses import RESPONSES, not_stored
+from ..exceptions import ApiError, gateway_error, gateway_unavailable, not_found
 from ..snapshot import SnapshotCache
 from . import info
 from .admission import ClientAddress, DistinctIpCap, authenticate, police, read_body
 from .context import Call
 from .idempotency import IdempotencyStore
 from .relay import relay_body, relay_stream
-from .responses import Cors, answering, send_error
+from .responses import Cors, answering, send_error, send_json
 from .spend import SpendCounters, estimate, rate_headers
 from .upstream import Timeouts, UpstreamClient
 
 logger = logging.getLogger("jetstream.proxy")
 
-ENDPOINTS = {b"/v1/chat/completions": "chat", b"/v1/completions": "completion", b"/v1/embeddings": "embedding"}
-INFERENCE = frozenset(ENDPOINTS.values())
+# path → (the canonical endpoint, the client's dialect). Anthropic Messages and OpenAI Responses are
+# chat requests in the canonical form; only their parsing and rendering differ.
+ENDPOINTS: dict[bytes, tuple[str, Dialect]] = {
+    b"/v1/chat/completions": ("chat", OPENAI), b"/v1/completions": ("completion", OPENAI),
+    b"/v1/embeddings": ("embedding", OPENAI), b"/v1/messages": ("chat", ANTHROPIC), b"/v1/responses": ("chat", RESPONSES),
+}
+INFERENCE = frozenset(endpoint for endpoint, _ in ENDPOINTS.values())
 MODELS = b"/v1/models"
 KEY = b"/v1/key"
+COUNT_TOKENS = b"/v1/messages/count_tokens"  # Anthropic's free prompt count: answered locally, not metered
+STORED_RESPONSES = b"/v1/responses/"  # retrieve / delete / cancel / input_items of a stored response: none are kept
 # The methods each kind of path takes (OPTIONS, answered for any known path, aside).
 POST_ONLY = ("POST",)
 READ_ONLY = ("GET", "HEAD")
@@ -110,9 +121,9 @@ class ProxyApp:
         if not self._started:
             await self.startup()
         path = (scope.get("raw_path") or scope["path"].encode()).split(b"?", 1)[0].rstrip(b"/")
-        endpoint = ENDPOINTS.get(path)
+        endpoint, dialect = ENDPOINTS.get(path) or (None, _dialect_of(path))
         call = Call(id=f"req_{uuid.uuid4().hex}", endpoint=endpoint or path.decode("latin-1")[:64], started=time.time(),
-                    client_ip=self.client_address(scope), scope=scope)
+                    client_ip=self.client_address(scope), scope=scope, dialect=dialect)
         method = scope["method"]
         origin = self.cors.origin(scope)
         # Every answer from here on, whichever stage sends it, carries the request id, the
@@ -133,7 +144,10 @@ class ProxyApp:
         """Send the call to its endpoint; answer ``OPTIONS`` (CORS preflight included) for any known
         path; ``HEAD`` is ``GET`` without the body. Raises ``ApiError`` 404 for an unknown path, 405
         with ``Allow`` for a method the path does not take."""
-        allowed = POST_ONLY if call.endpoint in INFERENCE else READ_ONLY if _is_info(path) else None
+        allowed = POST_ONLY if call.endpoint in INFERENCE or path == COUNT_TOKENS else READ_ONLY if _is_info(path) else None
+        if path.startswith(STORED_RESPONSES) and method != "OPTIONS":
+            await authenticate(call, self.snapshots)
+            raise not_stored("response_id")
         if allowed is None:
             raise ApiError(404, f"Unknown endpoint {method} {path.decode('utf-8', 'replace')}.", code="unknown_endpoint")
         if method == "OPTIONS":
@@ -143,6 +157,8 @@ class ProxyApp:
                            headers=[(b"allow", ", ".join((*allowed, "OPTIONS")).encode())])
         elif call.endpoint in INFERENCE:
             await self.inference(call, receive, send)
+        elif path == COUNT_TOKENS:
+            await self.count_tokens(call, receive, send)
         else:
             await authenticate(call, self.snapshots)
             if path == MODELS:
@@ -167,7 +183,7 @@ class ProxyApp:
         → relay → settle + meter (docs/proxy.md has the stage table)."""
         await authenticate(call, self.snapshots)
         call.raw = await read_body(call.scope, receive, self.max_body)
-        call.request = dialect.parse(call.endpoint, call.raw)
+        call.request = call.dialect.parse(call.endpoint, call.raw)
         police(call, self.snapshots)
         await self.distinct_ips.admit(call)
         # The moderation stage (apps/moderation) goes here: it may mask call.request or refuse the call.
@@ -181,6 +197,19 @@ class ProxyApp:
             await self.call_upstream(call, receive, send)
         finally:
             await self.idempotency.release(call)
+
+    async def count_tokens(self, call: Call, receive, send) -> None:
+        """``POST /v1/messages/count_tokens``: the prompt's tokens counted locally with the model's
+        tokenizer, ``{"input_tokens": n}``; the token and the model are checked as for a request, nothing
+        is reserved or recorded."""
+        token = await authenticate(call, self.snapshots)
+        call.raw = await read_body(call.scope, receive, self.max_body)
+        call.request = parse_messages(call.raw, count_only=True)
+        route = self.snapshots.route(call.request.model)
+        if route is None or not token.may_use(call.request.model):
+            raise not_found(f"The model '{call.request.model}' does not exist or you do not have access to it.")
+        encoding = tokenizer.encoding_for_model(route.upstream_model)
+        await send_json(send, call, 200, {"input_tokens": tokenizer.count_chat_request(call.request.body, encoding=encoding)})
 
     async def call_upstream(self, call: Call, receive, send) -> None:
         """Route + call the upstream, relay, settle + meter: the part of a call that holds money.
@@ -225,3 +254,8 @@ class ProxyApp:
 
 def _is_info(path: bytes) -> bool:
     return path == MODELS or path == KEY or path.startswith(MODELS + b"/")
+
+
+def _dialect_of(path: bytes) -> Dialect:
+    """The dialect a path that is not an inference endpoint answers in (its errors' shape)."""
+    return ANTHROPIC if path.startswith(b"/v1/messages") else OPENAI

@@ -14,6 +14,8 @@ from typing import Any
 from apps.billing.usage import UsageEvent
 from apps.providers.adapters.base import CanonicalRequest
 
+from ..dialects.base import Dialect
+from ..dialects.openai import OPENAI
 from ..exceptions import ApiError
 from ..redis_scripts import SpendKeys
 from ..snapshot import KeyRoute, ModelRoute, TokenSnapshot
@@ -45,6 +47,7 @@ class Call:
     started: float  # Unix seconds
     client_ip: str | None
     scope: dict[str, Any] = field(default_factory=dict)
+    dialect: Dialect = OPENAI  # what the client speaks, chosen by the path (app.ENDPOINTS)
     # Set by the stages, in this order; unset until then (reading one early is a bug: AttributeError).
     token: TokenSnapshot = field(init=False)  # authenticate
     request: CanonicalRequest = field(init=False)  # read + validate

@@ -1,7 +1,8 @@
 """The relay stage: the upstream's answer to the client, then settle + meter.
 
 The adapter turns the upstream's bytes into canonical form (``parse_body`` / its stream decoder);
-the inbound dialect renders them for the client.
+the call's inbound dialect (``call.dialect``: ``render_body``, a ``StreamRenderer`` per stream)
+renders them for the client.
 
 A client that disconnects mid-stream is still billed for what was generated: the relay keeps
 reading the upstream for the usage, but only for ``CLIENT_GONE_DRAIN_SECONDS`` — then it closes
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from apps.billing.models import UsageStatus
 from apps.providers.adapters.base import StreamDecoder, UpstreamFailure, timed_out
 
-from ..dialects import openai as dialect
+from ..dialects.base import StreamRenderer
 from ..exceptions import ApiError
 from .context import Call
 from .idempotency import IdempotencyStore
@@ -44,8 +45,7 @@ async def relay_body(call: Call, opened: Opened, send, *, counters: SpendCounter
     price_usage(call, parsed.usage, parsed.text)
     call.ttft_ms = int((time.time() - call.started) * 1000)
     await counters.settle(call, status=UsageStatus.OK, http=200)
-    rename = dialect.model_renamer(call.request.model, call.route.upstream_model)
-    payload = parsed.body if rename is None else rename(parsed.body)
+    payload = call.dialect.render_body(call, parsed.body)
     headers = [JSON, (b"content-length", str(len(payload)).encode()), (b"x-jetstream-cost", rub(call.sell).encode()),
                *call.headers]
     await idempotency.store(call, 200, headers, payload)
@@ -53,7 +53,6 @@ async def relay_body(call: Call, opened: Opened, send, *, counters: SpendCounter
     await send({"type": "http.response.body", "body": payload})
 
 
-KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: clients (the OpenAI SDK included) skip it
 _CUT = "the client left and the drain time ran out"  # the cancel message that ends a drained stream
 
 
@@ -64,12 +63,12 @@ class _Client:
     The 200 response starts with the first write or keep-alive; until then a failure can still be
     answered with its own status. Keep-alives begin once ``arm`` is called (an upstream accepted the
     call) and go out after ``keepalive`` seconds of silence (0 = never); they are not kept in ``sent``.
-    ``rename`` gives each event the public model name (``dialect.model_renamer``; None: as they are)."""
+    ``renderer`` turns canonical events into the dialect's writes and gives the keep-alive's bytes."""
 
-    def __init__(self, call: Call, send, receive, *, keepalive: float, rename=None) -> None:
+    def __init__(self, call: Call, send, receive, *, keepalive: float, renderer: StreamRenderer) -> None:
         self.call = call
         self.send = send
-        self.rename = rename
+        self.renderer = renderer
         self.gone = asyncio.Event()
         self.started = False
         self.sent: list[bytes] = []
@@ -109,7 +108,7 @@ class _Client:
             self._pinging = self._loop.create_task(self._ping())
 
     async def _ping(self) -> None:
-        await self._emit(KEEPALIVE)
+        await self._emit(self.renderer.keepalive)
         self._pinging = None
         self.arm()
 
@@ -122,7 +121,7 @@ class _Client:
                 if not self.started:
                     self.started = True
                     await self.send({"type": "http.response.start", "status": 200,
-                                     "headers": [*dialect.SSE_HEADERS, *self.call.headers]})
+                                     "headers": [*self.call.dialect.sse_headers, *self.call.headers]})
                 await self.send({"type": "http.response.body", "body": chunk, "more_body": more})
             except OSError:  # the client is gone (servers that raise rather than drop the write)
                 self.gone.set()
@@ -133,9 +132,9 @@ class _Client:
         nothing once the client is gone (an ``OSError`` on send marks it gone)."""
         if not events or self.gone.is_set():
             return
-        if self.rename is not None:
-            events = [self.rename(event) for event in events]
-        chunk = dialect.render_events(events)
+        chunk = self.renderer.events(events)
+        if not chunk:
+            return
         self.sent.append(chunk)
         await self._emit(chunk)
 
@@ -235,8 +234,7 @@ async def relay_stream(call: Call, upstream: UpstreamClient, receive, send, *, c
     the usage chunk (or the text counted locally), settled, and ended with the usage chunk (if asked
     for) and ``[DONE]``. A failure before the client's response started is answered with its status
     (504 ``upstream_timeout`` for a timeout); after it, as an error event in the stream."""
-    client = _Client(call, send, receive, keepalive=upstream.timeouts.keepalive,
-                     rename=dialect.model_renamer(call.request.model, call.route.upstream_model))
+    client = _Client(call, send, receive, keepalive=upstream.timeouts.keepalive, renderer=call.dialect.stream_renderer(call))
     stream = _StreamRun(call, upstream, client)
     try:
         failure = await stream.run()
@@ -262,12 +260,11 @@ async def relay_stream(call: Call, upstream: UpstreamClient, receive, send, *, c
     if error is not None and not client.started:
         await send_error(send, call, error)
         return
-    tail = _stream_end(call, decoder, error)
-    if client.rename is not None:
-        tail = client.rename(tail)  # the usage chunk may be the upstream's, with its model id
+    assert error is not None or decoder is not None, "a stream without a decoder ended in an error"
+    tail = client.renderer.end(decoder.usage_chunk if decoder is not None else None, error)
     client.sent.append(tail)
     if status == UsageStatus.OK:
-        await idempotency.store(call, 200, [*dialect.SSE_HEADERS], b"".join(client.sent))
+        await idempotency.store(call, 200, [*call.dialect.sse_headers], b"".join(client.sent))
     await client.end(tail)
 
 
@@ -301,13 +298,3 @@ def _outcome(call: Call, stream: _StreamRun, failure: BaseException | None) -> t
         logger.warning("upstream stream for %s broke: %s", call.id, type(failure).__name__)
     return UsageStatus.UPSTREAM_ERROR, error.status, error
 
-
-def _stream_end(call: Call, decoder: StreamDecoder | None, error: ApiError | None) -> bytes:
-    if error is not None or decoder is None:
-        assert error is not None, "a stream without a decoder ended in an error"
-        return dialect.render_error_event(error) + dialect.DONE
-    if call.request.include_usage:
-        return dialect.render_usage_chunk(call.request, decoder.usage_chunk, response_id=f"chatcmpl-{call.id}",
-                                          created=int(call.started), input_tokens=call.input_tokens,
-                                          output_tokens=call.output_tokens, cost=rub(call.sell)) + dialect.DONE
-    return dialect.DONE

@@ -25,11 +25,14 @@ NO_COST = (b"x-jetstream-cost", b"0.000000")
 
 
 def answering(call: Call, send: Send, *, head: bool = False, extra: HeaderList | None = None) -> Send:
-    """``send`` for ``call``: the response start gets ``x-request-id`` (the call's id),
+    """``send`` for ``call``: the response start gets ``x-request-id`` (the call's id; also under the
+    dialect's own name, ``Dialect.request_id_header``),
     ``openai-processing-ms`` (milliseconds from the request's arrival to the response's first byte)
     and ``extra`` (CORS); with ``head`` (a HEAD request) body bytes are dropped, headers kept."""
     request_id = call.id.encode()
     added = extra or []
+    if call.dialect.request_id_header is not None:  # Anthropic's SDK reads `request-id`
+        added = [(call.dialect.request_id_header, request_id), *added]
 
     async def send_answer(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
@@ -52,12 +55,12 @@ async def send_json(send: Send, call: Call, status: int, obj: Any) -> None:
 
 
 async def send_error(send: Send, call: Call, error: ApiError) -> None:
-    """``error`` in OpenAI's shape with its headers and cost 0; a client that has left is ignored
-    (the call is recorded all the same)."""
+    """``error`` in the call's dialect's shape (``Dialect.render_error``) with its headers and cost 0;
+    a client that has left is ignored (the call is recorded all the same)."""
     headers = [JSON, NO_COST, *call.headers, *error.headers]
     try:
         await send({"type": "http.response.start", "status": error.status if error.status != 499 else 400, "headers": headers})
-        await send({"type": "http.response.body", "body": error.body()})
+        await send({"type": "http.response.body", "body": call.dialect.render_error(call, error)})
     except (OSError, RuntimeError):
         pass
 
