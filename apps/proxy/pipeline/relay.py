@@ -44,7 +44,7 @@ async def relay_body(call: Call, opened: Opened, send, *, counters: SpendCounter
     price_usage(call, parsed.usage, parsed.text)
     call.ttft_ms = int((time.time() - call.started) * 1000)
     await counters.settle(call, status=UsageStatus.OK, http=200)
-    rename = dialect.model_renamer(call.request.model, call.route.upstream_model)
+    rename = dialect.model_renamer(call.route.name, call.route.upstream_model)  # the model that answered
     payload = parsed.body if rename is None else rename(parsed.body)
     headers = [JSON, (b"content-length", str(len(payload)).encode()), (b"x-jetstream-cost", rub(call.sell).encode()),
                *call.headers]
@@ -182,8 +182,13 @@ class _StreamRun:
         self.decoder: StreamDecoder | None = None
         self.cut = False  # the client left and the drain time ran out: the upstream was closed
 
+    def _accepted(self) -> None:
+        # An upstream answered: its events get the public name of the model that answered (a fallback's, maybe).
+        self.client.rename = dialect.model_renamer(self.call.route.name, self.call.route.upstream_model)
+        self.client.arm()
+
     async def _work(self) -> None:
-        self.opened = await self.upstream.open(self.call, on_accepted=self.client.arm)
+        self.opened = await self.upstream.open(self.call, on_accepted=self._accepted)
         self.decoder = self.opened.adapter.stream_decoder(self.call.request)
         await _pump(self.call, self.opened, self.decoder, self.client, self.upstream.timeouts.idle)
 
@@ -235,8 +240,7 @@ async def relay_stream(call: Call, upstream: UpstreamClient, receive, send, *, c
     the usage chunk (or the text counted locally), settled, and ended with the usage chunk (if asked
     for) and ``[DONE]``. A failure before the client's response started is answered with its status
     (504 ``upstream_timeout`` for a timeout); after it, as an error event in the stream."""
-    client = _Client(call, send, receive, keepalive=upstream.timeouts.keepalive,
-                     rename=dialect.model_renamer(call.request.model, call.route.upstream_model))
+    client = _Client(call, send, receive, keepalive=upstream.timeouts.keepalive)
     stream = _StreamRun(call, upstream, client)
     try:
         failure = await stream.run()
