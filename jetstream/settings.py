@@ -284,6 +284,10 @@ JETSTREAM: dict[str, Any] = {
     "SSE_KEEPALIVE_SECONDS": envint("JETSTREAM_SSE_KEEPALIVE_SECONDS", 15, minimum=0),
     # How long a stream whose client left is still read for the upstream's usage before it is closed.
     "CLIENT_GONE_DRAIN_SECONDS": envint("JETSTREAM_CLIENT_GONE_DRAIN_SECONDS", 10, minimum=0),
+    # Failover between providers (apps/proxy/pipeline/routing.py): a provider whose every key failed
+    # is tried last for this long, then leads 10 %, then 50 % of its requests, a step each.
+    "PROVIDER_DOWN_SECONDS": envint("JETSTREAM_PROVIDER_DOWN_SECONDS", 10, minimum=0),
+    "PROVIDER_RAMP_STEP_SECONDS": envint("JETSTREAM_PROVIDER_RAMP_STEP_SECONDS", 30, minimum=0),
 }
 
 for _origin in JETSTREAM["CORS_ALLOWED_ORIGINS"]:

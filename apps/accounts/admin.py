@@ -108,12 +108,12 @@ class CompanyMembershipInline(MembershipInline):
 
 @admin.register(Company)
 class CompanyAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "sell_coefficient", "wallet_balance", "is_active", "created_at"]
-    list_filter = ["is_active"]
+    list_display = ["name", "slug", "sell_coefficient", "data_residency", "wallet_balance", "is_active", "created_at"]
+    list_filter = ["is_active", "data_residency"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     date_hierarchy = "created_at"
-    fields = ["name", "slug", "time_zone", "sell_coefficient", "is_active"]
+    fields = ["name", "slug", "time_zone", "sell_coefficient", "data_residency", "fallbacks", "is_active"]
     inlines = [DepartmentInline, CompanyMembershipInline]
 
     def get_queryset(self, request: HttpRequest):

@@ -76,6 +76,33 @@ class User(AbstractBaseUser, PermissionsMixin):
         self.email = self.__class__.objects.normalize_email(self.email).lower()
 
 
+# A fallback chain names at most this many models after the one requested.
+MAX_FALLBACKS = 5
+
+
+def validate_fallbacks(value) -> None:
+    """A fallback map: ``{"<public model>": ["<fallback model>", ...]}`` — model names (strings of at
+    most 128 characters), at most ``MAX_FALLBACKS`` per model, none naming itself. Raises
+    ``ValidationError``."""
+    if not isinstance(value, dict):
+        raise ValidationError(_("Give a mapping of model name to a list of fallback model names."))
+    for model, chain in value.items():
+        if not isinstance(chain, list) or not all(isinstance(n, str) and 0 < len(n) <= 128 for n in chain):
+            raise ValidationError(_("The fallbacks of %(m)s must be a list of model names.") % {"m": model})
+        if len(chain) > MAX_FALLBACKS:
+            raise ValidationError(_("%(m)s has more than %(n)s fallbacks.") % {"m": model, "n": MAX_FALLBACKS})
+        if model in chain:
+            raise ValidationError(_("%(m)s cannot be its own fallback.") % {"m": model})
+
+
+class DataResidency(models.TextChoices):
+    """Where a company's requests may be processed: ``ru`` allows only providers whose ``country``
+    is RU (GigaChat, YandexGPT, local nodes marked RU)."""
+
+    ANY = "any", _("Anywhere")
+    RU = "ru", _("Russia only (152-FZ)")
+
+
 class Company(models.Model):
     """A customer organisation. Its tokens' weekly and monthly limits roll over in ``time_zone``; it
     pays provider price × FX × ``sell_coefficient``. Its wallet is a billing ``Account``."""
@@ -87,6 +114,11 @@ class Company(models.Model):
     sell_coefficient = models.DecimalField(_("sell coefficient"), max_digits=8, decimal_places=4, default=Decimal("1.0000"),
                                            validators=[MinValueValidator(Decimal("0.0001"))],
                                            help_text=_("Provider price × FX × this coefficient = the company's price."))
+    data_residency = models.CharField(_("data residency"), max_length=8, choices=DataResidency.choices, default=DataResidency.ANY,
+                                      help_text=_("Russia only: requests go only to providers hosted in Russia."))
+    fallbacks = models.JSONField(_("fallback chains"), default=dict, blank=True, validators=[validate_fallbacks],
+                                 help_text=_('Per model, the models to try when it fails, in order: {"gpt-4o-mini": ["deepseek-chat"]}. '
+                                             "Overrides the model's own chain; a token's overrides this."))
     is_active = models.BooleanField(_("active"), default=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 

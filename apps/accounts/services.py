@@ -76,12 +76,24 @@ def _sync_company_books(company: Company, *, credit_limit: int, dry_run: bool) -
     return changed
 
 
-def _company_settings(time_zone: str | None, sell_coefficient: Decimal | None) -> dict[str, Any]:
+def _company_settings(time_zone: str | None, sell_coefficient: Decimal | None, routing: CompanyRouting | None = None) -> dict[str, Any]:
     """The settings with None replaced by the model's defaults."""
+    routing = routing or CompanyRouting()
     return {
         "time_zone": time_zone or model_default(Company, "time_zone"),
         "sell_coefficient": sell_coefficient if sell_coefficient is not None else model_default(Company, "sell_coefficient"),
+        "data_residency": routing.data_residency or model_default(Company, "data_residency"),
+        "fallbacks": routing.fallbacks if routing.fallbacks is not None else {},
     }
+
+
+@dataclass(frozen=True)
+class CompanyRouting:
+    """Where a company's requests may go: ``data_residency`` ("any" | "ru", None = the default) and
+    its fallback chains (``{"<model>": ["<fallback>", ...]}``, None = none)."""
+
+    data_residency: str | None = None
+    fallbacks: dict[str, list[str]] | None = None
 
 
 def create_company(
@@ -91,12 +103,13 @@ def create_company(
     time_zone: str | None = None,
     sell_coefficient: Decimal | None = None,
     credit_limit: int = 0,
+    routing: CompanyRouting | None = None,
     dry_run: bool = False,
 ) -> Outcome:
     """A new company with its wallet (``credit_limit`` in micro-RUB) and a moderation policy (off)."""
     with transaction.atomic():
         company = Company(slug=slug)
-        stage(company, {"name": name, **_company_settings(time_zone, sell_coefficient)})
+        stage(company, {"name": name, **_company_settings(time_zone, sell_coefficient, routing)})
         outcome = save_staged(company, [], dry_run=dry_run)
         _sync_company_books(company, credit_limit=credit_limit, dry_run=dry_run)
         return outcome
@@ -109,13 +122,16 @@ def update_company(
     time_zone: str,
     sell_coefficient: Decimal,
     credit_limit: int,
+    data_residency: str = "any",
+    fallbacks: dict[str, list[str]] | None = None,
     dry_run: bool = False,
 ) -> Outcome:
     """Set every editable company setting (a form's full state); also repairs a missing wallet or policy."""
     with transaction.atomic():
         # Lock: two editors of the same company.
         company = find_for_update(Company.objects, dry_run=dry_run, pk=company.pk)
-        changed = stage(company, {"name": name, "time_zone": time_zone, "sell_coefficient": sell_coefficient})
+        changed = stage(company, {"name": name, "time_zone": time_zone, "sell_coefficient": sell_coefficient,
+                                  "data_residency": data_residency, "fallbacks": fallbacks or {}})
         outcome = save_staged(company, changed, dry_run=dry_run)
         books = _sync_company_books(company, credit_limit=credit_limit, dry_run=dry_run)
         if books:
@@ -130,15 +146,16 @@ def upsert_company(
     time_zone: str | None = None,
     sell_coefficient: Decimal | None = None,
     credit_limit: int = 0,
+    routing: CompanyRouting | None = None,
     dry_run: bool = False,
 ) -> Outcome:
     """Create the company, or bring an existing one to exactly these settings (None = the default)."""
     existing = Company.objects.filter(slug=slug).first()
     if existing is None:
         return create_company(slug=slug, name=name, time_zone=time_zone, sell_coefficient=sell_coefficient,
-                              credit_limit=credit_limit, dry_run=dry_run)
+                              credit_limit=credit_limit, routing=routing, dry_run=dry_run)
     return update_company(company=existing, name=name, credit_limit=credit_limit, dry_run=dry_run,
-                          **_company_settings(time_zone, sell_coefficient))
+                          **_company_settings(time_zone, sell_coefficient, routing))
 
 
 # --- departments ---------------------------------------------------------------------------

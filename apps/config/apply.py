@@ -192,7 +192,7 @@ class _Run:
         options = {**(v.get("options") or {}), **{name: v[name] for name in OPTION_FIELDS if name in v}}
         outcome = self.attempt("provider", e, lambda: providers.upsert_provider(
             slug=v["slug"], kind=v["kind"], name=v.get("name", ""), base_url=v.get("base_url", ""),
-            internal=v.get("internal", False), options=options, egress=egress, dry_run=self.dry_run))
+            internal=v.get("internal", False), options=options, egress=egress, country=v.get("country", ""), dry_run=self.dry_run))
         self.record("provider", e, outcome, v["slug"])
 
     def supplier_key(self, e: Entry) -> None:
@@ -226,7 +226,8 @@ class _Run:
         provider = self.ref("provider", v["provider"], join(e.place, "provider"), lambda: Provider.objects.filter(slug=v["provider"]).first())
         outcome = self.attempt("model", e, lambda: providers.upsert_model(
             name=v["name"], provider=provider, upstream_model=v.get("upstream_model"), modality=v.get("modality"),
-            context_window=v.get("context_window"), max_output_tokens=v.get("max_output_tokens"), dry_run=self.dry_run))
+            context_window=v.get("context_window"), max_output_tokens=v.get("max_output_tokens"),
+            fallbacks=v.get("fallbacks"), routing=v.get("routing"), dry_run=self.dry_run))
         model = self.record("model", e, outcome, v["name"])
         if model is _FAILED or "price" not in v:
             return
@@ -250,7 +251,8 @@ class _Run:
         v = e.values
         outcome = self.attempt("company", e, lambda: accounts.upsert_company(
             slug=v["slug"], name=v["name"], time_zone=v.get("time_zone"), sell_coefficient=v.get("sell_coefficient"),
-            credit_limit=v.get("credit_limit", 0), dry_run=self.dry_run))
+            credit_limit=v.get("credit_limit", 0),
+            routing=accounts.CompanyRouting(data_residency=v.get("data_residency"), fallbacks=v.get("fallbacks")), dry_run=self.dry_run))
         self.record("company", e, outcome, v["slug"])
 
     def department(self, e: Entry) -> None:
@@ -305,7 +307,7 @@ class _Run:
             "limit_total": limits.get("total"), "limit_weekly": limits.get("weekly"), "limit_monthly": limits.get("monthly"),
             "rpm": limits.get("rpm"), "tpm": limits.get("tpm"),
             "models_allow": v.get("models_allow", []), "models_deny": v.get("models_deny", []), "ip_allow": v.get("ip_allow", []),
-            "max_distinct_ips": v.get("max_distinct_ips"), "expires_at": expires_at,
+            "max_distinct_ips": v.get("max_distinct_ips"), "expires_at": expires_at, "fallbacks": v.get("fallbacks", {}),
         })
         return settings
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
 
-from apps.accounts.models import validate_time_zone
+from apps.accounts.models import DataResidency, validate_fallbacks, validate_time_zone
 from apps.config.exceptions import ConfigError
 from apps.config.schema import (
     Invalid,
@@ -35,7 +36,7 @@ from apps.config.schema import (
     text,
     validated,
 )
-from apps.providers.models import OPTION_FIELDS, Modality, ProviderKind, SupplierKeyStatus
+from apps.providers.models import OPTION_FIELDS, Modality, ProviderKind, Routing, SupplierKeyStatus
 from apps.proxy.models import TokenEnvironment, TokenStatus, validate_cidr, validate_token_secret
 from lib.money import Currency
 
@@ -61,6 +62,20 @@ _LIMITS = mapping({
     "rpm": Key(integer(minimum=1)),
     "tpm": Key(integer(minimum=1)),
 })
+
+
+def _fallback_map(value: Any, place: str) -> dict[str, list[str]]:
+    """A company's or token's fallback chains: ``{"<model>": ["<fallback model>", ...]}``."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, list) for k, v in value.items()):
+        raise Invalid.at(place, _("expected a mapping of model name to a list of fallback model names"))
+    try:
+        validate_fallbacks(value)
+    except ValidationError as exc:
+        raise Invalid.at(place, " ".join(exc.messages)) from None
+    return {model: list(chain) for model, chain in value.items()}
+
+
+_FALLBACKS = _fallback_map
 _TOKEN = mapping({
     "name": Key(text, required=True),
     "department": Key(slug),
@@ -74,6 +89,7 @@ _TOKEN = mapping({
     "environment": Key(choice(TokenEnvironment.values)),
     "status": Key(choice(TokenStatus.values)),
     "owner": Key(email),
+    "fallbacks": Key(_FALLBACKS),
 })
 _DEPARTMENT = mapping({
     "slug": Key(slug, required=True),
@@ -101,6 +117,7 @@ SCHEMA = mapping({
         "options": Key(options),
         # Kind-specific fields (``apps.providers.models.OPTION_FIELDS``), kept in the provider's options.
         **{name: Key(text) for name in OPTION_FIELDS},
+        "country": Key(text),
         "egress": Key(slug),
         "keys": Key(list_of(_SUPPLIER_KEY)),
     }))),
@@ -111,6 +128,8 @@ SCHEMA = mapping({
         "modality": Key(choice(Modality.values)),
         "context_window": Key(integer(minimum=1)),
         "max_output_tokens": Key(integer(minimum=1)),
+        "fallbacks": Key(list_of(text)),
+        "routing": Key(choice(Routing.values)),
         "price": Key(_PRICE),
     }))),
     "fx": Key(list_of(mapping({
@@ -124,6 +143,8 @@ SCHEMA = mapping({
         "sell_coefficient": Key(coefficient),
         "credit_limit": Key(amount()),
         "top_up": Key(amount()),
+        "data_residency": Key(choice(DataResidency.values)),
+        "fallbacks": Key(_FALLBACKS),
         "departments": Key(list_of(_DEPARTMENT)),
         "tokens": Key(list_of(_TOKEN)),
     }))),

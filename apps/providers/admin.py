@@ -96,13 +96,13 @@ class EgressProxyAdmin(admin.ModelAdmin):
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     # The model's clean() refuses unsafe base URLs (SSRF) unless "internal" is ticked.
-    list_display = ["slug", "name", "kind", "base_url", "internal", "egress", "is_active", "created_at"]
-    list_filter = ["kind", "internal", "is_active"]
+    list_display = ["slug", "name", "kind", "base_url", "country", "internal", "egress", "is_active", "created_at"]
+    list_filter = ["kind", "country", "internal", "is_active"]
     search_fields = ["slug", "name", "base_url"]
     list_select_related = ["egress"]
     autocomplete_fields = ["egress"]
     date_hierarchy = "created_at"
-    fields = ["slug", "name", "kind", "base_url", "internal", "egress", "options", "is_active"]
+    fields = ["slug", "name", "kind", "base_url", "country", "internal", "egress", "options", "is_active"]
 
     def formfield_for_dbfield(self, db_field, request: HttpRequest, **kwargs: Any):
         if db_field.name == "base_url":
@@ -115,9 +115,9 @@ class ProviderAdmin(admin.ModelAdmin):
 class ModelAdmin(ExportPermissionMixin, ImportExportMixin, admin.ModelAdmin):
     resource_classes = [ModelResource]
     formats = SPREADSHEET_FORMATS
-    list_display = ["name", "provider", "upstream_model", "modality", "context_window", "max_output_tokens", "is_active",
-                    "created_at"]
-    list_filter = ["modality", "is_active", "provider"]
+    list_display = ["name", "provider", "upstream_model", "modality", "context_window", "max_output_tokens", "fallbacks",
+                    "routing", "is_active", "created_at"]
+    list_filter = ["modality", "routing", "is_active", "provider"]
     search_fields = ["name", "upstream_model", "provider__slug"]
     list_select_related = ["provider"]
     autocomplete_fields = ["provider"]

@@ -3,12 +3,14 @@ from __future__ import annotations
 from decimal import Decimal
 from urllib.parse import urlsplit
 
+from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from apps.accounts.models import MAX_FALLBACKS
 from lib import crypto
 from lib.money import Currency
 from lib.ssrf import UnsafeURLError, validate_outbound_url
@@ -31,6 +33,18 @@ class ProviderKind(models.TextChoices):
     QWEN = "qwen", "Qwen"
     OPENAI_COMPATIBLE = "openai_compatible", _("OpenAI-compatible (vLLM, Ollama, …)")
     MOCK = "mock", _("Mock (answers locally)")
+
+
+# Kinds whose providers process data in Russia (their ``country`` defaults to RU).
+RUSSIAN_KINDS = frozenset({ProviderKind.GIGACHAT, ProviderKind.YANDEXGPT})
+
+
+class Routing(models.TextChoices):
+    """How a model's candidates (itself and its fallbacks) are ordered for each request."""
+
+    ORDERED = "ordered", _("Ordered: the model, then its fallbacks in order")
+    CHEAPEST = "cheapest", _("Cheapest first (this request's maximum cost)")
+    FASTEST = "fastest", _("Lowest recent latency first")
 
 
 class EgressProxy(models.Model):
@@ -101,6 +115,9 @@ class Provider(models.Model):
     egress = models.ForeignKey(EgressProxy, on_delete=models.PROTECT, null=True, blank=True, related_name="providers", verbose_name=_("egress proxy"))
     options = models.JSONField(_("options"), default=dict, blank=True,
                                help_text=_("Kind-specific options, e.g. for mock: latency_ms, chunks."))
+    country = models.CharField(_("country"), max_length=2, blank=True,
+                               help_text=_("Where the provider processes data (ISO 3166-1 alpha-2). RU lets companies "
+                                           "with Russian data residency use it; GigaChat and YandexGPT default to RU."))
     is_active = models.BooleanField(_("active"), default=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
@@ -115,7 +132,12 @@ class Provider(models.Model):
     def clean(self) -> None:
         """Raise ``ValidationError`` unless a provider (other than the mock) has a base URL — and, when
         its options name one, an ``auth_url`` — that passes ``validate_outbound_url`` (the host is
-        resolved: a DNS lookup)."""
+        resolved: a DNS lookup). Upper-cases ``country``; GigaChat and YandexGPT default to RU."""
+        self.country = (self.country or "").upper()
+        if not self.country and self.kind in RUSSIAN_KINDS:
+            self.country = "RU"
+        if self.country and (len(self.country) != 2 or not self.country.isalpha()):
+            raise ValidationError({"country": _("Use a two-letter country code.")})
         if self.kind == ProviderKind.MOCK:
             return
         if not self.base_url:
@@ -151,6 +173,11 @@ class Model(models.Model):
     modality = models.CharField(_("modality"), max_length=16, choices=Modality.choices, default=Modality.CHAT)
     context_window = models.PositiveIntegerField(_("context window, tokens"), default=128_000)
     max_output_tokens = models.PositiveIntegerField(_("max output tokens"), default=16_384)
+    fallbacks = ArrayField(models.CharField(max_length=128), default=list, blank=True, size=MAX_FALLBACKS,
+                           verbose_name=_("fallback models"),
+                           help_text=_("Public names of the models to try, in order, when this one fails before answering. "
+                                       "A company's or token's chain overrides this one."))
+    routing = models.CharField(_("routing"), max_length=16, choices=Routing.choices, default=Routing.ORDERED)
     is_active = models.BooleanField(_("active"), default=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
@@ -163,9 +190,11 @@ class Model(models.Model):
         return self.name
 
     def clean(self) -> None:
-        """Raise ``ValidationError`` if ``max_output_tokens`` exceeds ``context_window`` (tokens)."""
+        """Raise ``ValidationError`` if ``max_output_tokens`` exceeds ``context_window`` (tokens) or the model is its own fallback."""
         if self.max_output_tokens and self.context_window and self.max_output_tokens > self.context_window:
             raise ValidationError({"max_output_tokens": _("Cannot exceed the context window.")})
+        if self.name in (self.fallbacks or []):
+            raise ValidationError({"fallbacks": _("A model cannot be its own fallback.")})
 
 
 class PriceQuerySet(models.QuerySet):

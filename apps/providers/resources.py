@@ -35,7 +35,8 @@ class ModelResource(SpreadsheetSafeMixin, resources.ModelResource):
     class Meta:
         model = Model
         import_id_fields = ["name"]
-        fields = ["name", "provider", "upstream_model", "modality", "context_window", "max_output_tokens", "is_active"]
+        fields = ["name", "provider", "upstream_model", "modality", "context_window", "max_output_tokens", "fallbacks", "routing",
+                  "is_active"]
         export_order = fields
         clean_model_instances = True
         skip_unchanged = True

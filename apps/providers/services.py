@@ -17,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts.models import Supplier
-from apps.providers.models import EgressProxy, Model, Price, Provider, SupplierKey
+from apps.providers.models import RUSSIAN_KINDS, EgressProxy, Model, Price, Provider, SupplierKey
 from lib.crypto import SecretDecryptionError
 from lib.upsert import UNCHANGED, UPDATED, Outcome, find_for_update, model_default, save_staged, stage
 
@@ -52,6 +52,7 @@ def upsert_provider(
     internal: bool = False,
     options: dict[str, Any] | None = None,
     egress: EgressProxy | None = None,
+    country: str = "",
     dry_run: bool = False,
 ) -> Outcome:
     """``base_url`` is checked against SSRF by ``Provider.clean`` (loopback/private only if ``internal``)."""
@@ -61,6 +62,7 @@ def upsert_provider(
         changed = stage(provider, {
             "kind": kind, "name": name, "base_url": base_url, "internal": internal,
             "options": options or {}, "egress": egress,
+            "country": (country or ("RU" if kind in RUSSIAN_KINDS else "")).upper(),
         })
         return save_staged(provider, changed, dry_run=dry_run)
 
@@ -112,9 +114,12 @@ def upsert_model(
     modality: str | None = None,
     context_window: int | None = None,
     max_output_tokens: int | None = None,
+    fallbacks: list[str] | None = None,
+    routing: str | None = None,
     dry_run: bool = False,
 ) -> Outcome:
-    """The public model ``name`` served by ``provider`` as ``upstream_model`` (default: ``name``)."""
+    """The public model ``name`` served by ``provider`` as ``upstream_model`` (default: ``name``),
+    with its fallback chain (public names, in order) and routing strategy (``Routing``)."""
     with transaction.atomic():
         # Lock: two configuration runs editing the same model.
         model = find_for_update(Model.objects, dry_run=dry_run, name=name) or Model(name=name)
@@ -124,6 +129,8 @@ def upsert_model(
             "modality": modality or model_default(Model, "modality"),
             "context_window": context_window if context_window is not None else model_default(Model, "context_window"),
             "max_output_tokens": max_output_tokens if max_output_tokens is not None else model_default(Model, "max_output_tokens"),
+            "fallbacks": list(fallbacks or []),
+            "routing": routing or model_default(Model, "routing"),
         })
         return save_staged(model, changed, dry_run=dry_run)
 

@@ -46,7 +46,7 @@ class ApiTokenForm(forms.ModelForm):
     class Meta:
         model = ApiToken
         fields = ["company", "department", "owner", "name", "environment", "limit_total", "limit_weekly", "limit_monthly",
-                  "rpm", "tpm", "models_allow", "models_deny", "ip_allow", "max_distinct_ips", "expires_at"]
+                  "rpm", "tpm", "models_allow", "models_deny", "ip_allow", "max_distinct_ips", "expires_at", "fallbacks"]
 
     def clean(self) -> dict[str, Any]:
         super().clean()
@@ -78,7 +78,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
     autocomplete_fields = ["company", "department", "owner"]
     date_hierarchy = "created_at"
     _editable = ["company", "department", "owner", "name", "environment", "limit_total", "limit_weekly", "limit_monthly",
-                 "rpm", "tpm", "models_allow", "models_deny", "ip_allow", "max_distinct_ips", "expires_at"]
+                 "rpm", "tpm", "models_allow", "models_deny", "ip_allow", "max_distinct_ips", "expires_at", "fallbacks"]
     _shown = ["secret_prefix", "status", "status_reason", "last_used_at", "created_at", "updated_at"]
 
     limit_total_rub = rub_column("limit_total", _("total limit, RUB"))

@@ -11,6 +11,8 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from apps.accounts.models import validate_fallbacks
+
 TOKEN_PREFIX = "js-"
 # 32 random bytes → 43 url-safe characters; a given secret must carry at least as many.
 MIN_SECRET_CHARS = 32
@@ -89,6 +91,9 @@ class ApiToken(models.Model):
     ip_allow = ArrayField(models.CharField(max_length=64, validators=[validate_cidr]), default=list, blank=True,
                           verbose_name=_("IP allow-list (CIDR)"), help_text=_("Empty = any address."))
     max_distinct_ips = models.PositiveIntegerField(_("max distinct client IPs per day"), null=True, blank=True)
+    fallbacks = models.JSONField(_("fallback chains"), default=dict, blank=True, validators=[validate_fallbacks],
+                                 help_text=_('Per model, the models to try when it fails: {"gpt-4o-mini": ["deepseek-chat"]}. '
+                                             "Overrides the company's and the model's chains."))
     expires_at = models.DateTimeField(_("expires"), null=True, blank=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)

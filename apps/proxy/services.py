@@ -23,7 +23,7 @@ from lib.upsert import UNCHANGED, Outcome, find_for_update, model_default, save_
 TOKEN_SETTINGS = (
     "department", "owner", "environment",
     "limit_total", "limit_weekly", "limit_monthly", "rpm", "tpm",
-    "models_allow", "models_deny", "ip_allow", "max_distinct_ips", "expires_at",
+    "models_allow", "models_deny", "ip_allow", "max_distinct_ips", "expires_at", "fallbacks",
 )
 
 

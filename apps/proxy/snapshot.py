@@ -16,7 +16,7 @@ import logging
 import random
 import time
 import zoneinfo
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -70,6 +70,13 @@ class TokenSnapshot:
     max_distinct_ips: int | None
     time_zone: zoneinfo.ZoneInfo
     sell_coef_units: int
+    residency: str = "any"  # the company's data residency: "any" | "ru"
+    fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the token's chains over the company's
+
+    def fallbacks_for(self, route: ModelRoute) -> tuple[str, ...]:
+        """The fallback chain for ``route``: the token's or company's for that model, else the model's own."""
+        chain = self.fallbacks.get(route.name)
+        return route.fallbacks if chain is None else chain
 
     def may_use(self, model: str) -> bool:
         """Whether the token may call the public model ``model``: not if denied; yes if the allow-list is empty or names it."""
@@ -128,6 +135,9 @@ class ModelRoute:
     keys: list[KeyRoute] = field(default_factory=list)
     internal: bool = False
     egress_internal: bool = False
+    fallbacks: tuple[str, ...] = ()  # public names to try when this model fails, in order
+    routing: str = "ordered"  # how candidates are ordered: "ordered" | "cheapest" | "fastest"
+    country: str = ""  # where the provider processes data (ISO 3166-1 alpha-2, "" = not said)
     target: Target = field(init=False)  # where the adapter sends this model's calls
 
     def __post_init__(self) -> None:
@@ -193,6 +203,8 @@ def _load_token(key_hash: str) -> TokenSnapshot | None:
         max_distinct_ips=token.max_distinct_ips,
         time_zone=zoneinfo.ZoneInfo(token.company.time_zone),
         sell_coef_units=coefficient_units(token.company.sell_coefficient),
+        residency=token.company.data_residency,
+        fallbacks={model: tuple(chain) for model, chain in {**token.company.fallbacks, **token.fallbacks}.items()},
     )
 
 
@@ -232,6 +244,7 @@ def _load_routes() -> dict[str, ModelRoute]:
             price_cached=price.cached_input_per_1m if price else 0,
             fx_micro=fx.get(price.currency) if price else None,
             keys=keys.get(provider.pk, []), internal=provider.internal, egress_internal=egress_internal,
+            fallbacks=tuple(model.fallbacks), routing=model.routing, country=provider.country,
         )
     return routes
 

@@ -291,7 +291,7 @@ class AnthropicStream:
     def _start(self) -> list[bytes]:
         self._started = True
         call = self._call
-        message: dict[str, Any] = {"id": message_id(call), "type": "message", "role": "assistant", "model": call.request.model, "content": [],
+        message: dict[str, Any] = {"id": message_id(call), "type": "message", "role": "assistant", "model": call.route.name, "content": [],
                    "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": call.input_tokens_estimate, "output_tokens": 0}}
         return [sse("message_start", {"type": "message_start", "message": message}), PING]
@@ -368,7 +368,7 @@ class AnthropicDialect(Dialect):
             content.append({"type": "text", "text": answer.text or answer.refusal})
         content.extend({"type": "tool_use", "id": c.id, "name": c.name, "input": _tool_input(c.arguments)} for c in answer.tool_calls)
         stop = "tool_use" if answer.tool_calls else STOP_REASONS.get(answer.finish_reason or "stop", "end_turn")
-        return orjson.dumps({"id": message_id(call), "type": "message", "role": "assistant", "model": call.request.model,
+        return orjson.dumps({"id": message_id(call), "type": "message", "role": "assistant", "model": call.route.name,
                              "content": content, "stop_reason": stop, "stop_sequence": None, "usage": usage(call)})
 
     def stream_renderer(self, call: Call) -> AnthropicStream:

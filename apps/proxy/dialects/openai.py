@@ -226,12 +226,13 @@ def render_events(events: list[bytes]) -> bytes:
 
 
 def render_usage_chunk(request: CanonicalRequest, usage_chunk: dict[str, Any] | None, *, response_id: str, created: int,
-                       input_tokens: int, output_tokens: int, cost: str) -> bytes:
+                       input_tokens: int, output_tokens: int, cost: str, model: str | None = None) -> bytes:
     """The stream's last chunk when the client asked for ``stream_options.include_usage``: the
-    upstream's usage chunk (or a new one) with the billed token counts and ``usage.cost`` (RUB,
-    six decimals, as a JSON number)."""
+    upstream's usage chunk (or a new one, named ``model`` — default the requested model) with the
+    billed token counts and ``usage.cost`` (RUB, six decimals, as a JSON number)."""
     chunk_object = "text_completion" if request.endpoint == "completion" else "chat.completion.chunk"
-    final = usage_chunk or {"id": response_id, "object": chunk_object, "created": created, "model": request.model, "choices": []}
+    final = usage_chunk or {"id": response_id, "object": chunk_object, "created": created, "model": model or request.model,
+                            "choices": []}
     final["usage"] = {**(final.get("usage") or {}), "prompt_tokens": input_tokens, "completion_tokens": output_tokens,
                       "total_tokens": input_tokens + output_tokens, "cost": orjson.Fragment(cost.encode())}
     return b"data: " + orjson.dumps(final) + b"\n\n"
@@ -303,7 +304,7 @@ class OpenAIStream:
 
     def __init__(self, call: Call) -> None:
         self._call = call
-        self._rename = model_renamer(call.request.model, call.route.upstream_model)
+        self._rename = model_renamer(call.route.name, call.route.upstream_model)  # the model that answers
 
     def events(self, events: list[bytes]) -> bytes:
         """See ``StreamRenderer.events``: ``render_events`` of the (renamed) events."""
@@ -320,7 +321,8 @@ class OpenAIStream:
         if not call.request.include_usage:
             return DONE
         tail = render_usage_chunk(call.request, usage_chunk, response_id=f"chatcmpl-{call.id}", created=int(call.started),
-                                  input_tokens=call.input_tokens, output_tokens=call.output_tokens, cost=format_rub(call.sell, 6))
+                                  input_tokens=call.input_tokens, output_tokens=call.output_tokens, cost=format_rub(call.sell, 6),
+                                  model=call.route.name)
         # The usage chunk may be the upstream's, with its model id.
         return (tail if self._rename is None else self._rename(tail)) + DONE
 
@@ -336,7 +338,7 @@ class OpenAIDialect(Dialect):
 
     def render_body(self, call: Call, body: bytes) -> bytes:
         """See ``Dialect.render_body``: the body as it came, with the public model name."""
-        rename = model_renamer(call.request.model, call.route.upstream_model)
+        rename = model_renamer(call.route.name, call.route.upstream_model)  # the model that answered (a fallback's, maybe)
         return body if rename is None else rename(body)
 
     def stream_renderer(self, call: Call) -> OpenAIStream:

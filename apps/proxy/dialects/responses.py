@@ -283,7 +283,7 @@ def response_object(call: Call, *, status: str, output: list[dict[str, Any]], us
     if status == "completed" and reason:
         status = "incomplete"
     return {"id": response_id, "object": "response", "created_at": int(call.started), "status": status, "error": error,
-            "incomplete_details": {"reason": reason} if status == "incomplete" else None, "model": call.request.model,
+            "incomplete_details": {"reason": reason} if status == "incomplete" else None, "model": call.route.name,
             "output": output, "previous_response_id": None, "store": False, "truncation": "disabled", **_echo(call),
             "usage": usage}
 

@@ -32,7 +32,8 @@ from .context import Call
 from .idempotency import IdempotencyStore
 from .relay import relay_body, relay_stream
 from .responses import Cors, answering, send_error, send_json
-from .spend import SpendCounters, estimate, rate_headers
+from .routing import ProviderHealth, choose
+from .spend import SpendCounters, rate_headers
 from .upstream import Timeouts, UpstreamClient
 
 logger = logging.getLogger("jetstream.proxy")
@@ -64,7 +65,8 @@ class ProxyApp:
         self.client_address = ClientAddress(header=conf["TRUSTED_PROXY_HEADER"], trusted_proxies=conf["TRUSTED_PROXIES"])
         self.redis = Redis(settings.REDIS_URL)
         self.snapshots = SnapshotCache(self.redis)
-        self.upstream = UpstreamClient(timeouts=Timeouts.from_settings(conf))
+        self.upstream = UpstreamClient(timeouts=Timeouts.from_settings(conf), health=ProviderHealth(
+            down_seconds=conf["PROVIDER_DOWN_SECONDS"], step_seconds=conf["PROVIDER_RAMP_STEP_SECONDS"]))
         self.counters = SpendCounters(self.redis, self.snapshots, reservation_ttl=conf["HOLD_TTL_SECONDS"])
         self.distinct_ips = DistinctIpCap(self.redis)
         self.idempotency = IdempotencyStore(self.redis, self.counters)
@@ -179,7 +181,7 @@ class ProxyApp:
 
     # ------------------------------------------------------------------ the inference pipeline
     async def inference(self, call: Call, receive, send) -> None:
-        """authenticate → read + validate → police → [moderate] → estimate → idempotency → reserve → call upstream
+        """authenticate → read + validate → police → [moderate] → route + estimate → idempotency → reserve → call upstream
         → relay → settle + meter (docs/proxy.md has the stage table)."""
         await authenticate(call, self.snapshots)
         call.raw = await read_body(call.scope, receive, self.max_body)
@@ -187,7 +189,7 @@ class ProxyApp:
         police(call, self.snapshots)
         await self.distinct_ips.admit(call)
         # The moderation stage (apps/moderation) goes here: it may mask call.request or refuse the call.
-        estimate(call)
+        choose(call, self.snapshots, self.upstream.health)  # fallbacks, routing strategy, residency; estimate
         call.idempotency_key = call.header(b"idempotency-key")
         if call.idempotency_key is not None and await self.idempotency.replay(call, send):
             return

@@ -38,6 +38,16 @@ class Reservation:
     tpm_left: int
 
 
+@dataclass(slots=True, frozen=True)
+class Candidate:
+    """A model that may answer a call (the requested one or a fallback, ``pipeline.routing``): its
+    route and this request's estimate on it — input tokens and the output cap over all choices."""
+
+    route: ModelRoute
+    input_tokens: int
+    max_output_tokens: int
+
+
 @dataclass(slots=True)
 class Call:
     """One ``/v1`` request through the pipeline; stages fill it in the order of the stage table."""
@@ -51,11 +61,12 @@ class Call:
     # Set by the stages, in this order; unset until then (reading one early is a bug: AttributeError).
     token: TokenSnapshot = field(init=False)  # authenticate
     request: CanonicalRequest = field(init=False)  # read + validate
-    route: ModelRoute = field(init=False)  # police
+    route: ModelRoute = field(init=False)  # police; routing may put a fallback first; upstream: the model that answered
     reservation: Reservation = field(init=False)  # reserve
     raw: bytes = b""
     input_tokens_estimate: int = 0
     max_output_tokens: int = 0  # over all choices
+    fallbacks: tuple[Candidate, ...] = ()  # routing: the models tried after ``route``, in order
     idempotency_key: str | None = None
     idempotency_stored: bool = False
     # upstream and usage
@@ -75,6 +86,11 @@ class Call:
         """The public model name the client asked for ("" before the body is read)."""
         request = getattr(self, "request", None)
         return request.model if request is not None else ""
+
+    def use(self, candidate: Candidate) -> None:
+        """Make ``candidate`` the call's route, with its estimate."""
+        self.route, self.input_tokens_estimate, self.max_output_tokens = (candidate.route, candidate.input_tokens,
+                                                                          candidate.max_output_tokens)
 
     def header(self, name: bytes) -> str | None:
         """A request header's value (latin-1, stripped), or None."""

@@ -181,8 +181,13 @@ class _StreamRun:
         self.decoder: StreamDecoder | None = None
         self.cut = False  # the client left and the drain time ran out: the upstream was closed
 
+    def _accepted(self) -> None:
+        # An upstream answered, before any event was rendered: render for the model that answered (a fallback, maybe).
+        self.client.renderer = self.call.dialect.stream_renderer(self.call)
+        self.client.arm()
+
     async def _work(self) -> None:
-        self.opened = await self.upstream.open(self.call, on_accepted=self.client.arm)
+        self.opened = await self.upstream.open(self.call, on_accepted=self._accepted)
         self.decoder = self.opened.adapter.stream_decoder(self.call.request)
         await _pump(self.call, self.opened, self.decoder, self.client, self.upstream.timeouts.idle)
 

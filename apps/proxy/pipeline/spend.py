@@ -14,6 +14,7 @@ import math
 import time
 
 from apps.billing.models import UsageStatus
+from apps.providers.adapters.base import CanonicalRequest
 from lib import tokenizer
 from lib.money import cost_from_units, format_rub
 from lib.resp import Redis
@@ -52,18 +53,23 @@ def rub(micro: int) -> str:
 
 
 def estimate(call: Call) -> None:
-    """Fill ``call.input_tokens_estimate`` and ``call.max_output_tokens`` (over all choices).
+    """Fill ``call.input_tokens_estimate`` and ``call.max_output_tokens`` (over all choices) for
+    ``call.route`` (``estimate_for``). Raises ``ApiError`` 400 as ``estimate_for`` does."""
+    call.input_tokens_estimate, call.max_output_tokens = estimate_for(call.request, call.route)
+
+
+def estimate_for(request: CanonicalRequest, route: ModelRoute) -> tuple[int, int]:
+    """(input tokens counted with the model's tokenizer, the output cap over all choices) of
+    ``request`` on ``route``; embeddings have no output (0).
 
     Raises ``ApiError`` 400 ``max_tokens_too_large`` / ``context_length_exceeded``."""
-    request, route = call.request, call.route
     body = request.body
     if request.endpoint == "chat":
         input_tokens = tokenizer.count_chat_request(body, encoding=tokenizer.encoding_for_model(route.upstream_model))
     elif request.endpoint == "completion":
         input_tokens = tokenizer.count_prompt_input(body["prompt"])
     else:
-        call.input_tokens_estimate, call.max_output_tokens = tokenizer.count_embedding_input(body["input"]), 0
-        return
+        return tokenizer.count_embedding_input(body["input"]), 0
     room = max(0, route.context_window - input_tokens)
     if request.max_tokens is not None:
         if request.max_tokens > route.max_output_tokens:
@@ -77,7 +83,7 @@ def estimate(call: Call) -> None:
         raise bad_request(f"This request needs {input_tokens} input tokens and up to {request.max_tokens or 0} output tokens; "
                           f"the model's context window is {route.context_window}.", param="messages",
                           code="context_length_exceeded")
-    call.input_tokens_estimate, call.max_output_tokens = input_tokens, max_out * request.n
+    return input_tokens, max_out * request.n
 
 
 def price(route: ModelRoute, input_tokens: int, output_tokens: int, cached_tokens: int, coef_units: int) -> int:
@@ -163,6 +169,8 @@ class SpendCounters:
         limit (with ``Retry-After`` for rate limits), 503 if counters cannot be seeded."""
         token = call.token
         amount = price(call.route, call.input_tokens_estimate, call.max_output_tokens, 0, token.sell_coef_units)
+        for fallback in call.fallbacks:  # whichever model answers, its cost fits what is held
+            amount = max(amount, price(fallback.route, fallback.input_tokens, fallback.max_output_tokens, 0, token.sell_coef_units))
         now = time.time()
         keys = self.keys_for(token, now)
         rpm_cur, rpm_prev, tpm_cur, tpm_prev, frac = rate_keys(token.id, now)

@@ -41,6 +41,7 @@ from lib.ssrf import GuardedResolver, SocketFactory, guarded_socket
 from ..exceptions import ApiError
 from ..snapshot import KeyRoute, ModelRoute
 from .context import Call
+from .routing import ProviderHealth
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +99,19 @@ def _cool_down(key: KeyRoute, seconds: float) -> None:
     key.cooldown_until = max(key.cooldown_until, time.monotonic() + seconds)
 
 
-class UpstreamClient:
-    """The worker's pooled upstream connections (aiohttp) and the call with failover."""
+class RouteExhausted(ApiError):
+    """A model could not answer for reasons of its own (no adapter, no key, every key failed over):
+    the call's next fallback may."""
 
-    def __init__(self, *, timeouts: Timeouts, resolver: AbstractResolver | None = None) -> None:
+
+class UpstreamClient:
+    """The worker's pooled upstream connections (aiohttp) and the call with failover (keys, then
+    fallback models). ``health`` tracks providers' outages and models' latency (``pipeline.routing``)."""
+
+    def __init__(self, *, timeouts: Timeouts, resolver: AbstractResolver | None = None,
+                 health: ProviderHealth | None = None) -> None:
         self.timeouts = timeouts
+        self.health = health or ProviderHealth()
         # aiohttp enforces only the connect limit; the first-byte, idle and total limits depend on
         # whether the call streams, so ``_attempt`` and the relay apply them per call.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_connect=timeouts.connect)
@@ -158,20 +167,66 @@ class UpstreamClient:
             await self._guard.close()
 
     async def open(self, call: Call, *, on_accepted: Callable[[], None] | None = None) -> Opened:
-        """Start the call's upstream answer (sets ``call.key`` to the key that served it): for a stream,
-        up to its first body bytes. ``on_accepted`` is called when an upstream answered 2xx headers
-        (the relay may then keep the client's connection alive). Raises ``ApiError``: 501 (no adapter
-        for the kind), 503 (no key), or the last key's failure (504 ``upstream_timeout`` for a timeout)."""
+        """Start the call's upstream answer: the call's route, then its fallbacks (``call.fallbacks``,
+        see ``pipeline.routing``) while a model fails in a way the next one may not. Sets ``call.route``
+        (with its estimate) to the model that answered and ``call.key`` to the key that served it, and
+        adds ``x-jetstream-provider`` / ``x-jetstream-model`` to ``call.headers``. For a stream, up to
+        its first body bytes; ``on_accepted`` is called when an upstream answered 2xx headers (the
+        relay may then keep the client's connection alive). Raises ``ApiError``: 501 (no adapter for
+        the kind), 503 (no key), or the last failure (504 ``upstream_timeout`` for a timeout)."""
+        if not call.fallbacks:
+            return await self._open_model(call, on_accepted)
+        fallbacks, exhausted = list(call.fallbacks), None
+        while True:
+            try:
+                return await self._open_model(call, on_accepted)
+            except RouteExhausted as exc:
+                if not fallbacks:
+                    raise
+                exhausted = exc
+            logger.info("request %s: model %s failed (%s); trying %s", call.id, call.route.name, exhausted.code,
+                        fallbacks[0].route.name)
+            call.use(fallbacks.pop(0))
+
+    async def _open_model(self, call: Call, on_accepted: Callable[[], None] | None) -> Opened:
+        started, route = time.monotonic(), call.route
+        named = False
+
+        def name_server() -> None:  # before a keep-alive may start the client's response
+            nonlocal named
+            if not named:
+                named = True
+                call.headers.extend(((b"x-jetstream-provider", route.provider_slug.encode()),
+                                     (b"x-jetstream-model", route.name.encode())))
+
+        def accepted() -> None:
+            name_server()
+            if on_accepted is not None:
+                on_accepted()
+
+        try:
+            opened = await self._open_route(call, accepted)
+        except RouteExhausted:
+            self.health.failed(route.provider_id)
+            raise
+        self.health.answered(route, time.monotonic() - started)
+        name_server()
+        return opened
+
+    async def _open_route(self, call: Call, on_accepted: Callable[[], None] | None) -> Opened:
+        """The call's route, its keys in order with failover. Raises ``RouteExhausted`` when another
+        model may still answer (no adapter, no key, every key failed), ``ApiError`` when not."""
         route = call.route
         adapter = adapter_for(route.provider_kind)
         if adapter is None:
-            raise ApiError(501, f"Provider kind '{route.provider_kind}' has no adapter yet.", type="api_error",
-                           code="provider_not_supported")
+            raise RouteExhausted(501, f"Provider kind '{route.provider_kind}' has no adapter yet.", type="api_error",
+                                 code="provider_not_supported")
         if not adapter.needs_key:
             return await self._attempt(adapter, call, None, on_accepted)
         keys = route.pick_keys()
         if not keys:
-            raise ApiError(503, "No upstream key is available for this model right now.", type="api_error", code="no_upstream_key")
+            raise RouteExhausted(503, "No upstream key is available for this model right now.", type="api_error",
+                                 code="no_upstream_key")
         failure = UpstreamFailure(502, "The upstream provider failed.")
         for key in keys[:MAX_ATTEMPTS]:
             try:
@@ -185,7 +240,7 @@ class UpstreamClient:
                 continue
             call.key = key
             return opened
-        raise ApiError.from_upstream(failure)
+        raise RouteExhausted.from_upstream(failure)
 
     async def _attempt(self, adapter: Adapter, call: Call, key: KeyRoute | None,
                        on_accepted: Callable[[], None] | None) -> Opened:
