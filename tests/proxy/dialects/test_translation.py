@@ -27,7 +27,7 @@ def fake_call(raw: bytes = b"{}", **fields):
     request = SimpleNamespace(model="public", include_usage=True, endpoint="chat")
     values = {"id": "req_abc", "started": 1_700_000_000.0, "request": request, "raw": raw, "input_tokens": 10,
               "output_tokens": 5, "cached_tokens": 4, "sell": 1_500_000, "input_tokens_estimate": 9,
-              "route": SimpleNamespace(upstream_model="upstream-id")}
+              "route": SimpleNamespace(name="public", upstream_model="upstream-id")}
     return SimpleNamespace(**{**values, **fields})
 
 
@@ -196,7 +196,7 @@ def test_responses_render_an_answer_with_function_calls():
 
 
 def test_the_openai_stream_passes_bytes_through_and_renames_only_when_needed():
-    same = fake_call(route=SimpleNamespace(upstream_model="public"))
+    same = fake_call(route=SimpleNamespace(name="public", upstream_model="public"))
     event = chunk({"content": "Hi"}).replace(b"upstream-id", b"public")
     assert OPENAI.stream_renderer(same).events([event, event]) == event + b"\n\n" + event + b"\n\n"
     renamed = OPENAI.stream_renderer(fake_call()).events([chunk({"content": "Hi"})])

@@ -208,3 +208,15 @@ def test_the_strategies_order_the_candidates(routing, expected):
     health.answered(routes[2], 0.5)
     ordered = health.order([Candidate(r, 100, 10) for r in routes], routing, 10_000)
     assert [c.route.id for c in ordered] == expected
+
+
+def test_every_dialect_names_the_fallback_that_answered(gateway, fake_openai):
+    import anthropic
+
+    fall_back_to_demo(gateway)
+    fake_openai.behavior(status=500)
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.world.secret, max_retries=0)
+    message = claude.messages.create(model="gpt-4o-mini", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
+    assert message.model == "demo-chat" and message.content[0].text
+    response = gateway.client().responses.create(model="gpt-4o-mini", input="hi", max_output_tokens=20)
+    assert response.model == "demo-chat" and response.output_text
