@@ -90,6 +90,16 @@ class MicroAmountField(forms.Field):
         return micro
 
 
+class MappingField(forms.JSONField):
+    """A JSON mapping typed into a form: empty means ``{}`` (a model's non-null JSON default), not
+    ``None`` — which Django would store as SQL NULL and the database refuse."""
+
+    def to_python(self, value: Any) -> Any:
+        """The parsed JSON, ``{}`` for an empty input. Raises ``ValidationError`` for invalid JSON."""
+        parsed = super().to_python(value)
+        return {} if parsed is None else parsed
+
+
 def rub_column(
     field: str,
     description: StrOrPromise,

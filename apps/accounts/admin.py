@@ -14,7 +14,7 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.accounts.models import Company, Department, Membership, Supplier, SupplierMembership, User
 from apps.billing.models import Account, AccountKind
-from lib.admin import MicroAmountField, rub_column
+from lib.admin import MappingField, MicroAmountField, rub_column
 
 
 class UserCreationForm(BaseUserCreationForm):
@@ -81,6 +81,14 @@ class UserAdmin(DjangoUserAdmin):
         return [] if obj is None else [UserMembershipInline, UserSupplierMembershipInline]
 
 
+class CompanyForm(forms.ModelForm):
+    fallbacks = MappingField(label=_("fallback chains"), required=False, help_text=Company._meta.get_field("fallbacks").help_text)
+
+    class Meta:
+        model = Company
+        fields = "__all__"
+
+
 class DepartmentForm(forms.ModelForm):
     monthly_budget = MicroAmountField(
         label=_("monthly budget, RUB"), required=False,
@@ -108,6 +116,7 @@ class CompanyMembershipInline(MembershipInline):
 
 @admin.register(Company)
 class CompanyAdmin(admin.ModelAdmin):
+    form = CompanyForm
     list_display = ["name", "slug", "sell_coefficient", "data_residency", "wallet_balance", "is_active", "created_at"]
     list_filter = ["is_active", "data_residency"]
     search_fields = ["name", "slug"]

@@ -26,7 +26,7 @@ from django.utils.translation import ngettext
 from apps.proxy import services
 from apps.proxy.exceptions import TokenStateError
 from apps.proxy.models import ApiToken
-from lib.admin import MicroAmountField, rub_column
+from lib.admin import MappingField, MicroAmountField, rub_column
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
@@ -42,6 +42,7 @@ class ApiTokenForm(forms.ModelForm):
     limit_total = MicroAmountField(label=_("total limit, RUB"), required=False, help_text=_LIMIT_HELP)
     limit_weekly = MicroAmountField(label=_("weekly limit, RUB"), required=False, help_text=_LIMIT_HELP)
     limit_monthly = MicroAmountField(label=_("monthly limit, RUB"), required=False, help_text=_LIMIT_HELP)
+    fallbacks = MappingField(label=_("fallback chains"), required=False, help_text=ApiToken._meta.get_field("fallbacks").help_text)
 
     class Meta:
         model = ApiToken

@@ -204,7 +204,8 @@ def _load_token(key_hash: str) -> TokenSnapshot | None:
         time_zone=zoneinfo.ZoneInfo(token.company.time_zone),
         sell_coef_units=coefficient_units(token.company.sell_coefficient),
         residency=token.company.data_residency,
-        fallbacks={model: tuple(chain) for model, chain in {**token.company.fallbacks, **token.fallbacks}.items()},
+        # An admin form left empty stores JSON null: read it as no chains.
+        fallbacks={model: tuple(chain) for model, chain in {**(token.company.fallbacks or {}), **(token.fallbacks or {})}.items()},
     )
 
 

@@ -65,7 +65,7 @@ def test_it_edits_a_company_with_departments_and_memberships_inline(superadmin_c
     company = personas.company_b
     data = {
         "name": "Company B", "slug": "company-b", "time_zone": "Asia/Yekaterinburg", "sell_coefficient": "1.2500",
-        "is_active": "on",
+        "data_residency": "any", "fallbacks": "{}", "is_active": "on",
         "departments-TOTAL_FORMS": "1", "departments-INITIAL_FORMS": "0", "departments-MIN_NUM_FORMS": "0",
         "departments-MAX_NUM_FORMS": "1000",
         "departments-0-slug": "ml", "departments-0-name": "ML", "departments-0-parent": "",

@@ -52,13 +52,14 @@ def test_it_round_trips_models_by_name(catalog):
     dataset = tablib.Dataset(headers=exported.headers)
     for row in exported.dict:
         dataset.append([{**row, "context_window": "64000"}[h] for h in exported.headers])
-    dataset.append(["mock-mini", "mock", "mock-mini-1", "chat", "32000", "4096", "1"])
+    dataset.append(["mock-mini", "mock", "mock-mini-1", "chat", "32000", "4096", "mock-gpt,other", "cheapest", "1"])
     result = ModelResource().import_data(dataset, dry_run=False)
     assert not result.has_errors() and not result.has_validation_errors()
     assert Model.objects.get(name="mock-gpt").context_window == 64_000
-    assert Model.objects.get(name="mock-mini").provider == catalog.provider
+    mini = Model.objects.get(name="mock-mini")
+    assert (mini.provider, mini.fallbacks, mini.routing) == (catalog.provider, ["mock-gpt", "other"], "cheapest")
 
-    bad = tablib.Dataset(["mock-x", "nope", "x", "chat", "1000", "2000", "1"], headers=exported.headers)
+    bad = tablib.Dataset(["mock-x", "nope", "x", "chat", "1000", "2000", "", "ordered", "1"], headers=exported.headers)
     result = ModelResource().import_data(bad, dry_run=False)
     assert result.has_validation_errors()
     assert not Model.objects.filter(name="mock-x").exists()
