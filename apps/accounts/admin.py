@@ -86,7 +86,7 @@ class CompanyForm(forms.ModelForm):
 
     class Meta:
         model = Company
-        fields = "__all__"
+        fields = ["name", "slug", "time_zone", "sell_coefficient", "data_residency", "fallbacks", "is_active"]
 
 
 class DepartmentForm(forms.ModelForm):
