@@ -30,6 +30,13 @@ def _redis_key(call: Call) -> str:
     return f"js:idem:{call.token.id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
+def _request_digest(call: Call) -> str:
+    # The dialect and endpoint are part of the request: one body sent with one key to
+    # /v1/chat/completions and to /v1/messages is two requests (the second is refused 409, never
+    # answered with the first's answer in the other dialect's shape).
+    return hashlib.sha256(f"{call.dialect.name}:{call.endpoint}:".encode() + call.raw).hexdigest()
+
+
 class IdempotencyStore:
     """Claims, stores and replays answers by (token, Idempotency-Key) in Redis."""
 
@@ -44,7 +51,7 @@ class IdempotencyStore:
         if not key or len(key) > MAX_KEY_LENGTH:
             raise bad_request(f"'Idempotency-Key' must be 1-{MAX_KEY_LENGTH} characters.", param="Idempotency-Key",
                               code="invalid_idempotency_key")
-        digest = hashlib.sha256(call.raw).hexdigest()
+        digest = _request_digest(call)
         redis_key = _redis_key(call)
         while True:
             if await self._redis.execute("SET", redis_key, orjson.dumps({"h": digest, "p": 1}), "NX", "EX", TTL_SECONDS):
@@ -74,7 +81,7 @@ class IdempotencyStore:
         """Keep a successful answer for replays (no-op without an Idempotency-Key)."""
         if call.idempotency_key is None:
             return
-        record = {"h": hashlib.sha256(call.raw).hexdigest(), "s": status, "rid": call.id,
+        record = {"h": _request_digest(call), "s": status, "rid": call.id,
                   "hd": [(k.decode(), v.decode()) for k, v in headers], "b": body.decode("latin-1")}
         await self._redis.execute("SET", _redis_key(call), orjson.dumps(record), "XX", "KEEPTTL")
         call.idempotency_stored = True

@@ -253,6 +253,17 @@ def test_an_idempotent_replay_via_messages_costs_nothing(gateway):
     assert UsageRecord.objects.filter(sell_cost__gt=0).count() == 2
 
 
+def test_one_idempotency_key_on_two_dialects_is_two_requests(gateway):
+    # A body both dialects accept, sent with one key to chat completions and then to messages: the
+    # second is refused as a key reused for another request, never answered in the first's shape.
+    body = {"model": "demo-chat", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"Authorization": f"Bearer {gateway.world.secret}", "Idempotency-Key": "both-ways", "anthropic-version": "2023-06-01"}
+    first = httpx.post(f"{gateway.base_url}/chat/completions", json=body, headers=headers, timeout=10)
+    second = httpx.post(f"{gateway.base_url}/messages", json=body, headers=headers, timeout=10)
+    assert first.status_code == 200 and first.json()["object"] == "chat.completion"
+    assert second.status_code == 409 and second.json()["type"] == "error"
+
+
 def test_count_tokens_counts_locally_and_records_nothing(gateway, fake_openai):
     from lib import tokenizer
 
