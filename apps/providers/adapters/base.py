@@ -65,7 +65,10 @@ class CanonicalRequest:
 
     ``endpoint`` is "chat", "completion" or "embedding"; ``body`` the OpenAI-shaped body with the
     public ``model`` name; ``max_tokens`` as requested (None = not given); ``n`` the number of
-    choices that may be generated (``best_of`` included).
+    choices that may be generated (``best_of`` included). ``output_cap`` (tokens per choice) is the
+    most output the gateway reserved money for on the model being called (set by the upstream stage
+    before each model is tried): an adapter whose upstream requires a cap, or whose default could
+    exceed it, sends it when the client gave none.
     """
 
     endpoint: str
@@ -75,6 +78,7 @@ class CanonicalRequest:
     include_usage: bool = False
     max_tokens: int | None = None
     n: int = 1
+    output_cap: int | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -217,6 +217,8 @@ class UpstreamClient:
         """The call's route, its keys in order with failover. Raises ``RouteExhausted`` when another
         model may still answer (no adapter, no key, every key failed), ``ApiError`` when not."""
         route = call.route
+        if call.max_output_tokens:  # the output reserved for (this model's estimate), per choice
+            call.request.output_cap = max(1, call.max_output_tokens // max(call.request.n, 1))
         adapter = adapter_for(route.provider_kind)
         if adapter is None:
             raise RouteExhausted(501, f"Provider kind '{route.provider_kind}' has no adapter yet.", type="api_error",

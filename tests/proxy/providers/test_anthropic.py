@@ -93,7 +93,7 @@ def test_cache_reads_and_writes_count_as_input_and_reads_bill_at_the_cached_pric
     usage = completion.usage
     assert (usage.prompt_tokens, usage.completion_tokens) == (2 + 1000 + 200, 4 + 9)
     assert usage.prompt_tokens_details.cached_tokens == 1000 and usage.completion_tokens_details.reasoning_tokens == 9
-    assert fake_anthropic.last_request.body["max_tokens"] == 4096  # required upstream: the adapter's default
+    assert fake_anthropic.last_request.body["max_tokens"] == 8192  # required upstream: what the gateway reserved for (the model's limit)
     gateway.drain(expect=1)
     assert_billed(record(), 1202, 13, cached=1000)
 

@@ -252,3 +252,8 @@ def test_a_stream_cut_before_its_finish_reason_ends_in_an_error_and_bills_what_c
     assert (record.status, record.http_status) == ("upstream_error", 502)
     # Billed from the last usageMetadata that arrived: the whole prompt and the words generated so far.
     assert (record.input_tokens, record.output_tokens) == (6, 4) and record.sell_cost == cost(6, 4)
+
+
+def test_without_max_tokens_gemini_is_capped_at_what_the_gateway_reserved(gw, gemini):
+    gw.client().chat.completions.create(model="gemini-flash", messages=[{"role": "user", "content": "no cap given"}])
+    assert gemini.fake.last_request.body["generationConfig"]["maxOutputTokens"] == 8192  # the model's limit, reserved for

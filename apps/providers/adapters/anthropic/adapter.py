@@ -81,7 +81,8 @@ class AnthropicAdapter(Adapter):
     ``Target.options``: ``anthropic_version`` or ``api_version`` (header, default ``2023-06-01``; from ``2026-10-21`` on,
     ``temperature`` and ``top_p`` are not sent, as that version refuses them), ``anthropic_beta``
     (header, a comma-separated string or a list), ``default_max_tokens`` (``max_tokens`` when the
-    client gave none; default ``DEFAULT_MAX_TOKENS`` — keep it at or below the model's output limit).
+    client gave none: the lower of this and the request's ``output_cap`` — the output the gateway
+    reserved for —, else ``DEFAULT_MAX_TOKENS``).
     """
 
     kind = "anthropic"
@@ -97,9 +98,12 @@ class AnthropicAdapter(Adapter):
         options = target.options
         # ``api_version`` is where the configuration's kind-independent field of that name lands.
         version = str(options.get("anthropic_version") or options.get("api_version") or API_VERSION)
+        # The required max_tokens when the client gave none: the output the gateway reserved for, or the
+        # operator's lower default.
+        caps = [cap for cap in (request.output_cap, _positive(options.get("default_max_tokens"))) if cap]
         try:
             body = request_body(request.body, upstream_model=target.upstream_model, stream=request.stream,
-                                max_tokens=_positive(options.get("default_max_tokens")) or DEFAULT_MAX_TOKENS,
+                                max_tokens=min(caps) if caps else DEFAULT_MAX_TOKENS,
                                 api_version=version)
         except RequestNotMappable as exc:
             raise rejected(400, str(exc), code="invalid_request") from None

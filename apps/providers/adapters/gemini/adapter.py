@@ -69,6 +69,9 @@ class GeminiAdapter(Adapter):
         if request.endpoint != "chat":
             raise wire.invalid("Gemini models serve /v1/chat/completions and /v1/embeddings, not legacy /v1/completions.")
         body = wire.chat_request(request.body, upstream_model=target.upstream_model)
+        if request.output_cap and "maxOutputTokens" not in body.get("generationConfig", {}):
+            # Gemini's own default may exceed what the gateway reserved for: cap it there.
+            body.setdefault("generationConfig", {})["maxOutputTokens"] = request.output_cap
         safety = target.options.get("safety_settings")
         if isinstance(safety, list):
             body["safetySettings"] = safety
