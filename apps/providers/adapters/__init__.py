@@ -17,9 +17,10 @@ from apps.providers.models import ProviderKind
 ADAPTERS: dict[str, str] = {
     ProviderKind.OPENAI: "apps.providers.adapters.openai.OpenAIAdapter",
     ProviderKind.OPENAI_COMPATIBLE: "apps.providers.adapters.openai.OpenAIAdapter",
-    ProviderKind.DEEPSEEK: "apps.providers.adapters.openai.OpenAIAdapter",
-    ProviderKind.MISTRAL: "apps.providers.adapters.openai.OpenAIAdapter",
-    ProviderKind.QWEN: "apps.providers.adapters.openai.OpenAIAdapter",
+    ProviderKind.AZURE_OPENAI: "apps.providers.adapters.openai.AzureOpenAIAdapter",
+    ProviderKind.DEEPSEEK: "apps.providers.adapters.openai.DeepSeekAdapter",
+    ProviderKind.MISTRAL: "apps.providers.adapters.openai.MistralAdapter",
+    ProviderKind.QWEN: "apps.providers.adapters.openai.QwenAdapter",
     ProviderKind.MOCK: "apps.providers.adapters.mock.MockAdapter",
 }
 

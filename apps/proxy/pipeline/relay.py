@@ -26,7 +26,7 @@ from ..exceptions import ApiError
 from .context import Call
 from .idempotency import IdempotencyStore
 from .responses import JSON, send_error
-from .spend import SpendCounters, price_usage, rub
+from .spend import SpendCounters, needs_text, price_usage, rub
 from .upstream import Opened, UpstreamClient, provider_secrets
 
 logger = logging.getLogger("jetstream.proxy")
@@ -251,11 +251,12 @@ async def relay_stream(call: Call, upstream: UpstreamClient, receive, send, *, c
         call.sell = call.buy = 0  # no upstream answered: nothing is billed
     else:
         usage = decoder.usage() if decoder is not None else None
-        price_usage(call, usage, None if usage else decoder.generated_text() if decoder is not None else "")
+        text = decoder.generated_text() if decoder is not None and needs_text(usage) else ""
+        price_usage(call, usage, text)
+        if status == UsageStatus.UPSTREAM_ERROR and usage is None and not text:
+            call.sell = call.buy = 0  # the upstream failed, delivered nothing and billed nothing it told us of
     if client.gone.is_set() and status == UsageStatus.OK:
         status, http = UsageStatus.CLIENT_CLOSED, 499
-    if status == UsageStatus.UPSTREAM_ERROR and not (decoder is not None and decoder.produced()):
-        call.sell = call.buy = 0  # nothing was produced: nothing is billed
     await counters.settle(call, status=status, http=http, error=error)
     if client.gone.is_set():
         return

@@ -32,7 +32,6 @@ from apps.providers.adapters.base import (
     UpstreamFailure,
     UpstreamResponse,
     broken,
-    malformed,
     timed_out,
     unreachable,
 )
@@ -92,6 +91,11 @@ def provider_secrets(route: ModelRoute) -> tuple[str, ...]:
 
 def _is_json(response: UpstreamResponse) -> bool:
     return (response.headers.get("Content-Type") or "").startswith("application/json")
+
+
+async def _no_more_chunks() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator with nothing in it
 
 
 def _cool_down(key: KeyRoute, seconds: float) -> None:
@@ -206,8 +210,8 @@ class UpstreamClient:
                     failure = adapter.body_failure(body, provider_secrets(call.route))
                     if failure is not None:
                         raise failure
-                    if stream:
-                        raise malformed()
+                    if stream:  # one JSON answer where a stream belonged: the adapter's decoder makes it a stream
+                        return Opened(adapter, response, first=body, chunks=_no_more_chunks())
                     return Opened(adapter, response, body)
                 if on_accepted is not None:
                     on_accepted()
