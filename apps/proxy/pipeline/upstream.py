@@ -162,7 +162,8 @@ class UpstreamClient:
             await self._guard.close()
 
     async def open(self, call: Call, *, on_accepted: Callable[[], None] | None = None) -> Opened:
-        """Start the call's upstream answer (sets ``call.key`` to the key that served it): for a stream,
+        """Start the call's upstream answer (sets ``call.key`` to the key that served it, or is being
+        tried when the call is cancelled; None when every key failed): for a stream,
         up to its first body bytes. ``on_accepted`` is called when an upstream answered 2xx headers
         (the relay may then keep the client's connection alive). Raises ``ApiError``: 501 (no adapter
         for the kind), 503 (no key), or the last key's failure (504 ``upstream_timeout`` for a timeout)."""
@@ -178,16 +179,19 @@ class UpstreamClient:
             raise ApiError(503, "No upstream key is available for this model right now.", type="api_error", code="no_upstream_key")
         failure = UpstreamFailure(502, "The upstream provider failed.")
         for key in keys[:MAX_ATTEMPTS]:
+            # Set before the attempt: a client that leaves while it runs is billed the prompt the
+            # upstream received, and the supplier of this key is owed it (docs/billing.md).
+            call.key = key
             try:
                 opened = await self._attempt(adapter, call, key, on_accepted)
             except UpstreamFailure as exc:
+                call.key = None
                 if exc.cooldown:
                     _cool_down(key, exc.cooldown)
                 if not exc.failover:
                     raise ApiError.from_upstream(exc) from None
                 failure = exc
                 continue
-            call.key = key
             return opened
         raise ApiError.from_upstream(failure)
 
