@@ -243,8 +243,8 @@ def completion_chunks(obj: dict, endpoint: str) -> tuple[list[bytes], dict | Non
             events.append(b"data: " + orjson.dumps({**base, "choices": [body]}))
             events.append(b"data: " + orjson.dumps({**base, "choices": [{"index": index, "text": "", "finish_reason": finish}]}))
             continue
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-        delta = {key: value for key, value in message.items() if value is not None}
+        message = choice.get("message")
+        delta = {key: value for key, value in message.items() if value is not None} if isinstance(message, dict) else {}
         if isinstance(delta.get("tool_calls"), list):
             delta["tool_calls"] = [dict(call, index=i) if isinstance(call, dict) else call
                                    for i, call in enumerate(delta["tool_calls"])]
@@ -282,9 +282,9 @@ class _Choice:
         for key in ("id", "type"):
             if call.get(key):
                 slot[key] = call[key]
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function = call.get("function")
         for key in ("name", "arguments"):
-            if isinstance(function.get(key), str):
+            if isinstance(function, dict) and isinstance(function.get(key), str):
                 slot["function"][key] += function[key]
 
     def completed(self, endpoint: str) -> dict:
@@ -316,8 +316,8 @@ def assemble_completion(events: list[bytes], endpoint: str, usage_chunk: dict | 
             if not isinstance(choice, dict):
                 continue
             slot = choices.setdefault(choice.get("index", position), _Choice(choice.get("index", position)))
-            slot.add(choice.get("delta") if isinstance(choice.get("delta"), dict) else
-                     {"text": choice.get("text") or ""} if endpoint == "completion" else {})
+            delta = choice.get("delta")
+            slot.add(delta if isinstance(delta, dict) else {"text": choice.get("text") or ""} if endpoint == "completion" else {})
             slot.finish_reason = choice.get("finish_reason") or slot.finish_reason
     answer = {key: value for key, value in head.items() if value is not None}
     answer["object"] = "text_completion" if endpoint == "completion" else "chat.completion"
