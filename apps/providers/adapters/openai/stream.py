@@ -54,6 +54,7 @@ EMPTY = b"\x00jetstream:empty"
 FAILED_FINISH = b"\x00jetstream:finish-error"
 MARKERS = (TRUNCATED, EMPTY, FAILED_FINISH)
 
+_FINISH_KEY = b'"finish_reason":'
 _FINISH_WORDS = re.compile(rb'"finish_reason"\s*:\s*"([^"]*)"')
 _CANONICAL_WORDS = frozenset(word.encode() for word in FINISH_REASONS)
 
@@ -148,7 +149,10 @@ class OpenAIStreamDecoder:
             relayed = self._without_usage(line)
             if relayed is None:
                 continue
-            relayed = self._canonical_finish(relayed)
+            # One scan from the end (where the key sits): content chunks say ``"finish_reason":null``.
+            at = relayed.rfind(_FINISH_KEY)
+            if at >= 0 and not relayed.startswith(b"null", at + 16):
+                relayed = self._canonical_finish(relayed)
             self.events.append(relayed)
             out.append(relayed)
         self._error_event = False  # ``complete`` ends where an event ends
@@ -180,9 +184,7 @@ class OpenAIStreamDecoder:
         return b"data: " + orjson.dumps(content)
 
     def _canonical_finish(self, line: bytes) -> bytes:
-        # Byte scan first: content chunks say ``"finish_reason":null`` and are left alone.
-        if b'"finish_reason":"' not in line and b'"finish_reason": "' not in line:
-            return line
+        # A chunk that names a finish_reason: parsed only when a word is not OpenAI's.
         words = _FINISH_WORDS.findall(line)
         self._finished = self._finished or bool(words)
         if all(word in _CANONICAL_WORDS for word in words):
