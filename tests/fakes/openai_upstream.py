@@ -126,6 +126,7 @@ class Behavior:
     response_headers: dict[str, str] = dataclasses.field(default_factory=dict)  # sent with every answer, 2xx included
     stream_error_after: int | None = None  # in a stream, after K events send an error event and end (no [DONE])
     stream_error_body: Any = None  # …this one: a dict as JSON, a str as is; None → OpenAI's error for 500
+    stream_error_times: int | None = None  # only the next N streams get stream_error_after; None → all of them
     # The OpenAI wire family's members (see the module docstring) and their faults.
     variant: str = "openai"  # "openai", "azure", "deepseek" or "mistral"
     reasoning_tokens: int = 0  # deepseek: reasoning_content sent and counted as completion_tokens_details.reasoning_tokens
@@ -327,6 +328,10 @@ class FakeOpenAI:
                 self._behavior = dataclasses.replace(behavior, slow_times=max(0, behavior.slow_times - 1))
                 if behavior.slow_times <= 0:
                     behavior = dataclasses.replace(behavior, hang=False, first_event_delay_ms=0, stall_after_chunks=None)
+            if behavior.stream_error_times is not None:
+                self._behavior = dataclasses.replace(self._behavior, stream_error_times=max(0, behavior.stream_error_times - 1))
+                if behavior.stream_error_times <= 0:
+                    behavior = dataclasses.replace(behavior, stream_error_after=None)
             # status=200 with an error_body is an upstream that reports failure in a 200's body.
             fails = behavior.status is not None and (behavior.status >= 400 or behavior.error_body is not None)
             if fails and behavior.fail_times is not None:

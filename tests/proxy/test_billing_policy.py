@@ -145,6 +145,26 @@ def test_upstream_failed_before_output_costs_nothing(gateway, fake_openai, how):
     assert_free(record)
 
 
+def test_an_error_event_before_any_content_fails_over_to_the_next_key(gateway, fake_openai):
+    fake_openai.behavior(stream_error_after=0, stream_error_times=1)
+    chunks = list(gateway.client().chat.completions.create(**BODY, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(fake_openai.requests) == 2
+    record = record_of(gateway)
+    assert (record.status, record.http_status) == ("ok", 200) and record.sell_cost > 0
+
+
+def test_an_empty_json_answer_without_usage_costs_nothing(gateway, fake_openai):
+    fake_openai.behavior(response_body={"id": "x", "object": "chat.completion",
+                                        "choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}]})
+    response = httpx.post(f"{gateway.base_url}/chat/completions", json=BODY, timeout=20,
+                          headers={"Authorization": f"Bearer {gateway.world.secret}"})
+    assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_empty"
+    record = record_of(gateway)
+    assert (record.status, record.http_status, record.error_code) == ("upstream_error", 502, "upstream_empty")
+    assert_free(record)
+
+
 def test_upstream_failed_mid_stream_bills_what_was_delivered_and_ends_with_an_error_event(gateway, fake_openai):
     fake_openai.behavior(stream_error_after=4, omit_usage=True, chunks=10, words=60)
     payloads = raw_stream(gateway, BODY)

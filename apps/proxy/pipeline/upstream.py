@@ -93,6 +93,17 @@ def _is_json(response: UpstreamResponse) -> bool:
     return (response.headers.get("Content-Type") or "").startswith("application/json")
 
 
+def _first_event_failure(adapter: Adapter, call: Call, first: bytes) -> UpstreamFailure | None:
+    """The failure a stream's first bytes stand for when they are an error event and nothing else: the
+    upstream failed before anything reached the client, so the next key may be tried (issue 8, item 3).
+    A probe decoder reads them; the relay decodes them again with its own."""
+    probe = adapter.stream_decoder(call.request)
+    probe.feed(first)
+    if probe.error is None or probe.produced():
+        return None
+    return adapter.in_band_error(probe.error, provider_secrets(call.route))
+
+
 async def _no_more_chunks() -> AsyncIterator[bytes]:
     return
     yield  # an async generator with nothing in it
@@ -221,6 +232,9 @@ class UpstreamClient:
                     on_accepted()
                 chunks = aiter(response.chunks())
                 first = await anext(chunks, b"")
+                failure = _first_event_failure(adapter, call, first)
+                if failure is not None:
+                    raise failure
                 return Opened(adapter, response, first=first, chunks=chunks)
         except TimeoutError:
             if response is not None:

@@ -209,6 +209,15 @@ def test_a_stream_with_no_text_and_no_usage_is_empty(stream):
     assert OpenAIAdapter().in_band_error(decoder.error, ()).code == "upstream_empty"
 
 
+def test_a_json_answer_with_no_text_and_no_usage_is_empty():
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}]}
+    with pytest.raises(Exception) as failed:
+        OpenAIAdapter().parse_body(orjson.dumps(answer), chat())
+    assert (failed.value.status, failed.value.code) == (502, "upstream_empty")
+    billed = OpenAIAdapter().parse_body(orjson.dumps({**answer, "usage": USAGE}), chat())
+    assert billed.usage == Usage(9, 3, 0)
+
+
 def test_a_stream_with_no_text_but_usage_is_a_billed_empty_answer():
     decoder, _ = decode(sse(event([delta("", "stop")]), event(usage=USAGE), b"data: [DONE]"))
     assert decoder.error is None and decoder.usage() == Usage(9, 3, 0)

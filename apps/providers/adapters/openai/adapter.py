@@ -89,8 +89,9 @@ class OpenAIAdapter(Adapter):
     def parse_body(self, body: bytes, request: CanonicalRequest) -> Parsed:
         """See ``Adapter.parse_body``: the body passes through as it came, unless a ``finish_reason``
         is not OpenAI's word (rewritten) or the upstream streamed where JSON belonged (the SSE
-        assembled into one completion). ``finish_reason: "error"`` is a 502 ``upstream_error``; a
-        body that is neither a JSON object nor SSE is ``malformed()``. ``text`` is filled whenever
+        assembled into one completion). ``finish_reason: "error"`` is a 502 ``upstream_error``, an
+        answer with no text and no usage a 502 ``upstream_empty``; a body that is neither a JSON object
+        nor SSE is ``malformed()``. ``text`` is filled whenever
         usage is missing or reports no output (the relay counts it then)."""
         try:
             obj = orjson.loads(body)
@@ -105,7 +106,10 @@ class OpenAIAdapter(Adapter):
             if canonical_choices(obj) or not body.lstrip().startswith(b"{"):
                 body = orjson.dumps(obj)
         usage = usage_from(obj)
-        return Parsed(body, usage, generated_text(obj, request.endpoint) if usage is None or not usage.output_tokens else None)
+        text = generated_text(obj, request.endpoint) if usage is None or not usage.output_tokens else None
+        if usage is None and not text and request.endpoint != "embedding":
+            raise self.in_band_error(EMPTY, ())  # nothing generated, nothing billed (docs/billing.md, "empty")
+        return Parsed(body, usage, text)
 
     def _assembled(self, body: bytes, request: CanonicalRequest) -> dict | None:
         # An SSE stream where one JSON answer belonged: decoded as a stream, put back together.
