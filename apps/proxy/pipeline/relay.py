@@ -276,9 +276,10 @@ def _error_event(call: Call, opened: Opened, payload: bytes) -> ApiError:
     """The gateway's own error for an error event in the upstream's stream (its text scrubbed, its
     type and code mapped by the adapter); the key rests as after the same failure in a status.
 
-    Failover ends once an upstream answered 2xx headers (the client may already hold keep-alives or
-    content): a client that got nothing yet receives the error as its answer's status, one that got
-    something receives the error event, then ``[DONE]``. Only what was generated is billed."""
+    An error that is the stream's first event was already failed over in ``UpstreamClient.open``;
+    one after content ends the stream here: a client that got nothing yet receives the error as its
+    answer's status, one that got something receives the error event, then ``[DONE]``. Only what was
+    generated is billed."""
     failure = opened.adapter.in_band_error(payload, provider_secrets(call.route))
     if failure.cooldown and call.key is not None:
         call.key.cooldown_until = max(call.key.cooldown_until, time.monotonic() + failure.cooldown)
