@@ -24,6 +24,7 @@ class ProviderKind(models.TextChoices):
     """The upstream's wire format: it picks the adapter. A kind with no adapter yet is answered 501."""
 
     OPENAI = "openai", "OpenAI"
+    AZURE_OPENAI = "azure_openai", "Azure OpenAI"
     ANTHROPIC = "anthropic", "Anthropic"
     GEMINI = "gemini", "Google Gemini"
     MISTRAL = "mistral", "Mistral"

@@ -14,6 +14,19 @@ against ``expected_keys`` and records every request. Failure behaviours are set 
         fake.reset()  # default behaviour, no recorded requests, hung requests released
 
 or with the ``fake_openai`` fixture (one server per session, reset around every test).
+
+The OpenAI wire family's members and their faults are behaviours too::
+
+    fake.behavior(variant="azure")     # api-key header, /openai/deployments/{d}/…?api-version= (see root_url)
+    fake.behavior(variant="deepseek")  # reasoning_content, cache hit/miss usage, ": keep-alive" comments
+    fake.behavior(variant="mistral")   # 422 for stream_options / max_completion_tokens; usage on the last content chunk
+    fake.behavior(json_for_stream=True)       # a stream request answered with one JSON completion
+    fake.behavior(sse_for_non_stream=True)    # a non-stream request answered with an SSE stream
+    fake.behavior(usage_override={"prompt_tokens": 0, "completion_tokens": 0})
+    fake.behavior(finish_reason="tool_use")   # every finish_reason sent is this word
+    fake.behavior(truncate_after_chunks=3)    # a clean close after K events: no finish_reason, no [DONE]
+    fake.behavior(empty_stream=True)          # "data: [DONE]" and nothing else
+    fake.behavior(done_without_space=True)    # "data:[DONE]"
 """
 
 from __future__ import annotations
@@ -34,6 +47,11 @@ from apps.providers.adapters.mock import generator
 
 DEFAULT_KEY = "sk-fake-upstream-0123456789abcdef0123"
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-3.5-turbo-instruct", "text-embedding-3-small")
+AZURE_AUTH_ERROR = {"error": {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint. "
+                              "Make sure to provide a valid key for an active subscription and use a correct regional API "
+                              "endpoint for your resource."}}
+AZURE_NOT_FOUND = {"error": {"code": "404", "message": "Resource not found"}}
+REASONING_TEXT = "The user wants an answer; think briefly first."
 
 _DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
     400: ("invalid_request_error", "Invalid request.", None),
@@ -108,6 +126,17 @@ class Behavior:
     response_headers: dict[str, str] = dataclasses.field(default_factory=dict)  # sent with every answer, 2xx included
     stream_error_after: int | None = None  # in a stream, after K events send an error event and end (no [DONE])
     stream_error_body: Any = None  # …this one: a dict as JSON, a str as is; None → OpenAI's error for 500
+    stream_error_times: int | None = None  # only the next N streams get stream_error_after; None → all of them
+    # The OpenAI wire family's members (see the module docstring) and their faults.
+    variant: str = "openai"  # "openai", "azure", "deepseek" or "mistral"
+    reasoning_tokens: int = 0  # deepseek: reasoning_content sent and counted as completion_tokens_details.reasoning_tokens
+    json_for_stream: bool = False  # answer a stream request with the whole JSON completion (application/json)
+    sse_for_non_stream: bool = False  # answer a non-stream request with the SSE stream (usage chunk included)
+    usage_override: dict | None = None  # merged into every usage object sent
+    finish_reason: str | None = None  # replaces every finish_reason sent
+    truncate_after_chunks: int | None = None  # end the stream cleanly after K events (no finish_reason, no [DONE])
+    empty_stream: bool = False  # a stream that is only "data: [DONE]"
+    done_without_space: bool = False  # "data:[DONE]" instead of "data: [DONE]"
 
     def generator_options(self) -> dict:
         options: dict[str, Any] = {
@@ -165,6 +194,11 @@ class FakeOpenAI:
         if self.port is None:
             raise RuntimeError("FakeOpenAI is not started")
         return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        """The server's root (an Azure resource's endpoint is this, without ``/v1``)."""
+        return self.base_url.removesuffix("/v1")
 
     @property
     def api_key(self) -> str:
@@ -294,6 +328,10 @@ class FakeOpenAI:
                 self._behavior = dataclasses.replace(behavior, slow_times=max(0, behavior.slow_times - 1))
                 if behavior.slow_times <= 0:
                     behavior = dataclasses.replace(behavior, hang=False, first_event_delay_ms=0, stall_after_chunks=None)
+            if behavior.stream_error_times is not None:
+                self._behavior = dataclasses.replace(self._behavior, stream_error_times=max(0, behavior.stream_error_times - 1))
+                if behavior.stream_error_times <= 0:
+                    behavior = dataclasses.replace(behavior, stream_error_after=None)
             # status=200 with an error_body is an upstream that reports failure in a 200's body.
             fails = behavior.status is not None and (behavior.status >= 400 or behavior.error_body is not None)
             if fails and behavior.fail_times is not None:
@@ -331,7 +369,7 @@ class FakeOpenAI:
     def _echo(payload: Any, request: web.Request) -> Any:
         """``payload`` with "{key}" and "{url}" replaced by the presented key and the request's URL."""
         if isinstance(payload, str):
-            key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or request.headers.get("api-key", "")
             return payload.replace("{key}", key).replace("{url}", str(request.url))
         if isinstance(payload, dict):
             return {FakeOpenAI._echo(k, request): FakeOpenAI._echo(v, request) for k, v in payload.items()}
@@ -340,13 +378,43 @@ class FakeOpenAI:
         return payload
 
     async def _answer(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
+        if self._behavior.variant == "azure":
+            return await self._azure(request, record)
+        return await self._answer_openai(request, record, request.path)
+
+    async def _azure(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
+        """Azure OpenAI: ``api-key``, ``/openai/deployments/{deployment}/{endpoint}?api-version=…``."""
+        if request.headers.get("api-key", "") not in self.expected_keys:
+            return self._json(record, 401, AZURE_AUTH_ERROR)
+        prefix = "/openai/deployments/"
+        deployment, _, endpoint = request.path.removeprefix(prefix).partition("/")
+        if not request.path.startswith(prefix) or not deployment or not request.query.get("api-version"):
+            return self._json(record, 404, AZURE_NOT_FOUND)
+        if isinstance(record.body, dict):
+            record.body.setdefault("model", deployment)
+        return await self._answer_openai(request, record, "/v1/" + endpoint, authenticated=True)
+
+    def _mistral_refusal(self, record: RecordedRequest) -> web.Response | None:
+        # Mistral's pydantic model forbids extra fields: its 422 for the fields OpenAI clients add.
+        body = record.body if isinstance(record.body, dict) else {}
+        for field in ("stream_options", "max_completion_tokens"):
+            if field in body:
+                return self._json(record, 422, {"object": "error", "message": {"detail": [
+                    {"type": "extra_forbidden", "loc": ["body", field], "msg": "Extra inputs are not permitted", "input": body[field]}]},
+                    "type": "invalid_request_error", "param": None, "code": None})
+        return None
+
+    async def _answer_openai(self, request: web.Request, record: RecordedRequest, path: str, *,
+                             authenticated: bool = False) -> web.StreamResponse:
         auth = request.headers.get("Authorization", "")
-        if not auth.startswith("Bearer "):
+        if authenticated:
+            pass
+        elif not auth.startswith("Bearer "):
             return self._json(record, 401, openai_error(
                 "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth "
                 "(i.e. Authorization: Bearer YOUR_KEY).", code=None))
-        key = auth[len("Bearer "):].strip()
-        if key not in self.expected_keys:
+        elif auth[len("Bearer "):].strip() not in self.expected_keys:
+            key = auth[len("Bearer "):].strip()
             return self._json(record, 401, openai_error(
                 f"Incorrect API key provided: {_masked(key)}. You can find your API key at "
                 "https://platform.openai.com/account/api-keys.", code="invalid_api_key"))
@@ -361,6 +429,8 @@ class FakeOpenAI:
                 request.transport.close()
             raise asyncio.CancelledError  # nothing is sent: the connection is gone
         body = record.body
+        if behavior.variant == "mistral" and (refusal := self._mistral_refusal(record)) is not None:
+            return refusal
         is_stream = isinstance(body, dict) and body.get("stream") is True and request.method == "POST"
         if behavior.latency_ms and not (is_stream and not fails):
             await asyncio.sleep(behavior.latency_ms / 1000)
@@ -372,11 +442,11 @@ class FakeOpenAI:
         if behavior.response_body is not None and not is_stream:
             return self._json(record, 200, self._echo(behavior.response_body, request), headers)
 
-        route = (request.method, request.path.rstrip("/"))
+        route = (request.method, path.rstrip("/"))
         if route == ("GET", "/v1/models"):
             return self._json(record, 200, {"object": "list", "data": [self._model_entry(m) for m in self.models]})
-        if request.method == "GET" and request.path.startswith("/v1/models/"):
-            model = request.path[len("/v1/models/"):]
+        if request.method == "GET" and path.startswith("/v1/models/"):
+            model = path[len("/v1/models/"):]
             if model in self.models:
                 return self._json(record, 200, self._model_entry(model))
             return self._json(record, 404, openai_error(f"The model '{model}' does not exist", param="model", code="model_not_found"))
@@ -395,12 +465,75 @@ class FakeOpenAI:
                 return self._json(record, 400, openai_error(f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter"))
         model = body["model"] if isinstance(body["model"], str) else str(body["model"])
         options = behavior.generator_options()
-        if is_stream and kind != "embedding":
+        if is_stream and kind != "embedding" and not behavior.json_for_stream:
             return await self._stream(request, record, behavior, body, model, kind, options)
-        payload = await generator.respond(body, upstream_model=model, options=options, kind=kind)
+        if behavior.sse_for_non_stream and kind != "embedding":
+            streamed = dict(body, stream=True, stream_options={"include_usage": True})
+            return await self._stream(request, record, behavior, streamed, model, kind, options)
+        payload = self._rewrite_answer(await generator.respond(body, upstream_model=model, options=options, kind=kind), behavior)
         record.status = 200
         record.completed = True
         return web.Response(status=200, body=payload, content_type="application/json", headers=headers)
+
+    # ----------------------------------------------------------------- the family's differences
+
+    @staticmethod
+    def _rewrite_usage(usage: Any, behavior: Behavior) -> None:
+        if not isinstance(usage, dict):
+            return
+        if behavior.variant == "deepseek":
+            cached = usage.get("prompt_tokens_details", {}).get("cached_tokens", 0)
+            usage.pop("prompt_tokens_details", None)  # the adapter must read DeepSeek's own fields
+            usage["prompt_cache_hit_tokens"] = cached
+            usage["prompt_cache_miss_tokens"] = usage["prompt_tokens"] - cached
+            usage["completion_tokens"] += behavior.reasoning_tokens
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            usage["completion_tokens_details"] = {"reasoning_tokens": behavior.reasoning_tokens}
+        if behavior.usage_override:
+            usage.update(behavior.usage_override)
+
+    def _rewrite_object(self, obj: dict, behavior: Behavior, *, first: bool = False) -> dict:
+        self._rewrite_usage(obj.get("usage"), behavior)
+        for choice in obj.get("choices") or []:
+            if behavior.finish_reason and choice.get("finish_reason") is not None:
+                choice["finish_reason"] = behavior.finish_reason
+            if behavior.variant == "deepseek" and behavior.reasoning_tokens:
+                if "message" in choice:
+                    choice["message"]["reasoning_content"] = REASONING_TEXT
+                elif first and "delta" in choice:
+                    choice["delta"]["reasoning_content"] = REASONING_TEXT
+        return obj
+
+    def _rewrite_answer(self, payload: bytes, behavior: Behavior) -> bytes:
+        """A JSON answer as the variant would write it."""
+        if behavior.variant == "openai" and not behavior.usage_override and not behavior.finish_reason:
+            return payload
+        obj = self._rewrite_object(orjson.loads(payload), behavior)
+        prefix = b"\n\n" if behavior.variant == "deepseek" else b""  # DeepSeek's keep-alive blank lines
+        return prefix + orjson.dumps(obj)
+
+    def _rewrite_events(self, events: list[bytes], behavior: Behavior) -> list[bytes]:
+        """The generator's stream events as the variant (and the configured faults) would send them."""
+        if behavior.empty_stream:
+            return [b"data: [DONE]\n\n"]
+        out: list[bytes] = []
+        first = True
+        for event in events:
+            if event.startswith(b"data: [DONE]"):
+                out.append(b"data:[DONE]\n\n" if behavior.done_without_space else event)
+                continue
+            obj = self._rewrite_object(orjson.loads(event[6:]), behavior, first=first)
+            first = False
+            if behavior.variant == "mistral" and obj.get("usage") and not obj.get("choices") and out:
+                # Mistral: the usage rides on the last content chunk; no usage-only chunk.
+                last = orjson.loads(out[-1][6:])
+                last["usage"] = obj["usage"]
+                out[-1] = b"data: " + orjson.dumps(last) + b"\n\n"
+                continue
+            out.append(b"data: " + orjson.dumps(obj) + b"\n\n")
+        if behavior.variant == "deepseek":
+            out.insert(0, b": keep-alive\n\n")
+        return out
 
     def _model_entry(self, model: str) -> dict:
         return {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "fake-openai"}
@@ -416,7 +549,11 @@ class FakeOpenAI:
             await response.prepare(request)
             if not await self._silence(request, record, behavior.first_event_delay_ms / 1000):
                 return response
-        async for event in generator.stream(body, upstream_model=model, options=stream_options, kind=kind):
+        if behavior.variant == "mistral":  # Mistral sends usage unasked
+            body = dict(body, stream_options={"include_usage": True})
+        async for event in self._events(body, model, stream_options, kind, behavior):
+            if behavior.truncate_after_chunks is not None and record.events_sent >= behavior.truncate_after_chunks:
+                break  # a clean end of the body: no finish_reason, no [DONE]
             if not response.prepared:  # headers go out with the first event, after latency_ms
                 record.status = 200
                 await response.prepare(request)
@@ -447,6 +584,18 @@ class FakeOpenAI:
         record.completed = True
         return response
 
+
+    async def _events(self, body: dict, model: str, options: dict, kind: str, behavior: Behavior):
+        """The generator's events, rewritten for the variant and faults when there are any to apply."""
+        plain = (behavior.variant == "openai" and not behavior.usage_override and not behavior.finish_reason
+                 and not behavior.empty_stream and not behavior.done_without_space)
+        if plain:
+            async for event in generator.stream(body, upstream_model=model, options=options, kind=kind):
+                yield event
+            return
+        events = [event async for event in generator.stream(body, upstream_model=model, options=options, kind=kind)]
+        for event in self._rewrite_events(events, behavior):
+            yield event
 
     async def _silence(self, request: web.Request, record: RecordedRequest, seconds: float | None) -> bool:
         """Send nothing for ``seconds`` (None: until reset() or stop()); False if the client left meanwhile."""

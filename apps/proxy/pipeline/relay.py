@@ -27,7 +27,7 @@ from ..exceptions import ApiError
 from .context import Call
 from .idempotency import IdempotencyStore
 from .responses import JSON, send_error
-from .spend import SpendCounters, price_usage, rub
+from .spend import SpendCounters, needs_text, price_usage, rub
 from .upstream import Opened, UpstreamClient, provider_secrets
 
 logger = logging.getLogger("jetstream.proxy")
@@ -254,11 +254,12 @@ async def relay_stream(call: Call, upstream: UpstreamClient, receive, send, *, c
         call.sell = call.buy = 0  # no upstream answered: nothing is billed
     else:
         usage = decoder.usage() if decoder is not None else None
-        price_usage(call, usage, None if usage else decoder.generated_text() if decoder is not None else "")
+        text = decoder.generated_text() if decoder is not None and needs_text(usage) else ""
+        price_usage(call, usage, text)
+        if status == UsageStatus.UPSTREAM_ERROR and usage is None and not text:
+            call.sell = call.buy = 0  # the upstream failed, delivered nothing and billed nothing it told us of
     if client.gone.is_set() and status == UsageStatus.OK:
         status, http = UsageStatus.CLIENT_CLOSED, 499
-    if status == UsageStatus.UPSTREAM_ERROR and not (decoder is not None and decoder.produced()):
-        call.sell = call.buy = 0  # nothing was produced: nothing is billed
     await counters.settle(call, status=status, http=http, error=error)
     if client.gone.is_set():
         return
@@ -277,9 +278,10 @@ def _error_event(call: Call, opened: Opened, payload: bytes) -> ApiError:
     """The gateway's own error for an error event in the upstream's stream (its text scrubbed, its
     type and code mapped by the adapter); the key rests as after the same failure in a status.
 
-    Failover ends once an upstream answered 2xx headers (the client may already hold keep-alives or
-    content): a client that got nothing yet receives the error as its answer's status, one that got
-    something receives the error event, then ``[DONE]``. Only what was generated is billed."""
+    An error that is the stream's first event was already failed over in ``UpstreamClient.open``;
+    one after content ends the stream here: a client that got nothing yet receives the error as its
+    answer's status, one that got something receives the error event, then ``[DONE]``. Only what was
+    generated is billed."""
     failure = opened.adapter.in_band_error(payload, provider_secrets(call.route))
     if failure.cooldown and call.key is not None:
         call.key.cooldown_until = max(call.key.cooldown_until, time.monotonic() + failure.cooldown)

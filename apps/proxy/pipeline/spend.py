@@ -64,12 +64,14 @@ def estimate_for(request: CanonicalRequest, route: ModelRoute) -> tuple[int, int
 
     Raises ``ApiError`` 400 ``max_tokens_too_large`` / ``context_length_exceeded``."""
     body = request.body
+    # The model's own tokenizer, as for output counted locally (``price_usage``).
+    encoding = tokenizer.encoding_for_model(route.upstream_model)
     if request.endpoint == "chat":
-        input_tokens = tokenizer.count_chat_request(body, encoding=tokenizer.encoding_for_model(route.upstream_model))
+        input_tokens = tokenizer.count_chat_request(body, encoding=encoding)
     elif request.endpoint == "completion":
-        input_tokens = tokenizer.count_prompt_input(body["prompt"])
+        input_tokens = tokenizer.count_prompt_input(body["prompt"], encoding=encoding)
     else:
-        return tokenizer.count_embedding_input(body["input"]), 0
+        return tokenizer.count_embedding_input(body["input"], encoding=encoding), 0
     room = max(0, route.context_window - input_tokens)
     if request.max_tokens is not None:
         if request.max_tokens > route.max_output_tokens:
@@ -95,22 +97,48 @@ def price(route: ModelRoute, input_tokens: int, output_tokens: int, cached_token
     return cost_from_units(units, route.fx_micro, coef_units)
 
 
+def needs_text(usage) -> bool:
+    """Whether ``price_usage`` needs the generated text for ``usage`` (an adapter's ``Usage`` or
+    None): when there is none, or it reports no output (which may be implausible)."""
+    return usage is None or not usage.output_tokens
+
+
+def count_usage(call: Call, usage, fallback_text: str | None) -> None:
+    """Fill the call's token counts from upstream ``usage``, counting locally what it lacks or what is
+    implausible (then ``counted_locally`` flags the record), with the model's own tokenizer for input
+    and output alike (the estimate's input count):
+
+    - no usage: input = the estimate, output = ``fallback_text`` counted;
+    - output 0 while text was generated: output counted; input 0 for a non-empty prompt: the estimate
+      (a cached count above the input is cut to it)."""
+    encoding = tokenizer.encoding_for_model(call.route.upstream_model)
+    if usage is None:
+        call.counted_locally = True
+        call.input_tokens = call.input_tokens_estimate
+        call.output_tokens = tokenizer.count_text(fallback_text, encoding=encoding) if fallback_text else 0
+        call.cached_tokens = 0
+        return
+    call.input_tokens, call.output_tokens, call.cached_tokens = usage.input_tokens, usage.output_tokens, usage.cached_tokens
+    if not call.output_tokens and fallback_text:
+        call.output_tokens = tokenizer.count_text(fallback_text, encoding=encoding)
+        call.counted_locally = True
+    if not call.input_tokens and call.input_tokens_estimate:
+        call.input_tokens = call.input_tokens_estimate
+        call.counted_locally = True
+    call.cached_tokens = min(call.cached_tokens, call.input_tokens)
+    if call.counted_locally:
+        logger.warning("request %s: implausible upstream usage %s; counted locally", call.id, usage)
+
+
 def price_usage(call: Call, usage, fallback_text: str | None) -> None:
-    """Fill the call's token counts and costs from upstream ``usage`` (an adapters ``Usage``), or by
-    counting ``fallback_text`` locally when the upstream sent none.
+    """Fill the call's token counts (``count_usage``: upstream ``usage``, an adapter's ``Usage``,
+    or ``fallback_text`` counted locally) and costs.
 
     The company is never charged more than was reserved (the request's maximum possible cost,
     checked against every limit): so a wallet can never be overdrawn, even if an upstream
     overshoots max_tokens or counts input differently from us. The supplier is still owed the
     true cost."""
-    if usage is not None and (usage.input_tokens or usage.output_tokens):
-        call.input_tokens, call.output_tokens, call.cached_tokens = usage.input_tokens, usage.output_tokens, usage.cached_tokens
-    else:
-        call.counted_locally = True
-        call.input_tokens = call.input_tokens_estimate
-        encoding = tokenizer.encoding_for_model(call.route.upstream_model)
-        call.output_tokens = tokenizer.count_text(fallback_text, encoding=encoding) if fallback_text else 0
-        call.cached_tokens = 0
+    count_usage(call, usage, fallback_text)
     route, reserved = call.route, call.reservation.amount
     sell = price(route, call.input_tokens, call.output_tokens, call.cached_tokens, call.token.sell_coef_units)
     if sell > reserved:

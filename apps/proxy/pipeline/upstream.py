@@ -32,7 +32,6 @@ from apps.providers.adapters.base import (
     UpstreamFailure,
     UpstreamResponse,
     broken,
-    malformed,
     timed_out,
     unreachable,
 )
@@ -93,6 +92,22 @@ def provider_secrets(route: ModelRoute) -> tuple[str, ...]:
 
 def _is_json(response: UpstreamResponse) -> bool:
     return (response.headers.get("Content-Type") or "").startswith("application/json")
+
+
+def _first_event_failure(adapter: Adapter, call: Call, first: bytes) -> UpstreamFailure | None:
+    """The failure a stream's first bytes stand for when they are an error event and nothing else: the
+    upstream failed before anything reached the client, so the next key may be tried (issue 8, item 3).
+    A probe decoder reads them; the relay decodes them again with its own."""
+    probe = adapter.stream_decoder(call.request)
+    probe.feed(first)
+    if probe.error is None or probe.produced():
+        return None
+    return adapter.in_band_error(probe.error, provider_secrets(call.route))
+
+
+async def _no_more_chunks() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator with nothing in it
 
 
 def _cool_down(key: KeyRoute, seconds: float) -> None:
@@ -214,8 +229,9 @@ class UpstreamClient:
         return opened
 
     async def _open_route(self, call: Call, on_accepted: Callable[[], None] | None) -> Opened:
-        """The call's route, its keys in order with failover. Raises ``RouteExhausted`` when another
-        model may still answer (no adapter, no key, every key failed), ``ApiError`` when not."""
+        """The call's route, its keys in order with failover; ``call.key`` is the key being tried (None
+        when every key failed). Raises ``RouteExhausted`` when another model may still answer (no
+        adapter, no key, every key failed), ``ApiError`` when not."""
         route = call.route
         if call.max_output_tokens:  # the output reserved for (this model's estimate), per choice
             call.request.output_cap = max(1, call.max_output_tokens // max(call.request.n, 1))
@@ -231,16 +247,19 @@ class UpstreamClient:
                                  code="no_upstream_key")
         failure = UpstreamFailure(502, "The upstream provider failed.")
         for key in keys[:MAX_ATTEMPTS]:
+            # Set before the attempt: a client that leaves while it runs is billed the prompt the
+            # upstream received, and the supplier of this key is owed it (docs/billing.md).
+            call.key = key
             try:
                 opened = await self._attempt(adapter, call, key, on_accepted)
             except UpstreamFailure as exc:
+                call.key = None
                 if exc.cooldown:
                     _cool_down(key, exc.cooldown)
                 if not exc.failover:
                     raise ApiError.from_upstream(exc) from None
                 failure = exc
                 continue
-            call.key = key
             return opened
         raise RouteExhausted.from_upstream(failure)
 
@@ -263,13 +282,16 @@ class UpstreamClient:
                     failure = adapter.body_failure(body, provider_secrets(call.route))
                     if failure is not None:
                         raise failure
-                    if stream:
-                        raise malformed()
+                    if stream:  # one JSON answer where a stream belonged: the adapter's decoder makes it a stream
+                        return Opened(adapter, response, first=body, chunks=_no_more_chunks())
                     return Opened(adapter, response, body)
                 if on_accepted is not None:
                     on_accepted()
                 chunks = aiter(response.chunks())
                 first = await anext(chunks, b"")
+                failure = _first_event_failure(adapter, call, first)
+                if failure is not None:
+                    raise failure
                 return Opened(adapter, response, first=first, chunks=chunks)
         except TimeoutError:
             if response is not None:

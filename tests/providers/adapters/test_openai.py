@@ -65,18 +65,18 @@ def test_the_decoder_relays_events_whole_across_reads_and_withholds_the_usage_ch
     assert decoder.generated_text() == "Hello"
 
 
-def test_the_decoder_keeps_a_usage_chunk_with_choices_in_the_stream():
+def test_the_decoder_relays_a_content_chunk_with_usage_once_without_its_usage():
     decoder = OpenAIStreamDecoder("chat")
     both = chunk("x", usage={"prompt_tokens": 1, "completion_tokens": 1})
-    assert decoder.feed(both + b"\n\n") == [both]
-    assert decoder.usage() == Usage(1, 1, 0)
+    assert decoder.feed(both + b"\n\n") == [chunk("x")]
+    assert decoder.usage() == Usage(1, 1, 0) and decoder.usage_chunk["choices"] == []
 
 
 def test_the_decoder_hands_over_an_unterminated_tail_when_the_upstream_closes():
     decoder = OpenAIStreamDecoder("completion")
-    tail = b'data: {"choices": [{"text": "end"}]}'
+    tail = b'data: {"choices": [{"text": "end", "finish_reason": "stop"}]}'
     assert decoder.feed(tail) == []
-    assert decoder.finish() == [tail] and not decoder.done
+    assert decoder.finish() == [tail] and decoder.error is None
     assert decoder.usage() is None and decoder.generated_text() == "end"
 
 

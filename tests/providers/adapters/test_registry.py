@@ -10,13 +10,15 @@ from apps.providers.adapters.mock import MockAdapter
 from apps.providers.adapters.openai import OpenAIAdapter
 from apps.providers.models import ProviderKind
 
-OPENAI_WIRE = [ProviderKind.OPENAI, ProviderKind.OPENAI_COMPATIBLE, ProviderKind.DEEPSEEK, ProviderKind.MISTRAL, ProviderKind.QWEN]
+OPENAI_WIRE = [ProviderKind.OPENAI, ProviderKind.OPENAI_COMPATIBLE, ProviderKind.AZURE_OPENAI, ProviderKind.DEEPSEEK,
+               ProviderKind.MISTRAL, ProviderKind.QWEN]
 
 
 @pytest.mark.parametrize("kind", OPENAI_WIRE)
-def test_it_serves_openai_wire_kinds_with_the_openai_adapter(kind):
+def test_it_serves_openai_wire_kinds_with_the_openai_adapter_or_its_variant(kind):
     adapter = adapter_for(kind)
-    assert type(adapter) is OpenAIAdapter and adapter.needs_key
+    assert isinstance(adapter, OpenAIAdapter) and adapter.needs_key
+    assert adapter.kind == (ProviderKind.OPENAI if kind == ProviderKind.OPENAI_COMPATIBLE else kind)
 
 
 def test_it_serves_the_mock_in_process_without_a_key():

@@ -36,14 +36,16 @@ def test_a_request_error_from_upstream_is_passed_on_without_failover(gateway, fa
     assert len(fake_openai.requests) == 1
 
 
-def test_a_json_answer_to_a_stream_request_is_malformed_and_costs_nothing(gateway, fake_openai):
-    # An upstream that ignores "stream": true and answers one JSON completion: nothing a client could
-    # read as a stream (and nothing reached it yet), so the gateway says so instead of an empty stream.
+def test_a_json_answer_to_a_stream_request_becomes_the_stream_the_client_asked_for(gateway, fake_openai):
+    # An upstream that ignores "stream": true and answers one JSON completion: the adapter's decoder
+    # turns it into chunks (content, finish), so the client gets its answer and the text is billed
+    # (issue 8, item 3; docs/billing.md, "wrong framing").
     completion = {"id": "c1", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]}
     fake_openai.behavior(status=200, error_body=completion)
     response = post(gateway, {**GOOD, "stream": True})
-    assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_malformed"
-    assert len(fake_openai.requests) == 1
+    assert response.status_code == 200 and '"content":"hi"' in response.text and '"finish_reason":"stop"' in response.text
+    assert response.text.endswith("data: [DONE]\n\n") and len(fake_openai.requests) == 1
     gateway.drain(expect=1)
     record = UsageRecord.objects.get()
-    assert (record.status, record.http_status, record.sell_cost) == ("upstream_error", 502, 0)
+    assert (record.status, record.http_status, record.usage_counted_locally) == ("ok", 200, True)
+    assert record.output_tokens == 1 and record.sell_cost > 0

@@ -1,4 +1,8 @@
-"""``MockAdapter``: the ``mock`` kind answers in-process, in OpenAI's wire format, with no key."""
+"""``MockAdapter``: the ``mock`` kind answers in-process, in OpenAI's wire format, with no key.
+
+Like any upstream it is asked for the usage chunk of a stream (``stream_options.include_usage``),
+so a stream is billed from the same counts as the same request unstreamed; the relay hides the
+chunk again from a client that did not ask for it."""
 
 from __future__ import annotations
 
@@ -18,6 +22,10 @@ class LocalResponse:
     __slots__ = ("_request", "_target", "headers", "status")
 
     def __init__(self, request: CanonicalRequest, target: Target) -> None:
+        if request.stream:
+            body = dict(request.body, stream_options={**(request.body.get("stream_options") or {}), "include_usage": True})
+            request = CanonicalRequest(request.endpoint, request.model, body, stream=True, include_usage=request.include_usage,
+                                       max_tokens=request.max_tokens, n=request.n)
         self._request = request
         self._target = target
         self.status = 200

@@ -1,11 +1,17 @@
 """``OpenAIAdapter``: the canonical form is OpenAI's, so requests and answers pass through with the
-upstream model id swapped in; only errors are translated (scrubbed by ``lib.scrub``, their type and
-code mapped into the gateway's vocabulary) — including errors sent with HTTP 200."""
+upstream model id swapped in; errors are translated (scrubbed by ``lib.scrub``, their type and
+code mapped into the gateway's vocabulary) — including errors sent with HTTP 200.
+
+What is repaired on the way (the family's protocol faults, see ``stream`` for streams): the output
+cap's name for reasoning models (``max_tokens`` → ``max_completion_tokens``, ``wire.max_tokens_field``),
+a provider's ``finish_reason`` words, and an SSE stream where a JSON answer belonged (assembled
+into one completion). Subclasses set what differs per kind (``variants``)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import orjson
 
@@ -22,10 +28,14 @@ from apps.providers.adapters.base import (
     malformed,
     rejected,
 )
-from apps.providers.adapters.openai.stream import OpenAIStreamDecoder
+from apps.providers.adapters.openai.stream import EMPTY, FAILED_FINISH, TRUNCATED, OpenAIStreamDecoder
 from apps.providers.adapters.openai.wire import (
+    FINISH_ERROR,
+    assemble_completion,
+    canonical_choices,
     generated_text,
     load_error,
+    max_tokens_field,
     request_body,
     request_url,
     upstream_error,
@@ -39,29 +49,77 @@ logger = logging.getLogger("jetstream.providers")
 _SERVER_TROUBLE = (408, 409)
 # Client errors passed on with their own status; any other 4xx is answered as 400.
 _CLIENT_STATUSES = (400, 404, 413, 422)
+# 402: the supplier's account has no money left (DeepSeek's "Insufficient Balance",
+# https://api-docs.deepseek.com/quick_start/error_codes) — about the key, not the request.
+_KEY_TROUBLE = (401, 402, 403)
+# The faults the stream decoder found itself: (message, code) of the client's 502.
+_DECODER_FAULTS = {
+    TRUNCATED: ("The upstream stream ended before the answer was complete.", "upstream_truncated"),
+    EMPTY: ("The upstream provider returned an empty answer.", "upstream_empty"),
+    FAILED_FINISH: ("The upstream provider stopped generating with an error.", "upstream_error"),
+}
 
 
 class OpenAIAdapter(Adapter):
     """OpenAI's wire format (https://platform.openai.com/docs/api-reference), static Bearer keys."""
 
     kind = "openai"
+    # Streams ask for the usage chunk with ``stream_options.include_usage`` (False: the upstream
+    # refuses the field and sends usage unasked).
+    asks_stream_usage: ClassVar[bool] = True
+    # The output cap's name for models that are not reasoning models (None: as the client sent it).
+    max_tokens_param: ClassVar[str | None] = None
 
     def build_request(self, request: CanonicalRequest, target: Target, auth_headers: Mapping[str, str]) -> UpstreamRequest:
-        """See ``Adapter.build_request``: ``wire.request_body`` (upstream model id; streams ask for usage) as JSON, uncompressed."""
+        """See ``Adapter.build_request``: ``wire.request_body`` (upstream model id; streams ask for
+        usage; the output cap named as ``wire.max_tokens_field`` says) as JSON, uncompressed."""
         headers = {**auth_headers, "Content-Type": "application/json", "Accept-Encoding": "identity"}
-        return UpstreamRequest(request_url(target.base_url, request.endpoint), headers,
-                               request_body(request.body, upstream_model=target.upstream_model, stream=request.stream))
+        return UpstreamRequest(self.url(request, target), headers, self.body(request, target))
+
+    def url(self, request: CanonicalRequest, target: Target) -> str:
+        """The endpoint's URL: ``base_url`` + ``/chat/completions`` (``/completions``, ``/embeddings``)."""
+        return request_url(target.base_url, request.endpoint)
+
+    def body(self, request: CanonicalRequest, target: Target) -> bytes:
+        """The upstream body (see ``build_request``)."""
+        cap = max_tokens_field(target.upstream_model, target.options, self.max_tokens_param) if request.endpoint == "chat" else None
+        return request_body(request.body, upstream_model=target.upstream_model, stream=request.stream,
+                            ask_usage=self.asks_stream_usage, max_tokens_as=cap)
 
     def parse_body(self, body: bytes, request: CanonicalRequest) -> Parsed:
-        """See ``Adapter.parse_body``: the body passes through as it came; a body that is not a JSON object is ``malformed()``."""
+        """See ``Adapter.parse_body``: the body passes through as it came, unless a ``finish_reason``
+        is not OpenAI's word (rewritten) or the upstream streamed where JSON belonged (the SSE
+        assembled into one completion). ``finish_reason: "error"`` is a 502 ``upstream_error``, an
+        answer with no text and no usage a 502 ``upstream_empty``; a body that is neither a JSON object
+        nor SSE is ``malformed()``. ``text`` is filled whenever
+        usage is missing or reports no output (the relay counts it then)."""
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
-            obj = None
+            obj = self._assembled(body, request)
         if not isinstance(obj, dict):
             raise malformed()
+        if b'"finish_reason"' in body or not body.lstrip().startswith(b"{"):
+            choices = obj.get("choices") or []
+            if any(isinstance(c, dict) and c.get("finish_reason") == FINISH_ERROR for c in choices):
+                raise self.in_band_error(FAILED_FINISH, ())
+            if canonical_choices(obj) or not body.lstrip().startswith(b"{"):
+                body = orjson.dumps(obj)
         usage = usage_from(obj)
-        return Parsed(body, usage, None if usage else generated_text(obj, request.endpoint))
+        text = generated_text(obj, request.endpoint) if usage is None or not usage.output_tokens else None
+        if usage is None and not text and request.endpoint != "embedding":
+            raise self.in_band_error(EMPTY, ())  # nothing generated, nothing billed (docs/billing.md, "empty")
+        return Parsed(body, usage, text)
+
+    def _assembled(self, body: bytes, request: CanonicalRequest) -> dict | None:
+        # An SSE stream where one JSON answer belonged: decoded as a stream, put back together.
+        if b"data:" not in body:
+            return None
+        decoder = self.stream_decoder(request)
+        events = decoder.feed(body) + decoder.finish()
+        if decoder.error is not None:  # no secrets at hand here: an upstream's own text is not passed on
+            raise self.in_band_error(decoder.error if decoder.error in _DECODER_FAULTS else FAILED_FINISH, ())
+        return assemble_completion(events, request.endpoint, decoder.usage_chunk)
 
     def stream_decoder(self, request: CanonicalRequest) -> OpenAIStreamDecoder:
         """See ``Adapter.stream_decoder``."""
@@ -70,7 +128,7 @@ class OpenAIAdapter(Adapter):
     def map_error(self, status: int, body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> UpstreamFailure:
         """See ``Adapter.map_error`` (statuses: https://platform.openai.com/docs/guides/error-codes).
 
-        401/403 → 502, fail over, key rests ``COOLDOWN_AUTH_FAILED``; 429 → 429, fail over, rests for a
+        401/402/403 → 502, fail over, key rests ``COOLDOWN_AUTH_FAILED`` (402: the supplier's account is empty); 429 → 429, fail over, rests for a
         whole-seconds ``Retry-After`` (at most ``COOLDOWN_AUTH_FAILED``) or ``COOLDOWN_RATE_LIMITED``;
         5xx, 408, 409 → 502, fail over; a 3xx redirect → 502 ``upstream_redirect``, no failover. These say nothing of the upstream's text: it is about the
         supplier's account or servers, not the client's request. 400, 404, 413, 422 are passed on and
@@ -88,13 +146,17 @@ class OpenAIAdapter(Adapter):
     def in_band_error(self, payload: bytes, secrets: Sequence[str]) -> UpstreamFailure:
         """See ``Adapter.in_band_error``: mapped as ``map_error`` maps the HTTP status the error names
         in its ``code`` or ``status`` (vLLM, OpenRouter), or as a 502 when it names none."""
+        fault = _DECODER_FAULTS.get(payload)
+        if fault is not None:  # found by the stream decoder: no upstream text to pass on
+            logger.warning("upstream answer: %s", fault[1])
+            return UpstreamFailure(502, fault[0], code=fault[1], failover=True, cooldown=COOLDOWN_SERVER_ERROR)
         _, _, status = upstream_error(payload)
         return self._failure(status or 502, payload, {}, secrets, origin="an error inside a 2xx answer")
 
     def _failure(self, status: int, body: bytes, headers: Mapping[str, str], secrets: Sequence[str], *,
                  origin: str) -> UpstreamFailure:
         message, code, _ = upstream_error(body)
-        if status in (401, 403):
+        if status in _KEY_TROUBLE:
             failure = UpstreamFailure(502, "The upstream provider rejected the gateway's credentials.",
                                       code="upstream_auth_failed", failover=True, cooldown=COOLDOWN_AUTH_FAILED)
         elif status == 429:
