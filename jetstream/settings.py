@@ -284,6 +284,12 @@ JETSTREAM: dict[str, Any] = {
     "SSE_KEEPALIVE_SECONDS": envint("JETSTREAM_SSE_KEEPALIVE_SECONDS", 15, minimum=0),
     # How long a stream whose client left is still read for the upstream's usage before it is closed.
     "CLIENT_GONE_DRAIN_SECONDS": envint("JETSTREAM_CLIENT_GONE_DRAIN_SECONDS", 10, minimum=0),
+    # Supplier keys' circuit breaker (apps/proxy/health.py): this many failures in a row (5xx,
+    # timeouts, connection errors) open it; after the cool-off one probe at a time is let through;
+    # this many successful probes close it.
+    "BREAKER_FAILURES": envint("JETSTREAM_BREAKER_FAILURES", 3, minimum=1),
+    "BREAKER_COOLOFF_SECONDS": envint("JETSTREAM_BREAKER_COOLOFF_SECONDS", 30, minimum=1),
+    "BREAKER_CLOSE_AFTER": envint("JETSTREAM_BREAKER_CLOSE_AFTER", 2, minimum=1),
 }
 
 for _origin in JETSTREAM["CORS_ALLOWED_ORIGINS"]:

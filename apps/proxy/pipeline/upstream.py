@@ -1,9 +1,11 @@
 """Route + upstream call: the provider's adapter, supplier keys in order, failover.
 
 Failover happens only before the first byte reaches the client: when the adapter says a failure
-is about the key or the moment (connection error, a timeout before the first byte, 401/403, 429,
-5xx), the key cools down in this worker and the next one is tried, up to ``MAX_ATTEMPTS``; a
-failure about the request itself (another 4xx) is answered at once.
+is about the key or the moment (connection error, a timeout before the first byte, 401/403, 402,
+429, 5xx), the failure is reported to the keys' shared health (``apps/proxy/health.py``: the key
+is disabled, parked, cooled down or counted towards its circuit breaker, in every process) and
+the next key is tried, up to ``MAX_ATTEMPTS``; a failure about the request itself (another 4xx)
+is answered at once. Every try is listed in the usage record (``Call.attempts``).
 
 Time limits (``Timeouts``, seconds, from ``JETSTREAM``): *connect* (TCP, TLS, egress proxy);
 *first byte* — for a stream, until the response headers and the first body bytes; *idle* — between
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ from apps.providers.adapters.base import (
 from lib.ssrf import GuardedResolver, SocketFactory, guarded_socket
 
 from ..exceptions import ApiError
+from ..health import KeyBalancer
 from ..snapshot import KeyRoute, ModelRoute
 from .context import Call
 
@@ -96,6 +100,28 @@ def _is_json(response: UpstreamResponse) -> bool:
 
 def _cool_down(key: KeyRoute, seconds: float) -> None:
     key.cooldown_until = max(key.cooldown_until, time.monotonic() + seconds)
+
+
+def _attempt_record(key: KeyRoute, status: int, code: str, started: float) -> dict[str, Any]:
+    """One entry of ``Call.attempts``: the key's id, the gateway's status for the try (200 when it
+    answered), its error code ("" for none) and the milliseconds it took (to the first bytes)."""
+    return {"key": key.id, "status": status, "code": code, "ms": int((time.monotonic() - started) * 1000)}
+
+
+async def _key_failed(balancer: KeyBalancer, key: KeyRoute, failure: UpstreamFailure) -> None:
+    """Report ``failure`` to the keys' shared health, and rest the key in this worker for the
+    adapter's cooldown: the next calls here try it last (``KeyBalancer.order``), and a refused or
+    rate-limited key stays out of this worker even while Redis is unreachable."""
+    if failure.cooldown and failure.failover:
+        _cool_down(key, failure.cooldown)
+    await balancer.failed(key, failure)
+
+
+def _no_usable_key(balancer: KeyBalancer, route: ModelRoute) -> ApiError:
+    wait = balancer.retry_in(route.keys)
+    headers = [(b"retry-after", str(max(1, math.ceil(wait))).encode())] if wait is not None else None
+    return ApiError(503, "No upstream key is available for this model right now.", type="api_error", code="no_upstream_key",
+                    headers=headers)
 
 
 class UpstreamClient:
@@ -159,9 +185,12 @@ class UpstreamClient:
 
     async def open(self, call: Call, *, on_accepted: Callable[[], None] | None = None) -> Opened:
         """Start the call's upstream answer (sets ``call.key`` to the key that served it): for a stream,
-        up to its first body bytes. ``on_accepted`` is called when an upstream answered 2xx headers
-        (the relay may then keep the client's connection alive). Raises ``ApiError``: 501 (no adapter
-        for the kind), 503 (no key), or the last key's failure (504 ``upstream_timeout`` for a timeout)."""
+        up to its first body bytes. Keys come from the balancer (``ModelRoute.pick_keys``); each try is
+        appended to ``call.attempts`` and its outcome reported to the keys' shared health
+        (``health.KeyBalancer``). ``on_accepted`` is called when an upstream answered 2xx headers (the
+        relay may then keep the client's connection alive). Raises ``ApiError``: 501 (no adapter for
+        the kind), 503 ``no_upstream_key`` (no usable key; ``Retry-After`` when one is only resting),
+        or the last key's failure (504 ``upstream_timeout`` for a timeout)."""
         route = call.route
         adapter = adapter_for(route.provider_kind)
         if adapter is None:
@@ -170,21 +199,32 @@ class UpstreamClient:
         if not adapter.needs_key:
             return await self._attempt(adapter, call, None, on_accepted)
         keys = route.pick_keys()
-        if not keys:
-            raise ApiError(503, "No upstream key is available for this model right now.", type="api_error", code="no_upstream_key")
-        failure = UpstreamFailure(502, "The upstream provider failed.")
-        for key in keys[:MAX_ATTEMPTS]:
+        balancer = route.balancer
+        assert balancer is not None, "pick_keys sets the route's balancer"
+        failure: UpstreamFailure | None = None
+        tried = 0
+        for key in keys:
+            if tried == MAX_ATTEMPTS:
+                break
+            if balancer.is_probe(key, time.time()) and not await balancer.admit_probe(key):
+                continue  # another request is probing this half-open key
+            tried += 1
+            started = time.monotonic()
             try:
                 opened = await self._attempt(adapter, call, key, on_accepted)
             except UpstreamFailure as exc:
-                if exc.cooldown:
-                    _cool_down(key, exc.cooldown)
+                call.attempts.append(_attempt_record(key, exc.status, exc.code, started))
+                await _key_failed(balancer, key, exc)
                 if not exc.failover:
                     raise ApiError.from_upstream(exc) from None
                 failure = exc
                 continue
+            call.attempts.append(_attempt_record(key, 200, "", started))
             call.key = key
+            await balancer.succeeded(key)
             return opened
+        if failure is None:
+            raise _no_usable_key(balancer, route)
         raise ApiError.from_upstream(failure)
 
     async def _attempt(self, adapter: Adapter, call: Call, key: KeyRoute | None,
