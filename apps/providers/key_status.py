@@ -71,6 +71,8 @@ def _apply(raw: bytes) -> bool:
             return False
         key.status = status
         key.status_reason = reason[: SupplierKey._meta.get_field("status_reason").max_length or 300]
-        key.save(update_fields=["status", "status_reason", "updated_at"])
+        # ``updated_at`` stays the person's last save: the key's health record keeps telling why it is out
+        # (``KeyHealth.parked`` compares the failure's time with it). The save still bumps the config version.
+        key.save(update_fields=["status", "status_reason"])
     logger.warning("supplier key %s set %s by the proxy: %s", key_id, status, key.status_reason)
     return True
