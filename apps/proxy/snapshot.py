@@ -239,6 +239,11 @@ def _load_routes() -> dict[str, ModelRoute]:
     return routes
 
 
+def _apply_key_status_changes() -> int:
+    close_old_connections()  # the loader thread's connection may have gone stale since its last load
+    return apply_key_status_changes()
+
+
 def encodings_for(routes: Iterable[ModelRoute]) -> set[str]:
     """The tokenizer encodings the proxy counts with for these routes: a chat model's own, and
     cl100k for completion and embedding models (``spend.estimate``)."""
@@ -306,9 +311,13 @@ class SnapshotCache:
         """Re-read the supplier keys' shared health (its version changed to ``version``) and, when
         keys were disabled or exhausted since, write their status to the database in the loader
         thread (``apply_key_status_changes``; the write bumps the config version, so every worker
-        then drops them from its routes). Raises the Redis client's errors."""
+        then drops them from its routes; a failed write is logged and stays queued). Raises the Redis
+        client's errors."""
         if await self.balancer.refresh(version):
-            await self.run_in_loader(apply_key_status_changes)
+            try:
+                await self.run_in_loader(_apply_key_status_changes)
+            except Exception:  # the changes stay queued (and the keys out of routing): the next change retries
+                logger.exception("could not write supplier key status changes to the database")
 
     async def reload_routes(self) -> None:
         """Load the routing table in the loader thread and swap it in, and load the tokenizer tables
