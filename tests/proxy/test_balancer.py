@@ -223,6 +223,7 @@ def test_a_key_re_enabled_by_a_person_serves_again(world, gateways, keyed_fake, 
     admin = get_user_model().objects.create_superuser("root@example.com", "pw-root-1234567")
     client.force_login(admin)
     key = SupplierKey.objects.get(pk=world.key.pk)
+    time.sleep(1.1)  # the admin reads every key's health at most once a second
     listing = client.get("/admin/providers/supplierkey/", HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert "disabled by the proxy" in listing and "upstream_auth_failed" in listing
     form = {"supplier": key.supplier_id, "provider": key.provider_id, "name": key.name, "secret": "", "weight": key.weight,
