@@ -298,8 +298,8 @@ class SupplierKeyAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("health"))
     def health(self, obj: SupplierKey) -> str:
-        """The breaker as routing sees it now: closed, open or half-open (probing); disabled or
-        exhausted by the proxy; "unknown" when Redis cannot be read."""
+        """The breaker as routing sees it now: closed (serving; with the failures counted so far), open
+        or half-open (probing); disabled or exhausted by the proxy; "unknown" when Redis cannot be read."""
         record = self._record(obj)
         if record is None:
             return str(_("unknown"))
@@ -310,7 +310,7 @@ class SupplierKeyAdmin(admin.ModelAdmin):
             return str(_("open until %(time)s") % {"time": _when(record.open_until)})
         if circuit == key_health.HALF_OPEN:
             return str(_("half-open (probing)"))
-        return str(_("closed")) + (f" ({record.failures} ✗)" if record.failures else "")
+        return str(_("closed (serving)")) + (f", {record.failures} ✗" if record.failures else "")
 
     @admin.display(description=_("rate-limited until"))
     def cooldown_until(self, obj: SupplierKey) -> str:

@@ -7,7 +7,7 @@ import time
 import redis as redis_lib
 from django.conf import settings
 
-from apps.providers.key_health import HEALTH_KEY, STATUS_QUEUE, VERSION_KEY, read_health
+from apps.providers.key_health import STATUS_QUEUE, VERSION_KEY, read_health
 
 
 def redis_client() -> redis_lib.Redis:
@@ -52,5 +52,3 @@ def queued_status_changes() -> int:
     finally:
         client.close()
 
-
-__all__ = ["HEALTH_KEY", "health_of", "queued_status_changes", "redis_client", "reset_key_health"]
