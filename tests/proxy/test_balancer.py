@@ -156,13 +156,13 @@ def test_a_key_rate_limited_in_one_process_is_not_used_by_a_second(world, gatewa
 
 def test_retry_after_ms_is_honoured_to_the_millisecond_and_then_the_key_serves_again(world, gateways, keyed_fake):
     gateway = gateways()
-    keyed_fake.key_behavior(KEY_A, status=429, fail_times=1, error_headers={"retry-after-ms": "1500", "Retry-After": "60"})
+    keyed_fake.key_behavior(KEY_A, status=429, fail_times=1, error_headers={"retry-after-ms": "2500", "Retry-After": "60"})
     ask(gateway)
     health = health_of(world.key.pk)
-    assert 1.3 <= health.cool_until - health.at <= 1.5  # retry-after-ms wins over the coarser Retry-After
+    assert 2.3 <= health.cool_until - health.at <= 2.5  # retry-after-ms wins over the coarser Retry-After
     ask(gateway)
     assert keyed_fake.keys_used() == [KEY_A, KEY_B, KEY_B]
-    time.sleep(1.6)
+    time.sleep(2.6)
     ask(gateway)
     assert keyed_fake.keys_used()[-1] == KEY_A
 
@@ -307,7 +307,7 @@ def test_a_half_open_key_admits_one_probe_at_a_time_across_processes(world, gate
             ask(first)
     time.sleep(1.2)  # cool-off over; the second process has seen the open breaker
     keyed_fake.reset()
-    keyed_fake.behavior(latency_ms=600)
+    keyed_fake.behavior(latency_ms=2000)  # every request of the burst arrives while the probe runs
 
     async def burst():
         clients = [gateway.async_client() for gateway in (first, second, first, second)]
