@@ -8,7 +8,9 @@ disabled or exhausted (until a person re-enables them), keys in a 429 cooldown, 
 breaker is open. A key whose breaker finished its cool-off (half-open) is tried first in its
 group, but only by the one request that wins its probe lease (``SET NX``, shared by all
 processes); it closes after ``BREAKER_CLOSE_AFTER`` successful probes and opens again on a failed
-one. There is no supplier cap in the data model today, so none is checked.
+one. A key resting in this worker only (``KeyRoute.cooldown_until``: the adapter's cooldown after
+a 5xx or a timeout) is tried last, not skipped. There is no supplier cap in the data model today,
+so none is checked.
 
 What a failure does (``KeyBalancer.failed``, from the adapter's ``UpstreamFailure``):
 
