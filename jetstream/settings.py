@@ -288,6 +288,12 @@ JETSTREAM: dict[str, Any] = {
     # is tried last for this long, then leads 10 %, then 50 % of its requests, a step each.
     "PROVIDER_DOWN_SECONDS": envint("JETSTREAM_PROVIDER_DOWN_SECONDS", 10, minimum=0),
     "PROVIDER_RAMP_STEP_SECONDS": envint("JETSTREAM_PROVIDER_RAMP_STEP_SECONDS", 30, minimum=0),
+    # Supplier keys' circuit breaker (apps/proxy/health.py): this many failures in a row (5xx,
+    # timeouts, connection errors) open it; after the cool-off one probe at a time is let through;
+    # this many successful probes close it.
+    "BREAKER_FAILURES": envint("JETSTREAM_BREAKER_FAILURES", 3, minimum=1),
+    "BREAKER_COOLOFF_SECONDS": envint("JETSTREAM_BREAKER_COOLOFF_SECONDS", 30, minimum=1),
+    "BREAKER_CLOSE_AFTER": envint("JETSTREAM_BREAKER_CLOSE_AFTER", 2, minimum=1),
 }
 
 for _origin in JETSTREAM["CORS_ALLOWED_ORIGINS"]:

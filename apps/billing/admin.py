@@ -133,7 +133,7 @@ class UsageRecordAdmin(ExportPermissionMixin, ViewOnlyAdminMixin, ExportActionMi
                        "token", "endpoint", "model_name", "model", "provider", "supplier_key", "price",
                        "fx_rub_per_unit", "stream", "input_tokens", "output_tokens", "cached_tokens",
                        "usage_counted_locally", "sell_cost", "sell_cost_rub", "buy_cost", "buy_cost_rub", "latency_ms",
-                       "ttft_ms", "client_ip", "started_at", "finished_at", "recorded_at"]
+                       "ttft_ms", "attempts", "client_ip", "started_at", "finished_at", "recorded_at"]
     fields = [*readonly_fields]  # every field shown, none editable
 
     sell_cost_rub = rub_column("sell_cost", _("sell cost, RUB"))

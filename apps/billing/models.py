@@ -223,6 +223,10 @@ class UsageRecord(models.Model):
         _("values clamped"), default=False,
         help_text=_("A token count, cost, HTTP status or time in the usage event did not fit its column and was clamped "
                     "(the raw values are in the log with the request id)."))
+    attempts = models.JSONField(
+        _("upstream attempts"), default=list, blank=True,
+        help_text=_("Every upstream try in order: supplier key id, the gateway's HTTP status for it (200 = answered), "
+                    "its error code and milliseconds."))
     started_at = models.DateTimeField(_("started"))
     finished_at = models.DateTimeField(_("finished"))
     recorded_at = models.DateTimeField(_("recorded"), auto_now_add=True)

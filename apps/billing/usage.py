@@ -27,7 +27,7 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -76,6 +76,9 @@ class UsageEvent:
     ttft_ms: int | None = None
     client_ip: str | None = None
     usage_clamped: bool = False  # a count, cost, status or time was out of its column's range (see normalised)
+    # The upstream tries, in order: [{"key": supplier key id, "status": the gateway's HTTP status for
+    # the try (200 = answered), "code": its error code ("" = none), "ms": milliseconds}] (see normalised).
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def encode(self) -> bytes:
         """The event, normalised (``normalised``), as the JSON object stored in the stream entry's ``e`` field.
@@ -102,7 +105,10 @@ class UsageEvent:
           non-integer becomes 0 (None where the column allows it);
         * ids: an id outside bigint or not an integer becomes None;
         * ``started_at``/``finished_at`` (Unix seconds): not finite or outside 1970…9999 → now;
-        * ``client_ip``: not an address PostgreSQL's ``inet`` takes → None (an IPv6 zone is dropped).
+        * ``client_ip``: not an address PostgreSQL's ``inet`` takes → None (an IPv6 zone is dropped);
+        * ``attempts``: a list of at most ``MAX_ATTEMPTS_RECORDED`` objects with exactly ``key`` (an
+          id or None), ``status`` (0…999), ``code`` (text, 64 characters) and ``ms`` (int32 ≥ 0);
+          anything else in it is dropped or made so (not flagged: nothing the bill depends on).
 
         A clamped count, cost or status, or a replaced time, sets ``usage_clamped`` (the raw values
         go to the log at WARNING with the request id), so an operator can filter such records.
@@ -220,6 +226,9 @@ def _column_rules() -> tuple[tuple[str, str, Any], ...]:
         if name == "client_ip":
             rules.append((name, "ip", None))
             continue
+        if name == "attempts":
+            rules.append((name, "attempts", MAX_ATTEMPTS_RECORDED))
+            continue
         if name in _NOT_COLUMNS:
             low, high = connection.ops.integer_field_range(_NOT_COLUMNS[name])
             rules.append((name, "id", (max(low, 1), high)))
@@ -308,6 +317,34 @@ def _address(value: str) -> str | None:
 
 _INTEGER_KINDS = frozenset({"int", "nullable_int", "id"})
 
+# Upstream tries kept per record: the proxy makes at most 3 (upstream.MAX_ATTEMPTS) plus skipped probes.
+MAX_ATTEMPTS_RECORDED = 10
+_ATTEMPT_CODE_LENGTH = 64
+_INT32 = 2**31 - 1
+_BIGINT = 2**63 - 1
+
+
+def _attempt_fits(item: Any) -> bool:
+    return (type(item) is dict and len(item) == 4 and (item.get("key") is None or (type(item["key"]) is int and 0 < item["key"] <= _BIGINT))
+            and type(item.get("status")) is int and 0 <= item["status"] <= 999
+            and type(item.get("code")) is str and len(item["code"]) <= _ATTEMPT_CODE_LENGTH and item["code"].isascii()
+            and "\x00" not in item["code"] and type(item.get("ms")) is int and 0 <= item["ms"] <= _INT32)
+
+
+def _attempts(value: Any, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    if type(value) is not list:
+        return [], False
+    kept: list[dict[str, Any]] = []
+    for item in value[:limit]:
+        if type(item) is not dict:
+            continue
+        if _attempt_fits(item):
+            kept.append(item)
+            continue
+        kept.append({"key": _id(item.get("key"), (1, _BIGINT))[0], "status": _count(item.get("status"), (0, 999))[0],
+                     "code": _text(item.get("code"), _ATTEMPT_CODE_LENGTH)[0], "ms": _count(item.get("ms"), (0, _INT32))[0]})
+    return kept, False
+
 
 def _fits(event: UsageEvent) -> bool:
     """Whether every value of ``event`` already fits its column, by cheap type and range checks
@@ -326,6 +363,9 @@ def _fits(event: UsageEvent) -> bool:
         elif kind == "ip":
             if raw is not None and not (type(raw) is str and len(raw) <= 45 and raw.isascii() and "\x00" not in raw):
                 return False
+        elif kind == "attempts":
+            if not (type(raw) is list and len(raw) <= limit and all(_attempt_fits(item) for item in raw)):
+                return False
         else:
             return False
     return type(event.stream) is bool and type(event.usage_counted_locally) is bool
@@ -333,4 +373,4 @@ def _fits(event: UsageEvent) -> bool:
 
 _NULLABLE_KINDS = frozenset({"nullable_int", "id", "ip"})
 _NORMALISERS: dict[str, Any] = {"text": _text, "int": _count, "nullable_int": _nullable_count, "id": _id, "time": _time,
-                                "ip": _ip}
+                                "ip": _ip, "attempts": _attempts}

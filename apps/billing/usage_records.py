@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import DataError, IntegrityError, ProgrammingError, connection, models, transaction
 
@@ -223,7 +224,7 @@ _RECORD_COLUMNS = (
     ("usage_counted_locally", "boolean"), ("sell_cost", "bigint"), ("buy_cost", "bigint"), ("status", "text"),
     ("http_status", "smallint"), ("error_type", "text"), ("error_code", "text"), ("latency_ms", "integer"),
     ("ttft_ms", "integer"), ("client_ip", "inet"), ("started_at", "timestamptz"), ("finished_at", "timestamptz"),
-    ("usage_clamped", "boolean"),
+    ("usage_clamped", "boolean"), ("attempts", "jsonb"),
 )
 _INSERT_RECORDS = f"""
 INSERT INTO billing_usagerecord ({", ".join(c for c, _ in _RECORD_COLUMNS)}, recorded_at)
@@ -269,6 +270,7 @@ def _record_rows(events: list[UsageEvent]) -> list[list]:
             e.output_tokens, e.cached_tokens, e.usage_counted_locally, e.sell_cost, e.buy_cost,
             e.status or UsageStatus.FAILED, e.http_status, e.error_type, e.error_code,
             e.latency_ms, e.ttft_ms, e.client_ip, _ts(e.started_at), _ts(e.finished_at), e.usage_clamped,
+            orjson.dumps(e.attempts).decode(),
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)

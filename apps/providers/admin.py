@@ -3,24 +3,39 @@
 Secrets are write-only here: a supplier key's secret and an egress proxy's URL (which may carry
 credentials) are typed into a password box that never renders a value back; pages show only the
 last four characters or the credential-free URL. Prices are versions: added, never edited.
+
+Supplier keys show their shared health (``apps/providers/key_health.py``, read from Redis at most
+once a second for every page): circuit state, rate-limit cooldown, the last error (scrubbed by the
+proxy) and the average latency of the key's answers in the last hour (from usage records).
+Re-enabling a key (status back to active) also clears its health record in every proxy.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+import redis
 from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import ValidationError
+from django.db.models import Avg, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from import_export.admin import ImportExportMixin
 
-from apps.providers.models import EgressProxy, Model, Price, Provider, SupplierKey
+from apps.billing.models import UsageRecord, UsageStatus
+from apps.providers import key_health
+from apps.providers.models import EgressProxy, Model, Price, Provider, SupplierKey, SupplierKeyStatus
 from apps.providers.resources import ModelResource, PriceResource
 from lib.admin import SPREADSHEET_FORMATS, AppendOnlyAdminMixin, ExportPermissionMixin, MicroAmountField, rub_column
 from lib.crypto import SecretDecryptionError
@@ -214,11 +229,52 @@ class SupplierKeyForm(forms.ModelForm):
         return cleaned
 
 
+logger = logging.getLogger(__name__)
+
+_HEALTH_TTL = 1.0  # seconds one read of every key's health serves the admin's pages
+
+
+class _HealthCache:
+    """Every key's shared health record, read from Redis at most once per ``_HEALTH_TTL`` seconds
+    (a changelist shows many keys: one read for all). Unreachable Redis reads as None."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._read_at = 0.0
+        self._records: dict[int, key_health.KeyHealth] | None = None
+
+    def records(self) -> dict[int, key_health.KeyHealth] | None:
+        with self._lock:
+            if time.monotonic() - self._read_at > _HEALTH_TTL:
+                self._records = _read_all_health()
+                self._read_at = time.monotonic()
+            return self._records
+
+
+def _read_all_health() -> dict[int, key_health.KeyHealth] | None:
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+        try:
+            return key_health.read_health(client)
+        finally:
+            client.close()
+    except redis.RedisError:
+        logger.warning("could not read the supplier keys' health from Redis")
+        return None
+
+
+_health = _HealthCache()
+
+
+def _when(unix: float) -> str:
+    return timezone.localtime(datetime.fromtimestamp(unix, UTC)).strftime("%Y-%m-%d %H:%M:%S")
+
+
 @admin.register(SupplierKey)
 class SupplierKeyAdmin(admin.ModelAdmin):
     form = SupplierKeyForm
-    list_display = ["name", "provider", "supplier", "masked_secret", "secret_key_id", "status", "priority", "weight",
-                    "buy_coefficient", "updated_at"]
+    list_display = ["name", "provider", "supplier", "masked_secret", "status", "health", "cooldown_until", "last_error",
+                    "recent_latency", "priority", "weight", "buy_coefficient", "updated_at"]
     list_filter = ["status", "provider", "secret_key_id"]
     search_fields = ["name", "supplier__name", "supplier__slug", "provider__slug", "=secret_last4"]
     list_select_related = ["provider", "supplier"]
@@ -229,12 +285,73 @@ class SupplierKeyAdmin(admin.ModelAdmin):
     def masked_secret(self, obj: SupplierKey) -> str:
         return obj.masked_secret
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SupplierKey]:
+        # The key's answers in the last hour, averaged in one subquery (index usage_key_time): no query per row.
+        since = timezone.now() - timedelta(hours=1)
+        latency = (UsageRecord.objects.filter(supplier_key=OuterRef("pk"), started_at__gte=since, status=UsageStatus.OK)
+                   .values("supplier_key").annotate(avg=Avg("latency_ms")).values("avg"))
+        return super().get_queryset(request).annotate(recent_latency_ms=Subquery(latency))
+
+    def _record(self, obj: SupplierKey) -> key_health.KeyHealth | None:
+        records = _health.records()
+        return None if records is None else records.get(obj.pk, key_health.KeyHealth())
+
+    @admin.display(description=_("health"))
+    def health(self, obj: SupplierKey) -> str:
+        """The breaker as routing sees it now: closed (serving; with the failures counted so far), open
+        or half-open (probing); disabled or exhausted by the proxy; "unknown" when Redis cannot be read."""
+        record = self._record(obj)
+        if record is None:
+            return str(_("unknown"))
+        if record.parked(obj.updated_at.timestamp()):
+            return str(_("disabled by the proxy") if record.state == key_health.INVALID else _("exhausted (parked)"))
+        circuit = record.circuit(time.time())
+        if circuit == key_health.OPEN:
+            return str(_("open until %(time)s") % {"time": _when(record.open_until)})
+        if circuit == key_health.HALF_OPEN:
+            return str(_("half-open (probing)"))
+        return str(_("closed (serving)")) + (f", {record.failures} ✗" if record.failures else "")
+
+    @admin.display(description=_("rate-limited until"))
+    def cooldown_until(self, obj: SupplierKey) -> str:
+        record = self._record(obj)
+        return _when(record.cool_until) if record is not None and record.cool_until > time.time() else "—"
+
+    @admin.display(description=_("last error"))
+    def last_error(self, obj: SupplierKey) -> str:
+        """The last failure: when, the gateway's code and what the provider said (scrubbed by the proxy)."""
+        record = self._record(obj)
+        if record is None or not record.at:
+            return "—"
+        return f"{_when(record.at)} {record.code}: {record.error}"[:300]
+
+    @admin.display(description=_("avg latency, last hour"))
+    def recent_latency(self, obj: SupplierKey) -> str:
+        value = getattr(obj, "recent_latency_ms", None)
+        return "—" if value is None else f"{round(value)} ms"
+
+    def save_model(self, request: HttpRequest, obj: SupplierKey, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "status" in form.changed_data and obj.status == SupplierKeyStatus.ACTIVE:
+            # Re-enabled by a person: the proxies forget why they benched it (breaker, cooldown, parking).
+            try:
+                client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+                try:
+                    key_health.reset_health(client, obj.pk)
+                finally:
+                    client.close()
+            except redis.RedisError:
+                logger.warning("could not clear the health of supplier key %s; a disabled state older than this save is "
+                               "ignored anyway", obj.pk)
+
     def get_fields(self, request: HttpRequest, obj: SupplierKey | None = None) -> list[str]:
         fields = ["supplier", "provider", "name", "secret", "weight", "priority", "status", "status_reason", "buy_coefficient"]
         if obj is None:
             return fields
         return ["supplier", "provider", "name", "masked_secret", "secret_key_id", "secret", "weight", "priority",
-                "status", "status_reason", "buy_coefficient", "created_at", "updated_at"]
+                "status", "status_reason", "health", "cooldown_until", "last_error", "recent_latency", "buy_coefficient",
+                "created_at", "updated_at"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: SupplierKey | None = None) -> list[str]:
-        return [] if obj is None else ["masked_secret", "secret_key_id", "created_at", "updated_at"]
+        return [] if obj is None else ["masked_secret", "secret_key_id", "health", "cooldown_until", "last_error",
+                                       "recent_latency", "created_at", "updated_at"]

@@ -188,6 +188,64 @@ return released
 """
 
 
+KEY_HEALTH = """
+-- One supplier key's shared health record (apps/providers/key_health.py has its fields).
+-- KEYS: health hash, health version, status queue, the key's probe lease
+-- ARGV: op, key id, now (Unix seconds), then per op —
+--   ok:   successes that close a half-open breaker
+--   fail: failures that open the breaker, cool-off seconds, code, http, error
+--   cool: seconds (a 429's wait), code, http, error
+--   park: state (invalid | exhausted), code, http, error — also queued for the database
+-- Returns the record's JSON after the call ('' for a key with no record).
+local id, now, op = ARGV[2], tonumber(ARGV[3]), ARGV[1]
+local raw = redis.call('HGET', KEYS[1], id)
+local r = {}
+if raw then
+  local decoded, value = pcall(cjson.decode, raw)
+  if decoded and type(value) == 'table' then r = value end
+end
+local s, f, ok = r.s or 'closed', tonumber(r.f or 0), tonumber(r.ok or 0)
+local parked = s == 'invalid' or s == 'exhausted'
+local probing = s == 'half_open' or (s == 'open' and now >= tonumber(r.ou or 0))
+local function note(code, http, err) r.at = now; r.c = code; r.h = tonumber(http); r.e = err end
+if op == 'ok' then
+  redis.call('DEL', KEYS[4])
+  if probing then
+    ok = ok + 1
+    if ok >= tonumber(ARGV[4]) then s, f, ok = 'closed', 0, 0 else s = 'half_open' end
+  elseif s == 'closed' and f > 0 then
+    f = 0
+  else
+    return raw or ''
+  end
+elseif op == 'fail' then
+  redis.call('DEL', KEYS[4])
+  note(ARGV[6], ARGV[7], ARGV[8])
+  if not parked then
+    f = f + 1
+    if probing or (s == 'closed' and f >= tonumber(ARGV[4])) then
+      s, ok, r.ou = 'open', 0, now + tonumber(ARGV[5])
+    end
+  end
+elseif op == 'cool' then
+  r.cu = math.max(tonumber(r.cu or 0), now + tonumber(ARGV[4]))
+  note(ARGV[5], ARGV[6], ARGV[7])
+elseif op == 'park' then
+  redis.call('DEL', KEYS[4])
+  s = ARGV[4]
+  note(ARGV[5], ARGV[6], ARGV[7])
+  redis.call('RPUSH', KEYS[3], cjson.encode({id = tonumber(id), status = s, reason = ARGV[7], at = now}))
+else
+  return redis.error_reply('unknown op ' .. op)
+end
+r.s, r.f, r.ok = s, f, ok
+local encoded = cjson.encode(r)
+redis.call('HSET', KEYS[1], id, encoded)
+redis.call('INCR', KEYS[2])
+return encoded
+"""
+
+
 def company_key(company_id: int) -> str:
     """The hash of a company's funds: cr, db, lim, out (micro-RUB)."""
     return f"js:co:{company_id}"

@@ -4,8 +4,9 @@ No ORM query per request in the steady state: a token is loaded once (in a dedic
 thread, off the event loop) and kept until the config version changes. Every write to a token,
 company, department, model, price, FX rate, provider or supplier key bumps the version key in
 Redis on commit (see ``bump_config_version``); each proxy worker polls that key every
-``POLL_SECONDS`` (one GET per worker, not per request), so a block, revoke or limit change
-reaches every replica within a second.
+``POLL_SECONDS`` (one MGET per worker, not per request), so a block, revoke or limit change
+reaches every replica within a second. The same MGET reads the supplier keys' health version
+(``apps/proxy/health.py``): the shared health records are re-read only when it changed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import random
 import time
 import zoneinfo
 from collections.abc import Iterable, Mapping
@@ -27,10 +27,13 @@ from django.utils import timezone
 
 from apps.billing.models import FxRate
 from apps.providers.adapters.base import Target
+from apps.providers.key_health import VERSION_KEY as HEALTH_VERSION_KEY
+from apps.providers.key_status import apply_key_status_changes
 from apps.providers.models import Model, Price, SupplierKey, SupplierKeyStatus
 from lib import tokenizer
 from lib.money import coefficient_units
 
+from .health import BreakerSettings, KeyBalancer
 from .models import ApiToken
 
 logger = logging.getLogger(__name__)
@@ -90,8 +93,11 @@ class KeyRoute:
     """An active supplier key of an active supplier, as routing sees it.
 
     ``secret`` decrypted; ``priority`` (lower first) and ``weight`` (within a priority) order the
-    tries; ``buy_coef_units`` the buy coefficient × 10_000; ``cooldown_until`` ``time.monotonic()``
-    seconds, in this worker only (kept across route reloads).
+    tries; ``buy_coef_units`` the buy coefficient × 10_000; ``updated_at`` the key's last save (Unix
+    seconds: a failure older than it no longer parks the key). ``cooldown_until`` is
+    ``time.monotonic()`` seconds, in this worker only, and ``current`` the smooth weighted
+    round-robin's running weight (``health.smooth_pick``); both are kept across route reloads. The
+    shared health is ``health.KeyBalancer``'s.
     """
 
     id: int
@@ -100,7 +106,9 @@ class KeyRoute:
     weight: int
     priority: int
     buy_coef_units: int
+    updated_at: float = 0.0
     cooldown_until: float = 0.0
+    current: int = 0
 
 
 @dataclass(slots=True)
@@ -138,6 +146,7 @@ class ModelRoute:
     fallbacks: tuple[str, ...] = ()  # public names to try when this model fails, in order
     routing: str = "ordered"  # how candidates are ordered: "ordered" | "cheapest" | "fastest"
     country: str = ""  # where the provider processes data (ISO 3166-1 alpha-2, "" = not said)
+    balancer: KeyBalancer | None = None  # the worker's, with the keys' shared health (set by SnapshotCache)
     target: Target = field(init=False)  # where the adapter sends this model's calls
 
     def __post_init__(self) -> None:
@@ -156,18 +165,11 @@ class ModelRoute:
         return self.price_id is not None and self.fx_micro is not None
 
     def pick_keys(self) -> list[KeyRoute]:
-        """Keys to try in order: by priority, weighted-random within one, cooled-down ones last."""
-        now = time.monotonic()
-        ready = [k for k in self.keys if k.cooldown_until <= now]
-        cooling = [k for k in self.keys if k.cooldown_until > now]
-        ordered: list[KeyRoute] = []
-        for priority in sorted({k.priority for k in ready}):
-            group = [k for k in ready if k.priority == priority]
-            while group:
-                pick = random.choices(group, weights=[k.weight for k in group])[0]
-                ordered.append(pick)
-                group.remove(pick)
-        return ordered + sorted(cooling, key=lambda k: k.cooldown_until)
+        """The usable keys in the order to try them: by priority, smooth weighted round-robin within
+        one, unhealthy keys left out (``health.KeyBalancer.order``); [] when none is usable."""
+        if self.balancer is None:
+            self.balancer = KeyBalancer(None)  # a route built by hand: this process's cooldowns only
+        return self.balancer.order(self.keys)
 
 
 def _load_token(key_hash: str) -> TokenSnapshot | None:
@@ -224,7 +226,8 @@ def _load_routes() -> dict[str, ModelRoute]:
             logger.error("supplier key %s cannot be decrypted (key id %s); skipping it", key.pk, key.secret_key_id)
             continue
         keys.setdefault(key.provider_id, []).append(
-            KeyRoute(key.pk, key.supplier_id, secret, key.weight, key.priority, coefficient_units(key.buy_coefficient)))
+            KeyRoute(key.pk, key.supplier_id, secret, key.weight, key.priority, coefficient_units(key.buy_coefficient),
+                     updated_at=key.updated_at.timestamp()))
     routes: dict[str, ModelRoute] = {}
     for model in Model.objects.select_related("provider", "provider__egress").filter(is_active=True, provider__is_active=True):
         provider = model.provider
@@ -248,6 +251,11 @@ def _load_routes() -> dict[str, ModelRoute]:
             fallbacks=tuple(model.fallbacks), routing=model.routing, country=provider.country,
         )
     return routes
+
+
+def _apply_key_status_changes() -> int:
+    close_old_connections()  # the loader thread's connection may have gone stale since its last load
+    return apply_key_status_changes()
 
 
 def encodings_for(routes: Iterable[ModelRoute]) -> set[str]:
@@ -275,11 +283,13 @@ class SnapshotCache:
         self._routes_loaded = 0.0
         self._version: bytes | None = b"unset"
         self._poller: asyncio.Task | None = None
+        self.balancer = KeyBalancer(redis, BreakerSettings.from_settings(settings.JETSTREAM))
 
     async def start(self) -> None:
         """Read the config version, load the routes and start the poller. Raises the Redis client's errors
         and whatever loading the routes raises (the worker's startup fails)."""
-        self._version = await self._redis.execute("GET", VERSION_KEY)
+        self._version, health_version = await self._redis.execute("MGET", VERSION_KEY, HEALTH_VERSION_KEY)
+        await self.refresh_health(health_version)
         await self.reload_routes()
         self._poller = asyncio.get_running_loop().create_task(self._poll())
 
@@ -298,7 +308,9 @@ class SnapshotCache:
         while True:
             await asyncio.sleep(POLL_SECONDS)
             try:
-                version = await self._redis.execute("GET", VERSION_KEY)
+                version, health_version = await self._redis.execute("MGET", VERSION_KEY, HEALTH_VERSION_KEY)
+                if health_version != self.balancer.version:
+                    await self.refresh_health(health_version)
                 stale = time.monotonic() - self._routes_loaded > MAX_AGE_SECONDS
                 if version != self._version or stale:
                     self._version = version
@@ -309,21 +321,33 @@ class SnapshotCache:
             except Exception:
                 logger.exception("config poll failed; keeping the current snapshot")
 
+    async def refresh_health(self, version: bytes | None) -> None:
+        """Re-read the supplier keys' shared health (its version changed to ``version``) and, when
+        keys were disabled or exhausted since, write their status to the database in the loader
+        thread (``apply_key_status_changes``; the write bumps the config version, so every worker
+        then drops them from its routes; a failed write is logged and stays queued). Raises the Redis
+        client's errors."""
+        if await self.balancer.refresh(version):
+            try:
+                await self.run_in_loader(_apply_key_status_changes)
+            except Exception:  # the changes stay queued (and the keys out of routing): the next change retries
+                logger.exception("could not write supplier key status changes to the database")
+
     async def reload_routes(self) -> None:
-        """Load the routing table in the loader thread, keep key health across reloads, and load the
-        tokenizer tables the routes need there too (a table loads in about a second: on the event
-        loop it would stall every request of a cold worker)."""
-        """Load the routing table in the loader thread and swap it in, keeping each key's cooldown."""
+        """Load the routing table in the loader thread and swap it in, and load the tokenizer tables
+        the routes need there too (a table loads in about a second: on the event loop it would
+        stall every request of a cold worker). Each key keeps this worker's cooldown and
+        round-robin position across reloads."""
         loop = asyncio.get_running_loop()
         routes = await loop.run_in_executor(self._executor, _load_routes)
         await loop.run_in_executor(self._executor, tokenizer.preload, encodings_for(routes.values()))
-        # Keep key health (cooldowns) across reloads.
-        for name, route in routes.items():
-            old = self._routes.get(name)
-            if old:
-                cooling = {k.id: k.cooldown_until for k in old.keys}
-                for key in route.keys:
-                    key.cooldown_until = cooling.get(key.id, 0.0)
+        previous = {key.id: key for route in self._routes.values() for key in route.keys}
+        for route in routes.values():
+            route.balancer = self.balancer
+            for key in route.keys:
+                old = previous.get(key.id)
+                if old is not None:
+                    key.cooldown_until, key.current = old.cooldown_until, old.current
         self._routes = routes
         self._routes_loaded = time.monotonic()
 

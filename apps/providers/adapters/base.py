@@ -30,8 +30,10 @@ the registry in ``apps/providers/adapters/__init__.py``).
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,10 +141,18 @@ class UpstreamFailure(Exception):
     URL, host or address). ``failover`` says whether the next key may be tried (the failure is about
     this key or this moment, not the request); ``cooldown`` how many seconds this key should rest
     (None = not at all).
+
+    What the failure means for the supplier key beyond this request (the balancer,
+    ``apps/proxy/health.py``, shares it with every proxy process): ``disable`` — the
+    provider refused the key itself (401/403): it is set ``invalid`` until a person re-enables it;
+    ``park`` — the key's account is out of quota or money (402, ``insufficient_quota``): set
+    ``exhausted`` until a person re-enables it. ``detail`` is what the provider said, scrubbed
+    (``lib.scrub``), for the key's status reason and last error in the admin ("" = nothing useful).
     """
 
     def __init__(self, status: int, message: str, *, type: str = "api_error", code: str = "upstream_error",  # noqa: A002
-                 failover: bool = False, cooldown: float | None = None) -> None:
+                 failover: bool = False, cooldown: float | None = None, disable: bool = False, park: bool = False,
+                 detail: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -150,6 +160,40 @@ class UpstreamFailure(Exception):
         self.code = code
         self.failover = failover
         self.cooldown = cooldown
+        self.disable = disable
+        self.park = park
+        self.detail = detail
+
+
+def retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds an upstream asks to wait before the next request, or None when it says nothing usable.
+
+    Reads ``retry-after-ms`` (milliseconds, a number; OpenAI and Azure send it) first, then
+    ``Retry-After`` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3,
+    https://www.rfc-editor.org/rfc/rfc9110#field.retry-after); ``now`` is Unix seconds (default:
+    the clock). A negative, non-finite or unparseable value is ignored; a date in the past is 0.
+    ``headers`` must be case-insensitive (aiohttp's are) or use lower-case names.
+    """
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            value = float(millis)
+        except ValueError:
+            value = -1.0
+        if math.isfinite(value) and value >= 0:
+            return value / 1000
+    raw = (headers.get("retry-after") or "").strip()
+    if not raw:
+        return None
+    if raw.isdigit():
+        return float(raw)
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110: an HTTP-date is always GMT
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def unreachable() -> UpstreamFailure:

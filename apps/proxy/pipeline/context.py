@@ -71,6 +71,9 @@ class Call:
     idempotency_stored: bool = False
     # upstream and usage
     key: KeyRoute | None = None
+    # Every upstream try, in order: {"key": id, "status": the gateway's status (200 = answered),
+    # "code": its error code or "", "ms": milliseconds to the first bytes} (upstream.UpstreamClient.open).
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
@@ -116,5 +119,5 @@ class Call:
             output_tokens=self.output_tokens, cached_tokens=self.cached_tokens, usage_counted_locally=self.counted_locally,
             sell_cost=self.sell, buy_cost=self.buy, error_type=error.type if error else "",
             error_code=(error.code or "") if error else "", latency_ms=int((now - self.started) * 1000),
-            ttft_ms=self.ttft_ms, client_ip=self.client_ip,
+            ttft_ms=self.ttft_ms, client_ip=self.client_ip, attempts=self.attempts,
         ).encode()

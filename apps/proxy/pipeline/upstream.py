@@ -1,9 +1,11 @@
 """Route + upstream call: the provider's adapter, supplier keys in order, failover.
 
 Failover happens only before the first byte reaches the client: when the adapter says a failure
-is about the key or the moment (connection error, a timeout before the first byte, 401/403, 429,
-5xx), the key cools down in this worker and the next one is tried, up to ``MAX_ATTEMPTS``; a
-failure about the request itself (another 4xx) is answered at once.
+is about the key or the moment (connection error, a timeout before the first byte, 401/403, 402,
+429, 5xx), the failure is reported to the keys' shared health (``apps/proxy/health.py``: the key
+is disabled, parked, cooled down or counted towards its circuit breaker, in every process) and
+the next key is tried, up to ``MAX_ATTEMPTS``; a failure about the request itself (another 4xx)
+is answered at once. Every try is listed in the usage record (``Call.attempts``).
 
 Time limits (``Timeouts``, seconds, from ``JETSTREAM``): *connect* (TCP, TLS, egress proxy);
 *first byte* — for a stream, until the response headers and the first body bytes; *idle* — between
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from apps.providers.adapters.base import (
 from lib.ssrf import GuardedResolver, SocketFactory, guarded_socket
 
 from ..exceptions import ApiError
+from ..health import KeyBalancer
 from ..snapshot import KeyRoute, ModelRoute
 from .context import Call
 from .routing import ProviderHealth
@@ -117,6 +121,28 @@ def _cool_down(key: KeyRoute, seconds: float) -> None:
 class RouteExhausted(ApiError):
     """A model could not answer for reasons of its own (no adapter, no key, every key failed over):
     the call's next fallback may."""
+
+
+def _attempt_record(key: KeyRoute, status: int, code: str, started: float) -> dict[str, Any]:
+    """One entry of ``Call.attempts``: the key's id, the gateway's status for the try (200 when it
+    answered), its error code ("" for none) and the milliseconds it took (to the first bytes)."""
+    return {"key": key.id, "status": status, "code": code, "ms": int((time.monotonic() - started) * 1000)}
+
+
+async def _key_failed(balancer: KeyBalancer, key: KeyRoute, failure: UpstreamFailure) -> None:
+    """Report ``failure`` to the keys' shared health, and rest the key in this worker for the
+    adapter's cooldown: the next calls here try it last (``KeyBalancer.order``), and a refused or
+    rate-limited key stays out of this worker even while Redis is unreachable."""
+    if failure.cooldown and failure.failover:
+        _cool_down(key, failure.cooldown)
+    await balancer.failed(key, failure)
+
+
+def _no_usable_key(balancer: KeyBalancer, route: ModelRoute) -> ApiError:
+    wait = balancer.retry_in(route.keys)
+    headers = [(b"retry-after", str(max(1, math.ceil(wait))).encode())] if wait is not None else None
+    return RouteExhausted(503, "No upstream key is available for this model right now.", type="api_error",
+                          code="no_upstream_key", headers=headers)
 
 
 class UpstreamClient:
@@ -229,9 +255,11 @@ class UpstreamClient:
         return opened
 
     async def _open_route(self, call: Call, on_accepted: Callable[[], None] | None) -> Opened:
-        """The call's route, its keys in order with failover; ``call.key`` is the key being tried (None
-        when every key failed). Raises ``RouteExhausted`` when another model may still answer (no
-        adapter, no key, every key failed), ``ApiError`` when not."""
+        """The call's route, its keys in the balancer's order (``ModelRoute.pick_keys``) with failover;
+        ``call.key`` is the key being tried (None when every key failed). Each try is appended to
+        ``call.attempts`` and its outcome reported to the keys' shared health (``health.KeyBalancer``).
+        Raises ``RouteExhausted`` when another model may still answer (no adapter; no usable key —
+        with ``Retry-After`` when one is only resting; every key failed), ``ApiError`` when not."""
         route = call.route
         if call.max_output_tokens:  # the output reserved for (this model's estimate), per choice
             call.request.output_cap = max(1, call.max_output_tokens // max(call.request.n, 1))
@@ -242,11 +270,17 @@ class UpstreamClient:
         if not adapter.needs_key:
             return await self._attempt(adapter, call, None, on_accepted)
         keys = route.pick_keys()
-        if not keys:
-            raise RouteExhausted(503, "No upstream key is available for this model right now.", type="api_error",
-                                 code="no_upstream_key")
-        failure = UpstreamFailure(502, "The upstream provider failed.")
-        for key in keys[:MAX_ATTEMPTS]:
+        balancer = route.balancer
+        assert balancer is not None, "pick_keys sets the route's balancer"
+        failure: UpstreamFailure | None = None
+        tried = 0
+        for key in keys:
+            if tried == MAX_ATTEMPTS:
+                break
+            if balancer.is_probe(key, time.time()) and not await balancer.admit_probe(key):
+                continue  # another request is probing this half-open key
+            tried += 1
+            started = time.monotonic()
             # Set before the attempt: a client that leaves while it runs is billed the prompt the
             # upstream received, and the supplier of this key is owed it (docs/billing.md).
             call.key = key
@@ -254,13 +288,17 @@ class UpstreamClient:
                 opened = await self._attempt(adapter, call, key, on_accepted)
             except UpstreamFailure as exc:
                 call.key = None
-                if exc.cooldown:
-                    _cool_down(key, exc.cooldown)
+                call.attempts.append(_attempt_record(key, exc.status, exc.code, started))
+                await _key_failed(balancer, key, exc)
                 if not exc.failover:
                     raise ApiError.from_upstream(exc) from None
                 failure = exc
                 continue
+            call.attempts.append(_attempt_record(key, 200, "", started))
+            await balancer.succeeded(key)
             return opened
+        if failure is None:
+            raise _no_usable_key(balancer, route)
         raise RouteExhausted.from_upstream(failure)
 
     async def _attempt(self, adapter: Adapter, call: Call, key: KeyRoute | None,

@@ -19,6 +19,7 @@ from apps.providers.adapters.base import REQUEST_ERROR_CODES
 from lib import tokenizer
 from tests.fakes.openai_upstream import BARE_HOST, INTERNAL_HOST, INTERNAL_IP, INTERNAL_IPV6, LEAKY_TEXT, leaky_error
 from tests.proxy.helpers import GOOD, expected_cost, post
+from tests.proxy.keyhealth import reset_key_health
 
 USED = "q7Zt!first-supplier-key"
 SIBLING = "w9Xy!second-supplier-key"
@@ -93,6 +94,7 @@ ERROR_CASES = [
 def test_no_error_shape_reaches_the_client_the_record_or_the_log(gateway, fake_openai, logs, body):
     # One gateway for every shape (a gateway test's set-up and tear-down cost more than its requests).
     for behavior, status, type_, code, attempts in ERROR_CASES:
+        reset_key_health()  # a 401 disables the keys and a 429 rests them, in every process: each case starts healthy
         fake_openai.reset()
         logs.clear()
         fake_openai.behavior(**behavior, error_headers=HEADERS, response_headers=HEADERS)

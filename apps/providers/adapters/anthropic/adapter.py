@@ -177,6 +177,10 @@ class AnthropicAdapter(Adapter):
             failure = rejected(status if status in _CLIENT_STATUSES else 400, scrub(message, secrets) if message else None,
                                code=_REQUEST_CODES.get(kind or ""))
         detail = scrub(message if message is not None else body.decode("utf-8", "replace"), secrets, limit=300)
+        # For the key balancer: a refused key is disabled, an account out of credit parked (both until
+        # a person re-enables the key), with what the provider said as the reason.
+        failure.disable, failure.park = status in (401, 403), status == 402
+        failure.detail = f"HTTP {status}: {detail}"
         logger.log(logging.INFO if failure.type == "invalid_request_error" else logging.WARNING,
                    "upstream answered %s -> %s %s: %s", origin, failure.status, failure.code, detail)
         return failure

@@ -102,6 +102,10 @@ def failure(status: int, body: bytes, headers: Mapping[str, str], secrets: Seque
         code = _CODES.get(str(error.get("status"))) if error else None
         result = rejected(status if status in _CLIENT_STATUSES else 400, scrub(message, secrets) if message else None, code=code)
     detail = scrub(message if message is not None else body.decode("utf-8", "replace"), secrets, limit=300)
+    # For the key balancer: a refused key (401/403, or Google's 400 for a bad key) is disabled until a
+    # person re-enables it, with what Google said as the reason.
+    result.disable = result.code == "upstream_auth_failed"
+    result.detail = f"HTTP {status}: {detail}"
     logger.log(logging.INFO if result.type == "invalid_request_error" else logging.WARNING,
                "upstream answered %s -> %s %s: %s", origin, result.status, result.code, detail)
     return result

@@ -173,6 +173,10 @@ class GigaChatAdapter(Adapter):
         secrets = (*secrets, *self.auth.tokens())
         failure = _key_failure(status, headers) or _request_failure(status, scrub(message, secrets) if message else None)
         detail = scrub(message if message is not None else body.decode("utf-8", "replace"), secrets, limit=300)
+        # For the key balancer: 403 refuses the key, 402 says its account is spent (until a person
+        # re-enables it). A 401 is about the access token (``open`` exchanges anew once), not the key.
+        failure.disable, failure.park = status == 403, status == 402
+        failure.detail = f"HTTP {status}: {detail}"
         logger.log(logging.INFO if failure.type == "invalid_request_error" else logging.WARNING,
                    "gigachat answered %s -> %s %s: %s", origin, failure.status, failure.code, detail)
         return failure

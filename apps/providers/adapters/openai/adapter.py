@@ -27,6 +27,7 @@ from apps.providers.adapters.base import (
     UpstreamRequest,
     malformed,
     rejected,
+    retry_after,
 )
 from apps.providers.adapters.openai.stream import EMPTY, FAILED_FINISH, TRUNCATED, OpenAIStreamDecoder
 from apps.providers.adapters.openai.wire import (
@@ -49,15 +50,15 @@ logger = logging.getLogger("jetstream.providers")
 _SERVER_TROUBLE = (408, 409)
 # Client errors passed on with their own status; any other 4xx is answered as 400.
 _CLIENT_STATUSES = (400, 404, 413, 422)
-# 402: the supplier's account has no money left (DeepSeek's "Insufficient Balance",
-# https://api-docs.deepseek.com/quick_start/error_codes) — about the key, not the request.
-_KEY_TROUBLE = (401, 402, 403)
 # The faults the stream decoder found itself: (message, code) of the client's 502.
 _DECODER_FAULTS = {
     TRUNCATED: ("The upstream stream ended before the answer was complete.", "upstream_truncated"),
     EMPTY: ("The upstream provider returned an empty answer.", "upstream_empty"),
     FAILED_FINISH: ("The upstream provider stopped generating with an error.", "upstream_error"),
 }
+# Codes of a 429 that is no rate limit but an account out of quota or money
+# (https://platform.openai.com/docs/guides/error-codes: "You exceeded your current quota").
+_OUT_OF_FUNDS_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 
 
 class OpenAIAdapter(Adapter):
@@ -128,8 +129,10 @@ class OpenAIAdapter(Adapter):
     def map_error(self, status: int, body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> UpstreamFailure:
         """See ``Adapter.map_error`` (statuses: https://platform.openai.com/docs/guides/error-codes).
 
-        401/402/403 → 502, fail over, key rests ``COOLDOWN_AUTH_FAILED`` (402: the supplier's account is empty); 429 → 429, fail over, rests for a
-        whole-seconds ``Retry-After`` (at most ``COOLDOWN_AUTH_FAILED``) or ``COOLDOWN_RATE_LIMITED``;
+        401/403 → 502, fail over, the key is disabled (``disable``); 402, or 429 ``insufficient_quota`` →
+        502 ``upstream_quota_exhausted``, fail over, the key is parked (``park``); 429 → 429, fail over,
+        rests for ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms`` (``base.retry_after``; at most
+        ``COOLDOWN_AUTH_FAILED``) or ``COOLDOWN_RATE_LIMITED``;
         5xx, 408, 409 → 502, fail over; a 3xx redirect → 502 ``upstream_redirect``, no failover. These say nothing of the upstream's text: it is about the
         supplier's account or servers, not the client's request. 400, 404, 413, 422 are passed on and
         any other 4xx answered 400, with no failover: the message scrubbed, the code kept only from
@@ -156,18 +159,28 @@ class OpenAIAdapter(Adapter):
     def _failure(self, status: int, body: bytes, headers: Mapping[str, str], secrets: Sequence[str], *,
                  origin: str) -> UpstreamFailure:
         message, code, _ = upstream_error(body)
-        if status in _KEY_TROUBLE:
+        detail = scrub(message if message is not None else body.decode("utf-8", "replace"), secrets, limit=300)
+        if status in (401, 403):
+            # The key itself is refused: the balancer disables it (``disable``) until a person re-enables it.
             failure = UpstreamFailure(502, "The upstream provider rejected the gateway's credentials.",
-                                      code="upstream_auth_failed", failover=True, cooldown=COOLDOWN_AUTH_FAILED)
+                                      code="upstream_auth_failed", failover=True, cooldown=COOLDOWN_AUTH_FAILED,
+                                      disable=True, detail=f"HTTP {status}: {detail}")
+        elif status == 402 or (status == 429 and code in _OUT_OF_FUNDS_CODES):
+            # The key's account is out of quota or money: parked until a person re-enables it.
+            failure = UpstreamFailure(502, "The upstream provider refused the gateway's account (quota or balance).",
+                                      code="upstream_quota_exhausted", failover=True, cooldown=COOLDOWN_AUTH_FAILED,
+                                      park=True, detail=f"HTTP {status}: {detail}")
         elif status == 429:
-            retry_after = headers.get("retry-after", "")
-            # Retry-After is the upstream's word: capped, so one answer cannot bench a key for days.
-            cooldown = min(float(retry_after), COOLDOWN_AUTH_FAILED) if retry_after.isdigit() else COOLDOWN_RATE_LIMITED
+            # Retry-After (seconds or a date) or retry-after-ms is the upstream's word: capped, so one
+            # answer cannot bench a key for days.
+            wait = retry_after(headers)
+            cooldown = min(wait, COOLDOWN_AUTH_FAILED) if wait is not None else COOLDOWN_RATE_LIMITED
             failure = UpstreamFailure(429, "The upstream provider is rate limiting; retry later.", type="rate_limit_error",
-                                      code="upstream_rate_limited", failover=True, cooldown=cooldown)
+                                      code="upstream_rate_limited", failover=True, cooldown=cooldown,
+                                      detail=f"HTTP 429: {detail}")
         elif status >= 500 or status in _SERVER_TROUBLE:
             failure = UpstreamFailure(502, f"The upstream provider failed (HTTP {status}).", code="upstream_error",
-                                      failover=True, cooldown=COOLDOWN_SERVER_ERROR)
+                                      failover=True, cooldown=COOLDOWN_SERVER_ERROR, detail=f"HTTP {status}: {detail}")
         elif status < 400:
             # A redirect (never followed: the target was not checked against SSRF and would get the
             # key) is the provider's configuration, not the client's request; every key meets it.
@@ -177,7 +190,6 @@ class OpenAIAdapter(Adapter):
             # Any other 4xx is about the request itself: the same on every key.
             failure = rejected(status if status in _CLIENT_STATUSES else 400, scrub(message, secrets) if message else None,
                                code=code)
-        detail = scrub(message if message is not None else body.decode("utf-8", "replace"), secrets, limit=300)
         logger.log(logging.INFO if failure.type == "invalid_request_error" else logging.WARNING,
                    "upstream answered %s -> %s %s: %s", origin, failure.status, failure.code, detail)
         return failure
