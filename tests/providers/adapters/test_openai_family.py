@@ -288,7 +288,7 @@ def test_mistral_rate_limits_and_deepseek_insufficient_balance_fail_over():
     assert (failure.status, failure.failover, failure.cooldown) == (429, True, 7.0)
     deepseek = {"error": {"message": "Insufficient Balance", "type": "unknown_error", "param": None, "code": "invalid_request_error"}}
     failure = DeepSeekAdapter().map_error(402, orjson.dumps(deepseek), {}, ())
-    assert (failure.status, failure.code, failure.failover, failure.cooldown) == (502, "upstream_auth_failed", True, COOLDOWN_AUTH_FAILED)
+    assert (failure.status, failure.code, failure.failover, failure.park) == (502, "upstream_quota_exhausted", True, True)
 
 
 def test_a_mistral_422_for_an_extra_field_is_the_clients_error():
