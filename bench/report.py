@@ -27,6 +27,15 @@ TARGET_SLOW_STREAMS = 1000
 TARGET_SLOW_RSS_MB = 300
 TARGET_RECORD_LAG_P99_MS = 1000
 TARGET_COLD_P99_MS = 100
+# Issue 8: added p50 at 1 connection over the plain path (OpenAI chat in, OpenAI upstream), same run.
+TARGET_FAILOVER_ADDED_P50_MS = 5
+TARGET_TRANSLATION_ADDED_P50_MS = 1
+# Issue 8's paths (bench/runner.py PATHS): label, target for the added p50, what the baseline is.
+PATHS = {
+    "failover": ("Failover (first key 429)", TARGET_FAILOVER_ADDED_P50_MS),
+    "anthropic_inbound": ("Anthropic in → OpenAI upstream", TARGET_TRANSLATION_ADDED_P50_MS),
+    "anthropic_upstream": ("OpenAI in → Anthropic upstream", TARGET_TRANSLATION_ADDED_P50_MS),
+}
 LOAD_CONNECTIONS = 50
 
 
@@ -121,8 +130,34 @@ def _method(results: dict) -> list[str]:
         f"`bench/slow_client.py`, aiohttp) against an upstream that sends one chunk every {s['slow_interval_s']} s for "
         f"{s['slow_chunks']} chunks (`bench/slow_upstream.py`); each is read to `data: [DONE]`; the server's RSS is sampled "
         "every 0.5 s during the hold. Direct = the slow upstream itself (checks the client and upstream can hold the load).",
+        *_paths_method(s),
+        "- Tunables (environment, read by `bench/runner.py`): `BENCH_TARGETS`, `BENCH_CONNECTIONS`, `BENCH_WARMUP`, "
+        "`BENCH_DURATION`, `BENCH_SLOW_TARGETS`, `BENCH_SLOW_STREAMS`, `BENCH_SLOW_CHUNKS`, `BENCH_SLOW_INTERVAL`, "
+        "`BENCH_SLOW_RAMP`, `BENCH_COLD_START` (0 skips the cold worker), `BENCH_DIALECT_CELLS` (0 skips issue 8's "
+        "paths, for a quick A/B of the plain path), `BENCH_OUTPUT`.",
         "- The machine has 2 cores: wrk, nginx, the proxy under test and (for Jetstream) Redis, PostgreSQL and the meter "
         "writer share them, so every column pays for its load generator.",
+    ]
+
+
+def _paths_method(settings: dict) -> list[str]:
+    if not settings.get("dialect_cells"):
+        return ["- Issue 8's paths (failover, translation): not measured in this run (`BENCH_DIALECT_CELLS=0`)."]
+    return [
+        "- Issue 8's paths, Jetstream only, right after its plain cells, each in the same modes, connection counts, "
+        "warm-up and duration, each compared with the plain path (OpenAI chat in, OpenAI upstream: the Jetstream "
+        "cells above) measured again just before each of its cells. *Failover*: `bench-failover-chat` / `-stream`, whose provider has two keys; "
+        "nginx answers the first (priority 0; routed by the `Authorization` header it receives) with OpenAI's 429 "
+        "`rate_limit_exceeded` and `Retry-After: 0` — a rate limit that asks for no rest, so the key is tried first "
+        "on every request — and the second (priority 1) with the plain path's answers; every 429 is logged by nginx "
+        "and the cell counts them: a cell where fewer requests met the 429 than were sent did not measure failover "
+        "(the key was resting) and fails its target. *Anthropic inbound → OpenAI upstream*: the same prompt as an "
+        "Anthropic Messages request (`POST /v1/messages`, `x-api-key`, `anthropic-version: 2023-06-01`, "
+        "`max_tokens`; stream: `stream: true`) to bench-chat / bench-stream, the plain path's upstream; the answer "
+        "is checked as an Anthropic `message` / named-event stream. *OpenAI inbound → Anthropic upstream*: the plain "
+        "path's request to `bench-claude-chat` / `-stream`, a provider of kind `anthropic` at nginx, which answers "
+        "a fixed Anthropic `message` / named-event stream (message_start … message_stop, with usage) and 401/400 "
+        "in Anthropic's shape without `x-api-key` / `anthropic-version`.",
     ]
 
 
@@ -350,7 +385,90 @@ def _targets(results: dict) -> list[str]:
     c = LOAD_CONNECTIONS
     return [*lines, *_throughput_rows(results, c), *_comparison_rows(results, c), _slow_row(js_entry.get("slow")),
             _lag_row(results, c), _cold_row(js_entry.get("cold_start"), results["settings"]),
-            _cold_no_counters_row(js_entry.get("cold_start_no_counters"))]
+            _cold_no_counters_row(js_entry.get("cold_start_no_counters")), *_path_rows(results)]
+
+
+def _path_cell(results: dict, path: str, key: str) -> dict | None:
+    entry = (results["targets"].get("jetstream") or {}).get("paths", {}).get(path)
+    if not entry or "error" in entry:
+        return None
+    return entry["cells"].get(key)
+
+
+def _baseline(results: dict, cell: dict, key: str) -> dict | None:
+    """The plain-path cell a path's cell is compared with: the one measured just before it (``baseline``),
+    else (results of an older runner) the plain cell of the same run."""
+    return cell.get("baseline") or _cell(results, "jetstream", key)
+
+
+def _failover_shortfall(cell: dict) -> int:
+    """Requests of a failover cell that did not meet the first key's 429 (0 = it measured failover)."""
+    sent = cell["metering"]["requests_sent"] if "metering" in cell else cell["requests"]
+    return max(0, sent - cell.get("first_key_429s", 0))
+
+
+def _path_notes(path: str, cell: dict) -> str:
+    notes = []
+    if cell["error_total"]:
+        notes.append(f"⚠ {_errors_text(cell)}")
+    if path == "failover":
+        short = _failover_shortfall(cell)
+        sent = cell["metering"]["requests_sent"] if "metering" in cell else cell["requests"]
+        notes.append(f"429s met: {cell.get('first_key_429s', 0):,} for {sent:,} sent"
+                     + (f" (**{short:,} skipped the first key**)" if short else ""))
+    keys = (cell.get("metering") or {}).get("keys") or []
+    if keys:
+        notes.append("served by " + ", ".join(f"{k['key']} {k['count']:,}" for k in keys))
+    return "; ".join(notes)
+
+
+def _paths(results: dict) -> list[str]:
+    """Issue 8's paths beside the plain path, cell by cell."""
+    js = results["targets"].get("jetstream")
+    if not results["settings"].get("dialect_cells"):
+        return ["Not measured in this run (`BENCH_DIALECT_CELLS=0`)."]
+    if not js or "error" in js:
+        return [f"Not measured: {_why_missing(results, 'jetstream')}."]
+    lines = ["| Path | Scenario | req/s | p50 ms | p99 ms | plain path just before: req/s | p50 ms | added p50 ms | notes |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    failed = []
+    for path, (label, _) in PATHS.items():
+        entry = js.get("paths", {}).get(path)
+        if entry is None:
+            continue
+        if "error" in entry:
+            failed.append(f"- **{label}: FAILED** — {entry['error']}")
+            continue
+        for key, cell in entry["cells"].items():
+            plain = _baseline(results, cell, key)
+            added = f"{cell['p50_ms'] - plain['p50_ms']:+.3f}" if plain else "–"
+            lines.append(f"| {label} | {key.replace('-c', ', ')} conn | {_rps(cell['rps'])} | {_ms(cell['p50_ms'])} | "
+                         f"{_ms(cell['p99_ms'])} | {_rps(plain['rps']) if plain else '–'} | "
+                         f"{_ms(plain['p50_ms']) if plain else '–'} | {added} | {_path_notes(path, cell)} |")
+    return lines + (["", *failed] if failed else [])
+
+
+def _path_rows(results: dict) -> list[str]:
+    """Issue 8's targets: each path's added p50 at 1 connection over the plain path, per mode."""
+    if not results["settings"].get("dialect_cells"):
+        return []
+    lines = []
+    for path, (label, target_ms) in PATHS.items():
+        for mode in MODES:
+            what = f"{label}: added p50 ≤ {target_ms} ms over the plain path, {mode}, 1 connection"
+            cell = _path_cell(results, path, f"{mode}-c1")
+            plain = _baseline(results, cell, f"{mode}-c1") if cell else None
+            if not (cell and plain):
+                entry = (results["targets"]["jetstream"].get("paths") or {}).get(path) or {}
+                why = f"FAILED: {entry['error'].splitlines()[0]}" if "error" in entry else "no such cell in this run"
+                lines.append(f"| **not measured** | {what}: {why} |")
+                continue
+            added = cell["p50_ms"] - plain["p50_ms"]
+            ok = added <= target_ms and not cell["error_total"] and (path != "failover" or not _failover_shortfall(cell))
+            errs = f", {cell['error_total']} errors" if cell["error_total"] else ""
+            short = f", {_failover_shortfall(cell):,} requests did not meet the 429" if path == "failover" and _failover_shortfall(cell) else ""
+            lines.append(_check(ok, f"{what}: {added:+.3f} ms ({_ms(cell['p50_ms'])} vs {_ms(plain['p50_ms'])}){errs}{short}"))
+    return lines
 
 
 def _cold_no_counters_row(cold: dict | None) -> str:
@@ -394,6 +512,15 @@ def render(results: dict) -> str:
         "## Metering (Jetstream)",
         "",
         *_metering(results),
+        "",
+        "## Failover and translation (Jetstream, issue 8)",
+        "",
+        "Each path's cell is measured right after the plain path (OpenAI chat in, OpenAI upstream) is measured "
+        "again in the same mode and connection count (its own warm-up included); *added p50* is the path's p50 minus "
+        "that neighbour's. Neighbours, not the plain cells of the side-by-side table (run minutes earlier): the "
+        "machine's load drifts more than the 1 ms the translation targets allow.",
+        "",
+        *_paths(results),
         "",
         "## Slow streams",
         "",
