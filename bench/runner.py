@@ -757,13 +757,13 @@ def _nginx_literal(text: str) -> str:
     return text
 
 
-def start_upstreams(procs: Processes, settings: Settings) -> dict:
-    nginx_port = free_port()
-    (WORK / "nginx").mkdir(exist_ok=True)
+def nginx_conf(port: int, work: Path = WORK) -> str:
+    """bench/nginx.conf.template rendered: listening on 127.0.0.1:``port``, its pid, temp files and
+    logs under ``work`` (``work``/nginx, ``work``/logs), the fixed bodies from bench/payloads.py."""
     conf = (BENCH_DIR / "nginx.conf.template").read_text()
     for key, value in {
-        "@WORK@": str(WORK),
-        "@PORT@": str(nginx_port),
+        "@WORK@": str(work),
+        "@PORT@": str(port),
         "@COMPLETION_JSON@": _nginx_literal(json.dumps(payloads.completion(model=payloads.CHAT_MODEL))),
         "@SSE_BODY@": _nginx_literal(payloads.sse_body(model=payloads.STREAM_MODEL)),
         "@RATE_LIMITED_KEY@": _nginx_literal(payloads.RATE_LIMITED_KEY),
@@ -772,8 +772,14 @@ def start_upstreams(procs: Processes, settings: Settings) -> dict:
         "@ANTHROPIC_SSE_BODY@": _nginx_literal(payloads.anthropic_sse_body(model=payloads.CLAUDE_STREAM_MODEL)),
     }.items():
         conf = conf.replace(key, value)
+    return conf
+
+
+def start_upstreams(procs: Processes, settings: Settings) -> dict:
+    nginx_port = free_port()
+    (WORK / "nginx").mkdir(exist_ok=True)
     conf_path = WORK / "nginx" / "nginx.conf"
-    conf_path.write_text(conf)
+    conf_path.write_text(nginx_conf(nginx_port))
     nginx = find_binary("nginx")
     check = subprocess.run([nginx, "-t", "-p", str(WORK / "nginx"), "-e", str(LOGS / "nginx-error.log"), "-c", str(conf_path)], capture_output=True, text=True)
     if check.returncode != 0:
