@@ -37,6 +37,9 @@ PATHS = {
     "anthropic_upstream": ("OpenAI in → Anthropic upstream", TARGET_TRANSLATION_ADDED_P50_MS),
 }
 LOAD_CONNECTIONS = 50
+# "Within noise of before": the plain path's median req/s in this run may trail the earlier run's by
+# at most this run's own spread (max − min over its repeats), and never less than this share.
+MIN_NOISE_SHARE = 0.05
 
 
 def _rps(value: float) -> str:
@@ -134,7 +137,9 @@ def _method(results: dict) -> list[str]:
         "- Tunables (environment, read by `bench/runner.py`): `BENCH_TARGETS`, `BENCH_CONNECTIONS`, `BENCH_WARMUP`, "
         "`BENCH_DURATION`, `BENCH_SLOW_TARGETS`, `BENCH_SLOW_STREAMS`, `BENCH_SLOW_CHUNKS`, `BENCH_SLOW_INTERVAL`, "
         "`BENCH_SLOW_RAMP`, `BENCH_COLD_START` (0 skips the cold worker), `BENCH_DIALECT_CELLS` (0 skips issue 8's "
-        "paths, for a quick A/B of the plain path), `BENCH_OUTPUT`.",
+        "paths, for a quick A/B of the plain path), `BENCH_BEFORE` (an earlier run's `results.json`: the plain path's "
+        "throughput is compared with it), `BENCH_OUTPUT`.",
+        *_before_method(results),
         "- The machine has 2 cores: wrk, nginx, the proxy under test and (for Jetstream) Redis, PostgreSQL and the meter "
         "writer share them, so every column pays for its load generator.",
     ]
@@ -158,6 +163,18 @@ def _paths_method(settings: dict) -> list[str]:
         "path's request to `bench-claude-chat` / `-stream`, a provider of kind `anthropic` at nginx, which answers "
         "a fixed Anthropic `message` / named-event stream (message_start … message_stop, with usage) and 401/400 "
         "in Anthropic's shape without `x-api-key` / `anthropic-version`.",
+    ]
+
+
+def _before_method(results: dict) -> list[str]:
+    """How "within noise of before" is judged, and which run is "before"."""
+    before = results.get("before")
+    source = (f"this run's `BENCH_BEFORE` is `{before['path']}` (commit {before['git_commit']}, {before['date']}, "
+              f"{before.get('duration_s', '?')} s per cell)") if before else "no `BENCH_BEFORE` was given in this run"
+    return [
+        f"- Plain path vs before ({source}): the plain path's median req/s over its repeats in this run (its own cell "
+        "and the neighbours measured before each issue-8 path) may trail the earlier run's by at most this run's spread "
+        f"(max − min of the repeats), and never less than {MIN_NOISE_SHARE:.0%} of the earlier figure.",
     ]
 
 
@@ -385,7 +402,7 @@ def _targets(results: dict) -> list[str]:
     c = LOAD_CONNECTIONS
     return [*lines, *_throughput_rows(results, c), *_comparison_rows(results, c), _slow_row(js_entry.get("slow")),
             _lag_row(results, c), _cold_row(js_entry.get("cold_start"), results["settings"]),
-            _cold_no_counters_row(js_entry.get("cold_start_no_counters")), *_path_rows(results)]
+            _cold_no_counters_row(js_entry.get("cold_start_no_counters")), *_path_rows(results), *_before_rows(results)]
 
 
 def _path_cell(results: dict, path: str, key: str) -> dict | None:
@@ -468,6 +485,46 @@ def _path_rows(results: dict) -> list[str]:
             errs = f", {cell['error_total']} errors" if cell["error_total"] else ""
             short = f", {_failover_shortfall(cell):,} requests did not meet the 429" if path == "failover" and _failover_shortfall(cell) else ""
             lines.append(_check(ok, f"{what}: {added:+.3f} ms ({_ms(cell['p50_ms'])} vs {_ms(plain['p50_ms'])}){errs}{short}"))
+    return lines
+
+
+def _plain_repeats(results: dict, key: str) -> list[float]:
+    """Every req/s of the plain path in ``key``'s mode and connection count in this run: its own cell and
+    the neighbours measured before each issue-8 path's cell."""
+    js = results["targets"].get("jetstream") or {}
+    first = _cell(results, "jetstream", key)
+    repeats = [first["rps"]] if first else []
+    for entry in (js.get("paths") or {}).values():
+        baseline = (entry.get("cells") or {}).get(key, {}).get("baseline")
+        if baseline:
+            repeats.append(baseline["rps"])
+    return repeats
+
+
+def _before_rows(results: dict) -> list[str]:
+    """Issue 8: the plain OpenAI path's throughput within noise of an earlier run's (``BENCH_BEFORE``)."""
+    before, lines = results.get("before"), []
+    for mode in MODES:
+        key = f"{mode}-c{LOAD_CONNECTIONS}"
+        what = f"plain OpenAI path's throughput within noise of before, {mode}, {LOAD_CONNECTIONS} connections"
+        repeats = sorted(_plain_repeats(results, key))
+        if not repeats:
+            lines.append(_missing(what))
+            continue
+        now = repeats[len(repeats) // 2] if len(repeats) % 2 else sum(repeats[len(repeats) // 2 - 1:len(repeats) // 2 + 1]) / 2
+        spread = repeats[-1] - repeats[0]
+        measured = (f"{_rps(now)} req/s now (median of {len(repeats)} in this run, {_rps(repeats[0])}–{_rps(repeats[-1])})"
+                    if len(repeats) > 1 else f"{_rps(now)} req/s now (measured once in this run)")
+        earlier = (before or {}).get("cells", {}).get(key)
+        if not earlier:
+            why = "no earlier run given (BENCH_BEFORE)" if not before else f"BENCH_BEFORE ({before['path']}) has no such cell"
+            lines.append(f"| **not measured** | {what}: {measured}; {why} |")
+            continue
+        band = max(spread, MIN_NOISE_SHARE * earlier["rps"])
+        change = (now - earlier["rps"]) / earlier["rps"] * 100 if earlier["rps"] else 0.0
+        lines.append(_check(now >= earlier["rps"] - band,
+                            f"{what}: {measured} vs {_rps(earlier['rps'])} before (commit {before['git_commit']}, "
+                            f"{before['date']}): {change:+.1f} %, noise band {_rps(band)} req/s"))
     return lines
 
 

@@ -20,6 +20,9 @@ Environment (all optional):
                                                      failover (the first key answered 429), Anthropic
                                                      inbound → OpenAI upstream, OpenAI inbound → Anthropic
                                                      upstream; each beside the plain OpenAI path
+    BENCH_BEFORE         (none)                      a results.json of an earlier run (e.g. `make bench` on the
+                                                     commit before a change): the report compares the plain
+                                                     path's throughput with it, against this run's own spread
     BENCH_OUTPUT         docs/benchmarks.md          where the report goes
 """
 
@@ -121,6 +124,7 @@ class Settings:
     litellm_venv: Path
     cold_start: bool = True
     dialect_cells: bool = True
+    before: Path | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -146,6 +150,7 @@ class Settings:
             litellm_venv=Path(os.environ.get("BENCH_LITELLM_VENV") or WORK / "litellm-venv"),
             cold_start=bool(_env_int("BENCH_COLD_START", 1, minimum=0)),
             dialect_cells=bool(_env_int("BENCH_DIALECT_CELLS", 1, minimum=0)),
+            before=Path(os.environ["BENCH_BEFORE"]) if os.environ.get("BENCH_BEFORE", "").strip() else None,
         )
 
 
@@ -1078,6 +1083,8 @@ def run(settings: Settings, procs: Processes) -> dict:
     for stream in (False, True):
         model = payloads.STREAM_MODEL if stream else payloads.CHAT_MODEL
         (WORK / ("body-stream.json" if stream else "body-chat.json")).write_text(json.dumps(payloads.request_body(model=model, stream=stream)))
+    if settings.before:
+        results["before"] = load_before(settings.before)
     print("Starting the upstreams (nginx, slow upstream)", flush=True)
     upstreams = start_upstreams(procs, settings)
 
@@ -1091,6 +1098,25 @@ def run(settings: Settings, procs: Processes) -> dict:
         results["targets"][name] = entry
         run_target(name, entry, settings=settings, procs=procs, upstreams=upstreams, starters=starters)
     return results
+
+
+def load_before(path: Path) -> dict:
+    """The plain path's numbers from an earlier run's results.json (``BENCH_BEFORE``): its date, commit
+    and Jetstream ``cells``. Raises ``BenchError`` if it cannot be read or has no Jetstream cells."""
+    try:
+        earlier = json.loads(path.read_text())
+        cells = earlier["targets"]["jetstream"]["cells"]
+        machine = earlier["machine"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"BENCH_BEFORE={path}: not the results.json of a run with Jetstream cells ({exc.__class__.__name__}: {exc})") from None
+    keep = ("rps", "p50_ms", "p99_ms", "requests", "error_total")
+    return {
+        "path": str(path),
+        "date": machine.get("date", "?"),
+        "git_commit": machine.get("git_commit", "?") + (" (dirty)" if machine.get("git_dirty") else ""),
+        "duration_s": earlier.get("settings", {}).get("duration_s"),
+        "cells": {key: {k: cell[k] for k in keep if k in cell} for key, cell in cells.items()},
+    }
 
 
 def write_outputs(results: dict, settings: Settings) -> None:

@@ -256,3 +256,51 @@ def test_report_without_dialect_cells_says_so_and_claims_nothing():
     assert "BENCH_DIALECT_CELLS=0" in "\n".join(report._paths(results))
     del results["settings"]["dialect_cells"]  # results of an older runner
     assert _verdicts(results) == []
+
+
+def _with_repeats(rps: list[float]) -> dict:
+    """Results whose plain non-stream 50-connection cell ran len(rps) times (its cell, then neighbours)."""
+    results = _results({})
+    results["targets"]["jetstream"]["cells"]["non-stream-c50"]["rps"] = rps[0]
+    for i, value in enumerate(rps[1:]):
+        results["targets"]["jetstream"]["paths"][f"p{i}"] = {"cells": {"non-stream-c50": _cell(9.0, baseline=_cell(9.0, rps=value))}}
+    return results
+
+
+def _before(rps: float) -> dict:
+    return {"path": "before.json", "date": "2026-11-28 10:00 UTC", "git_commit": "abc", "duration_s": 10,
+            "cells": {"non-stream-c50": {"rps": rps}}}
+
+
+def test_plain_throughput_within_the_runs_own_spread_of_before():
+    results = _with_repeats([1900.0, 2100.0, 2000.0, 1950.0])  # median 1975, spread 200
+    results["before"] = _before(2170.0)  # 1975 ≥ 2170 − 200
+    row = report._before_rows(results)[0]
+    assert row.startswith("| met |") and "median of 4" in row and "1,900–2,100" in row and "-9.0 %" in row
+    results["before"] = _before(2200.0)  # 1975 < 2200 − 200: slower beyond this run's noise
+    assert report._before_rows(results)[0].startswith("| **NOT MET** |")
+
+
+def test_plain_throughput_noise_band_is_at_least_five_percent():
+    results = _with_repeats([2000.0])  # measured once: no spread of its own
+    results["before"] = _before(2100.0)  # 2000 ≥ 2100 − 105
+    assert report._before_rows(results)[0].startswith("| met |")
+    results["before"] = _before(2120.0)  # 2000 < 2120 − 106
+    assert report._before_rows(results)[0].startswith("| **NOT MET** |")
+
+
+def test_plain_throughput_without_before_is_not_claimed():
+    row = report._before_rows(_with_repeats([2000.0, 1800.0]))[0]
+    assert row.startswith("| **not measured** |") and "BENCH_BEFORE" in row and "median of 2" in row
+
+
+def test_load_before_reads_an_earlier_results_file(tmp_path):
+    earlier = {"machine": {"date": "d", "git_commit": "c0ffee", "git_dirty": True}, "settings": {"duration_s": 10},
+               "targets": {"jetstream": {"cells": {"non-stream-c50": _cell(20.0, rps=1999.0)}}}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(earlier))
+    before = runner.load_before(path)
+    assert before["git_commit"] == "c0ffee (dirty)" and before["cells"]["non-stream-c50"]["rps"] == 1999.0
+    path.write_text(json.dumps({"machine": {}, "targets": {"jetstream": {"error": "x"}}}))
+    with pytest.raises(runner.BenchError, match="BENCH_BEFORE"):
+        runner.load_before(path)
