@@ -151,7 +151,7 @@ def _paths_method(settings: dict) -> list[str]:
     return [
         "- Issue 8's paths, Jetstream only, right after its plain cells, each in the same modes, connection counts, "
         "warm-up and duration, each compared with the plain path (OpenAI chat in, OpenAI upstream: the Jetstream "
-        "cells above) measured again just before each of its cells. *Failover*: `bench-failover-chat` / `-stream`, whose provider has two keys; "
+        "cells above) measured again just before each of its cells (and, at 1 connection, just after). *Failover*: `bench-failover-chat` / `-stream`, whose provider has two keys; "
         "nginx answers the first (priority 0; routed by the `Authorization` header it receives) with OpenAI's 429 "
         "`rate_limit_exceeded` and `Retry-After: 0` — a rate limit that asks for no rest, so the key is tried first "
         "on every request — and the second (priority 1) with the plain path's answers; every 429 is logged by nginx "
@@ -173,7 +173,7 @@ def _before_method(results: dict) -> list[str]:
               f"{before.get('duration_s', '?')} s per cell)") if before else "no `BENCH_BEFORE` was given in this run"
     return [
         f"- Plain path vs before ({source}): the plain path's median req/s over its repeats in this run (its own cell "
-        "and the neighbours measured before each issue-8 path) may trail the earlier run's by at most this run's spread "
+        "and the neighbours measured around each issue-8 path) may trail the earlier run's by at most this run's spread "
         f"(max − min of the repeats), and never less than {MIN_NOISE_SHARE:.0%} of the earlier figure.",
     ]
 
@@ -413,9 +413,15 @@ def _path_cell(results: dict, path: str, key: str) -> dict | None:
 
 
 def _baseline(results: dict, cell: dict, key: str) -> dict | None:
-    """The plain-path cell a path's cell is compared with: the one measured just before it (``baseline``),
-    else (results of an older runner) the plain cell of the same run."""
-    return cell.get("baseline") or _cell(results, "jetstream", key)
+    """The plain path a path's cell is compared with: ``rps`` and ``p50_ms``, the means of the plain path
+    measured just before it (``baseline``) and, where there is one, just after it (``baseline_after``);
+    ``around``: the two p50s. Results of an older runner: the plain cell of the same run."""
+    neighbours = [c for c in (cell.get("baseline"), cell.get("baseline_after")) if c]
+    if not neighbours:
+        return _cell(results, "jetstream", key)
+    return {"rps": sum(c["rps"] for c in neighbours) / len(neighbours),
+            "p50_ms": sum(c["p50_ms"] for c in neighbours) / len(neighbours),
+            "around": [c["p50_ms"] for c in neighbours]}
 
 
 def _failover_shortfall(cell: dict) -> int:
@@ -439,6 +445,13 @@ def _path_notes(path: str, cell: dict) -> str:
     return "; ".join(notes)
 
 
+def _around(plain: dict | None) -> str:
+    if not plain:
+        return "–"
+    around = plain.get("around") or []
+    return _ms(plain["p50_ms"]) + (f" ({' / '.join(_ms(x) for x in around)})" if len(around) > 1 else "")
+
+
 def _paths(results: dict) -> list[str]:
     """Issue 8's paths beside the plain path, cell by cell."""
     js = results["targets"].get("jetstream")
@@ -446,7 +459,7 @@ def _paths(results: dict) -> list[str]:
         return ["Not measured in this run (`BENCH_DIALECT_CELLS=0`)."]
     if not js or "error" in js:
         return [f"Not measured: {_why_missing(results, 'jetstream')}."]
-    lines = ["| Path | Scenario | req/s | p50 ms | p99 ms | plain path just before: req/s | p50 ms | added p50 ms | notes |",
+    lines = ["| Path | Scenario | req/s | p50 ms | p99 ms | plain path around it: req/s | p50 ms (before / after) | added p50 ms | notes |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     failed = []
     for path, (label, _) in PATHS.items():
@@ -461,7 +474,7 @@ def _paths(results: dict) -> list[str]:
             added = f"{cell['p50_ms'] - plain['p50_ms']:+.3f}" if plain else "–"
             lines.append(f"| {label} | {key.replace('-c', ', ')} conn | {_rps(cell['rps'])} | {_ms(cell['p50_ms'])} | "
                          f"{_ms(cell['p99_ms'])} | {_rps(plain['rps']) if plain else '–'} | "
-                         f"{_ms(plain['p50_ms']) if plain else '–'} | {added} | {_path_notes(path, cell)} |")
+                         f"{_around(plain)} | {added} | {_path_notes(path, cell)} |")
     return lines + (["", *failed] if failed else [])
 
 
@@ -484,20 +497,19 @@ def _path_rows(results: dict) -> list[str]:
             ok = added <= target_ms and not cell["error_total"] and (path != "failover" or not _failover_shortfall(cell))
             errs = f", {cell['error_total']} errors" if cell["error_total"] else ""
             short = f", {_failover_shortfall(cell):,} requests did not meet the 429" if path == "failover" and _failover_shortfall(cell) else ""
-            lines.append(_check(ok, f"{what}: {added:+.3f} ms ({_ms(cell['p50_ms'])} vs {_ms(plain['p50_ms'])}){errs}{short}"))
+            lines.append(_check(ok, f"{what}: {added:+.3f} ms ({_ms(cell['p50_ms'])} vs {_around(plain)}){errs}{short}"))
     return lines
 
 
 def _plain_repeats(results: dict, key: str) -> list[float]:
     """Every req/s of the plain path in ``key``'s mode and connection count in this run: its own cell and
-    the neighbours measured before each issue-8 path's cell."""
+    the neighbours measured around each issue-8 path's cell."""
     js = results["targets"].get("jetstream") or {}
     first = _cell(results, "jetstream", key)
     repeats = [first["rps"]] if first else []
     for entry in (js.get("paths") or {}).values():
-        baseline = (entry.get("cells") or {}).get(key, {}).get("baseline")
-        if baseline:
-            repeats.append(baseline["rps"])
+        cell = (entry.get("cells") or {}).get(key, {})
+        repeats += [cell[side]["rps"] for side in ("baseline", "baseline_after") if cell.get(side)]
     return repeats
 
 
@@ -572,10 +584,11 @@ def render(results: dict) -> str:
         "",
         "## Failover and translation (Jetstream, issue 8)",
         "",
-        "Each path's cell is measured right after the plain path (OpenAI chat in, OpenAI upstream) is measured "
-        "again in the same mode and connection count (its own warm-up included); *added p50* is the path's p50 minus "
-        "that neighbour's. Neighbours, not the plain cells of the side-by-side table (run minutes earlier): the "
-        "machine's load drifts more than the 1 ms the translation targets allow.",
+        "The plain path (OpenAI chat in, OpenAI upstream) is measured again right before each path's cell, in the "
+        "same mode and connection count (its own warm-up included), and at 1 connection once more right after it; "
+        "*added p50* is the path's p50 minus the mean of its neighbours' (a steady drift in the machine's load "
+        "cancels out). Neighbours, not the plain cells of the side-by-side table (run minutes "
+        "earlier): the machine's load drifts more than the 1 ms the translation targets allow.",
         "",
         *_paths(results),
         "",

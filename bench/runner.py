@@ -718,8 +718,9 @@ def probe_path(target: Target, spec: PathSpec) -> dict:
 def run_path(target: Target, spec: PathSpec, *, procs: Processes, settings: Settings) -> dict:
     """Probe then measure ``spec``'s cells (keys ``<mode>-c<connections>``, as the plain path's). Each
     cell's ``baseline`` is the plain path measured again just before it, in the same mode and
-    connection count: the comparison is between neighbours, not with cells run minutes earlier on a
-    machine whose load drifts."""
+    connection count, and at 1 connection (where the targets compare p50s) its ``baseline_after`` just
+    after it too, so a load that drifts steadily cancels out of the mean of the two: the comparison is
+    between neighbours, not with cells run minutes earlier on a machine whose load drifts."""
     out: dict = {"dialect": spec.dialect, "models": [spec.chat_model, spec.stream_model],
                  "probe": probe_path(target, spec), "cells": {}}
     for mode, stream in MODES:
@@ -735,6 +736,10 @@ def run_path(target: Target, spec: PathSpec, *, procs: Processes, settings: Sett
                 # should have met the first key's 429 before the second key answered it.
                 cell["first_key_429s"] = rate_limited_count() - limited
             cell["baseline"] = baseline
+            if connections == 1:
+                cell["baseline_after"] = run_cell(target, procs=procs, settings=settings, mode=mode, stream=stream,
+                                                  connections=connections,
+                                                  tag=f"{target.name}-{spec.key}-baseline-after-{mode}-c{connections}")
             out["cells"][f"{mode}-c{connections}"] = cell
     return out
 

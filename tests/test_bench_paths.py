@@ -215,8 +215,12 @@ def _results(paths: dict, *, dialect_cells: bool = True) -> dict:
             "targets": {"jetstream": {"cells": plain, "paths": paths}}}
 
 
-def _path(p50: float, baseline_p50: float = 1.5, **extra) -> dict:
-    return {"cells": {f"{m}-c{c}": _cell(p50, baseline=_cell(baseline_p50), **extra) for m in report.MODES for c in (1, 50)}}
+def _path(p50: float, baseline_p50: float = 1.5, *, after_p50: float | None = None, **extra) -> dict:
+    cells = {f"{m}-c{c}": _cell(p50, baseline=_cell(baseline_p50), **extra) for m in report.MODES for c in (1, 50)}
+    if after_p50 is not None:
+        for mode in report.MODES:
+            cells[f"{mode}-c1"]["baseline_after"] = _cell(after_p50)
+    return {"cells": cells}
 
 
 def _verdicts(results: dict) -> list[str]:
@@ -232,6 +236,14 @@ def test_report_meets_targets_by_the_neighbouring_baseline():
     assert all(r.startswith("| met |") and "+0.900 ms" in r for r in inbound)
     # 2.0 - 0.9 = 1.1 ms over the neighbour, though only 0.5 over the side-by-side plain cell
     assert all(r.startswith("| **NOT MET** |") and "+1.100 ms" in r for r in upstream)
+
+
+def test_report_compares_with_the_mean_of_the_neighbours_before_and_after():
+    # the load rose during the three runs: 1.2 before, 2.0 after; the path is 1.1 above their mean
+    rows = _verdicts(_results({"anthropic_inbound": _path(2.7, baseline_p50=1.2, after_p50=2.0)}))
+    assert rows[2].startswith("| **NOT MET** |") and "+1.100 ms" in rows[2] and "1.600 (1.200 / 2.000)" in rows[2]
+    rows = _verdicts(_results({"anthropic_inbound": _path(2.5, baseline_p50=1.2, after_p50=2.0)}))
+    assert rows[2].startswith("| met |") and "+0.900 ms" in rows[2]
 
 
 def test_report_fails_a_failover_cell_whose_requests_skipped_the_429():
