@@ -442,6 +442,11 @@ def _path_notes(path: str, cell: dict) -> str:
     keys = (cell.get("metering") or {}).get("keys") or []
     if keys:
         notes.append("served by " + ", ".join(f"{k['key']} {k['count']:,}" for k in keys))
+    billed = (cell.get("metering") or {}).get("billed") or []
+    if billed:
+        notes.append("ok records billed " + ", ".join(
+            f"{b['input_tokens']} in / {b['output_tokens']} out{' (counted locally)' if b['counted_locally'] else ''}, "
+            f"{b['sell_cost_micro_rub']:,} µRUB × {b['count']:,}" for b in billed))
     return "; ".join(notes)
 
 

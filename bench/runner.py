@@ -462,6 +462,10 @@ class UsageMeter:
             by_key = cursor.fetchall()
             cursor.execute(f"SELECT id, name FROM {self.key_table} WHERE id = ANY(%s)", [[k for k, _ in by_key if k]])
             names = dict(cursor.fetchall())
+            cursor.execute(f"SELECT input_tokens, output_tokens, usage_counted_locally, sell_cost, count(*) {where} "
+                           "AND status = 'ok' GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC LIMIT 3", params)
+            billed = [{"input_tokens": i, "output_tokens": o, "counted_locally": local, "sell_cost_micro_rub": cost, "count": c}
+                      for i, o, local, cost, c in cursor.fetchall()]
         return {
             "rows": count,
             "lag_p50_ms": None if p50 is None else float(p50) * 1000,
@@ -469,6 +473,7 @@ class UsageMeter:
             "lag_max_ms": None if worst is None else float(worst) * 1000,
             "statuses": statuses,
             "keys": [{"key": names.get(k, "no key"), "count": c} for k, c in by_key],
+            "billed": billed,  # the commonest (tokens, cost) of the cell's ok records: the upstream's usage read?
         }
 
     def server_versions(self) -> dict:

@@ -206,7 +206,9 @@ def test_wrk_sends_the_extra_headers(nginx, tmp_path, monkeypatch):
 def _cell(p50: float, rps: float = 500.0, *, errors: int = 0, sent: int = 1000, **extra) -> dict:
     return {"requests": sent, "rps": rps, "p50_ms": p50, "p99_ms": p50 * 3, "error_total": errors,
             "errors": {"non_2xx": errors, "connect": 0, "read": 0, "write": 0, "timeout": 0},
-            "metering": {"requests_sent": sent, "keys": [{"key": "k", "count": sent}]}, **extra}
+            "metering": {"requests_sent": sent, "keys": [{"key": "k", "count": sent}],
+                         "billed": [{"input_tokens": 12, "output_tokens": 6, "counted_locally": False,
+                                     "sell_cost_micro_rub": 500, "count": sent}]}, **extra}
 
 
 def _results(paths: dict, *, dialect_cells: bool = True) -> dict:
@@ -251,6 +253,7 @@ def test_report_fails_a_failover_cell_whose_requests_skipped_the_429():
     assert rows[0].startswith("| **NOT MET** |") and "990 requests did not meet the 429" in rows[0]
     table = "\n".join(report._paths(_results({"failover": _path(1.6, first_key_429s=10)})))
     assert "**990 skipped the first key**" in table
+    assert "served by k 1,000; ok records billed 12 in / 6 out, 500 µRUB × 1,000" in table
 
 
 def test_report_fails_cells_with_errors_and_shows_failed_paths():
