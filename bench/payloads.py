@@ -1,7 +1,9 @@
-"""The fixed OpenAI-shaped bodies every bench upstream returns, and the request bodies clients send.
+"""The fixed bodies every bench upstream returns, and the request bodies clients send.
 
 One place, so nginx (zero-cost upstream), the slow upstream and the response checks agree on
-what a correct completion and a correct stream look like.
+what a correct completion and a correct stream look like: OpenAI's (the plain path), and for issue
+8's paths Anthropic's Messages answers (a ``message`` and a named-event stream), OpenAI's 429 for
+the failover path's first key, Anthropic request bodies, and the checks of Anthropic answers.
 """
 
 from __future__ import annotations
