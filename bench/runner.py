@@ -795,6 +795,7 @@ def start_upstreams(procs: Processes, settings: Settings) -> dict:
     (WORK / "nginx").mkdir(exist_ok=True)
     conf_path = WORK / "nginx" / "nginx.conf"
     conf_path.write_text(nginx_conf(nginx_port))
+    RATE_LIMITED_LOG.unlink(missing_ok=True)  # counted per cell; a run starts it afresh
     nginx = find_binary("nginx")
     check = subprocess.run([nginx, "-t", "-p", str(WORK / "nginx"), "-e", str(LOGS / "nginx-error.log"), "-c", str(conf_path)], capture_output=True, text=True)
     if check.returncode != 0:
