@@ -431,8 +431,10 @@ class UsageMeter:
             cursor.execute(f"SELECT count(*) FROM {self.table} WHERE id > %s AND model_name = ANY(%s)", [self.baseline_id, self.models])
             return cursor.fetchone()[0]
 
-    def wait_drained(self, *, quiet_s: float = 2.0, timeout: float = 120.0) -> tuple[int, float, bool]:
-        """Poll until the count stops growing for quiet_s. Returns (count, seconds until the last growth, settled)."""
+    def wait_drained(self, *, quiet_s: float = 2.0, timeout: float = 120.0, expect: int = 0) -> tuple[int, float, bool]:
+        """Poll until the count reached ``expect`` and then stopped growing for quiet_s (a meter writer
+        starved of CPU on a loaded machine can pause longer than quiet_s). Returns (count, seconds until
+        the last growth, settled)."""
         started = time.monotonic()
         last = self.count()
         last_growth = started
@@ -441,7 +443,7 @@ class UsageMeter:
             current = self.count()
             if current != last:
                 last, last_growth = current, time.monotonic()
-            elif time.monotonic() - last_growth >= quiet_s:
+            elif last >= expect and time.monotonic() - last_growth >= quiet_s:
                 return last, last_growth - started, True
         return last, last_growth - started, False
 
@@ -526,6 +528,7 @@ def run_request_cell(target: Target, request: CellRequest, *, procs: Processes, 
     server_pid = procs.running[target.server].pid
     meter = target.meter
     cell_start = meter.now() if meter else None
+    at_start = meter.count() if meter else 0
     warm = None
     if settings.warmup:
         warm = run_wrk(url=url, body_file=body_file, authorization=request.authorization, connections=connections,
@@ -545,7 +548,8 @@ def run_request_cell(target: Target, request: CellRequest, *, procs: Processes, 
     result["warmup_requests"] = warm["requests"] if warm else 0
     if meter:
         window_end = meter.now()
-        drained, drain_s, settled = meter.wait_drained()
+        # At least one record per request wrk counted, before the quiet rule applies.
+        drained, drain_s, settled = meter.wait_drained(expect=at_start + result["requests"] + result["warmup_requests"])
         rows = meter.cell_rows(model=request.model, since=cell_start, until=window_end)
         result["metering"] = {
             "records_per_s": (after - before) / window,
