@@ -27,7 +27,19 @@ TARGET_SLOW_STREAMS = 1000
 TARGET_SLOW_RSS_MB = 300
 TARGET_RECORD_LAG_P99_MS = 1000
 TARGET_COLD_P99_MS = 100
+# Issue 8: added p50 at 1 connection over the plain path (OpenAI chat in, OpenAI upstream), same run.
+TARGET_FAILOVER_ADDED_P50_MS = 5
+TARGET_TRANSLATION_ADDED_P50_MS = 1
+# Issue 8's paths (bench/runner.py PATHS): label, target for the added p50, what the baseline is.
+PATHS = {
+    "failover": ("Failover (first key 429)", TARGET_FAILOVER_ADDED_P50_MS),
+    "anthropic_inbound": ("Anthropic in → OpenAI upstream", TARGET_TRANSLATION_ADDED_P50_MS),
+    "anthropic_upstream": ("OpenAI in → Anthropic upstream", TARGET_TRANSLATION_ADDED_P50_MS),
+}
 LOAD_CONNECTIONS = 50
+# "Within noise of before": the plain path's median req/s in this run may trail the earlier run's by
+# at most this run's own spread (max − min over its repeats), and never less than this share.
+MIN_NOISE_SHARE = 0.05
 
 
 def _rps(value: float) -> str:
@@ -121,8 +133,48 @@ def _method(results: dict) -> list[str]:
         f"`bench/slow_client.py`, aiohttp) against an upstream that sends one chunk every {s['slow_interval_s']} s for "
         f"{s['slow_chunks']} chunks (`bench/slow_upstream.py`); each is read to `data: [DONE]`; the server's RSS is sampled "
         "every 0.5 s during the hold. Direct = the slow upstream itself (checks the client and upstream can hold the load).",
+        *_paths_method(s),
+        "- Tunables (environment, read by `bench/runner.py`): `BENCH_TARGETS`, `BENCH_CONNECTIONS`, `BENCH_WARMUP`, "
+        "`BENCH_DURATION`, `BENCH_SLOW_TARGETS`, `BENCH_SLOW_STREAMS`, `BENCH_SLOW_CHUNKS`, `BENCH_SLOW_INTERVAL`, "
+        "`BENCH_SLOW_RAMP`, `BENCH_COLD_START` (0 skips the cold worker), `BENCH_DIALECT_CELLS` (0 skips issue 8's "
+        "paths, for a quick A/B of the plain path), `BENCH_BEFORE` (an earlier run's `results.json`: the plain path's "
+        "throughput is compared with it), `BENCH_OUTPUT`.",
+        *_before_method(results),
         "- The machine has 2 cores: wrk, nginx, the proxy under test and (for Jetstream) Redis, PostgreSQL and the meter "
         "writer share them, so every column pays for its load generator.",
+    ]
+
+
+def _paths_method(settings: dict) -> list[str]:
+    if not settings.get("dialect_cells"):
+        return ["- Issue 8's paths (failover, translation): not measured in this run (`BENCH_DIALECT_CELLS=0`)."]
+    return [
+        "- Issue 8's paths, Jetstream only, right after its plain cells, each in the same modes, connection counts, "
+        "warm-up and duration, each compared with the plain path (OpenAI chat in, OpenAI upstream: the Jetstream "
+        "cells above) measured again just before each of its cells (and, at 1 connection, just after). *Failover*: `bench-failover-chat` / `-stream`, whose provider has two keys; "
+        "nginx answers the first (priority 0; routed by the `Authorization` header it receives) with OpenAI's 429 "
+        "`rate_limit_exceeded` and `Retry-After: 0` — a rate limit that asks for no rest, so the key is tried first "
+        "on every request — and the second (priority 1) with the plain path's answers; every 429 is logged by nginx "
+        "and the cell counts them: a cell where fewer requests met the 429 than were sent did not measure failover "
+        "(the key was resting) and fails its target. *Anthropic inbound → OpenAI upstream*: the same prompt as an "
+        "Anthropic Messages request (`POST /v1/messages`, `x-api-key`, `anthropic-version: 2023-06-01`, "
+        "`max_tokens`; stream: `stream: true`) to bench-chat / bench-stream, the plain path's upstream; the answer "
+        "is checked as an Anthropic `message` / named-event stream. *OpenAI inbound → Anthropic upstream*: the plain "
+        "path's request to `bench-claude-chat` / `-stream`, a provider of kind `anthropic` at nginx, which answers "
+        "a fixed Anthropic `message` / named-event stream (message_start … message_stop, with usage) and 401/400 "
+        "in Anthropic's shape without `x-api-key` / `anthropic-version`.",
+    ]
+
+
+def _before_method(results: dict) -> list[str]:
+    """How "within noise of before" is judged, and which run is "before"."""
+    before = results.get("before")
+    source = (f"this run's `BENCH_BEFORE` is `{before['path']}` (commit {before['git_commit']}, {before['date']}, "
+              f"{before.get('duration_s', '?')} s per cell)") if before else "no `BENCH_BEFORE` was given in this run"
+    return [
+        f"- Plain path vs before ({source}): the plain path's median req/s over its repeats in this run (its own cell "
+        "and the neighbours measured around each issue-8 path) may trail the earlier run's by at most this run's spread "
+        f"(max − min of the repeats), and never less than {MIN_NOISE_SHARE:.0%} of the earlier figure.",
     ]
 
 
@@ -350,7 +402,147 @@ def _targets(results: dict) -> list[str]:
     c = LOAD_CONNECTIONS
     return [*lines, *_throughput_rows(results, c), *_comparison_rows(results, c), _slow_row(js_entry.get("slow")),
             _lag_row(results, c), _cold_row(js_entry.get("cold_start"), results["settings"]),
-            _cold_no_counters_row(js_entry.get("cold_start_no_counters"))]
+            _cold_no_counters_row(js_entry.get("cold_start_no_counters")), *_path_rows(results), *_before_rows(results)]
+
+
+def _path_cell(results: dict, path: str, key: str) -> dict | None:
+    entry = (results["targets"].get("jetstream") or {}).get("paths", {}).get(path)
+    if not entry or "error" in entry:
+        return None
+    return entry["cells"].get(key)
+
+
+def _baseline(results: dict, cell: dict, key: str) -> dict | None:
+    """The plain path a path's cell is compared with: ``rps`` and ``p50_ms``, the means of the plain path
+    measured just before it (``baseline``) and, where there is one, just after it (``baseline_after``);
+    ``around``: the two p50s. Results of an older runner: the plain cell of the same run."""
+    neighbours = [c for c in (cell.get("baseline"), cell.get("baseline_after")) if c]
+    if not neighbours:
+        return _cell(results, "jetstream", key)
+    return {"rps": sum(c["rps"] for c in neighbours) / len(neighbours),
+            "p50_ms": sum(c["p50_ms"] for c in neighbours) / len(neighbours),
+            "around": [c["p50_ms"] for c in neighbours]}
+
+
+def _failover_shortfall(cell: dict) -> int:
+    """Requests of a failover cell that did not meet the first key's 429 (0 = it measured failover)."""
+    sent = cell["metering"]["requests_sent"] if "metering" in cell else cell["requests"]
+    return max(0, sent - cell.get("first_key_429s", 0))
+
+
+def _path_notes(path: str, cell: dict) -> str:
+    notes = []
+    if cell["error_total"]:
+        notes.append(f"⚠ {_errors_text(cell)}")
+    if path == "failover":
+        short = _failover_shortfall(cell)
+        sent = cell["metering"]["requests_sent"] if "metering" in cell else cell["requests"]
+        notes.append(f"429s met: {cell.get('first_key_429s', 0):,} for {sent:,} sent"
+                     + (f" (**{short:,} skipped the first key**)" if short else ""))
+    keys = (cell.get("metering") or {}).get("keys") or []
+    if keys:
+        notes.append("served by " + ", ".join(f"{k['key']} {k['count']:,}" for k in keys))
+    billed = (cell.get("metering") or {}).get("billed") or []
+    if billed:
+        notes.append("ok records billed " + ", ".join(
+            f"{b['input_tokens']} in / {b['output_tokens']} out{' (counted locally)' if b['counted_locally'] else ''}, "
+            f"{b['sell_cost_micro_rub']:,} µRUB × {b['count']:,}" for b in billed))
+    return "; ".join(notes)
+
+
+def _around(plain: dict | None) -> str:
+    if not plain:
+        return "–"
+    around = plain.get("around") or []
+    return _ms(plain["p50_ms"]) + (f" ({' / '.join(_ms(x) for x in around)})" if len(around) > 1 else "")
+
+
+def _paths(results: dict) -> list[str]:
+    """Issue 8's paths beside the plain path, cell by cell."""
+    js = results["targets"].get("jetstream")
+    if not results["settings"].get("dialect_cells"):
+        return ["Not measured in this run (`BENCH_DIALECT_CELLS=0`)."]
+    if not js or "error" in js:
+        return [f"Not measured: {_why_missing(results, 'jetstream')}."]
+    lines = ["| Path | Scenario | req/s | p50 ms | p99 ms | plain path around it: req/s | p50 ms (before / after) | added p50 ms | notes |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    failed = []
+    for path, (label, _) in PATHS.items():
+        entry = js.get("paths", {}).get(path)
+        if entry is None:
+            continue
+        if "error" in entry:
+            failed.append(f"- **{label}: FAILED** — {entry['error']}")
+            continue
+        for key, cell in entry["cells"].items():
+            plain = _baseline(results, cell, key)
+            added = f"{cell['p50_ms'] - plain['p50_ms']:+.3f}" if plain else "–"
+            lines.append(f"| {label} | {key.replace('-c', ', ')} conn | {_rps(cell['rps'])} | {_ms(cell['p50_ms'])} | "
+                         f"{_ms(cell['p99_ms'])} | {_rps(plain['rps']) if plain else '–'} | "
+                         f"{_around(plain)} | {added} | {_path_notes(path, cell)} |")
+    return lines + (["", *failed] if failed else [])
+
+
+def _path_rows(results: dict) -> list[str]:
+    """Issue 8's targets: each path's added p50 at 1 connection over the plain path, per mode."""
+    if not results["settings"].get("dialect_cells"):
+        return []
+    lines = []
+    for path, (label, target_ms) in PATHS.items():
+        for mode in MODES:
+            what = f"{label}: added p50 ≤ {target_ms} ms over the plain path, {mode}, 1 connection"
+            cell = _path_cell(results, path, f"{mode}-c1")
+            plain = _baseline(results, cell, f"{mode}-c1") if cell else None
+            if not (cell and plain):
+                entry = (results["targets"]["jetstream"].get("paths") or {}).get(path) or {}
+                why = f"FAILED: {entry['error'].splitlines()[0]}" if "error" in entry else "no such cell in this run"
+                lines.append(f"| **not measured** | {what}: {why} |")
+                continue
+            added = cell["p50_ms"] - plain["p50_ms"]
+            ok = added <= target_ms and not cell["error_total"] and (path != "failover" or not _failover_shortfall(cell))
+            errs = f", {cell['error_total']} errors" if cell["error_total"] else ""
+            short = f", {_failover_shortfall(cell):,} requests did not meet the 429" if path == "failover" and _failover_shortfall(cell) else ""
+            lines.append(_check(ok, f"{what}: {added:+.3f} ms ({_ms(cell['p50_ms'])} vs {_around(plain)}){errs}{short}"))
+    return lines
+
+
+def _plain_repeats(results: dict, key: str) -> list[float]:
+    """Every req/s of the plain path in ``key``'s mode and connection count in this run: its own cell and
+    the neighbours measured around each issue-8 path's cell."""
+    js = results["targets"].get("jetstream") or {}
+    first = _cell(results, "jetstream", key)
+    repeats = [first["rps"]] if first else []
+    for entry in (js.get("paths") or {}).values():
+        cell = (entry.get("cells") or {}).get(key, {})
+        repeats += [cell[side]["rps"] for side in ("baseline", "baseline_after") if cell.get(side)]
+    return repeats
+
+
+def _before_rows(results: dict) -> list[str]:
+    """Issue 8: the plain OpenAI path's throughput within noise of an earlier run's (``BENCH_BEFORE``)."""
+    before, lines = results.get("before"), []
+    for mode in MODES:
+        key = f"{mode}-c{LOAD_CONNECTIONS}"
+        what = f"plain OpenAI path's throughput within noise of before, {mode}, {LOAD_CONNECTIONS} connections"
+        repeats = sorted(_plain_repeats(results, key))
+        if not repeats:
+            lines.append(_missing(what))
+            continue
+        now = repeats[len(repeats) // 2] if len(repeats) % 2 else sum(repeats[len(repeats) // 2 - 1:len(repeats) // 2 + 1]) / 2
+        spread = repeats[-1] - repeats[0]
+        measured = (f"{_rps(now)} req/s now (median of {len(repeats)} in this run, {_rps(repeats[0])}–{_rps(repeats[-1])})"
+                    if len(repeats) > 1 else f"{_rps(now)} req/s now (measured once in this run)")
+        earlier = (before or {}).get("cells", {}).get(key)
+        if not earlier:
+            why = "no earlier run given (BENCH_BEFORE)" if not before else f"BENCH_BEFORE ({before['path']}) has no such cell"
+            lines.append(f"| **not measured** | {what}: {measured}; {why} |")
+            continue
+        band = max(spread, MIN_NOISE_SHARE * earlier["rps"])
+        change = (now - earlier["rps"]) / earlier["rps"] * 100 if earlier["rps"] else 0.0
+        lines.append(_check(now >= earlier["rps"] - band,
+                            f"{what}: {measured} vs {_rps(earlier['rps'])} before (commit {before['git_commit']}, "
+                            f"{before['date']}): {change:+.1f} %, noise band {_rps(band)} req/s"))
+    return lines
 
 
 def _cold_no_counters_row(cold: dict | None) -> str:
@@ -394,6 +586,16 @@ def render(results: dict) -> str:
         "## Metering (Jetstream)",
         "",
         *_metering(results),
+        "",
+        "## Failover and translation (Jetstream, issue 8)",
+        "",
+        "The plain path (OpenAI chat in, OpenAI upstream) is measured again right before each path's cell, in the "
+        "same mode and connection count (its own warm-up included), and at 1 connection once more right after it; "
+        "*added p50* is the path's p50 minus the mean of its neighbours' (a steady drift in the machine's load "
+        "cancels out). Neighbours, not the plain cells of the side-by-side table (run minutes "
+        "earlier): the machine's load drifts more than the 1 ms the translation targets allow.",
+        "",
+        *_paths(results),
         "",
         "## Slow streams",
         "",

@@ -16,6 +16,13 @@ Environment (all optional):
     BENCH_SLOW_INTERVAL  1                           seconds between slow chunks
     BENCH_SLOW_RAMP      2                           seconds over which the slow streams are opened
     BENCH_COLD_START     1                           measure a cold worker (0 = skip)
+    BENCH_DIALECT_CELLS  1                           measure issue 8's paths through Jetstream (0 = skip):
+                                                     failover (the first key answered 429), Anthropic
+                                                     inbound → OpenAI upstream, OpenAI inbound → Anthropic
+                                                     upstream; each beside the plain OpenAI path
+    BENCH_BEFORE         (none)                      a results.json of an earlier run (e.g. `make bench` on the
+                                                     commit before a change): the report compares the plain
+                                                     path's throughput with it, against this run's own spread
     BENCH_OUTPUT         docs/benchmarks.md          where the report goes
 """
 
@@ -116,6 +123,8 @@ class Settings:
     output: Path
     litellm_venv: Path
     cold_start: bool = True
+    dialect_cells: bool = True
+    before: Path | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -140,6 +149,8 @@ class Settings:
             output=output if output.is_absolute() else ROOT / output,
             litellm_venv=Path(os.environ.get("BENCH_LITELLM_VENV") or WORK / "litellm-venv"),
             cold_start=bool(_env_int("BENCH_COLD_START", 1, minimum=0)),
+            dialect_cells=bool(_env_int("BENCH_DIALECT_CELLS", 1, minimum=0)),
+            before=Path(os.environ["BENCH_BEFORE"]) if os.environ.get("BENCH_BEFORE", "").strip() else None,
         )
 
 
@@ -307,12 +318,15 @@ def find_binary(name: str) -> str:
     return path
 
 
-def run_wrk(*, url: str, body_file: Path, authorization: str, connections: int, seconds: int, tag: str) -> dict:
+def run_wrk(*, url: str, body_file: Path, authorization: str, connections: int, seconds: int, tag: str,
+            headers: str = "") -> dict:
+    """wrk against ``url`` POSTing ``body_file`` with ``authorization`` (an Authorization value, "" = none)
+    and ``headers`` ("Name: value" lines, "" = none); its counts, latencies (ms) and errors."""
     argv = [
         find_binary("wrk"), "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
         "-s", str(BENCH_DIR / "wrk" / "post.lua"), url,
     ]
-    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_AUTHORIZATION": authorization}
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_AUTHORIZATION": authorization, "BENCH_HEADERS": headers}
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, env=env)
     except subprocess.TimeoutExpired:
@@ -359,6 +373,8 @@ class Target:
     server: str  # the Processes name whose process tree is measured
     extra_processes: list[str] = field(default_factory=list)
     meter: UsageMeter | None = None
+    messages_url: str = ""  # Jetstream's Anthropic Messages endpoint (the Anthropic-inbound cells)
+    api_key: str = ""  # the token as the Anthropic dialect sends it (x-api-key)
 
 
 def probe(target: Target) -> dict:
@@ -401,7 +417,8 @@ class UsageMeter:
 
         self.connection = connection
         self.table = connection.ops.quote_name(apps.get_model("billing", "UsageRecord")._meta.db_table)
-        self.models = [payloads.CHAT_MODEL, payloads.STREAM_MODEL, payloads.SLOW_MODEL]
+        self.key_table = connection.ops.quote_name(apps.get_model("providers", "SupplierKey")._meta.db_table)
+        self.models = list(payloads.ALL_MODELS)
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT coalesce(max(id), 0) FROM {self.table}")
             self.baseline_id = cursor.fetchone()[0]
@@ -414,8 +431,10 @@ class UsageMeter:
             cursor.execute(f"SELECT count(*) FROM {self.table} WHERE id > %s AND model_name = ANY(%s)", [self.baseline_id, self.models])
             return cursor.fetchone()[0]
 
-    def wait_drained(self, *, quiet_s: float = 2.0, timeout: float = 120.0) -> tuple[int, float, bool]:
-        """Poll until the count stops growing for quiet_s. Returns (count, seconds until the last growth, settled)."""
+    def wait_drained(self, *, quiet_s: float = 2.0, timeout: float = 120.0, expect: int = 0) -> tuple[int, float, bool]:
+        """Poll until the count reached ``expect`` and then stopped growing for quiet_s (a meter writer
+        starved of CPU on a loaded machine can pause longer than quiet_s). Returns (count, seconds until
+        the last growth, settled)."""
         started = time.monotonic()
         last = self.count()
         last_growth = started
@@ -424,7 +443,7 @@ class UsageMeter:
             current = self.count()
             if current != last:
                 last, last_growth = current, time.monotonic()
-            elif time.monotonic() - last_growth >= quiet_s:
+            elif last >= expect and time.monotonic() - last_growth >= quiet_s:
                 return last, last_growth - started, True
         return last, last_growth - started, False
 
@@ -441,12 +460,22 @@ class UsageMeter:
             count, p50, p99, worst = cursor.fetchone()
             cursor.execute(f"SELECT status, http_status, count(*) {where} GROUP BY 1, 2 ORDER BY 3 DESC", params)
             statuses = [{"status": s, "http_status": h, "count": c} for s, h, c in cursor.fetchall()]
+            cursor.execute(f"SELECT supplier_key_id, count(*) {where} GROUP BY 1 ORDER BY 2 DESC", params)
+            by_key = cursor.fetchall()
+            cursor.execute(f"SELECT id, name FROM {self.key_table} WHERE id = ANY(%s)", [[k for k, _ in by_key if k]])
+            names = dict(cursor.fetchall())
+            cursor.execute(f"SELECT input_tokens, output_tokens, usage_counted_locally, sell_cost, count(*) {where} "
+                           "AND status = 'ok' GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC LIMIT 3", params)
+            billed = [{"input_tokens": i, "output_tokens": o, "counted_locally": local, "sell_cost_micro_rub": cost, "count": c}
+                      for i, o, local, cost, c in cursor.fetchall()]
         return {
             "rows": count,
             "lag_p50_ms": None if p50 is None else float(p50) * 1000,
             "lag_p99_ms": None if p99 is None else float(p99) * 1000,
             "lag_max_ms": None if worst is None else float(worst) * 1000,
             "statuses": statuses,
+            "keys": [{"key": names.get(k, "no key"), "count": c} for k, c in by_key],
+            "billed": billed,  # the commonest (tokens, cost) of the cell's ok records: the upstream's usage read?
         }
 
     def server_versions(self) -> dict:
@@ -466,21 +495,50 @@ class UsageMeter:
         self.connection.close()
 
 
-def run_cell(target: Target, *, procs: Processes, settings: Settings, mode: str, stream: bool, connections: int) -> dict:
-    url = target.stream_url if stream else target.chat_url
-    body_file = WORK / ("body-stream.json" if stream else "body-chat.json")
-    tag = f"{target.name}-{mode}-c{connections}"
+@dataclass(frozen=True)
+class CellRequest:
+    """What a cell's wrk sends: ``url``, the body in ``body_file``, ``authorization`` (an Authorization
+    value, "" = none), more ``headers`` ("Name: value" lines), and the ``model`` its usage records name."""
+
+    url: str
+    body_file: Path
+    authorization: str
+    model: str
+    headers: str = ""
+
+
+def run_cell(target: Target, *, procs: Processes, settings: Settings, mode: str, stream: bool, connections: int,
+             tag: str = "") -> dict:
+    """A plain-path cell: OpenAI chat to bench-chat (``stream``: bench-stream) at ``connections``."""
+    request = CellRequest(
+        url=target.stream_url if stream else target.chat_url,
+        body_file=WORK / ("body-stream.json" if stream else "body-chat.json"),
+        authorization=target.authorization,
+        model=payloads.STREAM_MODEL if stream else payloads.CHAT_MODEL,
+    )
+    return run_request_cell(target, request, procs=procs, settings=settings, connections=connections,
+                            tag=tag or f"{target.name}-{mode}-c{connections}")
+
+
+def run_request_cell(target: Target, request: CellRequest, *, procs: Processes, settings: Settings, connections: int,
+                     tag: str) -> dict:
+    """Warm-up, then the measured wrk run of ``request``; the server's RSS and CPU and, for Jetstream,
+    the cell's usage records (after they drained)."""
+    url, body_file, headers = request.url, request.body_file, request.headers
     server_pid = procs.running[target.server].pid
     meter = target.meter
     cell_start = meter.now() if meter else None
+    at_start = meter.count() if meter else 0
     warm = None
     if settings.warmup:
-        warm = run_wrk(url=url, body_file=body_file, authorization=target.authorization, connections=connections, seconds=settings.warmup, tag=f"{tag}-warmup")
+        warm = run_wrk(url=url, body_file=body_file, authorization=request.authorization, connections=connections,
+                       seconds=settings.warmup, tag=f"{tag}-warmup", headers=headers)
     procs.ensure_alive(target.server)
     before = meter.count() if meter else 0
     cpu_before = tree_cpu_seconds(server_pid)
     started = time.monotonic()
-    result = run_wrk(url=url, body_file=body_file, authorization=target.authorization, connections=connections, seconds=settings.duration, tag=tag)
+    result = run_wrk(url=url, body_file=body_file, authorization=request.authorization, connections=connections,
+                     seconds=settings.duration, tag=tag, headers=headers)
     window = time.monotonic() - started
     after = meter.count() if meter else 0
     cpu = tree_cpu_seconds(server_pid) - cpu_before
@@ -490,8 +548,9 @@ def run_cell(target: Target, *, procs: Processes, settings: Settings, mode: str,
     result["warmup_requests"] = warm["requests"] if warm else 0
     if meter:
         window_end = meter.now()
-        drained, drain_s, settled = meter.wait_drained()
-        rows = meter.cell_rows(model=payloads.STREAM_MODEL if stream else payloads.CHAT_MODEL, since=cell_start, until=window_end)
+        # At least one record per request wrk counted, before the quiet rule applies.
+        drained, drain_s, settled = meter.wait_drained(expect=at_start + result["requests"] + result["warmup_requests"])
+        rows = meter.cell_rows(model=request.model, since=cell_start, until=window_end)
         result["metering"] = {
             "records_per_s": (after - before) / window,
             "records_in_window": after - before,
@@ -559,11 +618,14 @@ def run_slow(target: Target, *, procs: Processes, settings: Settings, server: st
     return result
 
 
-def measure(target: Target, *, procs: Processes, settings: Settings, slow_server: str | None) -> dict:
+def measure(target: Target, *, procs: Processes, settings: Settings, slow_server: str | None, paths: bool = False) -> dict:
+    """The plain cells, then (``paths``) issue 8's paths right after them, then the slow streams."""
     out: dict = {"probe": probe(target), "cells": {}}
     for mode, stream in MODES:
         for connections in settings.connections:
             out["cells"][f"{mode}-c{connections}"] = run_cell(target, procs=procs, settings=settings, mode=mode, stream=stream, connections=connections)
+    if paths:
+        out["paths"] = measure_paths(target, procs=procs, settings=settings)
     if slow_server and settings.slow_streams:
         try:
             out["slow"] = run_slow(target, procs=procs, settings=settings, server=slow_server)
@@ -571,6 +633,137 @@ def measure(target: Target, *, procs: Processes, settings: Settings, slow_server
             out["slow"] = {"error": str(exc)}
             print(f"  {target.name}: slow streams FAILED: {exc}", file=sys.stderr, flush=True)
     return out
+
+
+# --- issue 8's paths: failover and translation, beside the plain path -----------------------------
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """One of issue 8's paths through Jetstream, measured in the same modes and connection counts as
+    the plain path (OpenAI chat in, OpenAI upstream: the ``cells``) it is compared with.
+
+    ``key``: its results key; ``dialect``: the client's (``openai``: ``POST /v1/chat/completions`` with
+    ``Authorization: Bearer``; ``anthropic``: ``POST /v1/messages`` with ``x-api-key`` and
+    ``anthropic-version``); ``chat_model`` / ``stream_model``: the public models it asks for;
+    ``first_key_429``: its provider's first key is answered 429 by nginx (the failover path)."""
+
+    key: str
+    dialect: str
+    chat_model: str
+    stream_model: str
+    first_key_429: bool = False
+
+
+PATHS = (
+    # The same request as the plain path, to a provider whose first key nginx answers 429.
+    PathSpec("failover", "openai", payloads.FAILOVER_CHAT_MODEL, payloads.FAILOVER_STREAM_MODEL, first_key_429=True),
+    # Anthropic Messages in, the plain path's OpenAI upstream (bench-chat / bench-stream) out.
+    PathSpec("anthropic_inbound", "anthropic", payloads.CHAT_MODEL, payloads.STREAM_MODEL),
+    # The plain path's OpenAI chat request in, an Anthropic Messages upstream out.
+    PathSpec("anthropic_upstream", "openai", payloads.CLAUDE_CHAT_MODEL, payloads.CLAUDE_STREAM_MODEL),
+)
+RATE_LIMITED_LOG = LOGS / "nginx-429.log"  # one line per 429 nginx served (see nginx.conf.template)
+
+
+def rate_limited_count() -> int:
+    """How many 429s nginx has answered the failover providers' first key so far."""
+    try:
+        return RATE_LIMITED_LOG.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def path_request(target: Target, spec: PathSpec, *, stream: bool) -> CellRequest:
+    """The request ``spec``'s cells send in one mode (its body written under bench/.work)."""
+    model = spec.stream_model if stream else spec.chat_model
+    body_file = WORK / f"body-{spec.key}-{'stream' if stream else 'chat'}.json"
+    if spec.dialect == "anthropic":
+        body_file.write_text(json.dumps(payloads.anthropic_request_body(model=model, stream=stream)))
+        headers = f"x-api-key: {target.api_key}\nanthropic-version: {payloads.ANTHROPIC_VERSION}"
+        return CellRequest(url=target.messages_url, body_file=body_file, authorization="", model=model, headers=headers)
+    body_file.write_text(json.dumps(payloads.request_body(model=model, stream=stream)))
+    return CellRequest(url=target.chat_url, body_file=body_file, authorization=target.authorization, model=model)
+
+
+def _check_answer(spec: PathSpec, stream: bool, status: int, content_type: str, answer: bytes) -> None:
+    if spec.dialect == "anthropic":
+        check = payloads.check_anthropic_stream if stream else payloads.check_anthropic_message
+    else:
+        check = payloads.check_stream if stream else payloads.check_completion
+    check(status, content_type, answer)
+
+
+def probe_path(target: Target, spec: PathSpec) -> dict:
+    """One request per mode, checked for shape in the client's dialect; for the failover path, also
+    that it met the 429 first. Raises ``BenchError``."""
+    checks = {}
+    for mode, stream in MODES:
+        request = path_request(target, spec, stream=stream)
+        headers = {"Content-Type": "application/json"}
+        if request.authorization:
+            headers["Authorization"] = request.authorization
+        for line in filter(None, request.headers.split("\n")):
+            name, _, value = line.partition(":")
+            headers[name.strip()] = value.strip()
+        limited = rate_limited_count()
+        try:
+            status, content_type, answer = http_request(request.url, body=request.body_file.read_bytes(), headers=headers)
+            _check_answer(spec, stream, status, content_type, answer)
+        except (OSError, urllib.error.URLError) as exc:
+            raise BenchError(f"{spec.key}: probe POST {request.url} ({request.model}) failed: {exc}") from None
+        except payloads.BadResponse as exc:
+            raise BenchError(f"{spec.key}: probe POST {request.url} ({request.model}, {mode}) got a bad answer: {exc}") from None
+        checks[mode] = f"HTTP {status}, {len(answer)} bytes, well-formed"
+        if spec.first_key_429:
+            met = rate_limited_count() - limited
+            if met != 1:
+                raise BenchError(f"{spec.key}: the probe ({mode}) met {met} 429s from the first key, expected 1 "
+                                 f"(is the key resting after a 429 with Retry-After: 0?)")
+            checks[mode] += ", after one 429 from the first key"
+    return checks
+
+
+def run_path(target: Target, spec: PathSpec, *, procs: Processes, settings: Settings) -> dict:
+    """Probe then measure ``spec``'s cells (keys ``<mode>-c<connections>``, as the plain path's). Each
+    cell's ``baseline`` is the plain path measured again just before it, in the same mode and
+    connection count, and at 1 connection (where the targets compare p50s) its ``baseline_after`` just
+    after it too, so a load that drifts steadily cancels out of the mean of the two: the comparison is
+    between neighbours, not with cells run minutes earlier on a machine whose load drifts."""
+    out: dict = {"dialect": spec.dialect, "models": [spec.chat_model, spec.stream_model],
+                 "probe": probe_path(target, spec), "cells": {}}
+    for mode, stream in MODES:
+        request = path_request(target, spec, stream=stream)
+        for connections in settings.connections:
+            baseline = run_cell(target, procs=procs, settings=settings, mode=mode, stream=stream, connections=connections,
+                                tag=f"{target.name}-{spec.key}-baseline-{mode}-c{connections}")
+            limited = rate_limited_count()
+            cell = run_request_cell(target, request, procs=procs, settings=settings, connections=connections,
+                                    tag=f"{target.name}-{spec.key}-{mode}-c{connections}")
+            if spec.first_key_429:
+                # Counted after the records drained: every request the cell sent (warm-up included)
+                # should have met the first key's 429 before the second key answered it.
+                cell["first_key_429s"] = rate_limited_count() - limited
+            cell["baseline"] = baseline
+            if connections == 1:
+                cell["baseline_after"] = run_cell(target, procs=procs, settings=settings, mode=mode, stream=stream,
+                                                  connections=connections,
+                                                  tag=f"{target.name}-{spec.key}-baseline-after-{mode}-c{connections}")
+            out["cells"][f"{mode}-c{connections}"] = cell
+    return out
+
+
+def measure_paths(target: Target, *, procs: Processes, settings: Settings) -> dict:
+    """Every ``PATHS`` entry; a path that fails records its error and the others still run."""
+    results: dict = {}
+    for spec in PATHS:
+        try:
+            results[spec.key] = run_path(target, spec, procs=procs, settings=settings)
+        except BenchError as exc:
+            procs.ensure_alive(target.server)  # a dead server fails the whole target, as elsewhere
+            results[spec.key] = {"error": str(exc)}
+            print(f"  {target.name}: {spec.key} FAILED: {exc}", file=sys.stderr, flush=True)
+    return results
 
 
 # --- upstreams -----------------------------------------------------------------------------
@@ -583,19 +776,30 @@ def _nginx_literal(text: str) -> str:
     return text
 
 
+def nginx_conf(port: int, work: Path = WORK) -> str:
+    """bench/nginx.conf.template rendered: listening on 127.0.0.1:``port``, its pid, temp files and
+    logs under ``work`` (``work``/nginx, ``work``/logs), the fixed bodies from bench/payloads.py."""
+    conf = (BENCH_DIR / "nginx.conf.template").read_text()
+    for key, value in {
+        "@WORK@": str(work),
+        "@PORT@": str(port),
+        "@COMPLETION_JSON@": _nginx_literal(json.dumps(payloads.completion(model=payloads.CHAT_MODEL))),
+        "@SSE_BODY@": _nginx_literal(payloads.sse_body(model=payloads.STREAM_MODEL)),
+        "@RATE_LIMITED_KEY@": _nginx_literal(payloads.RATE_LIMITED_KEY),
+        "@RATE_LIMIT_JSON@": _nginx_literal(json.dumps(payloads.rate_limit_error())),
+        "@ANTHROPIC_MESSAGE_JSON@": _nginx_literal(json.dumps(payloads.anthropic_message(model=payloads.CLAUDE_CHAT_MODEL))),
+        "@ANTHROPIC_SSE_BODY@": _nginx_literal(payloads.anthropic_sse_body(model=payloads.CLAUDE_STREAM_MODEL)),
+    }.items():
+        conf = conf.replace(key, value)
+    return conf
+
+
 def start_upstreams(procs: Processes, settings: Settings) -> dict:
     nginx_port = free_port()
     (WORK / "nginx").mkdir(exist_ok=True)
-    conf = (BENCH_DIR / "nginx.conf.template").read_text()
-    for key, value in {
-        "@WORK@": str(WORK),
-        "@PORT@": str(nginx_port),
-        "@COMPLETION_JSON@": _nginx_literal(json.dumps(payloads.completion(model=payloads.CHAT_MODEL))),
-        "@SSE_BODY@": _nginx_literal(payloads.sse_body(model=payloads.STREAM_MODEL)),
-    }.items():
-        conf = conf.replace(key, value)
     conf_path = WORK / "nginx" / "nginx.conf"
-    conf_path.write_text(conf)
+    conf_path.write_text(nginx_conf(nginx_port))
+    RATE_LIMITED_LOG.unlink(missing_ok=True)  # counted per cell; a run starts it afresh
     nginx = find_binary("nginx")
     check = subprocess.run([nginx, "-t", "-p", str(WORK / "nginx"), "-e", str(LOGS / "nginx-error.log"), "-c", str(conf_path)], capture_output=True, text=True)
     if check.returncode != 0:
@@ -615,6 +819,10 @@ def start_upstreams(procs: Processes, settings: Settings) -> dict:
         "json_base_url": f"{base}/json/v1",
         "sse_base_url": f"{base}/sse/v1",
         "slow_base_url": f"http://127.0.0.1:{slow_port}/v1",
+        "failover_json_base_url": f"{base}/failover-json/v1",
+        "failover_sse_base_url": f"{base}/failover-sse/v1",
+        "anthropic_json_base_url": f"{base}/anthropic-json/v1",
+        "anthropic_sse_base_url": f"{base}/anthropic-sse/v1",
     }
 
 
@@ -725,6 +933,12 @@ def start_jetstream(procs: Processes, upstreams: dict, *, name: str = "jetstream
         "@JSON_BASE_URL@": upstreams["json_base_url"],
         "@SSE_BASE_URL@": upstreams["sse_base_url"],
         "@SLOW_BASE_URL@": upstreams["slow_base_url"],
+        "@FAILOVER_JSON_BASE_URL@": upstreams["failover_json_base_url"],
+        "@FAILOVER_SSE_BASE_URL@": upstreams["failover_sse_base_url"],
+        "@ANTHROPIC_JSON_BASE_URL@": upstreams["anthropic_json_base_url"],
+        "@ANTHROPIC_SSE_BASE_URL@": upstreams["anthropic_sse_base_url"],
+        "@RATE_LIMITED_KEY@": payloads.RATE_LIMITED_KEY,
+        "@FAILOVER_KEY@": payloads.FAILOVER_KEY,
         "@TOKEN_SECRET@": token,
     }.items():
         rendered = rendered.replace(key, value)
@@ -747,6 +961,7 @@ def start_jetstream(procs: Processes, upstreams: dict, *, name: str = "jetstream
     target = Target(
         name=name, chat_url=url, stream_url=url, slow_url=url, authorization=f"Bearer {token}",
         server=name, extra_processes=["meter"], meter=meter,
+        messages_url=f"http://127.0.0.1:{port}/v1/messages", api_key=token,
     )
     return target, info
 
@@ -846,7 +1061,8 @@ def run_target(name: str, entry: dict, *, settings: Settings, procs: Processes, 
         slow_server = None
         if name in settings.slow_targets:
             slow_server = "slow-upstream" if name == "direct" else target.server
-        entry |= measure(target, procs=procs, settings=settings, slow_server=slow_server)
+        entry |= measure(target, procs=procs, settings=settings, slow_server=slow_server,
+                         paths=name == "jetstream" and settings.dialect_cells)
         if name == "direct" and "slow" in entry:
             entry["slow"]["measured_process"] = "slow upstream (aiohttp)"
         if name == "jetstream" and settings.cold_start:
@@ -873,7 +1089,7 @@ def run(settings: Settings, procs: Processes) -> dict:
             "targets": list(settings.targets), "connections": list(settings.connections), "warmup_s": settings.warmup,
             "duration_s": settings.duration, "slow_targets": list(settings.slow_targets), "slow_streams": settings.slow_streams,
             "slow_chunks": settings.slow_chunks, "slow_interval_s": settings.slow_interval, "slow_ramp_s": settings.slow_ramp,
-            "cold_connections": COLD_CONNECTIONS, "cold_seconds": COLD_SECONDS,
+            "cold_connections": COLD_CONNECTIONS, "cold_seconds": COLD_SECONDS, "dialect_cells": settings.dialect_cells,
         },
         "targets": {},
     }
@@ -882,6 +1098,8 @@ def run(settings: Settings, procs: Processes) -> dict:
     for stream in (False, True):
         model = payloads.STREAM_MODEL if stream else payloads.CHAT_MODEL
         (WORK / ("body-stream.json" if stream else "body-chat.json")).write_text(json.dumps(payloads.request_body(model=model, stream=stream)))
+    if settings.before:
+        results["before"] = load_before(settings.before)
     print("Starting the upstreams (nginx, slow upstream)", flush=True)
     upstreams = start_upstreams(procs, settings)
 
@@ -895,6 +1113,25 @@ def run(settings: Settings, procs: Processes) -> dict:
         results["targets"][name] = entry
         run_target(name, entry, settings=settings, procs=procs, upstreams=upstreams, starters=starters)
     return results
+
+
+def load_before(path: Path) -> dict:
+    """The plain path's numbers from an earlier run's results.json (``BENCH_BEFORE``): its date, commit
+    and Jetstream ``cells``. Raises ``BenchError`` if it cannot be read or has no Jetstream cells."""
+    try:
+        earlier = json.loads(path.read_text())
+        cells = earlier["targets"]["jetstream"]["cells"]
+        machine = earlier["machine"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"BENCH_BEFORE={path}: not the results.json of a run with Jetstream cells ({exc.__class__.__name__}: {exc})") from None
+    keep = ("rps", "p50_ms", "p99_ms", "requests", "error_total")
+    return {
+        "path": str(path),
+        "date": machine.get("date", "?"),
+        "git_commit": machine.get("git_commit", "?") + (" (dirty)" if machine.get("git_dirty") else ""),
+        "duration_s": earlier.get("settings", {}).get("duration_s"),
+        "cells": {key: {k: cell[k] for k in keep if k in cell} for key, cell in cells.items()},
+    }
 
 
 def write_outputs(results: dict, settings: Settings) -> None:

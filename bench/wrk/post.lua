@@ -1,6 +1,8 @@
 -- wrk script for every cell: POST one fixed JSON body, optionally with an Authorization header.
 -- wrk counts one whole HTTP response per request, so a streaming cell reads the full SSE body.
--- BENCH_BODY_FILE: the request body; BENCH_AUTHORIZATION: the header value ("" = none).
+-- BENCH_BODY_FILE: the request body; BENCH_AUTHORIZATION: the header value ("" = none);
+-- BENCH_HEADERS: more headers, one "Name: value" per line (the Anthropic dialect's x-api-key and
+-- anthropic-version; "" = none).
 -- done() prints one machine-readable line that bench/runner.py parses (latencies in microseconds).
 
 local body_file = os.getenv("BENCH_BODY_FILE")
@@ -15,6 +17,16 @@ wrk.headers["Content-Type"] = "application/json"
 local authorization = os.getenv("BENCH_AUTHORIZATION")
 if authorization ~= nil and authorization ~= "" then
   wrk.headers["Authorization"] = authorization
+end
+local extra = os.getenv("BENCH_HEADERS")
+if extra ~= nil and extra ~= "" then
+  for line in string.gmatch(extra, "[^\n]+") do
+    local name, value = string.match(line, "^%s*([^:]+):%s*(.-)%s*$")
+    if name == nil then
+      error("BENCH_HEADERS: not a 'Name: value' line: " .. line)
+    end
+    wrk.headers[name] = value
+  end
 end
 
 function done(summary, latency, requests)
