@@ -13,7 +13,6 @@ import datetime as dt
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -34,8 +33,10 @@ def set_fx_rate(
 
     ``rub_per_unit`` is integer micro-rubles per one unit of ``currency`` (92_500_000 = 92.50 RUB
     per USD); the ruble itself has no rate. Earlier versions are kept (usage records point at the
-    rate they were priced with). An equal rate is not a new version: it moves the current one's
-    ``confirmed_for`` forward to ``valid_from`` (so an unchanged rate does not go stale). Returns the
+    rate they were priced with). An equal rate is not a new version; given with an explicit
+    ``valid_from`` (a feed's date, a restatement) it moves the current one's ``confirmed_for``
+    forward to it, so an unchanged rate does not go stale — re-applying a configuration file
+    (no ``valid_from``) restates nothing. Returns the
     ``lib.upsert.Outcome`` of the new or current rate. Raises ``ValidationError`` for the ruble, an
     unknown currency, a rate ≤ 0, or a different rate already recorded from exactly ``valid_from``
     (versions are never edited).
@@ -54,9 +55,10 @@ def set_fx_rate(
                 cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"jetstream:fx:{currency}"])
         current = FxRate.objects.filter(currency=currency, valid_from__lte=when).order_by("-valid_from").first()
         if current is not None and current.rub_per_unit == rub_per_unit:
-            if not dry_run and when > current.valid_from:
-                FxRate.objects.filter(Q(confirmed_for__isnull=True) | Q(confirmed_for__lt=when), pk=current.pk) \
-                    .update(confirmed_for=when)
+            if not dry_run and valid_from is not None and when > stated_for(current):
+                # A save (not an update) so the proxy's snapshots reload now (apps/proxy/signals.py).
+                current.confirmed_for = when
+                current.save(update_fields=["confirmed_for"])
             return Outcome(current, UNCHANGED)
         if current is not None and current.valid_from == when:
             raise ValidationError({"valid_from": _("A different %(currency)s rate from %(when)s is already recorded; "
