@@ -14,7 +14,6 @@ from django.core.management import CommandError, call_command
 from apps.billing.models import FeedRun
 from apps.providers.catalogue import FORMAT, PriceDocumentError, apply_prices, load_shipped, parse_document, update_prices
 from apps.providers.models import Model, Price, Provider, ProviderKind
-from tests.fakes.feed_server import fake_feed, fake_feed_server  # noqa: F401 - fixtures
 
 MAJOR = {"openai", "anthropic", "gemini", "mistral", "deepseek", "qwen", "gigachat", "yandexgpt"}
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 from apps.billing import fx
 from apps.billing.fx_sources import MOSCOW, FeedError, parse_cbr_daily, update_fx_rates
 from apps.billing.models import FeedRun, FxRate
-from tests.fakes.feed_server import CBR_PATH, cbr_daily, fake_feed, fake_feed_server  # noqa: F401 - fixtures
+from tests.fakes.feed_server import CBR_PATH, cbr_daily
 
 DAY = dt.date(2026, 11, 27)
 
@@ -42,8 +42,9 @@ def test_it_divides_by_nominal_and_rounds_half_up_at_the_micro_ruble():
     # Nominal 10000 needs rounding: 48.1250 / 10000 = 0.0048125 RUB → 4812.5 micro-RUB → 4813.
     idr = ('<Valute ID="R01280"><NumCode>360</NumCode><CharCode>IDR</CharCode><Nominal>10000</Nominal>'
            "<Name>Рупий</Name><Value>48,1250</Value><VunitRate>0,0048125</VunitRate></Valute>")
-    from apps.billing.fx_sources import _valute
     from defusedxml.ElementTree import fromstring
+
+    from apps.billing.fx_sources import _valute
 
     assert _valute(fromstring(idr)) == ("IDR", 4813)
     jpy = fromstring('<Valute><CharCode>JPY</CharCode><Nominal>100</Nominal><Value>52,3456</Value></Valute>')
