@@ -203,3 +203,27 @@ def test_apply_is_all_or_nothing(models):
 
     assert sorted(dry.added) == ["haiku", "mini"] and dry.unmatched == 0
     assert Price.objects.count() == 0
+
+
+# --------------------------------------------------------------------------- the admin: a superadmin's edit is a new version
+
+
+def test_a_new_version_from_a_catalogue_price_keeps_its_extra_prices(superadmin_client, catalog):
+    from django.urls import reverse
+
+    from apps.providers.services import set_model_price
+
+    loaded = set_model_price(model=catalog.model, currency="USD", input_per_1m=1_000_000, output_per_1m=5_000_000,
+                             cached_input_per_1m=100_000, extras={"cache_write_per_1m": 1_250_000, "per_request": None, "per_image": None},
+                             source="https://platform.claude.com/docs/en/about-claude/pricing").obj
+    page = superadmin_client.get(reverse("admin:providers_price_change", args=[loaded.pk])).content.decode()
+    assert "1.25 USD" in page and "cache_write_per_1m=1.25" in page and "platform.claude.com" in page
+
+    form = {"model": catalog.model.pk, "currency": "USD", "input_per_1m": "1", "output_per_1m": "4", "cached_input_per_1m": "0.1",
+            "cache_write_per_1m": "1.25", "per_request": "", "per_image": "", "source": "",
+            "valid_from_0": "2030-01-01", "valid_from_1": "00:00:00", "_save": "Save"}
+    assert superadmin_client.post(reverse("admin:providers_price_add"), form).status_code == 302
+
+    versions = list(Price.objects.filter(model=catalog.model).order_by("valid_from"))
+    assert [v.output_per_1m for v in versions][-2:] == [5_000_000, 4_000_000]  # added, the catalogue's kept
+    assert (versions[-1].cache_write_per_1m, versions[-1].per_request, versions[-1].source) == (1_250_000, None, "")
