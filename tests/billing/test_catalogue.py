@@ -50,7 +50,7 @@ def test_the_shipped_catalogue_loads_and_every_price_has_a_source_and_a_date():
 
     per_provider = Counter(e.provider for e in entries)
     assert set(per_provider) == MAJOR
-    assert len(entries) >= 70
+    assert len(entries) >= 100
     for e in entries:
         assert e.source.startswith("https://"), e.model
         assert e.as_of.year >= 2025, e.model
