@@ -218,3 +218,24 @@ def test_a_rate_is_stale_past_the_configured_age(settings):
     assert not fx.is_stale(rate, now=now, max_age_hours=0)  # 0: the check is off
     rate.confirmed_for = now - dt.timedelta(hours=1)
     assert not fx.is_stale(rate, now=now)
+
+
+def test_beat_sends_the_fx_task_once_as_it_starts(settings):
+    """The beat_init hook puts one fetch_fx_rates message on the real Redis broker."""
+    import json
+
+    import redis
+    from celery.signals import beat_init
+
+    import apps.billing.tasks  # noqa: F401 - connects the hook, as Celery's autodiscovery does
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    before = client.llen("celery")
+    try:
+        beat_init.send(sender=None)
+        assert client.llen("celery") == before + 1
+        message = json.loads(client.lindex("celery", 0))
+        assert message["headers"]["task"] == "apps.billing.tasks.fetch_fx_rates"
+    finally:
+        client.lpop("celery")
+        client.close()
