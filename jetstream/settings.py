@@ -249,7 +249,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
 
 # --- Prices and FX (docs/billing.md "Prices and currencies") --------------------------------
 # Where fetch_fx_rates reads rates: a URL (http/https) or a file path of a document in the Bank of
-# Russia's XML_daily format. The default is the Bank of Russia itself.
+# Russia's XML_daily format. The default is the Bank of Russia itself; empty: no fetching (manual rates only).
 JETSTREAM_FX_SOURCE = envstr("JETSTREAM_FX_SOURCE", "https://www.cbr.ru/scripts/XML_daily.asp") or ""
 # A model priced in a currency whose newest rate was last stated for a moment older than this is
 # refused (503 fx_rate_stale). 72 h covers a weekend (Saturday's rate holds until Tuesday); 0 turns

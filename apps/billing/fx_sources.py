@@ -187,12 +187,15 @@ def _decimal(text: str | None, what: str) -> Decimal:
         raise FeedError(f"{what} {text!r} is not a decimal number") from None
 
 
-def update_fx_rates(*, source: str | None = None) -> FeedRun:
-    """Fetch the daily document from ``source`` (default ``JETSTREAM_FX_SOURCE``), validate it whole
-    and store each rate with ``set_fx_rate`` as of the document's date (a new version only where the
-    rate changed; an unchanged one is marked as restated for that date). All or nothing, idempotent:
-    a second run adds nothing. Returns the recorded ``FeedRun`` (``ok`` False: nothing changed)."""
+def update_fx_rates(*, source: str | None = None) -> FeedRun | None:
+    """Fetch the daily document from ``source`` (default ``JETSTREAM_FX_SOURCE``; empty: do nothing,
+    return None — manual rates only), validate it whole and store each rate with ``set_fx_rate`` as
+    of the document's date (a new version only where the rate changed; an unchanged one is marked
+    as restated for that date). All or nothing, idempotent: a second run adds nothing. Returns the
+    recorded ``FeedRun`` (``ok`` False: nothing changed)."""
     source = source if source is not None else settings.JETSTREAM_FX_SOURCE
+    if not source:
+        return None
     try:
         parsed = parse_cbr_daily(fetch_document(source))
     except FeedError as exc:

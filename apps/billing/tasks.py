@@ -20,13 +20,15 @@ def void_expired_holds() -> int:
 
 
 @shared_task(name="apps.billing.tasks.fetch_fx_rates", ignore_result=True)
-def fetch_fx_rates() -> bool:
+def fetch_fx_rates() -> bool | None:
     """Fetch the FX document (``JETSTREAM_FX_SOURCE``) and add the rates that changed; return
-    whether the document was accepted (``apps.billing.fx_sources.update_fx_rates``; a refused one
-    changes nothing and is recorded). Safe to run twice: the second run adds nothing."""
+    whether the document was accepted, or None when no source is configured
+    (``apps.billing.fx_sources.update_fx_rates``; a refused document changes nothing and is
+    recorded). Safe to run twice: the second run adds nothing."""
     from apps.billing.fx_sources import update_fx_rates
 
-    return update_fx_rates().ok
+    run = update_fx_rates()
+    return None if run is None else run.ok
 
 
 @beat_init.connect

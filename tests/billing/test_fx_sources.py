@@ -173,7 +173,7 @@ def test_a_different_rate_for_a_recorded_date_is_refused_whole(fake_feed):
     # The same date, EUR and CNY unchanged but USD different: versions are never edited.
     run = update_fx_rates(source=fake_feed.serve(CBR_PATH, cbr_daily(DAY, usd="80,0000")))
 
-    assert not run.ok and "never edited" in run.detail
+    assert not run.ok and "USD" in run.detail and "2026-11-27" in run.detail
     assert rates() == before
 
 
@@ -187,6 +187,10 @@ def test_the_task_reads_the_configured_source(fake_feed, settings):
     assert fetch_fx_rates() is True
     assert FxRate.objects.count() == 3
     assert list(FeedRun.objects.order_by("created_at").values_list("added", flat=True)) == [3, 0]
+
+    settings.JETSTREAM_FX_SOURCE = ""  # no source: manual rates only, nothing recorded
+    assert fetch_fx_rates() is None
+    assert FeedRun.objects.count() == 2
 
 
 # --------------------------------------------------------------------------- manual rates and staleness
