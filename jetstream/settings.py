@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
@@ -237,7 +238,29 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # lapsed one released within 5 minutes is on time, and a 30 s sweep would only cost queries.
     "void-expired-holds": {"task": "apps.billing.tasks.void_expired_holds", "schedule": 300.0},
     "reconcile-spend-counters": {"task": "apps.proxy.tasks.reconcile_spend_counters", "schedule": 600.0},
+    # The Bank of Russia publishes the next day's rates on working days in the afternoon, Moscow
+    # time; four runs a day (hours in CELERY_TIMEZONE) catch them within hours and ride out an
+    # outage. Beat also sends it once when it starts (apps/billing/tasks.py). Both tasks add nothing
+    # when nothing changed.
+    "fetch-fx-rates": {"task": "apps.billing.tasks.fetch_fx_rates", "schedule": crontab(minute=5, hour="4,10,16,22")},
+    # List prices change rarely; a daily run is plenty (only when JETSTREAM_PRICES_SOURCE is set).
+    "update-prices": {"task": "apps.providers.tasks.update_prices", "schedule": crontab(minute=20, hour=3)},
 }
+
+# --- Prices and FX (docs/billing.md "Prices and currencies") --------------------------------
+# Where fetch_fx_rates reads rates: a URL (http/https) or a file path of a document in the Bank of
+# Russia's XML_daily format. The default is the Bank of Russia itself; empty: no fetching (manual rates only).
+JETSTREAM_FX_SOURCE = envstr("JETSTREAM_FX_SOURCE", "https://www.cbr.ru/scripts/XML_daily.asp") or ""
+# A model priced in a currency whose newest rate was last stated for a moment older than this is
+# refused (503 fx_rate_stale). 72 h covers a weekend (Saturday's rate holds until Tuesday); 0 turns
+# the check off. Long holidays (the New Year) need more, or a manual rate.
+JETSTREAM_FX_MAX_AGE_HOURS = envint("JETSTREAM_FX_MAX_AGE_HOURS", 72, minimum=0)
+# Where update_prices reads the price document (docs/billing.md gives its format): a URL or a file
+# path. Empty: the task does nothing (`manage.py load_prices` loads the shipped catalogue).
+JETSTREAM_PRICES_SOURCE = envstr("JETSTREAM_PRICES_SOURCE", "") or ""
+# Timeout (seconds) and size cap (bytes) for fetching either document.
+JETSTREAM_FEED_TIMEOUT = envint("JETSTREAM_FEED_TIMEOUT", 30, minimum=1)
+JETSTREAM_FEED_MAX_BYTES = envint("JETSTREAM_FEED_MAX_BYTES", 5_000_000, minimum=1_000)
 
 # --- REST framework ------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -11,6 +11,7 @@ OUR_APPS = {"accounts", "providers", "billing", "proxy", "moderation"}
 
 def _instances(personas, catalog) -> dict[str, object]:
     from apps.accounts.models import Membership, SupplierMembership
+    from apps.billing.models import FeedRun
 
     return {
         "accounts.user": personas.manager_a,
@@ -27,6 +28,8 @@ def _instances(personas, catalog) -> dict[str, object]:
         "billing.account": catalog.wallet,
         "billing.transfer": catalog.transfer,
         "billing.fxrate": catalog.fx_rate,
+        "billing.feedrun": FeedRun.objects.create(feed="fx", source="https://www.cbr.ru/scripts/XML_daily.asp", ok=False,
+                                                  detail="the document is empty"),
         "billing.usagerecord": catalog.usage,
         "proxy.apitoken": catalog.token,
         "moderation.policy": catalog.policy,

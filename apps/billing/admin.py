@@ -17,7 +17,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from import_export.admin import ExportActionMixin
 
-from apps.billing.models import Account, FxRate, Transfer, UsageRecord
+from apps.billing.models import Account, FeedRun, FxRate, Transfer, UsageRecord
 from apps.billing.resources import TransferResource, UsageRecordResource
 from lib.admin import (
     SPREADSHEET_FORMATS,
@@ -161,7 +161,7 @@ class FxRateForm(forms.ModelForm):
 @admin.register(FxRate)
 class FxRateAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     form = FxRateForm
-    list_display = ["currency", "rub_per_unit", "rate", "valid_from", "source", "created_at"]
+    list_display = ["currency", "rub_per_unit", "rate", "valid_from", "confirmed_for", "source", "created_at"]
     list_filter = ["currency", "source"]
     search_fields = ["currency", "source"]
     date_hierarchy = "valid_from"
@@ -169,7 +169,7 @@ class FxRateAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     rate = rub_column("rub_per_unit", _("RUB per unit"), places=4, exact=True)
 
     _add_fields = ["currency", "rub_per_unit", "valid_from", "source"]
-    _view_fields = ["currency", "rate", "rub_per_unit", "valid_from", "source", "created_at"]
+    _view_fields = ["currency", "rate", "rub_per_unit", "valid_from", "confirmed_for", "source", "created_at"]
 
     def get_fields(self, request: HttpRequest, obj: FxRate | None = None) -> FieldGroups:
         return [*self._add_fields] if obj is None else [*self._view_fields]
@@ -177,4 +177,14 @@ class FxRateAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: FxRate | None = None) -> list[str]:
         # A saved rate is a version: every field of it is read-only.
         return [] if obj is None else [*self._view_fields]
+
+
+@admin.register(FeedRun)
+class FeedRunAdmin(ViewOnlyAdminMixin, admin.ModelAdmin):
+    """Runs of the price and FX feeds (docs/billing.md "Prices and currencies"): a refused document and why."""
+
+    list_display = ["created_at", "feed", "ok", "added", "source", "detail"]
+    list_filter = ["feed", "ok"]
+    search_fields = ["source", "detail"]
+    date_hierarchy = "created_at"
 

@@ -165,6 +165,10 @@ class FxRate(models.Model):
     rub_per_unit = models.BigIntegerField(_("RUB per unit, micro-RUB"))
     valid_from = models.DateTimeField(_("valid from"))
     source = models.CharField(_("source"), max_length=64, blank=True, default="manual")
+    # The one field that changes after insert: the source restating an unchanged rate for a later
+    # date moves it forward (no new version), so an unchanged rate does not look stale.
+    confirmed_for = models.DateTimeField(_("confirmed for"), null=True, blank=True,
+                                         help_text=_("The latest date the source (or an operator) restated this rate for."))
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
     class Meta:
@@ -178,6 +182,26 @@ class FxRate(models.Model):
 
     def __str__(self) -> str:
         return f"{self.currency} {self.rub_per_unit / 1_000_000:.4f} RUB @ {self.valid_from:%Y-%m-%d}"
+
+
+class FeedRun(models.Model):
+    """One run of a price or FX feed (``apps.billing.fx_sources``, ``apps.providers.catalogue``):
+    whether the document was accepted, how many versions it added, and why it was refused."""
+
+    feed = models.CharField(_("feed"), max_length=32, db_index=True)
+    source = models.CharField(_("source"), max_length=500)
+    ok = models.BooleanField(_("accepted"))
+    added = models.PositiveIntegerField(_("versions added"), default=0)
+    detail = models.TextField(_("detail"), blank=True)
+    created_at = models.DateTimeField(_("run at"), auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = _("feed run")
+        verbose_name_plural = _("feed runs")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.feed} {'ok' if self.ok else 'FAILED'} @ {self.created_at:%Y-%m-%d %H:%M}"
 
 
 class UsageStatus(models.TextChoices):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import shared_task
+from celery.signals import beat_init
 
 from apps.billing import services
 
@@ -16,3 +17,21 @@ def void_expired_holds() -> int:
     hold expired once is no longer pending.
     """
     return services.expire_holds()
+
+
+@shared_task(name="apps.billing.tasks.fetch_fx_rates", ignore_result=True)
+def fetch_fx_rates() -> bool | None:
+    """Fetch the FX document (``JETSTREAM_FX_SOURCE``) and add the rates that changed; return
+    whether the document was accepted, or None when no source is configured
+    (``apps.billing.fx_sources.update_fx_rates``; a refused document changes nothing and is
+    recorded). Safe to run twice: the second run adds nothing."""
+    from apps.billing.fx_sources import update_fx_rates
+
+    run = update_fx_rates()
+    return None if run is None else run.ok
+
+
+@beat_init.connect
+def _fetch_fx_rates_on_start(sender: object = None, **kwargs: object) -> None:
+    """Beat sends ``fetch_fx_rates`` once as it starts, so a fresh install has rates before the first schedule slot."""
+    fetch_fx_rates.delay()

@@ -147,10 +147,15 @@ class PriceForm(forms.ModelForm):
     output_per_1m = MicroAmountField(label=_("output per 1M tokens"), help_text=_PRICE_HELP)
     cached_input_per_1m = MicroAmountField(label=_("cached input per 1M tokens"), required=False,
                                            help_text=_("Empty = the input price."))
+    cache_write_per_1m = MicroAmountField(label=_("cache write per 1M tokens"), required=False,
+                                          help_text=_("Where the provider charges prompt-cache writes. Recorded; not charged yet."))
+    per_request = MicroAmountField(label=_("per request"), required=False, help_text=_("Recorded; not charged yet."))
+    per_image = MicroAmountField(label=_("per image"), required=False, help_text=_("Recorded; not charged yet."))
 
     class Meta:
         model = Price
-        fields = ["model", "currency", "input_per_1m", "output_per_1m", "cached_input_per_1m", "valid_from"]
+        fields = ["model", "currency", "input_per_1m", "output_per_1m", "cached_input_per_1m", "cache_write_per_1m",
+                  "per_request", "per_image", "source", "valid_from"]
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -179,23 +184,32 @@ class PriceAdmin(ExportPermissionMixin, AppendOnlyAdminMixin, ImportExportMixin,
     input_price = _price_column("input_per_1m", _("input per 1M tokens"))
     output_price = _price_column("output_per_1m", _("output per 1M tokens"))
     cached_input_price = _price_column("cached_input_per_1m", _("cached input per 1M tokens"))
+    cache_write_price = _price_column("cache_write_per_1m", _("cache write per 1M tokens"))
+    per_request_price = _price_column("per_request", _("per request"))
+    per_image_price = _price_column("per_image", _("per image"))
 
     @admin.display(description=_("new version"))
     def new_version(self, obj: Price) -> str:
-        query = urlencode({
+        prefill = {
             "model": obj.model_id, "currency": obj.currency,
             "input_per_1m": format_rub(obj.input_per_1m, 0, exact=True),
             "output_per_1m": format_rub(obj.output_per_1m, 0, exact=True),
             "cached_input_per_1m": format_rub(obj.cached_input_per_1m, 0, exact=True),
-        })
+        }
+        # The catalogue's extra prices carry over to the new version unless the superadmin clears them.
+        for name in ("cache_write_per_1m", "per_request", "per_image"):
+            if getattr(obj, name) is not None:
+                prefill[name] = format_rub(getattr(obj, name), 0, exact=True)
+        query = urlencode(prefill)
         return format_html('<a href="{}?{}">{}</a>', reverse("admin:providers_price_add"), query,
                            _("Add a new price version from this one"))
 
     def get_fields(self, request: HttpRequest, obj: Price | None = None) -> list[str]:
         if obj is None:
-            return ["model", "currency", "input_per_1m", "output_per_1m", "cached_input_per_1m", "valid_from"]
-        return ["model", "currency", "input_price", "output_price", "cached_input_price", "valid_from", "created_at",
-                "new_version"]
+            return ["model", "currency", "input_per_1m", "output_per_1m", "cached_input_per_1m", "cache_write_per_1m",
+                    "per_request", "per_image", "source", "valid_from"]
+        return ["model", "currency", "input_price", "output_price", "cached_input_price", "cache_write_price",
+                "per_request_price", "per_image_price", "source", "valid_from", "created_at", "new_version"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Price | None = None) -> list[str]:
         return [] if obj is None else self.get_fields(request, obj)

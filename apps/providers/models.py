@@ -218,6 +218,14 @@ class Price(models.Model):
     output_per_1m = models.BigIntegerField(_("output per 1M tokens, micro-units"), validators=[MinValueValidator(0)])
     cached_input_per_1m = models.BigIntegerField(_("cached input per 1M tokens, micro-units"), validators=[MinValueValidator(0)],
                                                  help_text=_("Defaults to the input price."))
+    # Recorded from the catalogue and price feeds; the proxy charges tokens only (input, cached, output).
+    cache_write_per_1m = models.BigIntegerField(_("cache write per 1M tokens, micro-units"), null=True, blank=True,
+                                                validators=[MinValueValidator(0)],
+                                                help_text=_("Where the provider charges prompt-cache writes (Anthropic)."))
+    per_request = models.BigIntegerField(_("per request, micro-units"), null=True, blank=True, validators=[MinValueValidator(0)])
+    per_image = models.BigIntegerField(_("per image, micro-units"), null=True, blank=True, validators=[MinValueValidator(0)])
+    source = models.CharField(_("source"), max_length=300, blank=True,
+                              help_text=_("Where the price comes from: a pricing page URL, a price feed, or empty (entered by hand)."))
     valid_from = models.DateTimeField(_("valid from"), default=timezone.now)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
@@ -232,6 +240,10 @@ class Price(models.Model):
             models.UniqueConstraint(fields=["model", "valid_from"], name="price_version_unique"),
             models.CheckConstraint(condition=models.Q(input_per_1m__gte=0, output_per_1m__gte=0, cached_input_per_1m__gte=0),
                                    name="price_non_negative"),
+            models.CheckConstraint(condition=(models.Q(cache_write_per_1m__isnull=True) | models.Q(cache_write_per_1m__gte=0))
+                                   & (models.Q(per_request__isnull=True) | models.Q(per_request__gte=0))
+                                   & (models.Q(per_image__isnull=True) | models.Q(per_image__gte=0)),
+                                   name="price_extras_non_negative"),
         ]
 
     def __str__(self) -> str:

@@ -144,18 +144,24 @@ def set_model_price(
     cached_input_per_1m: int | None = None,
     valid_from: datetime | None = None,
     dry_run: bool = False,
+    extras: dict[str, int | None] | None = None,
+    source: str = "",
 ) -> Outcome:
     """Add a price version (micro-units of ``currency`` per 1M tokens) unless the current one is equal.
 
     Older versions are kept: usage records point at the version they were billed with.
-    ``cached_input_per_1m`` defaults to the input price.
+    ``cached_input_per_1m`` defaults to the input price. ``extras`` may give ``cache_write_per_1m``
+    (per 1M tokens), ``per_request`` and ``per_image`` (micro-units each; None = not priced so),
+    compared like the token prices; ``source`` (a URL or feed name) is recorded on a new version only.
     """
-    wanted = {
+    wanted: dict[str, Any] = {
         "currency": currency,
         "input_per_1m": input_per_1m,
         "output_per_1m": output_per_1m,
         "cached_input_per_1m": cached_input_per_1m if cached_input_per_1m is not None else input_per_1m,
     }
+    if extras is not None:
+        wanted.update({name: extras.get(name) for name in ("cache_write_per_1m", "per_request", "per_image")})
     with transaction.atomic():
         current = None
         if model.pk is not None:
@@ -167,6 +173,6 @@ def set_model_price(
         changed = [field for field, value in wanted.items() if current is not None and getattr(current, field) != value]
         if current is not None and not changed:
             return Outcome(current, UNCHANGED)
-        price = Price(model=model, valid_from=valid_from or timezone.now(), **wanted)
+        price = Price(model=model, valid_from=valid_from or timezone.now(), source=source, **wanted)
         outcome = save_staged(price, [], dry_run=dry_run)
         return outcome if current is None else Outcome(price, UPDATED, tuple(changed))

@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
+from apps.billing import fx as fx_rates
 from apps.billing.models import FxRate
 from apps.providers.adapters.base import Target
 from apps.providers.key_health import VERSION_KEY as HEALTH_VERSION_KEY
@@ -147,6 +148,9 @@ class ModelRoute:
     routing: str = "ordered"  # how candidates are ordered: "ordered" | "cheapest" | "fastest"
     country: str = ""  # where the provider processes data (ISO 3166-1 alpha-2, "" = not said)
     balancer: KeyBalancer | None = None  # the worker's, with the keys' shared health (set by SnapshotCache)
+    # (currency, the date its newest rate was last stated for) when that rate is older than
+    # JETSTREAM_FX_MAX_AGE_HOURS: fx_micro is then None and police() answers 503 fx_rate_stale.
+    fx_stale: tuple[str, str] | None = None
     target: Target = field(init=False)  # where the adapter sends this model's calls
 
     def __post_init__(self) -> None:
@@ -215,8 +219,12 @@ def _load_routes() -> dict[str, ModelRoute]:
     close_old_connections()
     now = timezone.now()
     fx: dict[str, int] = {"RUB": 1_000_000}
+    stale: dict[str, str] = {}  # a stale rate never prices a call (docs/billing.md "Prices and currencies")
     for rate in FxRate.objects.filter(valid_from__lte=now).order_by("currency", "-valid_from").distinct("currency"):
-        fx[rate.currency] = rate.rub_per_unit
+        if fx_rates.is_stale(rate, now=now):
+            stale[rate.currency] = timezone.localdate(fx_rates.stated_for(rate)).isoformat()
+        else:
+            fx[rate.currency] = rate.rub_per_unit
     prices = {p.model_id: p for p in Price.objects.filter(valid_from__lte=now).order_by("model_id", "-valid_from").distinct("model_id")}
     keys: dict[int, list[KeyRoute]] = {}
     for key in SupplierKey.objects.filter(status=SupplierKeyStatus.ACTIVE, supplier__is_active=True):
@@ -249,6 +257,7 @@ def _load_routes() -> dict[str, ModelRoute]:
             fx_micro=fx.get(price.currency) if price else None,
             keys=keys.get(provider.pk, []), internal=provider.internal, egress_internal=egress_internal,
             fallbacks=tuple(model.fallbacks), routing=model.routing, country=provider.country,
+            fx_stale=(price.currency, stale[price.currency]) if price and price.currency in stale else None,
         )
     return routes
 

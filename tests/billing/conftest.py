@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.fakes.feed_server import fake_feed, fake_feed_server  # noqa: F401 - fixtures (price and FX feeds)
+
 RUB = 1_000_000  # micro-rubles
 
 

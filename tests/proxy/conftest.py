@@ -5,6 +5,7 @@ SDK is the client.
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ import pytest
 import redis as redis_lib
 import uvicorn
 from django.conf import settings
+from django.utils import timezone
 
 from tests.fakes.openai_upstream import DEFAULT_KEY, fake_openai, fake_openai_server  # noqa: F401 - fixtures
 
@@ -94,7 +96,7 @@ def build_world(fake, *, top_up: int = 1000 * RUB, **token_fields) -> World:
     embed = Model.objects.create(name="text-embedding-3-small", provider=provider, upstream_model="text-embedding-3-small",
                                  modality="embedding")
     Price.objects.create(model=embed, currency="USD", input_per_1m=20_000, output_per_1m=0)
-    FxRate.objects.create(currency="USD", rub_per_unit=92_500_000, valid_from="2026-01-01T00:00:00Z")
+    FxRate.objects.create(currency="USD", rub_per_unit=92_500_000, valid_from=timezone.now() - dt.timedelta(days=1))
     mock = Provider.objects.create(slug="demo", kind="mock")
     mock_model = Model.objects.create(name="demo-chat", provider=mock, upstream_model="demo-chat", max_output_tokens=4096)
     Price.objects.create(model=mock_model, currency="RUB", input_per_1m=10 * RUB, output_per_1m=20 * RUB)

@@ -138,7 +138,8 @@ class ClientAddress:
 def police(call: Call, snapshots: SnapshotCache) -> ModelRoute:
     """The route of the requested model, also set on ``call.route``, after the token's rules.
     Raises ``ApiError`` 403 (address or model not allowed), 404 (unknown model), 422 (the model
-    cannot serve this endpoint), 503 (the model has no price or FX rate)."""
+    cannot serve this endpoint), 503 ``fx_rate_stale`` (its currency's newest rate is too old) or
+    ``model_not_priced`` (no price or FX rate)."""
     token, model = call.token, call.request.model
     if token.ip_networks:
         try:
@@ -155,6 +156,11 @@ def police(call: Call, snapshots: SnapshotCache) -> ModelRoute:
     if route.modality not in MODALITY_FOR[call.endpoint]:
         raise ApiError(422, f"The model '{model}' is a {route.modality} model and cannot serve this endpoint.",
                        param="model", code="unsupported_model_for_endpoint")
+    if route.fx_stale is not None:
+        currency, date = route.fx_stale
+        raise ApiError(503, f"The model '{model}' is priced in {currency}, and the newest {currency} exchange rate "
+                            f"is from {date}, too old to price a request. Try again when the rate has been updated.",
+                       type="api_error", code="fx_rate_stale")
     if not route.priced:
         raise ApiError(503, f"The model '{model}' has no price or exchange rate configured.", type="api_error",
                        code="model_not_priced")

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from apps.providers.adapters import adapter_for
-from apps.providers.adapters.base import COOLDOWN_AUTH_FAILED, CanonicalRequest, Credential, Target, Usage
+from apps.providers.adapters.base import CanonicalRequest, Credential, Target, Usage
 from apps.providers.adapters.mock.adapter import LocalResponse
 from apps.providers.adapters.openai import (
     AzureOpenAIAdapter,

@@ -1,0 +1,16 @@
+"""Providers background tasks: thin wrappers around services, safe to run twice."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+
+@shared_task(name="apps.providers.tasks.update_prices", ignore_result=True)
+def update_prices() -> bool | None:
+    """Apply the price document at ``JETSTREAM_PRICES_SOURCE`` (``apps.providers.catalogue.update_prices``):
+    new versions only where a price changed; a refused document changes nothing and is recorded.
+    Returns whether it was accepted, or None when no source is configured. Running twice adds nothing."""
+    from apps.providers.catalogue import update_prices as apply_feed
+
+    run = apply_feed()
+    return None if run is None else run.ok
