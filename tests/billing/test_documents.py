@@ -15,6 +15,7 @@ from decimal import Decimal
 import pytest
 from django.db import DatabaseError, connection, transaction
 from django.urls import reverse
+from django.utils import translation
 from pypdf import PdfReader
 
 from apps.billing import services as ledger
@@ -39,6 +40,13 @@ def pdf_text(pdf: bytes) -> str:
 def flat(text: str) -> str:
     """Text with every run of white space (line breaks, no-break spaces) as one space."""
     return " ".join(text.replace("\u00a0", " ").split())
+
+
+@pytest.fixture(autouse=True)
+def english_messages():
+    """Service errors are matched in English here; the admin pages (Russian by default) are checked in Russian."""
+    with translation.override("en"):
+        yield
 
 
 @pytest.fixture
@@ -371,6 +379,8 @@ def test_the_task_issues_last_months_acts_in_each_companys_time_zone(company, oc
 # --- the admin -------------------------------------------------------------------------------
 
 def test_the_admin_runs_the_flow_and_downloads_the_invoice(superadmin_client, company, personas):
+    index = superadmin_client.get(reverse("admin:index")).content.decode()
+    assert "Пополнения и документы" in index and "Заявки на пополнение" in index  # the app's own catalog
     urls = admin_urls(TopUpRequest, 0)
     page = superadmin_client.get(urls["add"])
     assert page.status_code == 200
@@ -407,7 +417,7 @@ def test_the_admin_refuses_a_zero_amount_with_a_clear_error(superadmin_client, c
         assert response.status_code == 200
         assert [e.code for e in response.context["adminform"].form.errors.as_data()["amount"]] == [code]
     response = superadmin_client.post(urls["add"], {"company": company.pk, "amount": "1.001", "form_key": "x"})
-    assert response.status_code == 200 and "whole kopecks" in response.content.decode()
+    assert response.status_code == 200 and "Счёт оплачивается в целых копейках" in response.content.decode()
     assert not TopUpRequest.objects.exists()
 
 
@@ -415,7 +425,7 @@ def test_the_admin_shows_step_errors_and_actions_work(superadmin_client, company
     request = services.request_top_up(company=company, amount=10 * RUB, request_key="k")
     changelist = admin_urls(TopUpRequest, 0)["changelist"]
     response = superadmin_client.post(changelist, {"action": "confirm_payments", "_selected_action": [request.pk]}, follow=True)
-    assert "no invoice yet" in response.content.decode()
+    assert "ещё нет счёта; сначала выставьте его" in response.content.decode()
     superadmin_client.post(changelist, {"action": "issue_invoices", "_selected_action": [request.pk]})
     superadmin_client.post(changelist, {"action": "confirm_payments", "_selected_action": [request.pk]})
     request.refresh_from_db()
@@ -430,7 +440,7 @@ def test_the_admin_issues_an_act_on_demand(superadmin_client, company, october):
     act = Document.objects.get(kind=DocumentKind.ACT)
     assert act.amount == october["expected"]
     response = superadmin_client.post(url, {"company": company.pk, "month": "2026-08"})
-    assert response.status_code == 200 and "used nothing" in response.content.decode()
+    assert response.status_code == 200 and "Расходов Romashka за 2026-08 нет" in response.content.decode()
 
 
 def test_only_staff_with_permission_reach_documents(client, personas, company):
