@@ -103,6 +103,11 @@ class TopUpRequestAdmin(admin.ModelAdmin):
         url = reverse("admin:invoicing_document_pdf", args=[obj.invoice.pk])
         return format_html('<a href="{}">{}</a>', url, str(obj.invoice))
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TopUpRequest]:
+        # The invoice's number for the column, not its PDF.
+        # (ChangeList skips list_select_related once a queryset selects anything, so name them all.)
+        return super().get_queryset(request).select_related(*self.list_select_related).defer("invoice__pdf", "invoice__details")
+
     def get_fields(self, request: HttpRequest, obj: TopUpRequest | None = None) -> FieldGroups:
         return ["company", "amount", "form_key"] if obj is None else [*self._view_fields]
 

@@ -449,3 +449,52 @@ def test_only_staff_with_permission_reach_documents(client, personas, company):
     client.force_login(personas.manager_a)
     response = client.get(url)
     assert response.status_code == 302 and b"%PDF" not in response.content
+
+
+def test_the_act_sums_what_the_meter_charged(company, personas):
+    """Charges written by billing's real door for metered usage (record_usage_batch) are what the act states."""
+    import time
+
+    from apps.accounts.models import Supplier
+    from apps.billing.models import UsageStatus
+    from apps.billing.usage import UsageEvent
+    from apps.billing.usage_records import record_usage_batch
+
+    ledger.top_up(company=company, amount=1_000 * RUB, idempotency_id="seed")
+    supplier = Supplier.objects.create(slug="keys", name="Keys")
+    costs = [1_234_567, 89 * RUB + 4_999, 5_000, 0]
+    now = time.time()
+    events = [UsageEvent(request_id=f"req_{i}", endpoint="chat", status=UsageStatus.OK, http_status=200, started_at=now,
+                         finished_at=now + 1, company_id=company.pk, supplier_id=supplier.pk, model_name="m",
+                         input_tokens=10, output_tokens=5, sell_cost=cost, buy_cost=cost // 2) for i, cost in enumerate(costs)]
+    record_usage_batch(events=events)
+    charged = Transfer.objects.filter(kind=TransferKind.USAGE).order_by("created_at")
+    assert charged.count() == 3  # a free request moves nothing
+    first, last = charged.first().created_at.astimezone(MSK), charged.last().created_at.astimezone(MSK)
+    if (first.year, first.month) != (last.year, last.month):
+        pytest.skip("the charges straddle a month's end in Moscow")
+    assert services.month_usage_total(company=company, year=first.year, month=first.month) == sum(costs)
+    _start, end = services.month_bounds(company=company, year=first.year, month=first.month)
+    act = services.issue_act(company=company, year=first.year, month=first.month, now=end)
+    assert act.amount == sum(costs) and act.details["total_text"] == format_amount(sum(costs))
+
+
+def test_the_admin_lists_do_not_query_per_row_or_load_pdfs(superadmin_client, company):
+    from django.test.utils import CaptureQueriesContext
+
+    def listing_queries(model) -> list[str]:
+        with CaptureQueriesContext(connection) as queries:
+            assert superadmin_client.get(admin_urls(model, 0)["changelist"]).status_code == 200
+        return [q["sql"] for q in queries.captured_queries]
+
+    def add_invoiced(i: int) -> None:
+        services.issue_invoice(top_up_request=services.request_top_up(company=company, amount=RUB, request_key=f"k{i}"))
+
+    add_invoiced(0)
+    few = {model: listing_queries(model) for model in (TopUpRequest, Document)}
+    for i in range(1, 5):
+        add_invoiced(i)
+    for model, queries in few.items():
+        many = listing_queries(model)
+        assert len(many) == len(queries), (model, many[len(queries) - 2:])
+        assert not any('"pdf"' in sql for sql in many), model
