@@ -498,3 +498,13 @@ def test_the_admin_lists_do_not_query_per_row_or_load_pdfs(superadmin_client, co
         many = listing_queries(model)
         assert len(many) == len(queries), (model, many[len(queries) - 2:])
         assert not any('"pdf"' in sql for sql in many), model
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_task_and_an_admin_issuing_one_act_at_once_make_one_act(company, october):
+    results = _in_parallel(3, lambda i: services.issue_act(company=company, year=2026, month=10, now=AFTER_OCTOBER).pk)
+    assert all(status == "ok" for status, _ in results), results
+    assert len({pk for _, pk in results}) == 1
+    act = Document.objects.get(kind=DocumentKind.ACT)
+    assert (act.number, act.amount) == (1, october["expected"])
+    assert services.issue_act(company=company, year=2026, month=11, now=dt.datetime(2026, 12, 2, tzinfo=dt.UTC)).number == 2
