@@ -373,7 +373,12 @@ def test_the_task_issues_last_months_acts_in_each_companys_time_zone(company, oc
     assert [(a.company, a.period_start, a.amount) for a in issued] == [(company, dt.date(2026, 10, 1), october["expected"])]
     assert services.issue_acts_for_previous_month(now=AFTER_OCTOBER) == []  # safe to run twice
     assert sorted(Document.objects.values_list("number", flat=True)) == [1, 2, 3]
-    assert generate_monthly_acts.run() == 0  # today's previous month has no usage: nothing to issue
+    # The task itself, at the real time: whatever it issues (the fixture's 1 November charge, once
+    # November has ended), a second run issues nothing.
+    before = Document.objects.count()
+    issued_now = generate_monthly_acts.run()
+    assert Document.objects.count() - before == issued_now
+    assert generate_monthly_acts.run() == 0
 
 
 # --- the admin -------------------------------------------------------------------------------
