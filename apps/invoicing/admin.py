@@ -4,7 +4,8 @@ Pages only call services (apps/invoicing/services.py): a top-up request is added
 ``request_top_up`` (the form carries a one-time key, so a double-submitted form makes one
 request); the buttons on its page and the list actions issue the invoice, confirm the payment
 or cancel it. Documents are view-only; their PDF downloads from the document's page, and
-"Issue an act" issues a month's closing act on demand.
+"Issue a closing act" issues a month's closing act on demand. "Credit a company directly" (on the
+top-up requests' list) credits a wallet without an invoice.
 """
 
 from __future__ import annotations
@@ -68,6 +69,27 @@ class TopUpRequestForm(forms.ModelForm):
             raise ValidationError(str(exc)) from None
 
 
+class DirectCreditForm(forms.Form):
+    company: forms.ModelChoiceField = forms.ModelChoiceField(label=_("Company"), queryset=None)
+    amount = MicroAmountField(label=_("amount, RUB"), allow_zero=False, help_text=_("Whole kopecks, e.g. 15000 or 1500.50."))
+    description = forms.CharField(label=_("Description"), max_length=200, required=False,
+                                  help_text=_("What the money is, e.g. the payment order's number."))
+    form_key = forms.CharField(widget=forms.HiddenInput, max_length=90)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from apps.accounts.models import Company
+
+        super().__init__(*args, **kwargs)
+        self.fields["company"].queryset = Company.objects.order_by("name")  # type: ignore[attr-defined]
+        self.fields["form_key"].initial = str(uuid.uuid4())
+
+    def clean_amount(self) -> int:
+        try:
+            return services.check_top_up_amount(self.cleaned_data["amount"])
+        except InvoicingError as exc:
+            raise ValidationError(str(exc)) from None
+
+
 _STEPS = {
     # button / action name: (service call, what the message says it did)
     "_issue_invoice": (lambda request, obj: services.issue_invoice(top_up_request=obj, issued_by=request.user),
@@ -83,6 +105,7 @@ _STEPS = {
 class TopUpRequestAdmin(admin.ModelAdmin):
     form = TopUpRequestForm
     change_form_template = "admin/invoicing/topuprequest/change_form.html"
+    change_list_template = "admin/invoicing/topuprequest/change_list.html"
     list_display = ["id", "requested_at", "company", "amount_rub", "status", "requested_by", "invoice_link", "paid_at"]
     list_display_links = ["id", "requested_at"]
     list_filter = ["status"]
@@ -152,6 +175,34 @@ class TopUpRequestAdmin(admin.ModelAdmin):
     def _run_action(self, request: HttpRequest, queryset: QuerySet[TopUpRequest], step: str) -> None:
         for obj in queryset.order_by("pk"):
             self._run_step(request, step, obj)
+
+    def get_urls(self) -> list[URLPattern]:
+        own = [path("credit/", self.admin_site.admin_view(self.credit_view), name="invoicing_topuprequest_credit")]
+        return own + super().get_urls()
+
+    def credit_view(self, request: HttpRequest) -> HttpResponse:
+        """A form: company, amount, description → ``services.credit_directly`` (the form's one-time key
+        makes a double submit one credit)."""
+        if not request.user.is_superuser:
+            raise PermissionDenied
+        form = DirectCreditForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                transfer = services.credit_directly(company=data["company"], amount=data["amount"], credit_key=data["form_key"],
+                                                    credited_by=request.user, description=data["description"])
+            except (InvoicingError, LedgerError) as exc:
+                form.add_error(None, str(exc))
+            else:
+                self.message_user(request, gettext("%(company)s credited with %(amount)s RUB (transfer #%(pk)s).") % {
+                    "company": data["company"], "amount": format_amount(transfer.amount), "pk": transfer.pk}, messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:invoicing_topuprequest_changelist"))
+        context = {**self.admin_site.each_context(request), "title": gettext("Credit a company directly"), "form": form,
+                   "opts": self.model._meta, "submit": gettext("Credit the wallet")}
+        return TemplateResponse(request, "admin/invoicing/form.html", context)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        return super().changelist_view(request, {**(extra_context or {}), "can_credit": request.user.is_superuser})
 
     @admin.action(description=_("Issue invoices"), permissions=["change"])
     def issue_invoices(self, request: HttpRequest, queryset: QuerySet[TopUpRequest]) -> None:
@@ -236,8 +287,8 @@ class DocumentAdmin(ViewOnlyAdminMixin, admin.ModelAdmin):
                     "act": act, "company": company, "amount": format_amount(act.amount)}, messages.SUCCESS)
                 return HttpResponseRedirect(reverse("admin:invoicing_document_change", args=[act.pk]))
         context = {**self.admin_site.each_context(request), "title": gettext("Issue a closing act"), "form": form,
-                   "opts": self.model._meta}
-        return TemplateResponse(request, "admin/invoicing/document/issue_act.html", context)
+                   "opts": self.model._meta, "submit": gettext("Issue the act")}
+        return TemplateResponse(request, "admin/invoicing/form.html", context)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         can_issue = request.user.has_perm("invoicing.add_document")

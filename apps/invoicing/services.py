@@ -85,6 +85,25 @@ def request_top_up(*, company: Any, amount: int, request_key: str, requested_by:
     return existing
 
 
+def credit_directly(*, company: Any, amount: int, credit_key: str, credited_by: Any = None, description: str = "") -> Transfer:
+    """The superadmin credits the company's wallet now, without an invoice (platform cash → wallet,
+    kind ``top_up``); return the ledger transfer.
+
+    ``credit_key`` is the caller's idempotency key (the form's one-time id): the same key and amount
+    again returns the same transfer and moves nothing; another amount raises the ledger's
+    ``IdempotencyConflict``. Raises ``InvalidTopUpAmount`` as ``request_top_up`` does.
+    """
+    check_top_up_amount(amount)
+    if not isinstance(credit_key, str) or not credit_key.strip() or len(credit_key) > _REQUEST_KEY_MAX:
+        raise InvalidTopUpState(_("A request key is 1 to %(max)d characters.") % {"max": _REQUEST_KEY_MAX})
+    who = getattr(credited_by, "email", None) or str(credited_by or "")
+    text = description.strip() or _("Direct credit")
+    transfer = ledger.top_up(company=company, amount=amount, idempotency_id=f"invoicing:direct:{credit_key}",
+                             description=(f"{text} ({who})" if who else text)[:300])
+    logger.info("direct credit: company %s, %s micro-RUB, transfer #%s", company.pk, amount, transfer.pk)
+    return transfer
+
+
 def _lock_request(top_up_request: TopUpRequest | int) -> TopUpRequest:
     pk = top_up_request.pk if isinstance(top_up_request, TopUpRequest) else top_up_request
     try:

@@ -513,3 +513,35 @@ def test_the_task_and_an_admin_issuing_one_act_at_once_make_one_act(company, oct
     act = Document.objects.get(kind=DocumentKind.ACT)
     assert (act.number, act.amount) == (1, october["expected"])
     assert services.issue_act(company=company, year=2026, month=11, now=dt.datetime(2026, 12, 2, tzinfo=dt.UTC)).number == 2
+
+
+def test_a_direct_credit_moves_money_once_per_key(company, personas):
+    from apps.billing.exceptions import IdempotencyConflict
+
+    first = services.credit_directly(company=company, amount=300 * RUB, credit_key="form-1", credited_by=personas.superadmin,
+                                     description="п/п № 42")
+    assert services.credit_directly(company=company, amount=300 * RUB, credit_key="form-1") == first
+    assert (first.kind, first.description) == (TransferKind.TOP_UP, "п/п № 42 (root@example.com)")
+    with pytest.raises(IdempotencyConflict):
+        services.credit_directly(company=company, amount=301 * RUB, credit_key="form-1")
+    with pytest.raises(InvalidTopUpAmount):
+        services.credit_directly(company=company, amount=0, credit_key="form-2")
+    assert wallet_balance(company) == 300 * RUB
+
+
+def test_the_admin_credits_a_company_directly(superadmin_client, company, client, personas):
+    url = reverse("admin:invoicing_topuprequest_credit")
+    assert url in superadmin_client.get(admin_urls(TopUpRequest, 0)["changelist"]).content.decode()
+    page = superadmin_client.get(url)
+    assert page.status_code == 200
+    key = page.context["form"]["form_key"].value()
+    data = {"company": company.pk, "amount": "250.25", "description": "п/п № 7", "form_key": key}
+    for _ in range(2):  # a double submit credits once
+        assert superadmin_client.post(url, data).status_code == 302
+    assert wallet_balance(company) == 250 * RUB + 25 * KOP
+    response = superadmin_client.post(url, {**data, "amount": "-1", "form_key": "other"})
+    assert response.status_code == 200 and response.context["form"].errors["amount"]
+    assert wallet_balance(company) == 250 * RUB + 25 * KOP
+    client.force_login(personas.manager_a)
+    assert client.post(url, {**data, "form_key": "x"}).status_code == 302  # to the admin login
+    assert wallet_balance(company) == 250 * RUB + 25 * KOP
