@@ -8,14 +8,32 @@ STAMP := $(VENV)/.installed
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.data/run
 $(shell mkdir -p $(CURDIR)/.data/run && chmod 700 $(CURDIR)/.data/run)
 
-.PHONY: run test bench install migrate lint stop-embedded clean
+.PHONY: run test bench install system-deps migrate lint stop-embedded clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $(STAMP)
 
-install: $(STAMP)
+install: system-deps $(STAMP)
+
+# Invoices and closing acts are rendered by WeasyPrint, which needs Pango and a Cyrillic font
+# from the system. On Debian/Ubuntu they are installed with apt when missing (as root or via sudo);
+# elsewhere a warning names what to install.
+SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core
+system-deps:
+	@if ! { /sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null; } | grep -q 'libpangoft2-1.0.so.0' \
+	   || ! { /sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null; } | grep -q 'libharfbuzz-subset.so.0' \
+	   || ! ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	    else echo "make: installing $(SYSTEM_PACKAGES) needs root and there is no sudo" >&2; exit 1; fi; \
+	    echo "make: installing $(SYSTEM_PACKAGES) (PDF invoices and acts) from Debian's packages"; \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	  else \
+	    echo "make: warning: PDF invoices need Pango (libpangoft2-1.0) and the DejaVu fonts; install them with your package manager" >&2; \
+	  fi; \
+	fi
 
 migrate: install
 	DEBUG=$${DEBUG:-true} $(VENV)/bin/python manage.py migrate --noinput

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import re
 import secrets
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,7 @@ INSTALLED_APPS = [
     "apps.proxy",
     "apps.moderation",
     "apps.config",
+    "apps.invoicing",
 ]
 
 MIDDLEWARE = [
@@ -245,6 +247,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "fetch-fx-rates": {"task": "apps.billing.tasks.fetch_fx_rates", "schedule": crontab(minute=5, hour="4,10,16,22")},
     # List prices change rarely; a daily run is plenty (only when JETSTREAM_PRICES_SOURCE is set).
     "update-prices": {"task": "apps.providers.tasks.update_prices", "schedule": crontab(minute=20, hour=3)},
+    # Closing acts for the month that has just ended in each company's time zone: hourly, so a
+    # company far west of UTC gets its act within the hour its month ends; a run finds an act
+    # already issued and leaves it (apps/invoicing/tasks.py).
+    "generate-monthly-acts": {"task": "apps.invoicing.tasks.generate_monthly_acts", "schedule": 3600.0},
 }
 
 # --- Prices and FX (docs/billing.md "Prices and currencies") --------------------------------
@@ -323,6 +329,52 @@ for _origin in JETSTREAM["CORS_ALLOWED_ORIGINS"]:
     if _origin != "*" and not re.fullmatch(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?", _origin):
         raise ImproperlyConfigured(f"JETSTREAM_CORS_ALLOWED_ORIGINS: {_origin!r} is not an origin like https://app.example.com (or *)")
 
+# --- Documents: invoices and closing acts (apps/invoicing, docs/billing.md) -----------------------
+# The platform's own requisites as its invoices and acts print them. With DEBUG on, unset values
+# fall back to an obviously fictitious demo company; with DEBUG off, issuing a document without them
+# is refused (RequisitesMissing) rather than printing an incomplete invoice.
+_SELLER_FIELDS = {
+    # key: (environment variable, digits it must have or None, DEBUG demo value)
+    "name": ("JETSTREAM_SELLER_NAME", None, "ООО «Джетстрим Демо»"),
+    "inn": ("JETSTREAM_SELLER_INN", (10, 12), "7700000000"),
+    "kpp": ("JETSTREAM_SELLER_KPP", (9,), "770001001"),
+    "address": ("JETSTREAM_SELLER_ADDRESS", None, "123112, г. Москва, Пресненская наб., д. 1"),
+    "bank": ("JETSTREAM_SELLER_BANK", None, "АО «Демо Банк», г. Москва"),
+    "bik": ("JETSTREAM_SELLER_BIK", (9,), "044500000"),
+    "corr_account": ("JETSTREAM_SELLER_CORR_ACCOUNT", (20,), "30101810400000000000"),
+    "account": ("JETSTREAM_SELLER_ACCOUNT", (20,), "40702810900000000001"),
+    "director": ("JETSTREAM_SELLER_DIRECTOR", None, "Иванов И. И."),
+    "accountant": ("JETSTREAM_SELLER_ACCOUNTANT", None, "Петрова П. П."),
+}
+
+
+def _seller_requisites() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for key, (name, digits, demo) in _SELLER_FIELDS.items():
+        value = (envstr(name, "") or "").strip() or (demo if DEBUG else "")
+        if value and digits and not (value.isdigit() and len(value) in digits):
+            raise ImproperlyConfigured(f"{name} must be {' or '.join(map(str, digits))} digits, got {value!r}")
+        values[key] = value
+    return values
+
+
+def _vat_percent() -> Decimal:
+    raw = envstr("JETSTREAM_VAT_PERCENT", "22") or "22"
+    try:
+        value = Decimal(raw.strip().replace(",", "."))
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"JETSTREAM_VAT_PERCENT must be a number of percent like 22 or 10.5, got {raw!r}") from None
+    if not value.is_finite() or not 0 <= value < 100 or value != value.quantize(Decimal("0.01")):
+        raise ImproperlyConfigured(f"JETSTREAM_VAT_PERCENT must be 0 to 99.99 with at most 2 decimals, got {raw!r}")
+    return value.quantize(Decimal("0.01"))
+
+
+INVOICING: dict[str, Any] = {
+    "SELLER": _seller_requisites(),
+    # VAT included in every amount (the ledger holds what the company pays); 0 prints «Без НДС».
+    "VAT_PERCENT": _vat_percent(),
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -330,6 +382,7 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["redact"], "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # WeasyPrint (invoices and acts) logs every rendering step at INFO.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "weasyprint": {"level": "WARNING"}, "fontTools": {"level": "WARNING"}},
 }
 

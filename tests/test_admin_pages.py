@@ -6,14 +6,23 @@ import pytest
 from django.contrib import admin
 from django.urls import reverse
 
-OUR_APPS = {"accounts", "providers", "billing", "proxy", "moderation"}
+OUR_APPS = {"accounts", "providers", "billing", "proxy", "moderation", "invoicing"}
 
 
 def _instances(personas, catalog) -> dict[str, object]:
     from apps.accounts.models import Membership, SupplierMembership
     from apps.billing.models import FeedRun
+    from apps.invoicing import services as invoicing
+    from apps.invoicing.models import CompanyRequisites, DocumentSequence
 
+    requisites = CompanyRequisites.objects.create(company=personas.company_a, legal_name="ООО «А»", inn="7701234567")
+    top_up = invoicing.request_top_up(company=personas.company_a, amount=1_000_000, request_key="pages")
+    invoice = invoicing.issue_invoice(top_up_request=top_up)
     return {
+        "invoicing.companyrequisites": requisites,
+        "invoicing.topuprequest": top_up,
+        "invoicing.document": invoice,
+        "invoicing.documentsequence": DocumentSequence.objects.get(),
         "accounts.user": personas.manager_a,
         "accounts.company": personas.company_a,
         "accounts.department": catalog.department,
