@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
@@ -237,6 +238,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # lapsed one released within 5 minutes is on time, and a 30 s sweep would only cost queries.
     "void-expired-holds": {"task": "apps.billing.tasks.void_expired_holds", "schedule": 300.0},
     "reconcile-spend-counters": {"task": "apps.proxy.tasks.reconcile_spend_counters", "schedule": 600.0},
+    # Approved supplier withdrawals are paid once a day, in one batch with a registry file.
+    "pay-approved-withdrawals": {"task": "apps.billing.tasks.pay_approved_withdrawals",
+                                 "schedule": crontab(hour=6, minute=0)},
 }
 
 # --- REST framework ------------------------------------------------------------------------
@@ -273,6 +277,8 @@ JETSTREAM: dict[str, Any] = {
     "CORS_ALLOWED_ORIGINS": envlist("JETSTREAM_CORS_ALLOWED_ORIGINS", []),
     # Also how long a /v1 reservation outlives its worker: a live request keeps its own alive.
     "HOLD_TTL_SECONDS": envint("JETSTREAM_HOLD_TTL_SECONDS", 900, minimum=1),
+    # Days a supplier's accrual stays on hold (for disputes) before it can be withdrawn.
+    "SUPPLIER_HOLD_DAYS": envint("JETSTREAM_SUPPLIER_HOLD_DAYS", 14, minimum=0),
     # Upstream time limits (apps/proxy/pipeline/upstream.py): connecting; a stream's response
     # headers and first body bytes; silence between a stream's reads; a non-streamed answer whole.
     "UPSTREAM_CONNECT_TIMEOUT_SECONDS": envint("JETSTREAM_UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10, minimum=1),

@@ -16,3 +16,16 @@ def void_expired_holds() -> int:
     hold expired once is no longer pending.
     """
     return services.expire_holds()
+
+
+# --- suppliers: payouts (apps/billing/payouts.py) -----------------------------------------------
+
+@shared_task(name="apps.billing.tasks.pay_approved_withdrawals", ignore_result=True)
+def pay_approved_withdrawals() -> int | None:
+    """Pay every approved supplier withdrawal in a new payout batch; return the batch's id, or
+    None when nothing was approved (beat runs it daily; see CELERY_BEAT_SCHEDULE). Running it
+    twice pays nothing twice (see payouts.run_payouts)."""
+    from apps.billing.payouts import run_payouts
+
+    batch = run_payouts()
+    return batch.pk if batch is not None else None

@@ -13,26 +13,33 @@ idempotency id, as everywhere in the ledger (see services.py). Errors are billin
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, cast
 
 from django.db import transaction
+from django.db.models import Sum
 from django.utils.translation import gettext as _
 
 from apps.billing import services as ledger
 from apps.billing.exceptions import InsufficientFunds, InvalidTransfer
-from apps.billing.models import Account, AccountKind, Transfer, TransferKind
+from apps.billing.models import Account, AccountKind, Transfer, TransferKind, TransferStatus
 
 WITHDRAWAL_TTL_SECONDS = 30 * 24 * 3600  # how long finance has to pay a request before it lapses
 
 
 def request_withdrawal(*, supplier: Any, amount: int, idempotency_id: str, ttl_seconds: int = WITHDRAWAL_TTL_SECONDS,
-                       description: str = "") -> Transfer:
+                       description: str = "", matured_before: dt.datetime | None = None) -> Transfer:
     """Hold ``amount`` micro-RUB of what the platform owes ``supplier`` for a payout; return the hold.
 
     ``amount`` may not exceed what the payable owes (posted credits − posted debits) less the
     withdrawals already open on it. The hold expires after ``ttl_seconds`` seconds (30 days by
     default) unless paid or cancelled first. Retrying with the same ``idempotency_id`` and the
     same supplier and amount returns the original hold, in whatever state it is now.
+
+    With ``matured_before`` (an aware datetime) only credits posted to the payable at or before
+    it count: accruals younger than that are still in their holding period (disputes), see
+    apps/billing/suppliers.py. ``InsufficientFunds.available`` is then what has matured, less
+    what was debited and is held.
 
     Raises ``InsufficientFunds`` (nothing is held), ``InvalidAmount``, ``InvalidTransfer`` (an
     unsaved supplier, a bad id or ttl), ``IdempotencyConflict`` (the id was used for another transfer).
@@ -53,6 +60,9 @@ def request_withdrawal(*, supplier: Any, amount: int, idempotency_id: str, ttl_s
         # commit: the sums read are final, including every other committed withdrawal.
         sums = Account.objects.filter(pk=payable.pk).values_list("posted_credits", "posted_debits", "pending_debits").get()
         left = sums[0] - sums[1] - sums[2]
+        if matured_before is not None:
+            # Accruals inserted after our lock was taken wait for it, so they are in neither figure.
+            left -= credits_since(payable.pk, matured_before)
         if left < 0:
             raise InsufficientFunds(payable, amount, left + amount)  # rolls the hold back
         return hold
@@ -86,3 +96,12 @@ def _check_withdrawal(withdrawal: object) -> None:
             and withdrawal.pending_id is None and withdrawal.expires_at is not None
             and withdrawal.debit_account.kind == AccountKind.SUPPLIER_PAYABLE):
         raise InvalidTransfer(_("%(transfer)s is not a supplier withdrawal.") % {"transfer": withdrawal})
+
+
+def credits_since(account_id: int, since: dt.datetime) -> int:
+    """Micro-RUB posted to the credit of account ``account_id`` strictly after ``since`` (an aware
+    datetime): a supplier's accruals still in their holding period. Reads the
+    ``transfer_credit_time`` index over that window only."""
+    total = (Transfer.objects.filter(credit_account_id=account_id, created_at__gt=since, status=TransferStatus.POSTED)
+             .aggregate(total=Sum("amount"))["total"])
+    return int(total or 0)
