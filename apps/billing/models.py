@@ -155,6 +155,8 @@ class Transfer(models.Model):
             models.Index(fields=["status", "expires_at"], name="transfer_open_holds", condition=Q(status="pending")),
             models.Index(fields=["debit_account", "created_at"], name="transfer_debit_time"),
             models.Index(fields=["credit_account", "created_at"], name="transfer_credit_time"),
+            # A supplier's paid-out figure (apps/billing/suppliers.py): payouts are few among millions.
+            models.Index(fields=["debit_account"], name="transfer_posted_payouts", condition=Q(kind="payout", status="posted")),
         ]
 
     def __str__(self) -> str:
@@ -291,6 +293,25 @@ class SupplierPayoutDetails(models.Model):
     def snapshot(self) -> dict[str, str]:
         """The details as a plain dict, to keep on a withdrawal request."""
         return {name: getattr(self, name) for name in PAYOUT_DETAIL_FIELDS}
+
+
+class PayableCreditDay(models.Model):
+    """Posted credits to a supplier payable per UTC day (micro-RUB), kept by a database trigger
+    on every transfer INSERT (migration 0005's ``billing_transfer_credit_days``), never written
+    by code. It lets a supplier's "on hold" figure sum a few days instead of every accrual
+    inside the holding period (apps/billing/suppliers.py)."""
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="credit_days", verbose_name=_("account"))
+    day = models.DateField(_("day (UTC)"))
+    amount = models.BigIntegerField(_("credits, micro-RUB"), default=0)
+
+    class Meta:
+        verbose_name = _("payable credits per day")
+        verbose_name_plural = _("payable credits per day")
+        constraints = [models.UniqueConstraint(fields=["account", "day"], name="payable_credit_day_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.account_id} {self.day} {self.amount}"
 
 
 PAYOUT_DETAIL_FIELDS = ("recipient", "inn", "kpp", "bank_name", "bik", "account_number", "correspondent_account",

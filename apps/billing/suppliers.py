@@ -41,7 +41,6 @@ from apps.billing.exceptions import InsufficientFunds, LedgerError
 from apps.billing.models import (
     PAYOUT_DETAIL_FIELDS,
     Account,
-    AccountKind,
     SupplierPayoutDetails,
     Transfer,
     TransferKind,
@@ -129,24 +128,30 @@ def supplier_balances(supplier_ids: Iterable[int] | None = None, *, now: dt.date
     """``{supplier_id: SupplierBalance}`` for the suppliers among ``supplier_ids`` (``None``: all)
     that have a payable; a supplier without one is absent (it has earned nothing).
 
-    Three queries: the payables' running sums, their credits inside the holding period (an
-    index range scan over that window only) and their posted payouts.
+    One statement, so the figures come from one snapshot and add up: the payables' running
+    sums, their credits inside the holding period (``withdrawals.credits_since_sql``: a few
+    per-day rows plus part of one day's transfers, however many requests a supplier serves)
+    and their posted payouts (index ``transfer_debit_time``; payouts are few).
     """
-    payables = Account.objects.filter(kind=AccountKind.SUPPLIER_PAYABLE)
-    if supplier_ids is not None:
-        payables = payables.filter(supplier_id__in=list(supplier_ids))
-    rows = list(payables.values_list("id", "supplier_id", "posted_credits", "posted_debits", "pending_debits"))
-    ids = [row[0] for row in rows]
-    cutoff = maturity_cutoff(now)
-    recent = dict(Transfer.objects.filter(credit_account_id__in=ids, status=TransferStatus.POSTED, created_at__gt=cutoff)
-                  .values_list("credit_account_id").annotate(total=Sum("amount")).values_list("credit_account_id", "total"))
-    paid = dict(Transfer.objects.filter(debit_account_id__in=ids, status=TransferStatus.POSTED, kind=TransferKind.PAYOUT)
-                .values_list("debit_account_id").annotate(total=Sum("amount")).values_list("debit_account_id", "total"))
+    ids = None if supplier_ids is None else list(supplier_ids)
+    params = {**withdrawals.credits_since_params(maturity_cutoff(now)), "all": ids is None, "ids": ids or []}
+    with connection.cursor() as cursor:
+        cursor.execute(_BALANCES_SQL.format(on_hold=withdrawals.credits_since_sql("a.id")), params)
+        rows = cursor.fetchall()
     return {
-        supplier: SupplierBalance(accrued=credits, on_hold=int(recent.get(pk, 0)), pending=pending,
-                                  paid_out=int(paid.get(pk, 0)), other_debits=debits - int(paid.get(pk, 0)))
-        for pk, supplier, credits, debits, pending in rows
+        supplier: SupplierBalance(accrued=credits, on_hold=int(on_hold), pending=pending, paid_out=int(paid),
+                                  other_debits=debits - int(paid))
+        for supplier, credits, debits, pending, on_hold, paid in rows
     }
+
+
+_BALANCES_SQL = """
+SELECT a.supplier_id, a.posted_credits, a.posted_debits, a.pending_debits, {on_hold},
+       COALESCE((SELECT sum(t.amount) FROM billing_transfer t
+                 WHERE t.debit_account_id = a.id AND t.status = 'posted' AND t.kind = 'payout'), 0)
+FROM billing_account a
+WHERE a.kind = 'supplier_payable' AND (%(all)s OR a.supplier_id = ANY(%(ids)s))
+"""
 
 
 def supplier_balance(supplier: Any, *, now: dt.datetime | None = None) -> SupplierBalance:

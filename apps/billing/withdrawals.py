@@ -16,13 +16,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, cast
 
-from django.db import transaction
-from django.db.models import Sum
+from django.db import connection, transaction
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from apps.billing import services as ledger
 from apps.billing.exceptions import InsufficientFunds, InvalidTransfer
-from apps.billing.models import Account, AccountKind, Transfer, TransferKind, TransferStatus
+from apps.billing.models import Account, AccountKind, Transfer, TransferKind
 
 WITHDRAWAL_TTL_SECONDS = 30 * 24 * 3600  # how long finance has to pay a request before it lapses
 
@@ -99,9 +99,32 @@ def _check_withdrawal(withdrawal: object) -> None:
 
 
 def credits_since(account_id: int, since: dt.datetime) -> int:
-    """Micro-RUB posted to the credit of account ``account_id`` strictly after ``since`` (an aware
-    datetime): a supplier's accruals still in their holding period. Reads the
-    ``transfer_credit_time`` index over that window only."""
-    total = (Transfer.objects.filter(credit_account_id=account_id, created_at__gt=since, status=TransferStatus.POSTED)
-             .aggregate(total=Sum("amount"))["total"])
-    return int(total or 0)
+    """Micro-RUB posted to the credit of supplier payable ``account_id`` strictly after ``since``
+    (an aware datetime): its accruals still in their holding period. Raises ``InvalidTransfer``
+    for a naive ``since``."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {credits_since_sql('%(account)s')}", {"account": account_id, **credits_since_params(since)})
+        return int(cursor.fetchone()[0])
+
+
+def credits_since_sql(account: str) -> str:
+    """An SQL expression: the posted credits to the payable whose id is the SQL expression
+    ``account`` (a column such as ``a.id``, or a placeholder) after ``%(since)s``, with the
+    parameters of ``credits_since_params``. One snapshot: whole UTC days after ``since``'s day
+    from ``PayableCreditDay`` (a few rows), the rest of that day from the transfers themselves
+    (index ``transfer_credit_time``)."""
+    return f"""(
+    COALESCE((SELECT sum(d.amount) FROM billing_payablecreditday d
+              WHERE d.account_id = {account} AND d.day >= %(next_day)s), 0)
+    + COALESCE((SELECT sum(t.amount) FROM billing_transfer t
+                WHERE t.credit_account_id = {account} AND t.status = 'posted'
+                  AND t.created_at > %(since)s AND t.created_at < %(next_midnight)s), 0))"""
+
+
+def credits_since_params(since: dt.datetime) -> dict[str, Any]:
+    """``{"since", "next_day", "next_midnight"}`` for ``credits_since_sql``. Raises
+    ``InvalidTransfer`` for a naive ``since``."""
+    if not isinstance(since, dt.datetime) or timezone.is_naive(since):
+        raise InvalidTransfer(_("since must be a timezone-aware datetime."))
+    next_day = since.astimezone(dt.UTC).date() + dt.timedelta(days=1)
+    return {"since": since, "next_day": next_day, "next_midnight": dt.datetime.combine(next_day, dt.time(0), dt.UTC)}

@@ -22,7 +22,12 @@ from apps.billing.suppliers import (
 from apps.billing.withdrawals import pay_withdrawal
 from tests.billing.conftest import RUB
 from tests.billing.test_ledger_concurrency import _in_parallel, _outcomes
-from tests.billing.test_suppliers import BANK, give, market  # noqa: F401 (the fixture)
+from tests.billing.test_suppliers import BANK, Market, build_market, give
+
+
+@pytest.fixture
+def market(books) -> Market:
+    return build_market(books)
 
 
 def approved(supplier, amount: int, idempotency_id: str) -> WithdrawalRequest:

@@ -18,6 +18,7 @@ from django.utils import timezone
 from apps.billing import services
 from apps.billing.exceptions import InsufficientFunds, InvalidAmount
 from apps.billing.models import (
+    PayableCreditDay,
     SupplierPayoutDetails,
     Transfer,
     TransferKind,
@@ -68,6 +69,12 @@ class Market:
 
 @pytest.fixture
 def market(books) -> Market:
+    return build_market(books)
+
+
+def build_market(books) -> Market:
+    """Supplier A (books.supplier: keys k-a1, k-a2, bank requisites) and B (key k-b1, a card
+    reference), one provider, two models."""
     from apps.accounts.models import Supplier
     from apps.providers.models import Model, Provider, SupplierKey
 
@@ -127,6 +134,8 @@ def test_it_accrues_every_served_requests_buy_cost_to_the_keys_supplier(books, m
     assert supplier_balance(market.suppliers[1]) == SupplierBalance(accrued=1_234_567, on_hold=1_234_567, pending=0,
                                                                      paid_out=0, other_debits=0)
     assert supplier_balance(market.suppliers[0]) == SupplierBalance(0, 0, 0, 0, 0)
+    # The per-day figure the trigger keeps counted the retried batch once.
+    assert list(PayableCreditDay.objects.values_list("account_id", "amount")) == [(accrual.credit_account_id, 1_234_567)]
     assert services.verify_ledger() == []
 
 
@@ -390,6 +399,11 @@ def test_a_month_for_two_suppliers_balances_to_the_micro_ruble(books, market, se
     # upstream cost is exactly what the suppliers earned.
     assert services.verify_ledger() == []
     assert services.balance(books.upstream_cost).posted == -sum(a[4] for a in market.accruals)
+    # The per-day credits the trigger keeps agree with the transfers, day by day.
+    by_day: dict = defaultdict(int)
+    for s, _key, _model, at, amount in market.accruals:
+        by_day[(payables[s].pk, at.astimezone(dt.UTC).date())] += amount
+    assert {(d.account_id, d.day): d.amount for d in PayableCreditDay.objects.all()} == by_day
     assert services.balance(books.cash).posted == batch.total
     assert services.balance(books.cash).pending_credits == pending_a.amount
 
