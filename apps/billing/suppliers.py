@@ -397,10 +397,7 @@ def supplier_statement(*, supplier: Any, start: dt.datetime, end: dt.datetime) -
         raise SupplierError(_("A statement period needs aware start < end."))
     payable = ledger.supplier_payable(supplier)
     posted = Transfer.objects.filter(status=TransferStatus.POSTED)
-    before = posted.filter(created_at__lt=start)
-    credits = before.filter(credit_account=payable).aggregate(s=Sum("amount"))["s"] or 0
-    debits = before.filter(debit_account=payable).aggregate(s=Sum("amount"))["s"] or 0
-    statement = SupplierStatement(supplier=supplier, start=start, end=end, opening=int(credits - debits))
+    statement = SupplierStatement(supplier=supplier, start=start, end=end, opening=_balance_before(payable.pk, start))
     statement.accruals = _accrual_lines(payable.pk, start, end)
     window = posted.filter(created_at__gte=start, created_at__lt=end).order_by("created_at", "id")
     for t in window.filter(credit_account=payable).exclude(kind=TransferKind.USAGE_COST):
@@ -408,6 +405,25 @@ def supplier_statement(*, supplier: Any, start: dt.datetime, end: dt.datetime) -
     for t in window.filter(debit_account=payable):
         (statement.withdrawals if t.kind == TransferKind.PAYOUT else statement.other_debits).append(_movement(t))
     return statement
+
+
+def _balance_before(payable_id: int, start: dt.datetime) -> int:
+    # Today's balance less what was credited since (per-day figures) plus what was debited since
+    # (payouts and corrections: few), in one statement so it is one snapshot; never a scan of
+    # the payable's whole history.
+    params = {**withdrawals.credits_since_params(start - dt.timedelta(microseconds=1)), "account": payable_id,
+              "start": start}
+    with connection.cursor() as cursor:
+        cursor.execute(_BALANCE_BEFORE_SQL.format(since=withdrawals.credits_since_sql("a.id")), params)
+        return int(cursor.fetchone()[0])
+
+
+_BALANCE_BEFORE_SQL = """
+SELECT a.posted_credits - a.posted_debits - {since}
+       + COALESCE((SELECT sum(t.amount) FROM billing_transfer t
+                   WHERE t.debit_account_id = a.id AND t.status = 'posted' AND t.created_at >= %(start)s), 0)
+FROM billing_account a WHERE a.id = %(account)s
+"""
 
 
 def _movement(t: Transfer) -> MovementLine:
