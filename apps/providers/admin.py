@@ -192,10 +192,16 @@ class SupplierKeyForm(forms.ModelForm):
         help_text=_("The upstream API key. Stored encrypted; only its last 4 characters are ever shown. "
                     "Leave empty to keep the current one."),
     )
+    monthly_cap = MicroAmountField(
+        label=_("monthly spend cap, RUB"), required=False, allow_zero=False,
+        help_text=_("The most the platform may spend through this key in a calendar month (at the buy price); "
+                    "the balancer stops using the key once its month's spend reaches it. Empty: no cap."),
+    )
 
     class Meta:
         model = SupplierKey
-        fields = ["supplier", "provider", "name", "secret", "weight", "priority", "status", "status_reason", "buy_coefficient"]
+        fields = ["supplier", "provider", "name", "secret", "weight", "priority", "status", "status_reason", "buy_coefficient",
+                  "monthly_cap"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -218,23 +224,26 @@ class SupplierKeyForm(forms.ModelForm):
 class SupplierKeyAdmin(admin.ModelAdmin):
     form = SupplierKeyForm
     list_display = ["name", "provider", "supplier", "masked_secret", "secret_key_id", "status", "priority", "weight",
-                    "buy_coefficient", "updated_at"]
+                    "buy_coefficient", "monthly_cap_rub", "updated_at"]
     list_filter = ["status", "provider", "secret_key_id"]
     search_fields = ["name", "supplier__name", "supplier__slug", "provider__slug", "=secret_last4"]
     list_select_related = ["provider", "supplier"]
     autocomplete_fields = ["supplier", "provider"]
     date_hierarchy = "created_at"
 
+    monthly_cap_rub = rub_column("monthly_cap", _("monthly cap, RUB"))
+
     @admin.display(description=_("secret"))
     def masked_secret(self, obj: SupplierKey) -> str:
         return obj.masked_secret
 
     def get_fields(self, request: HttpRequest, obj: SupplierKey | None = None) -> list[str]:
-        fields = ["supplier", "provider", "name", "secret", "weight", "priority", "status", "status_reason", "buy_coefficient"]
+        fields = ["supplier", "provider", "name", "secret", "weight", "priority", "status", "status_reason", "buy_coefficient",
+                  "monthly_cap"]
         if obj is None:
             return fields
         return ["supplier", "provider", "name", "masked_secret", "secret_key_id", "secret", "weight", "priority",
-                "status", "status_reason", "buy_coefficient", "created_at", "updated_at"]
+                "status", "status_reason", "buy_coefficient", "monthly_cap", "created_at", "updated_at"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: SupplierKey | None = None) -> list[str]:
         return [] if obj is None else ["masked_secret", "secret_key_id", "created_at", "updated_at"]

@@ -158,3 +158,54 @@ def test_the_registry_lists_each_payment_with_its_details_and_the_total(books, m
     assert [c[amount] for c in cells[1:]] == [30 * RUB, 12_345_678, 25_500_001, 67_845_679]
     with pytest.raises(ValueError):
         registry_file(batch, "docx")
+
+
+# --- the superadmin's pages -------------------------------------------------------------------------
+
+def test_the_superadmin_approves_and_rejects_in_the_admin_and_downloads_the_registry(superadmin_client, personas, books,
+                                                                                        market):
+    from django.urls import reverse
+
+    give(books, market, 100 * RUB)
+    first = request_supplier_withdrawal(supplier=books.supplier, amount=30 * RUB, idempotency_id="a")
+    second = request_supplier_withdrawal(supplier=books.supplier, amount=20 * RUB, idempotency_id="b")
+    changelist = reverse("admin:billing_withdrawalrequest_changelist")
+    assert "30.00 ₽" in superadmin_client.get(changelist).content.decode()
+    superadmin_client.post(changelist, {"action": "approve_selected", "_selected_action": [first.pk]})
+    superadmin_client.post(changelist, {"action": "reject_selected", "_selected_action": [second.pk]})
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.status, first.decided_by_id) == (WithdrawalStatus.APPROVED, personas.superadmin.pk)
+    assert (second.status, Transfer.objects.get(pk=second.hold_id).status) == (WithdrawalStatus.REJECTED, TransferStatus.VOIDED)
+    # Approving the rejected one is refused with the reason, and changes nothing.
+    page = superadmin_client.post(changelist, {"action": "approve_selected", "_selected_action": [second.pk]}, follow=True)
+    assert "Cannot approve withdrawal request" in page.content.decode()
+    second.refresh_from_db()
+    assert second.status == WithdrawalStatus.REJECTED
+
+    batch = run_payouts()
+    page = superadmin_client.get(reverse("admin:billing_payoutbatch_changelist")).content.decode()
+    csv_url = reverse("admin:billing_payoutbatch_registry", args=[batch.pk, "csv"])
+    assert csv_url in page
+    response = superadmin_client.get(csv_url)
+    assert response.status_code == 200 and response["Content-Disposition"] == f'attachment; filename="payout-batch-{batch.pk}.csv"'
+    assert response.content.decode().splitlines()[-1].split(",")[-4:-2] == ["30000000", "30.00"]
+    xlsx = superadmin_client.get(reverse("admin:billing_payoutbatch_registry", args=[batch.pk, "xlsx"]))
+    assert openpyxl.load_workbook(io.BytesIO(xlsx.content)).active.max_row == 3  # header, the payment, the total
+    assert superadmin_client.get(reverse("admin:billing_payoutbatch_registry", args=[batch.pk, "pdf"])).status_code == 404
+
+
+def test_only_the_superadmin_sees_withdrawals_and_registries(client, personas, books, market):
+    from django.urls import reverse
+
+    give(books, market, 100 * RUB)
+    request = approved(books.supplier, 30 * RUB, "a")
+    batch = run_payouts()
+    for user in (personas.supplier_user, personas.manager_a, personas.outsider):
+        client.force_login(user)
+        response = client.get(reverse("admin:billing_payoutbatch_registry", args=[batch.pk, "csv"]))
+        assert response.status_code == 302 and "/login/" in response["Location"]
+        client.post(reverse("admin:billing_withdrawalrequest_changelist"),
+                    {"action": "reject_selected", "_selected_action": [request.pk]})
+    request.refresh_from_db()
+    assert request.status == WithdrawalStatus.PAID

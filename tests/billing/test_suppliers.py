@@ -470,3 +470,21 @@ def test_a_cap_must_be_positive(books, market, cap):
     with pytest.raises(IntegrityError), transaction.atomic():
         key.save()
 
+
+
+def test_the_superadmin_sets_a_keys_monthly_cap_in_rubles(superadmin_client, books, market):
+    from django.urls import reverse
+
+    _, key = market.keys[0]
+    url = reverse("admin:providers_supplierkey_change", args=[key.pk])
+    form = {"supplier": key.supplier_id, "provider": key.provider_id, "name": key.name, "secret": "", "weight": 1,
+            "priority": 0, "status": "active", "status_reason": "", "buy_coefficient": "1.0"}
+    assert superadmin_client.post(url, {**form, "monthly_cap": "1500,5"}).status_code == 302
+    key.refresh_from_db()
+    assert key.monthly_cap == 1_500_500_000
+    page = superadmin_client.post(url, {**form, "monthly_cap": "0"})
+    assert page.status_code == 200
+    assert [e.code for e in page.context["adminform"].form.errors.as_data()["monthly_cap"]] == ["zero"]
+    assert superadmin_client.post(url, {**form, "monthly_cap": ""}).status_code == 302
+    key.refresh_from_db()
+    assert key.monthly_cap is None
