@@ -317,6 +317,17 @@ def test_parallel_requests_never_hold_more_than_is_available(books, market):
     assert services.verify_ledger() == []
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_request_submitted_twice_at_once_holds_once(books, market):
+    give(books, market, 10 * RUB)
+    results = _in_parallel(4, lambda i: request_supplier_withdrawal(supplier=books.supplier, amount=3 * RUB,
+                                                                    idempotency_id="double-click"))
+    assert _outcomes(results) == {"ok": 4}
+    assert {value.pk for _, value in results} == {WithdrawalRequest.objects.get().pk}
+    assert Transfer.objects.filter(kind=TransferKind.PAYOUT).count() == 1
+    assert supplier_balance(books.supplier).pending == 3 * RUB
+
+
 # --- the worked example: a month for two suppliers ---------------------------------------------------
 
 def _month_of_usage(books, market, start: dt.datetime, now: dt.datetime) -> None:
