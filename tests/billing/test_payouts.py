@@ -209,3 +209,12 @@ def test_only_the_superadmin_sees_withdrawals_and_registries(client, personas, b
                     {"action": "reject_selected", "_selected_action": [request.pk]})
     request.refresh_from_db()
     assert request.status == WithdrawalStatus.PAID
+
+
+def test_beat_runs_the_payout_task_daily(settings):
+    from celery import current_app
+    from celery.schedules import crontab
+
+    entry = settings.CELERY_BEAT_SCHEDULE["pay-approved-withdrawals"]
+    assert entry["task"] == tasks.pay_approved_withdrawals.name in current_app.tasks
+    assert entry["schedule"] == crontab(hour=6, minute=0)
