@@ -153,6 +153,29 @@ WHERE a.kind = 'supplier_payable' AND (%(all)s OR a.supplier_id = ANY(%(ids)s))
 """
 
 
+def credit_day_mismatches() -> list[str]:
+    """Where the per-day credits (``PayableCreditDay``, kept by a trigger) differ from the posted
+    credits of the supplier payables they sum; ``[]`` when they agree. One statement (one
+    snapshot), a full scan of the payables' credits: for reconciliation, not a page."""
+    with connection.cursor() as cursor:
+        cursor.execute(_CREDIT_DAY_MISMATCHES_SQL)
+        return [f"payable #{account} on {day}: transfers {credits or 0}, per-day figure {kept or 0}"
+                for account, day, credits, kept in cursor.fetchall()]
+
+
+_CREDIT_DAY_MISMATCHES_SQL = """
+WITH credits AS (
+    SELECT t.credit_account_id AS account_id, (t.created_at AT TIME ZONE 'UTC')::date AS day, sum(t.amount) AS amount
+    FROM billing_transfer t JOIN billing_account a ON a.id = t.credit_account_id AND a.kind = 'supplier_payable'
+    WHERE t.status = 'posted' GROUP BY 1, 2
+)
+SELECT COALESCE(c.account_id, d.account_id), COALESCE(c.day, d.day), c.amount, d.amount
+FROM credits c FULL JOIN billing_payablecreditday d ON d.account_id = c.account_id AND d.day = c.day
+WHERE c.amount IS DISTINCT FROM d.amount
+ORDER BY 1, 2
+"""
+
+
 def supplier_balance(supplier: Any, *, now: dt.datetime | None = None) -> SupplierBalance:
     """The supplier's ``SupplierBalance`` (all zeros when it has no payable yet)."""
     return supplier_balances([supplier.pk], now=now).get(supplier.pk, _ZERO)

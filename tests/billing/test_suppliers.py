@@ -13,11 +13,13 @@ from decimal import Decimal
 import openpyxl
 import pytest
 from django.db import connection
+from django.db.models import Sum
 from django.utils import timezone
 
 from apps.billing import services
 from apps.billing.exceptions import InsufficientFunds, InvalidAmount
 from apps.billing.models import (
+    Account,
     PayableCreditDay,
     SupplierPayoutDetails,
     Transfer,
@@ -35,6 +37,7 @@ from apps.billing.suppliers import (
     WithdrawalConflict,
     WithdrawalStateError,
     approve_withdrawal,
+    credit_day_mismatches,
     export_dataset,
     key_month_spend,
     keys_over_cap,
@@ -409,14 +412,27 @@ def test_a_month_for_two_suppliers_balances_to_the_micro_ruble(books, market, se
     # Debits equal credits: every account's sums agree with its transfers, and the platform's
     # upstream cost is exactly what the suppliers earned.
     assert services.verify_ledger() == []
+    sums = Account.objects.aggregate(dr=Sum("posted_debits"), cr=Sum("posted_credits"), pdr=Sum("pending_debits"),
+                                     pcr=Sum("pending_credits"))
+    assert (sums["dr"], sums["pdr"]) == (sums["cr"], sums["pcr"])
     assert services.balance(books.upstream_cost).posted == -sum(a[4] for a in market.accruals)
     # The per-day credits the trigger keeps agree with the transfers, day by day.
     by_day: dict = defaultdict(int)
     for s, _key, _model, at, amount in market.accruals:
         by_day[(payables[s].pk, at.astimezone(dt.UTC).date())] += amount
     assert {(d.account_id, d.day): d.amount for d in PayableCreditDay.objects.all()} == by_day
+    assert credit_day_mismatches() == []
     assert services.balance(books.cash).posted == batch.total
     assert services.balance(books.cash).pending_credits == pending_a.amount
+
+
+def test_it_reports_a_per_day_figure_that_drifted_from_the_transfers(books, market):
+    accrual = give(books, market, 4 * RUB, age=3 * DAY)
+    assert credit_day_mismatches() == []
+    PayableCreditDay.objects.filter(account_id=accrual.credit_account_id).update(amount=4 * RUB - 1)
+    day = accrual.created_at.astimezone(dt.UTC).date()
+    assert credit_day_mismatches() == [
+        f"payable #{accrual.credit_account_id} on {day}: transfers {4 * RUB}, per-day figure {4 * RUB - 1}"]
 
 
 def test_a_statement_lists_corrections_and_exports_csv_and_xlsx(books, market, tmp_path):
