@@ -515,3 +515,25 @@ def test_the_superadmin_sets_a_keys_monthly_cap_in_rubles(superadmin_client, boo
     assert superadmin_client.post(url, {**form, "monthly_cap": ""}).status_code == 302
     key.refresh_from_db()
     assert key.monthly_cap is None
+
+
+def test_the_statement_command_writes_csv_and_xlsx(books, market, tmp_path):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    accrue_at(books, market, key_index=0, model_index=1, at=timezone.make_aware(dt.datetime(2026, 10, 15, 12)), amount=2_500_000)
+    out = StringIO()
+    call_command("jetstream_supplier_statement", "keys-r-us", "--from", "2026-10-01", "--to", "2026-11-01", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[2].startswith("accrual,2026-10-15,k-a1 (…et-0),gpt-4o,") and lines[2].endswith(",1,2500000,2.50")
+    assert lines[-1].endswith(",2500000,2.50") and lines[-1].startswith("closing,")
+    path = tmp_path / "s.xlsx"
+    call_command("jetstream_supplier_statement", "keys-r-us", "--from", "2026-10-16", "--to", "2026-11-01",
+                 "--format", "xlsx", "-o", str(path))
+    rows = list(openpyxl.load_workbook(path).active.iter_rows(values_only=True))
+    assert [(r[0], r[5]) for r in rows[1:]] == [("opening", 2_500_000), ("closing", 2_500_000)]
+    for bad in (["nobody", "--from", "2026-10-01", "--to", "2026-11-01"], ["keys-r-us", "--from", "2026-11-01", "--to", "2026-10-01"],
+                ["keys-r-us", "--from", "yesterday", "--to", "2026-10-01"]):
+        with pytest.raises(CommandError):
+            call_command("jetstream_supplier_statement", *bad)
