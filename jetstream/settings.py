@@ -251,6 +251,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # company far west of UTC gets its act within the hour its month ends; a run finds an act
     # already issued and leaves it (apps/invoicing/tasks.py).
     "generate-monthly-acts": {"task": "apps.invoicing.tasks.generate_monthly_acts", "schedule": 3600.0},
+    # Approved supplier withdrawals are paid once a day, in one batch with a registry file.
+    "pay-approved-withdrawals": {"task": "apps.billing.tasks.pay_approved_withdrawals",
+                                 "schedule": crontab(hour=6, minute=0)},
 }
 
 # --- Prices and FX (docs/billing.md "Prices and currencies") --------------------------------
@@ -302,6 +305,8 @@ JETSTREAM: dict[str, Any] = {
     "CORS_ALLOWED_ORIGINS": envlist("JETSTREAM_CORS_ALLOWED_ORIGINS", []),
     # Also how long a /v1 reservation outlives its worker: a live request keeps its own alive.
     "HOLD_TTL_SECONDS": envint("JETSTREAM_HOLD_TTL_SECONDS", 900, minimum=1),
+    # Days a supplier's accrual stays on hold (for disputes) before it can be withdrawn.
+    "SUPPLIER_HOLD_DAYS": envint("JETSTREAM_SUPPLIER_HOLD_DAYS", 14, minimum=0),
     # Upstream time limits (apps/proxy/pipeline/upstream.py): connecting; a stream's response
     # headers and first body bytes; silence between a stream's reads; a non-streamed answer whole.
     "UPSTREAM_CONNECT_TIMEOUT_SECONDS": envint("JETSTREAM_UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10, minimum=1),

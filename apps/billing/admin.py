@@ -10,15 +10,31 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django import forms
-from django.contrib import admin
-from django.http import HttpRequest
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from import_export.admin import ExportActionMixin
 
-from apps.billing.models import Account, FeedRun, FxRate, Transfer, UsageRecord
+from apps.billing.exceptions import LedgerError
+from apps.billing.models import (
+    Account,
+    FeedRun,
+    FxRate,
+    PayoutBatch,
+    SupplierPayoutDetails,
+    Transfer,
+    UsageRecord,
+    WithdrawalRequest,
+)
+from apps.billing.payouts import registry_file
 from apps.billing.resources import TransferResource, UsageRecordResource
+from apps.billing.suppliers import approve_withdrawal, reject_withdrawal
 from lib.admin import (
     SPREADSHEET_FORMATS,
     AppendOnlyAdminMixin,
@@ -188,3 +204,92 @@ class FeedRunAdmin(ViewOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ["source", "detail"]
     date_hierarchy = "created_at"
 
+
+
+# --- suppliers: payout details, withdrawal requests, payout batches ---------------------------------
+# Status changes go through apps/billing/suppliers.py and payouts.py (each a ledger movement);
+# nothing here edits a request's amount, status or hold.
+
+@admin.register(SupplierPayoutDetails)
+class SupplierPayoutDetailsAdmin(admin.ModelAdmin):
+    list_display = ["supplier", "recipient", "inn", "bik", "account_number", "card_reference", "updated_at"]
+    search_fields = ["supplier__name", "supplier__slug", "recipient", "=inn"]
+    list_select_related = ["supplier"]
+    autocomplete_fields = ["supplier"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: SupplierPayoutDetails | None = None) -> bool:
+        return False
+
+
+@admin.register(WithdrawalRequest)
+class WithdrawalRequestAdmin(ViewOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["id", "created_at", "supplier", "amount_rub", "status", "decided_by", "decided_at", "batch", "paid_at"]
+    list_filter = ["status"]
+    search_fields = ["=id", "supplier__name", "supplier__slug", "=idempotency_id"]
+    list_select_related = ["supplier", "decided_by", "batch"]
+    date_hierarchy = "created_at"
+    actions = ["approve_selected", "reject_selected"]
+    readonly_fields = ["supplier", "amount", "amount_rub", "status", "payout_details", "idempotency_id", "hold", "payment",
+                       "batch", "requested_by", "decided_by", "decided_at", "reject_reason", "paid_at", "created_at"]
+    fields = [*readonly_fields]
+
+    amount_rub = rub_column("amount", _("amount, RUB"))
+
+    def has_decide_permission(self, request: HttpRequest) -> bool:
+        """Only a superadmin approves or rejects withdrawals."""
+        return bool(request.user.is_active and request.user.is_superuser)
+
+    @admin.action(description=_("Approve the selected withdrawals"), permissions=["decide"])
+    def approve_selected(self, request: HttpRequest, queryset: Any) -> None:
+        self._decide(request, queryset, lambda pk: approve_withdrawal(withdrawal_id=pk, by=request.user))
+
+    @admin.action(description=_("Reject the selected withdrawals (their amounts become available again)"),
+                  permissions=["decide"])
+    def reject_selected(self, request: HttpRequest, queryset: Any) -> None:
+        self._decide(request, queryset, lambda pk: reject_withdrawal(withdrawal_id=pk, by=request.user,
+                                                                     reason=str(_("Rejected in the admin"))))
+
+    def _decide(self, request: HttpRequest, queryset: Any, decide: Any) -> None:
+        done = 0
+        for pk in queryset.values_list("pk", flat=True):
+            try:
+                decide(pk)
+                done += 1
+            except LedgerError as exc:
+                self.message_user(request, str(exc), level=messages.ERROR)
+        if done:
+            self.message_user(request, _("%(count)d withdrawal(s) updated.") % {"count": done}, level=messages.SUCCESS)
+
+
+@admin.register(PayoutBatch)
+class PayoutBatchAdmin(ViewOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["id", "created_at", "count", "total_rub", "registry"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["created_at", "count", "total", "total_rub", "registry"]
+    fields = [*readonly_fields]
+
+    total_rub = rub_column("total", _("total, RUB"))
+
+    @admin.display(description=_("registry"))
+    def registry(self, obj: PayoutBatch) -> str:
+        links = [format_html('<a href="{}">{}</a>', reverse("admin:billing_payoutbatch_registry", args=[obj.pk, fmt]),
+                             fmt.upper()) for fmt in ("csv", "xlsx")]
+        return format_html_join(" · ", "{}", ((link,) for link in links))
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view(self.registry_view)
+        return [path("<int:pk>/registry.<str:fmt>", view, name="billing_payoutbatch_registry"), *super().get_urls()]
+
+    def registry_view(self, request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
+        """The batch's registry file (``csv`` or ``xlsx``) for accounting; 404 for another format."""
+        batch = get_object_or_404(PayoutBatch, pk=pk)
+        if not self.has_view_permission(request, batch):
+            raise PermissionDenied
+        if fmt not in ("csv", "xlsx"):
+            raise Http404
+        name, body = registry_file(batch, fmt)
+        types = {"csv": "text/csv; charset=utf-8",
+                 "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}
+        response = HttpResponse(body, content_type=types[fmt])
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response

@@ -11,6 +11,9 @@ migration 0002's trigger).
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils.translation import gettext_lazy as _
@@ -152,6 +155,8 @@ class Transfer(models.Model):
             models.Index(fields=["status", "expires_at"], name="transfer_open_holds", condition=Q(status="pending")),
             models.Index(fields=["debit_account", "created_at"], name="transfer_debit_time"),
             models.Index(fields=["credit_account", "created_at"], name="transfer_credit_time"),
+            # A supplier's paid-out figure (apps/billing/suppliers.py): payouts are few among millions.
+            models.Index(fields=["debit_account"], name="transfer_posted_payouts", condition=Q(kind="payout", status="posted")),
         ]
 
     def __str__(self) -> str:
@@ -272,3 +277,145 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model_name} {self.status}"
+
+
+# --- suppliers: payout details, withdrawal requests, payout batches (apps/billing/suppliers.py, payouts.py) ---
+
+class SupplierPayoutDetails(models.Model):
+    """Where a supplier wants to be paid: Russian bank requisites, or a card/account reference.
+
+    A withdrawal request copies these (``snapshot()``) when it is made, so a later edit never
+    changes where an approved request is paid. ``clean()`` wants either the bank requisites
+    (recipient, ИНН, БИК, account) or a card/account reference.
+    """
+
+    supplier = models.OneToOneField("accounts.Supplier", on_delete=models.PROTECT, related_name="payout_details",
+                                    verbose_name=_("supplier"))
+    recipient = models.CharField(_("recipient"), max_length=200)
+    inn = models.CharField(_("INN"), max_length=12, blank=True, validators=[RegexValidator(r"^(\d{10}|\d{12})$")])
+    kpp = models.CharField(_("KPP"), max_length=9, blank=True, validators=[RegexValidator(r"^\d{9}$")])
+    bank_name = models.CharField(_("bank"), max_length=200, blank=True)
+    bik = models.CharField(_("BIK"), max_length=9, blank=True, validators=[RegexValidator(r"^\d{9}$")])
+    account_number = models.CharField(_("settlement account"), max_length=20, blank=True,
+                                      validators=[RegexValidator(r"^\d{20}$")])
+    correspondent_account = models.CharField(_("correspondent account"), max_length=20, blank=True,
+                                             validators=[RegexValidator(r"^\d{20}$")])
+    card_reference = models.CharField(
+        _("card or account reference"), max_length=64, blank=True,
+        help_text=_("A reference your payment provider gives for a card or account (never a full card number)."))
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("supplier payout details")
+        verbose_name_plural = _("supplier payout details")
+
+    def __str__(self) -> str:
+        return f"{self.recipient} ({self.supplier})"
+
+    def clean(self) -> None:
+        """Either complete bank requisites (ИНН, БИК, account) or a card/account reference."""
+        bank = self.inn and self.bik and self.account_number
+        if not bank and not self.card_reference:
+            raise ValidationError(_("Give the bank requisites (INN, BIK, settlement account) or a card/account reference."))
+
+    def snapshot(self) -> dict[str, str]:
+        """The details as a plain dict, to keep on a withdrawal request."""
+        return {name: getattr(self, name) for name in PAYOUT_DETAIL_FIELDS}
+
+
+class PayableCreditDay(models.Model):
+    """Posted credits to a supplier payable per UTC day (micro-RUB), kept by a database trigger
+    on every transfer INSERT (migration 0005's ``billing_transfer_credit_days``), never written
+    by code. It lets a supplier's "on hold" figure sum a few days instead of every accrual
+    inside the holding period (apps/billing/suppliers.py)."""
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="credit_days", verbose_name=_("account"))
+    day = models.DateField(_("day (UTC)"))
+    amount = models.BigIntegerField(_("credits, micro-RUB"), default=0)
+
+    class Meta:
+        verbose_name = _("payable credits per day")
+        verbose_name_plural = _("payable credits per day")
+        constraints = [models.UniqueConstraint(fields=["account", "day"], name="payable_credit_day_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.account_id} {self.day} {self.amount}"
+
+
+PAYOUT_DETAIL_FIELDS = ("recipient", "inn", "kpp", "bank_name", "bik", "account_number", "correspondent_account",
+                        "card_reference")
+
+
+class WithdrawalStatus(models.TextChoices):
+    """A withdrawal request's life: REQUESTED → APPROVED → PAID, or REJECTED, or LAPSED (its hold expired)."""
+
+    REQUESTED = "requested", _("Requested")
+    APPROVED = "approved", _("Approved")
+    REJECTED = "rejected", _("Rejected")
+    PAID = "paid", _("Paid")
+    LAPSED = "lapsed", _("Lapsed (hold expired)")
+
+
+class PayoutBatch(models.Model):
+    """One run of the payout task: the withdrawals it paid, with a registry file for accounting.
+
+    ``total`` (micro-RUB) and ``count`` are the sums of its paid requests, fixed when it is made.
+    """
+
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    total = models.BigIntegerField(_("total, micro-RUB"), default=0)
+    count = models.PositiveIntegerField(_("withdrawals"), default=0)
+
+    class Meta:
+        verbose_name = _("payout batch")
+        verbose_name_plural = _("payout batches")
+        ordering = ["-id"]
+        constraints = [models.CheckConstraint(condition=Q(total__gte=0), name="payout_batch_total_non_negative")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.created_at:%Y-%m-%d %H:%M} ({self.count})"
+
+
+class WithdrawalRequest(models.Model):
+    """A supplier's request to be paid ``amount`` micro-RUB, backed by a ledger hold (``hold``)
+    on its payable from request to payout; ``payment`` is the posted transfer that paid it.
+
+    ``payout_details`` is the snapshot of ``SupplierPayoutDetails`` taken at request time.
+    Status changes only through apps/billing/suppliers.py and payouts.py.
+    """
+
+    supplier = models.ForeignKey("accounts.Supplier", on_delete=models.PROTECT, related_name="withdrawal_requests",
+                                 verbose_name=_("supplier"))
+    amount = models.BigIntegerField(_("amount, micro-RUB"))
+    payout_details = models.JSONField(_("payout details (as requested)"), default=dict)
+    status = models.CharField(_("status"), max_length=16, choices=WithdrawalStatus.choices,
+                              default=WithdrawalStatus.REQUESTED)
+    idempotency_id = models.CharField(_("idempotency id"), max_length=200, unique=True)
+    hold = models.OneToOneField(Transfer, on_delete=models.PROTECT, related_name="withdrawal_request",
+                                verbose_name=_("ledger hold"))
+    payment = models.OneToOneField(Transfer, on_delete=models.PROTECT, null=True, blank=True,
+                                   related_name="paid_withdrawal", verbose_name=_("payment transfer"))
+    batch = models.ForeignKey(PayoutBatch, on_delete=models.PROTECT, null=True, blank=True, related_name="withdrawals",
+                              verbose_name=_("payout batch"))
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                     related_name="+", verbose_name=_("requested by"))
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+", verbose_name=_("approved or rejected by"))
+    decided_at = models.DateTimeField(_("decided"), null=True, blank=True)
+    reject_reason = models.CharField(_("reason for rejection"), max_length=300, blank=True)
+    paid_at = models.DateTimeField(_("paid"), null=True, blank=True)
+    created_at = models.DateTimeField(_("requested"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("withdrawal request")
+        verbose_name_plural = _("withdrawal requests")
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="withdrawal_amount_positive"),
+            models.CheckConstraint(condition=~Q(status="paid") | Q(payment__isnull=False, batch__isnull=False),
+                                   name="withdrawal_paid_has_payment"),
+        ]
+        indexes = [models.Index(fields=["status", "id"], name="withdrawal_status")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.supplier} {self.amount / 1_000_000:.2f} RUB ({self.status})"

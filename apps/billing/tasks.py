@@ -35,3 +35,16 @@ def fetch_fx_rates() -> bool | None:
 def _fetch_fx_rates_on_start(sender: object = None, **kwargs: object) -> None:
     """Beat sends ``fetch_fx_rates`` once as it starts, so a fresh install has rates before the first schedule slot."""
     fetch_fx_rates.delay()
+
+
+# --- suppliers: payouts (apps/billing/payouts.py) -----------------------------------------------
+
+@shared_task(name="apps.billing.tasks.pay_approved_withdrawals", ignore_result=True)
+def pay_approved_withdrawals() -> int | None:
+    """Pay every approved supplier withdrawal in a new payout batch; return the batch's id, or
+    None when nothing was approved (beat runs it daily; see CELERY_BEAT_SCHEDULE). Running it
+    twice pays nothing twice (see payouts.run_payouts)."""
+    from apps.billing.payouts import run_payouts
+
+    batch = run_payouts()
+    return batch.pk if batch is not None else None

@@ -13,9 +13,11 @@ idempotency id, as everywhere in the ledger (see services.py). Errors are billin
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, cast
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from apps.billing import services as ledger
@@ -26,13 +28,18 @@ WITHDRAWAL_TTL_SECONDS = 30 * 24 * 3600  # how long finance has to pay a request
 
 
 def request_withdrawal(*, supplier: Any, amount: int, idempotency_id: str, ttl_seconds: int = WITHDRAWAL_TTL_SECONDS,
-                       description: str = "") -> Transfer:
+                       description: str = "", matured_before: dt.datetime | None = None) -> Transfer:
     """Hold ``amount`` micro-RUB of what the platform owes ``supplier`` for a payout; return the hold.
 
     ``amount`` may not exceed what the payable owes (posted credits − posted debits) less the
     withdrawals already open on it. The hold expires after ``ttl_seconds`` seconds (30 days by
     default) unless paid or cancelled first. Retrying with the same ``idempotency_id`` and the
     same supplier and amount returns the original hold, in whatever state it is now.
+
+    With ``matured_before`` (an aware datetime) only credits posted to the payable at or before
+    it count: accruals younger than that are still in their holding period (disputes), see
+    apps/billing/suppliers.py. ``InsufficientFunds.available`` is then what has matured, less
+    what was debited and is held.
 
     Raises ``InsufficientFunds`` (nothing is held), ``InvalidAmount``, ``InvalidTransfer`` (an
     unsaved supplier, a bad id or ttl), ``IdempotencyConflict`` (the id was used for another transfer).
@@ -53,6 +60,9 @@ def request_withdrawal(*, supplier: Any, amount: int, idempotency_id: str, ttl_s
         # commit: the sums read are final, including every other committed withdrawal.
         sums = Account.objects.filter(pk=payable.pk).values_list("posted_credits", "posted_debits", "pending_debits").get()
         left = sums[0] - sums[1] - sums[2]
+        if matured_before is not None:
+            # Accruals inserted after our lock was taken wait for it, so they are in neither figure.
+            left -= credits_since(payable.pk, matured_before)
         if left < 0:
             raise InsufficientFunds(payable, amount, left + amount)  # rolls the hold back
         return hold
@@ -86,3 +96,35 @@ def _check_withdrawal(withdrawal: object) -> None:
             and withdrawal.pending_id is None and withdrawal.expires_at is not None
             and withdrawal.debit_account.kind == AccountKind.SUPPLIER_PAYABLE):
         raise InvalidTransfer(_("%(transfer)s is not a supplier withdrawal.") % {"transfer": withdrawal})
+
+
+def credits_since(account_id: int, since: dt.datetime) -> int:
+    """Micro-RUB posted to the credit of supplier payable ``account_id`` strictly after ``since``
+    (an aware datetime): its accruals still in their holding period. Raises ``InvalidTransfer``
+    for a naive ``since``."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {credits_since_sql('%(account)s')}", {"account": account_id, **credits_since_params(since)})
+        return int(cursor.fetchone()[0])
+
+
+def credits_since_sql(account: str) -> str:
+    """An SQL expression: the posted credits to the payable whose id is the SQL expression
+    ``account`` (a column such as ``a.id``, or a placeholder) after ``%(since)s``, with the
+    parameters of ``credits_since_params``. One snapshot: whole UTC days after ``since``'s day
+    from ``PayableCreditDay`` (a few rows), the rest of that day from the transfers themselves
+    (index ``transfer_credit_time``)."""
+    return f"""(
+    COALESCE((SELECT sum(d.amount) FROM billing_payablecreditday d
+              WHERE d.account_id = {account} AND d.day >= %(next_day)s), 0)
+    + COALESCE((SELECT sum(t.amount) FROM billing_transfer t
+                WHERE t.credit_account_id = {account} AND t.status = 'posted'
+                  AND t.created_at > %(since)s AND t.created_at < %(next_midnight)s), 0))"""
+
+
+def credits_since_params(since: dt.datetime) -> dict[str, Any]:
+    """``{"since", "next_day", "next_midnight"}`` for ``credits_since_sql``. Raises
+    ``InvalidTransfer`` for a naive ``since``."""
+    if not isinstance(since, dt.datetime) or timezone.is_naive(since):
+        raise InvalidTransfer(_("since must be a timezone-aware datetime."))
+    next_day = since.astimezone(dt.UTC).date() + dt.timedelta(days=1)
+    return {"since": since, "next_day": next_day, "next_midnight": dt.datetime.combine(next_day, dt.time(0), dt.UTC)}

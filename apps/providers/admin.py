@@ -221,10 +221,16 @@ class SupplierKeyForm(forms.ModelForm):
         help_text=_("The upstream API key. Stored encrypted; only its last 4 characters are ever shown. "
                     "Leave empty to keep the current one."),
     )
+    monthly_cap = MicroAmountField(
+        label=_("monthly spend cap, RUB"), required=False, allow_zero=False,
+        help_text=_("The most the platform may spend through this key in a calendar month (at the buy price); "
+                    "the balancer stops using the key once its month's spend reaches it. Empty: no cap."),
+    )
 
     class Meta:
         model = SupplierKey
-        fields = ["supplier", "provider", "name", "secret", "weight", "priority", "status", "status_reason", "buy_coefficient"]
+        fields = ["supplier", "provider", "name", "secret", "weight", "priority", "status", "status_reason", "buy_coefficient",
+                  "monthly_cap"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -288,12 +294,14 @@ def _when(unix: float) -> str:
 class SupplierKeyAdmin(admin.ModelAdmin):
     form = SupplierKeyForm
     list_display = ["name", "provider", "supplier", "masked_secret", "status", "health", "cooldown_until", "last_error",
-                    "recent_latency", "priority", "weight", "buy_coefficient", "updated_at"]
+                    "recent_latency", "priority", "weight", "buy_coefficient", "monthly_cap_rub", "updated_at"]
     list_filter = ["status", "provider", "secret_key_id"]
     search_fields = ["name", "supplier__name", "supplier__slug", "provider__slug", "=secret_last4"]
     list_select_related = ["provider", "supplier"]
     autocomplete_fields = ["supplier", "provider"]
     date_hierarchy = "created_at"
+
+    monthly_cap_rub = rub_column("monthly_cap", _("monthly cap, RUB"))
 
     @admin.display(description=_("secret"))
     def masked_secret(self, obj: SupplierKey) -> str:
@@ -359,12 +367,13 @@ class SupplierKeyAdmin(admin.ModelAdmin):
                                "ignored anyway", obj.pk)
 
     def get_fields(self, request: HttpRequest, obj: SupplierKey | None = None) -> list[str]:
-        fields = ["supplier", "provider", "name", "secret", "weight", "priority", "status", "status_reason", "buy_coefficient"]
+        fields = ["supplier", "provider", "name", "secret", "weight", "priority", "status", "status_reason", "buy_coefficient",
+                  "monthly_cap"]
         if obj is None:
             return fields
         return ["supplier", "provider", "name", "masked_secret", "secret_key_id", "secret", "weight", "priority",
                 "status", "status_reason", "health", "cooldown_until", "last_error", "recent_latency", "buy_coefficient",
-                "created_at", "updated_at"]
+                "monthly_cap", "created_at", "updated_at"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: SupplierKey | None = None) -> list[str]:
         return [] if obj is None else ["masked_secret", "secret_key_id", "health", "cooldown_until", "last_error",

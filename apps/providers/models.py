@@ -285,6 +285,10 @@ class SupplierKey(models.Model):
     buy_coefficient = models.DecimalField(_("buy coefficient"), max_digits=8, decimal_places=4, default=Decimal("1.0000"),
                                           validators=[MinValueValidator(Decimal("0.0001"))],
                                           help_text=_("Provider price × FX × this coefficient = what the platform owes the supplier."))
+    monthly_cap = models.BigIntegerField(
+        _("monthly spend cap, micro-RUB"), null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text=_("The most the platform may spend through this key in a calendar month (at the buy price); "
+                    "the balancer stops using the key once its month's spend reaches it. Empty: no cap."))
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -292,7 +296,11 @@ class SupplierKey(models.Model):
         verbose_name = _("supplier key")
         verbose_name_plural = _("supplier keys")
         ordering = ["provider__slug", "priority", "name"]
-        constraints = [models.UniqueConstraint(fields=["provider", "name"], name="supplier_key_name_unique_per_provider")]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "name"], name="supplier_key_name_unique_per_provider"),
+            models.CheckConstraint(condition=models.Q(monthly_cap__isnull=True) | models.Q(monthly_cap__gt=0),
+                                   name="supplier_key_cap_positive"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} (…{self.secret_last4})"

@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from apps.billing import fx as fx_rates
 from apps.billing.models import FxRate
+from apps.billing.suppliers import keys_over_cap
 from apps.providers.adapters.base import Target
 from apps.providers.key_health import VERSION_KEY as HEALTH_VERSION_KEY
 from apps.providers.key_status import apply_key_status_changes
@@ -227,7 +228,10 @@ def _load_routes() -> dict[str, ModelRoute]:
             fx[rate.currency] = rate.rub_per_unit
     prices = {p.model_id: p for p in Price.objects.filter(valid_from__lte=now).order_by("model_id", "-valid_from").distinct("model_id")}
     keys: dict[int, list[KeyRoute]] = {}
-    for key in SupplierKey.objects.filter(status=SupplierKeyStatus.ACTIVE, supplier__is_active=True):
+    # A key whose supplier capped its monthly spend and reached the cap sits out until the month
+    # rolls over or the cap is raised (seen within MAX_AGE_SECONDS: routes reload at least that often).
+    over_cap = keys_over_cap(now=now)
+    for key in SupplierKey.objects.filter(status=SupplierKeyStatus.ACTIVE, supplier__is_active=True).exclude(pk__in=over_cap):
         try:
             secret = key.reveal_secret()
         except Exception:  # a key we cannot decrypt is unusable, never fatal

@@ -49,3 +49,17 @@ def test_a_json_answer_to_a_stream_request_becomes_the_stream_the_client_asked_f
     record = UsageRecord.objects.get()
     assert (record.status, record.http_status, record.usage_counted_locally) == ("ok", 200, True)
     assert record.output_tokens == 1 and record.sell_cost > 0
+
+
+def test_a_key_over_its_suppliers_monthly_cap_sits_out(gateway, fake_openai):
+    world = gateway.world
+    gateway.client().chat.completions.create(**GOOD)
+    gateway.drain(expect=1)
+    first = UsageRecord.objects.get()
+    assert first.supplier_key_id == world.key.pk and first.buy_cost > 0
+    world.key.monthly_cap = first.buy_cost  # reached by what it already served this month
+    world.key.save()
+    gateway.wait_config()
+    gateway.client().chat.completions.create(**GOOD)
+    gateway.drain(expect=2)
+    assert UsageRecord.objects.exclude(pk=first.pk).get().supplier_key_id == world.key2.pk
