@@ -94,6 +94,7 @@ INSTALLED_APPS = [
     "apps.proxy",
     "apps.moderation",
     "apps.config",
+    "apps.notifications",
 ]
 
 MIDDLEWARE = [
@@ -236,7 +237,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # Ledger holds are supplier withdrawals (apps/billing/withdrawals.py), which live for days: a
     # lapsed one released within 5 minutes is on time, and a 30 s sweep would only cost queries.
     "void-expired-holds": {"task": "apps.billing.tasks.void_expired_holds", "schedule": 300.0},
+    # Compares the Redis spend counters with the ledger and repairs confirmed drift (apps/proxy/reconcile.py).
     "reconcile-spend-counters": {"task": "apps.proxy.tasks.reconcile_spend_counters", "schedule": 600.0},
+    # Spend alerts (apps/notifications/alerts.py): a few aggregate queries; sends what is due.
+    "send-spend-alerts": {"task": "apps.notifications.tasks.send_spend_alerts", "schedule": 60.0},
 }
 
 # --- REST framework ------------------------------------------------------------------------
@@ -288,6 +292,17 @@ JETSTREAM: dict[str, Any] = {
     # is tried last for this long, then leads 10 %, then 50 % of its requests, a step each.
     "PROVIDER_DOWN_SECONDS": envint("JETSTREAM_PROVIDER_DOWN_SECONDS", 10, minimum=0),
     "PROVIDER_RAMP_STEP_SECONDS": envint("JETSTREAM_PROVIDER_RAMP_STEP_SECONDS", 30, minimum=0),
+    # Spend alerts (apps/notifications): the low-wallet threshold of companies that set none
+    # (whole RUB in the environment, micro-RUB here); webhook time limit; sends before giving up.
+    "LOW_WALLET_THRESHOLD": envint("JETSTREAM_LOW_WALLET_THRESHOLD_RUB", 1000, minimum=0) * 1_000_000,
+    "ALERT_WEBHOOK_TIMEOUT_SECONDS": envint("JETSTREAM_ALERT_WEBHOOK_TIMEOUT_SECONDS", 5, minimum=1),
+    "ALERT_MAX_ATTEMPTS": envint("JETSTREAM_ALERT_MAX_ATTEMPTS", 8, minimum=1),
+    # Allow alert webhooks to private/loopback addresses (on-premises receivers; tests).
+    "ALERT_WEBHOOK_ALLOW_PRIVATE": envbool("JETSTREAM_ALERT_WEBHOOK_ALLOW_PRIVATE", False),
+    # Operators' alerts (reconciliation mismatches): emails, and a webhook signed like companies' ones.
+    "OPS_ALERT_EMAILS": envlist("JETSTREAM_OPS_ALERT_EMAILS", []),
+    "OPS_ALERT_WEBHOOK_URL": envstr("JETSTREAM_OPS_ALERT_WEBHOOK_URL", "") or "",
+    "OPS_ALERT_WEBHOOK_SECRET": envstr("JETSTREAM_OPS_ALERT_WEBHOOK_SECRET", "") or "",
 }
 
 for _origin in JETSTREAM["CORS_ALLOWED_ORIGINS"]:
