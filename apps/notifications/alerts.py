@@ -78,7 +78,7 @@ def _token_dues(now: dt.datetime) -> list[Due]:
     rows = list(ApiToken.objects.exclude(status=TokenStatus.REVOKED).filter(company__is_active=True)
                 .filter(Q(limit_total__isnull=False) | Q(limit_weekly__isnull=False) | Q(limit_monthly__isnull=False))
                 .values("id", "name", "company_id", "company__time_zone", "limit_total", "limit_weekly", "limit_monthly"))
-    by_zone: dict[str, list[dict]] = defaultdict(list)
+    by_zone: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
         by_zone[row["company__time_zone"]].append(row)
     dues: list[Due] = []
@@ -103,7 +103,7 @@ def _token_dues(now: dt.datetime) -> list[Due]:
 def _department_dues(now: dt.datetime) -> list[Due]:
     rows = list(Department.objects.filter(monthly_budget__isnull=False, company__is_active=True)
                 .values("id", "name", "company_id", "company__time_zone", "monthly_budget"))
-    by_zone: dict[str, list[dict]] = defaultdict(list)
+    by_zone: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
         by_zone[row["company__time_zone"]].append(row)
     dues: list[Due] = []
@@ -153,7 +153,7 @@ def _channels(company_ids: set[int]) -> dict[int, list[str]]:
         if conf is not None and not conf.enabled:
             channels[company_id] = []
             continue
-        chosen = []
+        chosen: list[str] = []
         if (conf is not None and conf.email_list()) or company_id in with_managers:
             chosen.append(Channel.EMAIL)
         if conf is not None and conf.webhook_url and conf.webhook_secret_encrypted:
