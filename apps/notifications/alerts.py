@@ -36,13 +36,13 @@ from django.db import transaction
 from django.db.models import Q, Sum
 
 from apps.accounts.models import Company, CompanyRole, Department, Membership
+from apps.billing.alerts import DeliveryError, send_email, send_webhook
 from apps.billing.models import UsageRecord
 from apps.billing.wallets import wallet_sums
 from apps.proxy.models import ApiToken, TokenStatus
 from apps.proxy.windows import calendar_bounds, window_ids
 from lib.money import format_rub
 
-from .channels import DeliveryError, send_email, send_webhook
 from .models import AlertDelivery, AlertKind, AlertSettings, Channel, DeliveryStatus
 
 logger = logging.getLogger("jetstream.alerts")

@@ -33,7 +33,7 @@ always safe and needs no confirmation).
 
 **Alerting.** Every confirmed mismatch is logged at ERROR, counted in ``js:metrics:reconcile_mismatch``
 (repairs in ``js:metrics:reconcile_repaired``) and sent to the operators through
-``apps.notifications.channels.notify_operators``.
+``apps.billing.alerts.notify_operators``.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Sum
 
+from apps.billing.alerts import notify_operators
 from apps.billing.models import UsageRecord
 from apps.billing.usage import UsageEvent
 from apps.billing.wallets import WalletSums, wallet_sums
@@ -276,7 +277,5 @@ def _report(found: list[Discrepancy]) -> None:
         logger.exception("reconciliation: could not count the mismatch metric")
     finally:
         client.close()
-    from apps.notifications.channels import notify_operators
-
     notify_operators(subject=f"Jetstream: {len(found)} spend counter(s) disagreed with the ledger",
                      lines=[str(d) for d in found])

@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.core import mail
 
+from apps.billing.alerts import SIGNATURE_HEADER, verify
 from apps.notifications import alerts
-from apps.notifications.channels import SIGNATURE_HEADER, verify
 from apps.notifications.models import AlertDelivery, AlertSettings, DeliveryStatus
 from tests.billing.conftest import RUB
 

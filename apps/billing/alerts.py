@@ -1,6 +1,8 @@
 """How alerts leave the gateway: email (Django's mail) and signed webhooks (httpx).
 
-A small interface on purpose (issue 13 builds notifications further): ``send_email`` and
+Here, in billing (which imports only ``lib``), so that every layer may raise an alert: the proxy's
+reconciliation tells operators, ``apps/notifications`` sends companies' spend alerts. A small
+interface on purpose (issue 13 builds notifications further): ``send_email`` and
 ``send_webhook`` deliver one message or raise ``DeliveryError``; ``notify_operators`` tells the
 platform's operators (``JETSTREAM["OPS_ALERT_EMAILS"]`` / ``["OPS_ALERT_WEBHOOK_URL"]``) and never
 raises. Nothing here logs a URL, a secret or a signature.
