@@ -6,13 +6,21 @@ import pytest
 from django.contrib import admin
 from django.urls import reverse
 
-OUR_APPS = {"accounts", "providers", "billing", "proxy", "moderation"}
+OUR_APPS = {"accounts", "providers", "billing", "proxy", "moderation", "notifications"}
 
 
 def _instances(personas, catalog) -> dict[str, object]:
     from apps.accounts.models import Membership, SupplierMembership
+    from apps.notifications.models import AlertDelivery, AlertSettings
 
+    alert_settings = AlertSettings(company=personas.company_a, emails="ops@example.com", webhook_url="https://hooks.example.com/js")
+    alert_settings.rotate_webhook_secret()
+    alert_settings.save()
     return {
+        "notifications.alertsettings": alert_settings,
+        "notifications.alertdelivery": AlertDelivery.objects.create(company=personas.company_a, kind="low_wallet",
+                                                                    subject_id=personas.company_a.pk, level=100, period="2026-11",
+                                                                    channel="webhook", payload={"level": 100}),
         "accounts.user": personas.manager_a,
         "accounts.company": personas.company_a,
         "accounts.department": catalog.department,

@@ -4,6 +4,7 @@ the deliveries (view-only history)."""
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.db import models
 from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
@@ -20,6 +21,7 @@ class AlertSettingsAdmin(admin.ModelAdmin):
     search_fields = ["company__name", "company__slug"]
     fields = ["company", "enabled", "emails", "webhook_url", "low_wallet_threshold"]
     actions = ["new_webhook_secret"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     @admin.display(boolean=True, description=_("webhook secret set"))
     def has_secret(self, obj: AlertSettings) -> bool:

@@ -230,3 +230,16 @@ def test_the_task_runs_scan_and_delivery(setup):
     spend(token, 95 * RUB, timezone.now())
     assert send_spend_alerts() == 2  # 80 superseded by 90: one email, one webhook
     assert send_spend_alerts() == 0
+
+
+def test_the_admin_never_shows_the_webhook_secret_and_shows_a_new_one_once(setup, superadmin_client):
+    company, _, _, secret = setup
+    conf = AlertSettings.objects.get(company=company)
+    page = superadmin_client.get(f"/admin/notifications/alertsettings/{conf.pk}/change/").content.decode()
+    listing = superadmin_client.get("/admin/notifications/alertsettings/").content.decode()
+    for html in (page, listing):
+        assert secret not in html and conf.webhook_secret_encrypted not in html
+    response = superadmin_client.post("/admin/notifications/alertsettings/", {"action": "new_webhook_secret", "_selected_action": [conf.pk]})
+    conf.refresh_from_db()
+    assert "no-store" in response["Cache-Control"]
+    assert conf.webhook_secret() in response.content.decode() and conf.webhook_secret() != secret
