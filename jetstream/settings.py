@@ -221,6 +221,20 @@ if envbool("USE_X_FORWARDED_PROTO", False):
 # Load balancers probe /healthz over plain HTTP.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 
+# --- Email (spend alerts, operator alerts, account mail) ----------------------------------------
+# DEBUG prints mail to the console unless EMAIL_BACKEND says otherwise; production sends by SMTP.
+EMAIL_BACKEND = envstr("EMAIL_BACKEND") or ("django.core.mail.backends.console.EmailBackend" if DEBUG
+                                            else "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost") or "localhost"
+EMAIL_PORT = envint("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER", "") or ""
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD", "") or ""  # or EMAIL_HOST_PASSWORD_FILE
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = envint("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "jetstream@localhost") or "jetstream@localhost"
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
 # --- Celery (Redis broker) -----------------------------------------------------------------
 def _celery_url(url: str) -> str:
     return "redis+socket://" + url[len("unix://"):] if url.startswith("unix://") else url
