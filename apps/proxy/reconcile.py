@@ -5,7 +5,10 @@ What must hold, for every company and token (micro-RUB):
 * company ``out`` = open reservations + charges in usage events not yet acknowledged by the writer;
 * company ``cr``/``db`` = the wallet's posted credits/debits, once the writer has merged them
   (``db`` may lag by the unwritten charges, never lead; ``cr`` neither lags for long nor leads);
-* token total = its written usage (Σ sell_cost) + open reservations + charges not yet written.
+* token total = its written usage (Σ sell_cost) + open reservations + charges not yet written;
+* token week / month and department month (``js:tk:<id>:w:<week>``, ``…:m:<month>``,
+  ``js:dp:<id>:m:<month>``) = the same, counting only requests that started in that calendar window
+  of the company's time zone (as ``counters.py`` seeds them).
 
 **Drift.** For each counter, ``drift = counter − (ledger + live reservations + unwritten charges)``.
 Every correct operation moves both sides by the same amount — RESERVE adds ``a`` to the counter and
@@ -38,8 +41,10 @@ always safe and needs no confirmation).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
+import zoneinfo
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import cast
@@ -50,6 +55,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Sum
 
+from apps.accounts.models import Department
 from apps.billing.alerts import notify_operators
 from apps.billing.models import UsageRecord
 from apps.billing.usage import UsageEvent
@@ -57,20 +63,24 @@ from apps.billing.wallets import WalletSums, wallet_sums
 
 from . import redis_scripts
 from .metering import GROUP
+from .models import ApiToken
 
 logger = logging.getLogger("jetstream.reconcile")
 
 MISMATCH_METRIC = "js:metrics:reconcile_mismatch"
 REPAIRED_METRIC = "js:metrics:reconcile_repaired"
 
-# One atomic read of Redis. KEYS: stream, reservations, company hashes…, token totals…
+# One atomic read of Redis. KEYS: stream, reservations, company hashes…, spend counters (strings)…
 # ARGV: group, number of company hashes. Returns {company values, token values, reservations,
 # unacknowledged entries ([id, fields] as XRANGE gives them)}.
 _READ = """
 local n = tonumber(ARGV[2])
 local companies, tokens = {}, {}
 for i = 3, 2 + n do companies[#companies + 1] = redis.call('HMGET', KEYS[i], 'cr', 'db', 'out') end
-for i = 3 + n, #KEYS do tokens[#tokens + 1] = redis.call('GET', KEYS[i]) or '0' end
+-- a counter that expired (or is not a string) since it was listed reads 'x': not compared
+for i = 3 + n, #KEYS do
+  if redis.call('TYPE', KEYS[i]).ok == 'string' then tokens[#tokens + 1] = redis.call('GET', KEYS[i]) else tokens[#tokens + 1] = 'x' end
+end
 local reservations = redis.call('ZRANGE', KEYS[2], 0, -1)
 local entries = {}
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -132,10 +142,70 @@ class Discrepancy:
         return f"{self.what}: Redis {self.redis_value}, expected {self.expected} (micro-RUB), {state}"
 
 
+@dataclass(frozen=True)
+class _Counter:
+    """A spend counter (a Redis string, micro-RUB): whose (``owner`` "token" or "department", and its
+    id) over which ``[start, end)`` of usage start times (None: all time)."""
+
+    key: str
+    owner: str
+    owner_id: int
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+
+    @property
+    def what(self) -> str:
+        if self.start is None:
+            return f"{self.owner} {self.owner_id} total spend"
+        return f"{self.owner} {self.owner_id} spend in {self.key.rsplit(':', 1)[1]}"
+
+    def covers(self, started_at: float) -> bool:
+        """Whether a request started at ``started_at`` (Unix seconds) counts in this counter."""
+        return self.start is None or self.end is None or self.start.timestamp() <= started_at < self.end.timestamp()
+
+
+def _window(tz: zoneinfo.ZoneInfo, kind: str, window: str) -> tuple[dt.datetime, dt.datetime]:
+    """[start, end) of an ISO week ("w", "2026-W48") or a month ("m", "2026-11") on ``tz``'s wall
+    clock, as ``apps/proxy/windows.py`` draws them. Raises ``ValueError`` for a malformed id."""
+    if kind == "w":
+        year, week = window.split("-W")
+        first = dt.date.fromisocalendar(int(year), int(week), 1)
+        last = first + dt.timedelta(days=7)
+    else:
+        year, month = window.split("-")
+        first = dt.date(int(year), int(month), 1)
+        last = (first + dt.timedelta(days=32)).replace(day=1)
+    return dt.datetime.combine(first, dt.time(), tz), dt.datetime.combine(last, dt.time(), tz)
+
+
+def _spend_counters(keys: list[str]) -> list[_Counter]:
+    """The token (total, week, month) and department (month) counters among ``keys``, with their
+    windows in the company's time zone; keys of unknown tokens/departments or odd shape are left out."""
+    parsed = [k.split(":") for k in keys]
+    tokens = {int(p[2]) for p in parsed if p[1] == "tk" and p[2].isdigit()}
+    departments = {int(p[2]) for p in parsed if p[1] == "dp" and p[2].isdigit()}
+    zones = {("token", pk): tz for pk, tz in ApiToken.objects.filter(pk__in=tokens).values_list("pk", "company__time_zone")}
+    zones |= {("department", pk): tz for pk, tz in Department.objects.filter(pk__in=departments).values_list("pk", "company__time_zone")}
+    counters = []
+    for key, parts in zip(keys, parsed, strict=True):
+        owner = "token" if parts[1] == "tk" else "department"
+        zone = zones.get((owner, int(parts[2]))) if parts[2].isdigit() else None
+        if zone is None:
+            continue
+        if parts[3:] == ["total"] and owner == "token":
+            counters.append(_Counter(key, owner, int(parts[2])))
+        elif len(parts) == 5 and parts[3] in ("w", "m"):
+            try:
+                counters.append(_Counter(key, owner, int(parts[2]), *_window(zoneinfo.ZoneInfo(zone), parts[3], parts[4])))
+            except ValueError:
+                continue
+    return counters
+
+
 @dataclass
 class _RedisPicture:
     companies: dict[str, tuple[int, int, int]]
-    tokens: dict[str, int]
+    counters: dict[str, int]
     held: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     held_requests: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     events: list[UsageEvent] = field(default_factory=list)
@@ -144,18 +214,18 @@ class _RedisPicture:
 @dataclass
 class _Ledger:
     wallets: dict[int, WalletSums]
-    written: dict[int, int]
+    written: dict[str, int]  # counter key → Σ sell_cost of its usage records
     committed: set[str]
 
 
-def _read_redis(client: redis.Redis, company_keys: list[str], token_keys: list[str]) -> _RedisPicture:
-    reply = cast(list, client.eval(_READ, 2 + len(company_keys) + len(token_keys), redis_scripts.STREAM_KEY,
-                                   redis_scripts.RESERVATIONS_KEY, *company_keys, *token_keys, GROUP, len(company_keys)))
-    companies_raw, tokens_raw, reservations, entries = reply
+def _read_redis(client: redis.Redis, company_keys: list[str], counter_keys: list[str]) -> _RedisPicture:
+    reply = cast(list, client.eval(_READ, 2 + len(company_keys) + len(counter_keys), redis_scripts.STREAM_KEY,
+                                   redis_scripts.RESERVATIONS_KEY, *company_keys, *counter_keys, GROUP, len(company_keys)))
+    companies_raw, counters_raw, reservations, entries = reply
     picture = _RedisPicture(
         companies={k: cast(tuple[int, int, int], tuple(int(v or 0) for v in values))
                    for k, values in zip(company_keys, companies_raw, strict=True)},
-        tokens={k: int(v) for k, v in zip(token_keys, tokens_raw, strict=True)})
+        counters={k: int(v) for k, v in zip(counter_keys, counters_raw, strict=True) if v != b"x"})
     for member in reservations:
         reservation = orjson.loads(member)
         for key in reservation["keys"]:
@@ -168,8 +238,23 @@ def _read_redis(client: redis.Redis, company_keys: list[str], token_keys: list[s
     return picture
 
 
-def _read_ledger(companies: list[int], tokens: list[int], request_ids: list[str]) -> _Ledger:
-    """Wallet sums, written usage per token and the committed request ids, from one database snapshot."""
+def _written(counters: list[_Counter]) -> dict[str, int]:
+    """Σ sell_cost of the usage records each counter covers: one query per (owner kind, window)."""
+    groups: dict[tuple, list[_Counter]] = defaultdict(list)
+    for counter in counters:
+        groups[(counter.owner, counter.start, counter.end)].append(counter)
+    written: dict[str, int] = {}
+    for (owner, start, end), members in groups.items():
+        usage = UsageRecord.objects.filter(**{f"{owner}_id__in": [c.owner_id for c in members]})
+        if start is not None:
+            usage = usage.filter(started_at__gte=start, started_at__lt=end)
+        sums = dict(usage.values(f"{owner}_id").annotate(s=Sum("sell_cost")).values_list(f"{owner}_id", "s"))
+        written.update({c.key: sums.get(c.owner_id) or 0 for c in members})
+    return written
+
+
+def _read_ledger(companies: list[int], counters: list[_Counter], request_ids: list[str]) -> _Ledger:
+    """Wallet sums, written usage per counter and the committed request ids, from one database snapshot."""
     # Only a transaction's first statement may set its isolation level; inside an outer transaction
     # (tests) the snapshot is that transaction's anyway.
     outermost = not connection.in_atomic_block
@@ -178,37 +263,46 @@ def _read_ledger(companies: list[int], tokens: list[int], request_ids: list[str]
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         wallets = wallet_sums(companies)
-        written = dict(UsageRecord.objects.filter(token_id__in=tokens).values("token_id").annotate(total=Sum("sell_cost"))
-                       .values_list("token_id", "total"))
+        written = _written(counters)
         committed = set(UsageRecord.objects.filter(request_id__in=request_ids).values_list("request_id", flat=True))
-    return _Ledger(wallets, {t: total or 0 for t, total in written.items()}, committed)
+    return _Ledger(wallets, written, committed)
 
 
-def _measure(client: redis.Redis, company_keys: list[str], token_keys: list[str]) -> dict[tuple[str, str], Discrepancy]:
+def _unwritten(events: list[UsageEvent], committed: set[str]) -> tuple[dict[int, int], dict[tuple[str, int], list[UsageEvent]]]:
+    """(charges not yet acknowledged, by company; charges not yet committed, by (owner kind, id))."""
+    by_company: dict[int, int] = defaultdict(int)
+    by_owner: dict[tuple[str, int], list[UsageEvent]] = defaultdict(list)
+    for event in events:
+        if not event.sell_cost or event.company_id is None:
+            continue
+        by_company[event.company_id] += event.sell_cost
+        # Committed but not yet acknowledged: in the usage records already, still in `out`.
+        if event.request_id not in committed:
+            if event.token_id is not None:
+                by_owner[("token", event.token_id)].append(event)
+            if event.department_id is not None:
+                by_owner[("department", event.department_id)].append(event)
+    return by_company, by_owner
+
+
+def _measure(client: redis.Redis, company_keys: list[str], counters: list[_Counter]) -> dict[tuple[str, str], Discrepancy]:
     """One measurement: every counter whose drift is not zero, by (key, field)."""
-    picture = _read_redis(client, company_keys, token_keys)
+    picture = _read_redis(client, company_keys, [c.key for c in counters])
     companies = [int(k.rsplit(":", 1)[1]) for k in company_keys]
-    tokens = [int(k.split(":")[2]) for k in token_keys]
-    ledger = _read_ledger(companies, tokens, [e.request_id for e in picture.events])
-    unwritten_company: dict[int, int] = defaultdict(int)
-    unwritten_token: dict[int, int] = defaultdict(int)
-    for event in picture.events:
-        if event.sell_cost and event.company_id is not None:
-            unwritten_company[event.company_id] += event.sell_cost
-            # Committed but not yet acknowledged: in the usage records already, still in `out`.
-            if event.request_id not in ledger.committed and event.token_id is not None:
-                unwritten_token[event.token_id] += event.sell_cost
+    ledger = _read_ledger(companies, counters, [e.request_id for e in picture.events])
+    unwritten_company, unwritten = _unwritten(picture.events, ledger.committed)
     found: dict[tuple[str, str], Discrepancy] = {}
     for company, key in zip(companies, company_keys, strict=True):
         if company in ledger.wallets:  # a wallet Redis knows and PostgreSQL does not: nothing to compare
             for d in _company_drifts(company, key, picture, ledger.wallets[company], unwritten_company[company]):
                 found[(d.key, d.field)] = d
-    for token, key in zip(tokens, token_keys, strict=True):
-        if picture.held_requests[key] & ledger.committed:
-            continue  # a held request committed between the two reads: ambiguous this round
-        expected = ledger.written.get(token, 0) + picture.held[key] + unwritten_token[token]
-        if picture.tokens[key] != expected:
-            found[(key, "")] = Discrepancy(f"token {token} total spend", picture.tokens[key], expected, key, "")
+    for counter in counters:
+        if counter.key not in picture.counters or picture.held_requests[counter.key] & ledger.committed:
+            continue  # gone since listed; or a held request committed between the two reads: ambiguous this round
+        pending = sum(e.sell_cost for e in unwritten[(counter.owner, counter.owner_id)] if counter.covers(e.started_at))
+        expected = ledger.written[counter.key] + picture.held[counter.key] + pending
+        if picture.counters[counter.key] != expected:
+            found[(counter.key, "")] = Discrepancy(counter.what, picture.counters[counter.key], expected, counter.key, "")
     return found
 
 
@@ -237,13 +331,13 @@ def reconcile(*, client: redis.Redis | None = None, repair: bool = True, confirm
     client = client or redis.Redis.from_url(settings.REDIS_URL)
     try:
         company_keys = sorted(k.decode() for k in client.scan_iter("js:co:*", count=1000))
-        token_keys = sorted(k.decode() for k in client.scan_iter("js:tk:*:total", count=1000))
-        first = _measure(client, company_keys, token_keys)
+        counters = _spend_counters(sorted(k.decode() for pattern in ("js:tk:*", "js:dp:*") for k in client.scan_iter(pattern, count=1000)))
+        first = _measure(client, company_keys, counters)
         if not repair or not first:
             found = list(first.values())
         else:
             time.sleep(confirm_delay)
-            second = _measure(client, company_keys, token_keys)
+            second = _measure(client, company_keys, counters)
             found = [_repair(client, d) for spot, d in second.items() if spot in first and first[spot].drift == d.drift]
     finally:
         if own:

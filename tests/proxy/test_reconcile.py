@@ -29,16 +29,20 @@ def client():
     c.close()
 
 
-def hold(client, world, amount: int, rid: str) -> bytes:
-    """Take a reservation exactly as the proxy's RESERVE does for a request still running."""
+def window_keys(world, department_id=None) -> redis_scripts.SpendKeys:
     week, month, _, _ = window_ids(zoneinfo.ZoneInfo(world.company.time_zone), time.time())
-    keys = redis_scripts.SpendKeys.for_token(token_id=world.token.pk, company_id=world.company.pk, department_id=None,
+    return redis_scripts.SpendKeys.for_token(token_id=world.token.pk, company_id=world.company.pk, department_id=department_id,
                                              week=week, month=month)
+
+
+def hold(client, world, amount: int, rid: str, department_id=None) -> bytes:
+    """Take a reservation exactly as the proxy's RESERVE does for a request still running."""
+    keys = window_keys(world, department_id)
     failure = UsageEvent(request_id=rid, endpoint="chat", status="failed", http_status=500, started_at=time.time(),
                          finished_at=time.time(), token_id=world.token.pk, company_id=world.company.pk).encode()
     member = redis_scripts.reservation_member(request_id=rid, keys=keys, amount=amount, failure_event=failure)
     result = client.eval(redis_scripts.RESERVE, 10, *keys.as_list(), "rl1", "rl2", "rl3", "rl4", redis_scripts.RESERVATIONS_KEY,
-                         amount, "", "", "", "", "", "", 0, "0.5", int(time.time()) + 3600, member, 3600, 0)
+                         amount, "", "", "", "", "", "", 0, "0.5", int(time.time()) + 3600, member, 3600, 1 if keys.has_dept else 0)
     assert result[0] == 0, result
     return member
 
@@ -107,7 +111,7 @@ def test_it_repairs_drift_while_reservations_are_held(gateway, client, caplog, s
     assert f"token {world.token.pk} total spend: Redis" in mail.outbox[0].body
 
 
-def test_a_drift_the_second_measurement_does_not_confirm_is_left_alone(monkeypatch, client):
+def test_a_drift_the_second_measurement_does_not_confirm_is_left_alone(db, monkeypatch, client):
     spot = ("js:tk:1:total", "")
     rounds = iter([{spot: Discrepancy("token 1 total spend", 10, 5, *spot)}, {spot: Discrepancy("token 1 total spend", 10, 7, *spot)}])
     monkeypatch.setattr(reconcile_module, "_measure", lambda *a: next(rounds))
@@ -151,3 +155,29 @@ def test_repair_under_live_traffic_keeps_every_request_counted(gateway, client):
     assert reconcile(repair=False) == []
     assert counters(client, world)[3] == written(world)
     assert counters(client, world)[2] == 0
+
+
+def test_it_repairs_weekly_monthly_and_department_counters(gateway, client):
+    from apps.accounts.models import Department
+
+    world = gateway.world
+    department = Department.objects.create(company=world.company, slug="rnd", name="R&D", monthly_budget=1000 * 1_000_000)
+    world.token.department = department
+    world.token.save()
+    gateway.wait_config()
+    for _ in range(2):
+        assert chat(gateway).status_code == 200
+    gateway.drain(expect=2)
+    keys = window_keys(world, department.pk)
+    assert UsageRecord.objects.filter(department=department).count() == 2
+    hold(client, world, 300_000, "held-dept", department.pk)
+    client.incrby(keys.week, 11)
+    client.incrby(keys.month, -22)
+    client.incrby(keys.dept, 33)
+    found = {(d.what, d.drift, d.repaired) for d in reconcile(confirm_delay=0.01)}
+    week, month = keys.week.rsplit(":", 1)[1], keys.month.rsplit(":", 1)[1]
+    assert found == {(f"token {world.token.pk} spend in {week}", 11, True), (f"token {world.token.pk} spend in {month}", -22, True),
+                     (f"department {department.pk} spend in {month}", 33, True)}
+    spent = written(world)
+    assert [int(client.get(k)) for k in (keys.week, keys.month, keys.dept)] == [spent + 300_000] * 3
+    assert reconcile(repair=False) == []
