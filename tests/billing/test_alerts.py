@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -28,12 +29,14 @@ class Receiver:
     def __init__(self) -> None:
         self.calls: list[tuple[dict, bytes]] = []
         self.status = 200
+        self.delay = 0.0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.calls.append((dict(self.headers), body))
+                time.sleep(receiver.delay)
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -243,3 +246,31 @@ def test_the_admin_never_shows_the_webhook_secret_and_shows_a_new_one_once(setup
     conf.refresh_from_db()
     assert "no-store" in response["Cache-Control"]
     assert conf.webhook_secret() in response.content.decode() and conf.webhook_secret() != secret
+
+
+def test_two_workers_at_once_record_and_send_each_alert_once(transactional_db, setup, receiver):
+    from django.db import connection
+
+    _, token, _, _ = setup
+    spend(token, 90 * RUB, NOW)
+    receiver.delay = 0.5  # the first worker is still sending when the second looks
+    barrier = threading.Barrier(2)
+    sent: list[int] = []
+
+    def worker():
+        try:
+            barrier.wait()
+            alerts.scan(NOW)
+            sent.append(alerts.deliver(NOW))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(sent) in ([0, 2], [1, 1])  # two alerts (email, webhook at 90 %), each sent by one worker
+    assert len(receiver.calls) == 1 and len(mail.outbox) == 1
+    assert sorted(AlertDelivery.objects.values_list("level", "channel", "status")) == [
+        (80, "email", "superseded"), (80, "webhook", "superseded"), (90, "email", "sent"), (90, "webhook", "sent")]
