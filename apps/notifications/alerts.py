@@ -238,8 +238,8 @@ def deliver(now: dt.datetime, *, batch: int = 100) -> int:
             row.attempts += 1
             try:
                 _send(row)
-            except DeliveryError as exc:
-                row.last_error = str(exc)[:300]
+            except Exception as exc:  # noqa: BLE001 - one bad row (an undecryptable secret) must not undo the others' "sent"
+                row.last_error = (str(exc) if isinstance(exc, DeliveryError) else type(exc).__name__)[:300]
                 give_up = row.attempts >= settings.JETSTREAM["ALERT_MAX_ATTEMPTS"]
                 row.status = DeliveryStatus.FAILED if give_up else DeliveryStatus.PENDING
                 row.next_attempt_at = None if give_up else now + backoff(row.attempts)

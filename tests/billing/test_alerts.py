@@ -274,3 +274,13 @@ def test_two_workers_at_once_record_and_send_each_alert_once(transactional_db, s
     assert len(receiver.calls) == 1 and len(mail.outbox) == 1
     assert sorted(AlertDelivery.objects.values_list("level", "channel", "status")) == [
         (80, "email", "superseded"), (80, "webhook", "superseded"), (90, "email", "sent"), (90, "webhook", "sent")]
+
+
+def test_an_unreadable_webhook_secret_fails_that_alert_only(setup, receiver):
+    company, token, _, _ = setup
+    AlertSettings.objects.filter(company=company).update(webhook_secret_encrypted="v1:nokey:AAAA")
+    spend(token, 80 * RUB, NOW)
+    assert run(NOW) == 1  # the email
+    hook = AlertDelivery.objects.get(channel="webhook")
+    assert (hook.status, hook.last_error) == ("pending", "SecretDecryptionError")
+    assert AlertDelivery.objects.get(channel="email").status == "sent" and not receiver.calls
