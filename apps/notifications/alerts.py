@@ -17,8 +17,8 @@ the platform default. Spend counts written usage (Σ sell_cost); reservations of
 running are not counted, so an alert may come one request late, never early.
 
 ``deliver(now)`` sends what is due; a failed send is retried with backoff (1, 2, 4, … minutes, at
-most an hour apart) until ``JETSTREAM["ALERT_MAX_ATTEMPTS"]``, then marked failed. Rows are locked
-while sent (``SKIP LOCKED``), so two workers never send one alert twice.
+most an hour apart) until ``JETSTREAM["ALERT_MAX_ATTEMPTS"]``, then marked failed. Rows are claimed
+(``SKIP LOCKED`` and a lease) before they are sent, so two workers never send one alert twice.
 """
 
 from __future__ import annotations
@@ -227,25 +227,40 @@ def backoff(attempts: int) -> dt.timedelta:
     return dt.timedelta(seconds=min(60 * 2 ** max(attempts - 1, 0), 3600))
 
 
+# How long a claimed alert is left to the worker sending it before another may retry it (a worker
+# that died mid-send).
+CLAIM_LEASE = dt.timedelta(minutes=10)
+
+
 def deliver(now: dt.datetime, *, batch: int = 100) -> int:
-    """Send the pending alerts whose time has come (at most ``batch``); return how many went out."""
-    sent = 0
+    """Send the pending alerts whose time has come (at most ``batch``); return how many went out.
+
+    Due rows are claimed in a short transaction (locked ``SKIP LOCKED``, their next attempt pushed
+    ``CLAIM_LEASE`` ahead), then sent outside it, so no transaction waits on a webhook and two
+    workers never send one alert. A worker that dies after sending and before recording it leaves
+    the alert to be sent again after the lease: receivers deduplicate on ``X-Jetstream-Delivery``."""
     with transaction.atomic():
         rows = list(AlertDelivery.objects.select_for_update(skip_locked=True, of=("self",))
                     .filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
                     .select_related("company", "company__alert_settings").order_by("next_attempt_at")[:batch])
-        for row in rows:
-            row.attempts += 1
-            try:
-                _send(row)
-            except Exception as exc:  # noqa: BLE001 - one bad row (an undecryptable secret) must not undo the others' "sent"
-                row.last_error = (str(exc) if isinstance(exc, DeliveryError) else type(exc).__name__)[:300]
-                give_up = row.attempts >= settings.JETSTREAM["ALERT_MAX_ATTEMPTS"]
-                row.status = DeliveryStatus.FAILED if give_up else DeliveryStatus.PENDING
-                row.next_attempt_at = None if give_up else now + backoff(row.attempts)
-                logger.warning("alert %s (%s) not delivered, attempt %s: %s", row.pk, row.channel, row.attempts, row.last_error)
-            else:
-                row.status, row.sent_at, row.last_error, row.next_attempt_at = DeliveryStatus.SENT, now, "", None
-                sent += 1
-            row.save(update_fields=["attempts", "status", "sent_at", "last_error", "next_attempt_at"])
+        AlertDelivery.objects.filter(pk__in=[r.pk for r in rows]).update(next_attempt_at=now + CLAIM_LEASE)
+    return sum(_attempt(row, now) for row in rows)
+
+
+def _attempt(row: AlertDelivery, now: dt.datetime) -> bool:
+    """Send one claimed alert and record the outcome; True if it went out."""
+    row.attempts += 1
+    try:
+        _send(row)
+    except Exception as exc:  # noqa: BLE001 - one bad row (an undecryptable secret) is that row's retry
+        row.last_error = (str(exc) if isinstance(exc, DeliveryError) else type(exc).__name__)[:300]
+        give_up = row.attempts >= settings.JETSTREAM["ALERT_MAX_ATTEMPTS"]
+        row.status = DeliveryStatus.FAILED if give_up else DeliveryStatus.PENDING
+        row.next_attempt_at = None if give_up else now + backoff(row.attempts)
+        logger.warning("alert %s (%s) not delivered, attempt %s: %s", row.pk, row.channel, row.attempts, row.last_error)
+        sent = False
+    else:
+        row.status, row.sent_at, row.last_error, row.next_attempt_at = DeliveryStatus.SENT, now, "", None
+        sent = True
+    row.save(update_fields=["attempts", "status", "sent_at", "last_error", "next_attempt_at"])
     return sent

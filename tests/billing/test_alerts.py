@@ -284,3 +284,14 @@ def test_an_unreadable_webhook_secret_fails_that_alert_only(setup, receiver):
     hook = AlertDelivery.objects.get(channel="webhook")
     assert (hook.status, hook.last_error) == ("pending", "SecretDecryptionError")
     assert AlertDelivery.objects.get(channel="email").status == "sent" and not receiver.calls
+
+
+def test_an_alert_a_dead_worker_claimed_is_sent_after_the_lease(setup, receiver, monkeypatch):
+    _, token, _, _ = setup
+    spend(token, 80 * RUB, NOW)
+    alerts.scan(NOW)
+    with monkeypatch.context() as patch:
+        patch.setattr(alerts, "_attempt", lambda row, now: False)  # claimed, then the worker died
+        alerts.deliver(NOW)
+    assert alerts.deliver(NOW + dt.timedelta(minutes=5)) == 0 and not receiver.calls
+    assert alerts.deliver(NOW + alerts.CLAIM_LEASE) == 2 and len(receiver.calls) == 1
