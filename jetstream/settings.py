@@ -97,6 +97,7 @@ INSTALLED_APPS = [
     "apps.moderation",
     "apps.config",
     "apps.invoicing",
+    "apps.notifications",
 ]
 
 MIDDLEWARE = [
@@ -223,6 +224,20 @@ if envbool("USE_X_FORWARDED_PROTO", False):
 # Load balancers probe /healthz over plain HTTP.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 
+# --- Email (spend alerts, operator alerts, account mail) ----------------------------------------
+# DEBUG prints mail to the console unless EMAIL_BACKEND says otherwise; production sends by SMTP.
+EMAIL_BACKEND = envstr("EMAIL_BACKEND") or ("django.core.mail.backends.console.EmailBackend" if DEBUG
+                                            else "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost") or "localhost"
+EMAIL_PORT = envint("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER", "") or ""
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD", "") or ""  # or EMAIL_HOST_PASSWORD_FILE
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = envint("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "jetstream@localhost") or "jetstream@localhost"
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
 # --- Celery (Redis broker) -----------------------------------------------------------------
 def _celery_url(url: str) -> str:
     return "redis+socket://" + url[len("unix://"):] if url.startswith("unix://") else url
@@ -239,6 +254,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # Ledger holds are supplier withdrawals (apps/billing/withdrawals.py), which live for days: a
     # lapsed one released within 5 minutes is on time, and a 30 s sweep would only cost queries.
     "void-expired-holds": {"task": "apps.billing.tasks.void_expired_holds", "schedule": 300.0},
+    # Compares the Redis spend counters with the ledger and repairs confirmed drift (apps/proxy/reconcile.py).
     "reconcile-spend-counters": {"task": "apps.proxy.tasks.reconcile_spend_counters", "schedule": 600.0},
     # The Bank of Russia publishes the next day's rates on working days in the afternoon, Moscow
     # time; four runs a day (hours in CELERY_TIMEZONE) catch them within hours and ride out an
@@ -254,6 +270,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # Approved supplier withdrawals are paid once a day, in one batch with a registry file.
     "pay-approved-withdrawals": {"task": "apps.billing.tasks.pay_approved_withdrawals",
                                  "schedule": crontab(hour=6, minute=0)},
+    # Spend alerts (apps/notifications/alerts.py): a few aggregate queries; sends what is due.
+    "send-spend-alerts": {"task": "apps.notifications.tasks.send_spend_alerts", "schedule": 60.0},
 }
 
 # --- Prices and FX (docs/billing.md "Prices and currencies") --------------------------------
@@ -328,6 +346,17 @@ JETSTREAM: dict[str, Any] = {
     "BREAKER_FAILURES": envint("JETSTREAM_BREAKER_FAILURES", 3, minimum=1),
     "BREAKER_COOLOFF_SECONDS": envint("JETSTREAM_BREAKER_COOLOFF_SECONDS", 30, minimum=1),
     "BREAKER_CLOSE_AFTER": envint("JETSTREAM_BREAKER_CLOSE_AFTER", 2, minimum=1),
+    # Spend alerts (apps/notifications): the low-wallet threshold of companies that set none
+    # (whole RUB in the environment, micro-RUB here); webhook time limit; sends before giving up.
+    "LOW_WALLET_THRESHOLD": envint("JETSTREAM_LOW_WALLET_THRESHOLD_RUB", 1000, minimum=0) * 1_000_000,
+    "ALERT_WEBHOOK_TIMEOUT_SECONDS": envint("JETSTREAM_ALERT_WEBHOOK_TIMEOUT_SECONDS", 5, minimum=1),
+    "ALERT_MAX_ATTEMPTS": envint("JETSTREAM_ALERT_MAX_ATTEMPTS", 8, minimum=1),
+    # Allow alert webhooks to private/loopback addresses (on-premises receivers; tests).
+    "ALERT_WEBHOOK_ALLOW_PRIVATE": envbool("JETSTREAM_ALERT_WEBHOOK_ALLOW_PRIVATE", False),
+    # Operators' alerts (reconciliation mismatches): emails, and a webhook signed like companies' ones.
+    "OPS_ALERT_EMAILS": envlist("JETSTREAM_OPS_ALERT_EMAILS", []),
+    "OPS_ALERT_WEBHOOK_URL": envstr("JETSTREAM_OPS_ALERT_WEBHOOK_URL", "") or "",
+    "OPS_ALERT_WEBHOOK_SECRET": envstr("JETSTREAM_OPS_ALERT_WEBHOOK_SECRET", "") or "",
 }
 
 for _origin in JETSTREAM["CORS_ALLOWED_ORIGINS"]:
@@ -387,7 +416,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["redact"], "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
-    # WeasyPrint (invoices and acts) logs every rendering step at INFO.
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "weasyprint": {"level": "WARNING"}, "fontTools": {"level": "WARNING"}},
+    # WeasyPrint (invoices and acts) logs every rendering step at INFO; httpx logs every request's
+    # full URL at INFO, and a webhook's or provider's URL may carry a secret.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "weasyprint": {"level": "WARNING"}, "fontTools": {"level": "WARNING"},
+                "httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
 }
 

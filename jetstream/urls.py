@@ -5,6 +5,8 @@ from django.http import HttpResponse
 from django.urls import include, path
 from django.utils.translation import gettext_lazy as _
 
+from apps.billing.report_views import report_view
+
 
 def healthz(request):
     return HttpResponse("ok", content_type="text/plain")
@@ -16,6 +18,7 @@ admin.site.index_title = _("Jetstream administration")
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("admin/billing/reports/", admin.site.admin_view(report_view), name="billing_reports"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("i18n/", include("django.conf.urls.i18n")),

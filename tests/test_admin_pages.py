@@ -6,7 +6,7 @@ import pytest
 from django.contrib import admin
 from django.urls import reverse
 
-OUR_APPS = {"accounts", "providers", "billing", "proxy", "moderation", "invoicing"}
+OUR_APPS = {"accounts", "providers", "billing", "proxy", "moderation", "invoicing", "notifications"}
 
 
 def _instances(personas, catalog) -> dict[str, object]:
@@ -14,15 +14,23 @@ def _instances(personas, catalog) -> dict[str, object]:
     from apps.billing.models import FeedRun
     from apps.invoicing import services as invoicing
     from apps.invoicing.models import CompanyRequisites, DocumentSequence
+    from apps.notifications.models import AlertDelivery, AlertSettings
 
     requisites = CompanyRequisites.objects.create(company=personas.company_a, legal_name="ООО «А»", inn="7701234567")
     top_up = invoicing.request_top_up(company=personas.company_a, amount=1_000_000, request_key="pages")
     invoice = invoicing.issue_invoice(top_up_request=top_up)
+    alert_settings = AlertSettings(company=personas.company_a, emails="ops@example.com", webhook_url="https://hooks.example.com/js")
+    alert_settings.rotate_webhook_secret()
+    alert_settings.save()
     return {
         "invoicing.companyrequisites": requisites,
         "invoicing.topuprequest": top_up,
         "invoicing.document": invoice,
         "invoicing.documentsequence": DocumentSequence.objects.get(),
+        "notifications.alertsettings": alert_settings,
+        "notifications.alertdelivery": AlertDelivery.objects.create(company=personas.company_a, kind="low_wallet",
+                                                                    subject_id=personas.company_a.pk, level=100, period="2026-11",
+                                                                    channel="webhook", payload={"level": 100}),
         "accounts.user": personas.manager_a,
         "accounts.company": personas.company_a,
         "accounts.department": catalog.department,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from import_export import fields
+from import_export import fields, resources
 
 from apps.billing.models import Transfer, UsageRecord
-from lib.spreadsheets import ExportOnlyResource, rub_field
+from lib.spreadsheets import ExportOnlyResource, SpreadsheetSafeMixin, rub_field
 
 
 class TransferResource(ExportOnlyResource):
@@ -49,3 +49,62 @@ class UsageRecordResource(ExportOnlyResource):
 
     def filter_export(self, queryset, **kwargs: Any):
         return queryset.select_related("company", "department", "token", "model", "provider", "supplier_key")
+
+
+# --- reports (apps/billing/reports.py): rows are dataclasses, not models -------------------------
+
+class _ReportResource(SpreadsheetSafeMixin, resources.Resource):
+    """Export-only rows of a report; amounts as exact RUB text ("1.5") next to the micro-RUB integer."""
+
+    def import_data(self, *args: Any, **kwargs: Any):
+        """Always raises ``PermissionError``: reports are never imported."""
+        raise PermissionError(f"{type(self).__name__} is export-only")
+
+
+def _col(name: str) -> fields.Field:
+    return fields.Field(attribute=name, column_name=name, readonly=True)
+
+
+class SpendRowResource(_ReportResource):
+    """``reports.SpendRow``: key, label, requests, tokens, sell/buy/margin (micro-RUB and RUB)."""
+
+    key = _col("key")
+    label = _col("label")
+    requests = _col("requests")
+    input_tokens = _col("input_tokens")
+    output_tokens = _col("output_tokens")
+    cached_tokens = _col("cached_tokens")
+    sell_cost = _col("sell_cost")
+    sell_cost_rub = rub_field("sell_cost", "sell_cost_rub")
+    buy_cost = _col("buy_cost")
+    buy_cost_rub = rub_field("buy_cost", "buy_cost_rub")
+    margin = _col("margin")
+    margin_rub = rub_field("margin", "margin_rub")
+
+
+class SupplierEarningsResource(_ReportResource):
+    """``reports.SupplierEarnings``: per supplier, usage earned and ledger accrued/paid out."""
+
+    supplier_id = _col("supplier_id")
+    supplier = _col("supplier")
+    requests = _col("requests")
+    earned = _col("earned")
+    earned_rub = rub_field("earned", "earned_rub")
+    accrued = _col("accrued")
+    accrued_rub = rub_field("accrued", "accrued_rub")
+    paid_out = _col("paid_out")
+    paid_out_rub = rub_field("paid_out", "paid_out_rub")
+
+
+class ForecastResource(_ReportResource):
+    """``reports.Forecast``: per company, spent this month and the month-end forecast."""
+
+    company_id = _col("company_id")
+    company = _col("company")
+    month = _col("month")
+    spent = _col("spent")
+    spent_rub = rub_field("spent", "spent_rub")
+    elapsed_seconds = _col("elapsed_seconds")
+    month_seconds = _col("month_seconds")
+    forecast = _col("forecast")
+    forecast_rub = rub_field("forecast", "forecast_rub")
