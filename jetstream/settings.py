@@ -237,6 +237,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # lapsed one released within 5 minutes is on time, and a 30 s sweep would only cost queries.
     "void-expired-holds": {"task": "apps.billing.tasks.void_expired_holds", "schedule": 300.0},
     "reconcile-spend-counters": {"task": "apps.proxy.tasks.reconcile_spend_counters", "schedule": 600.0},
+    # Local nodes' health (apps/providers/node_health.py): a down node leaves routing on the next config poll.
+    "check-local-nodes": {"task": "apps.providers.tasks.check_local_nodes",
+                          "schedule": float(envint("JETSTREAM_NODE_HEALTH_SECONDS", 15, minimum=1))},
 }
 
 # --- REST framework ------------------------------------------------------------------------
