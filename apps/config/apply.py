@@ -55,7 +55,7 @@ from lib.upsert import CREATED, UNCHANGED, UPDATED, Outcome
 _FIELDS = {
     "egress proxy": {"url_encrypted": "url", "url_display": "url"},
     "supplier key": {"secret_encrypted": "secret", "secret_key_id": "secret", "secret_last4": "secret"},
-    "local node": {"secret_encrypted": "secret", "secret_last4": "secret", "is_active": "active", "input_per_1m": "cost",
+    "local node": {"secret_encrypted": "secret", "secret_last4": "secret", "input_per_1m": "cost",
                    "output_per_1m": "cost", "gpu_hour": "cost", "tokens_per_hour": "cost", "provider": "base_url"},
     "FX rate": {"rub_per_unit": "rub"},
     "token": {"limit_total": "limits.total", "limit_weekly": "limits.weekly", "limit_monthly": "limits.monthly",
@@ -225,7 +225,7 @@ class _Run:
         outcome = self.attempt("local node", e, lambda: providers.upsert_local_node(
             provider=found["provider"], name=v["name"], base_url=v["base_url"], supplier=found.get("supplier"),
             secret=v.get("secret", ""), weight=v.get("weight"), internal=v.get("internal", False), cost=v.get("cost"),
-            health_path=v.get("health_path"), is_active=v.get("active", True), dry_run=self.dry_run))
+            health_path=v.get("health_path"), dry_run=self.dry_run))
         detail = ", ".join(f if f != "secret" else _("secret replaced") for f in outcome.fields) if outcome is not _FAILED else ""
         self.record("local node", e, outcome, (e.parent, v["name"]), detail)
 

@@ -81,7 +81,6 @@ _NODE = mapping({
     "internal": Key(boolean),
     "cost": Key(_node_cost),
     "health_path": Key(text),
-    "active": Key(boolean),
 })
 _LIMITS = mapping({
     "total": Key(amount()),

@@ -185,7 +185,6 @@ def upsert_local_node(
     internal: bool = False,
     cost: dict[str, int] | None = None,
     health_path: str | None = None,
-    is_active: bool = True,
     dry_run: bool = False,
 ) -> Outcome:
     """Create or update the node ``name`` of ``provider`` (an ``openai_compatible`` one).
@@ -194,7 +193,7 @@ def upsert_local_node(
     micro-RUB, "tokens_per_hour": tokens}`` (None: no cost). ``secret`` "" = a node without a key;
     it is replaced only when it differs from the stored one. ``base_url`` is checked against SSRF
     by ``LocalNode.clean`` (a private address only if ``internal``). The health fields are the
-    health task's and never touched here."""
+    health task's, and ``is_active`` the admin's (a new node is active): never touched here."""
     cost = cost or {}
     gpu = "gpu_hour" in cost
     with transaction.atomic():
@@ -204,7 +203,7 @@ def upsert_local_node(
             node = find_for_update(LocalNode.objects, dry_run=dry_run, provider=provider, name=name)
         node = node or LocalNode(provider=provider, name=name)
         changed = stage(node, {
-            "base_url": base_url, "supplier": supplier, "internal": internal, "is_active": is_active,
+            "base_url": base_url, "supplier": supplier, "internal": internal,
             "weight": weight if weight is not None else model_default(LocalNode, "weight"),
             "health_path": health_path or model_default(LocalNode, "health_path"),
             "cost_mode": NodeCostMode.GPU_HOUR if gpu else NodeCostMode.PER_TOKENS,
