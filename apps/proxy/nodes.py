@@ -49,7 +49,7 @@ class NodeRoute:
     id: int
     name: str
     base_url: str
-    secret: str
+    secret: str = field(repr=False)  # never in a log line or a traceback's repr
     weight: int
     supplier_id: int | None
     cost_input: int
