@@ -2,11 +2,14 @@
 
 No ORM query per request in the steady state: a token is loaded once (in a dedicated loader
 thread, off the event loop) and kept until the config version changes. Every write to a token,
-company, department, model, price, FX rate, provider or supplier key bumps the version key in
-Redis on commit (see ``bump_config_version``); each proxy worker polls that key every
-``POLL_SECONDS`` (one MGET per worker, not per request), so a block, revoke or limit change
+company, department, model, price, FX rate, provider, supplier key or local node bumps the
+version key in Redis on commit (see ``bump_config_version``); each proxy worker polls that key
+every ``POLL_SECONDS`` (one MGET per worker, not per request), so a block, revoke or limit change
 reaches every replica within a second. The same MGET reads the supplier keys' health version
-(``apps/proxy/health.py``): the shared health records are re-read only when it changed.
+(``apps/proxy/health.py``): the shared health records are re-read only when it changed. A local
+node's health (``apps/providers/node_health.py``) rides on the config version itself: the health
+task saves a node whose state changed. When the routes have local nodes the poller also publishes
+this worker's outstanding requests per node about once a second (``nodes.NodeBalancer.publish``).
 """
 
 from __future__ import annotations
