@@ -158,3 +158,13 @@ def test_the_admin_adds_a_node_with_its_key_encrypted(superadmin_client, local):
     response = superadmin_client.post(reverse("admin:providers_localnode_add"), {**form, "name": "public"})
     assert response.status_code == 200 and not LocalNode.objects.filter(name="public").exists()
 
+
+
+def test_the_beat_task_checks_every_node_and_counts_the_down_ones(local):
+    from apps.providers.tasks import check_local_nodes
+    from tests.proxy.conftest import free_port
+
+    node(local, name="dead", base_url=f"http://127.0.0.1:{free_port()}/v1").save()
+    assert check_local_nodes() == 1
+    assert LocalNode.objects.get(name="dead").health == NodeHealth.DOWN
+    assert settings.CELERY_BEAT_SCHEDULE["check-local-nodes"]["task"] == "apps.providers.tasks.check_local_nodes"
