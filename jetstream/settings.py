@@ -272,6 +272,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
                                  "schedule": crontab(hour=6, minute=0)},
     # Spend alerts (apps/notifications/alerts.py): a few aggregate queries; sends what is due.
     "send-spend-alerts": {"task": "apps.notifications.tasks.send_spend_alerts", "schedule": 60.0},
+    # Local nodes' health (apps/providers/node_health.py): a down node leaves routing on the next config poll.
+    "check-local-nodes": {"task": "apps.providers.tasks.check_local_nodes",
+                          "schedule": float(envint("JETSTREAM_NODE_HEALTH_SECONDS", 15, minimum=1))},
 }
 
 # --- Prices and FX (docs/billing.md "Prices and currencies") --------------------------------

@@ -9,6 +9,19 @@ from django.urls import reverse
 OUR_APPS = {"accounts", "providers", "billing", "proxy", "moderation", "invoicing", "notifications"}
 
 
+NODE_SECRET = "node-secret-0123456789abcdef"
+
+
+def _local_node(personas):
+    from apps.providers.models import LocalNode, Provider
+
+    provider = Provider.objects.create(slug="local", kind="openai_compatible", base_url="http://127.0.0.1:9/v1", internal=True)
+    node = LocalNode(provider=provider, name="gpu-a", base_url="http://127.0.0.1:9/v1", internal=True, supplier=personas.supplier)
+    node.set_secret(NODE_SECRET)
+    node.save()
+    return node
+
+
 def _instances(personas, catalog) -> dict[str, object]:
     from apps.accounts.models import Membership, SupplierMembership
     from apps.billing.models import FeedRun
@@ -42,6 +55,7 @@ def _instances(personas, catalog) -> dict[str, object]:
         "providers.model": catalog.model,
         "providers.price": catalog.price,
         "providers.supplierkey": catalog.supplier_key,
+        "providers.localnode": _local_node(personas),
         "billing.account": catalog.wallet,
         "billing.transfer": catalog.transfer,
         "billing.fxrate": catalog.fx_rate,
@@ -56,7 +70,7 @@ def _instances(personas, catalog) -> dict[str, object]:
 def _assert_clean(response, catalog, url: str) -> None:
     assert response.status_code == 200, url
     html = response.content.decode()
-    for secret in catalog.secrets():
+    for secret in (*catalog.secrets(), NODE_SECRET):
         assert secret not in html, f"{url} shows a secret"
 
 

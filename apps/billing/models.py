@@ -28,10 +28,12 @@ class AccountKind(models.TextChoices):
     PLATFORM_REVENUE = "platform_revenue", _("Platform revenue")
     UPSTREAM_COST = "upstream_cost", _("Upstream cost")
     PLATFORM_CASH = "platform_cash", _("Platform cash (incoming payments, payouts)")
+    PLATFORM_HARDWARE = "platform_hardware", _("Platform hardware (own local nodes' cost)")
 
 
 # Kinds that exist once for the whole platform.
-PLATFORM_KINDS = (AccountKind.PLATFORM_REVENUE, AccountKind.UPSTREAM_COST, AccountKind.PLATFORM_CASH)
+PLATFORM_KINDS = (AccountKind.PLATFORM_REVENUE, AccountKind.UPSTREAM_COST, AccountKind.PLATFORM_CASH,
+                  AccountKind.PLATFORM_HARDWARE)
 
 
 class Account(models.Model):
@@ -232,6 +234,8 @@ class UsageRecord(models.Model):
     model = models.ForeignKey("providers.Model", on_delete=models.PROTECT, null=True, blank=True, related_name="usage", verbose_name=_("model"))
     provider = models.ForeignKey("providers.Provider", on_delete=models.PROTECT, null=True, blank=True, related_name="usage", verbose_name=_("provider"))
     supplier_key = models.ForeignKey("providers.SupplierKey", on_delete=models.PROTECT, null=True, blank=True, related_name="usage", verbose_name=_("supplier key"))
+    node = models.ForeignKey("providers.LocalNode", on_delete=models.PROTECT, null=True, blank=True, related_name="usage",
+                             verbose_name=_("local node"), help_text=_("The local node that served the request, if any."))
     price = models.ForeignKey("providers.Price", on_delete=models.PROTECT, null=True, blank=True, related_name="usage", verbose_name=_("price version"))
     fx_rub_per_unit = models.BigIntegerField(_("FX used, micro-RUB"), null=True, blank=True)
     stream = models.BooleanField(_("streaming"), default=False)

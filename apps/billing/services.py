@@ -82,7 +82,7 @@ def supplier_payable(supplier: Any) -> Account:
 
 
 def platform_account(kind: str) -> Account:
-    """One of the platform's own accounts: platform_revenue, upstream_cost or platform_cash."""
+    """One of the platform's own accounts: platform_revenue, upstream_cost, platform_cash or platform_hardware."""
     if kind not in [k.value for k in PLATFORM_KINDS]:
         raise InvalidTransfer(
             _("%(kind)r is not a platform account kind; use one of %(kinds)s.")

@@ -61,6 +61,7 @@ class UsageEvent:
     provider_id: int | None = None
     supplier_key_id: int | None = None
     supplier_id: int | None = None
+    node_id: int | None = None  # the local node that served the request (apps.providers.models.LocalNode)
     price_id: int | None = None
     fx_rub_per_unit: int | None = None  # micro-RUB per unit of the price's currency
     stream: bool = False
@@ -69,7 +70,7 @@ class UsageEvent:
     cached_tokens: int = 0
     usage_counted_locally: bool = False
     sell_cost: int = 0  # micro-RUB the company pays
-    buy_cost: int = 0  # micro-RUB the platform owes the supplier
+    buy_cost: int = 0  # micro-RUB the platform owes the supplier (a local node: its hardware cost)
     error_type: str = ""
     error_code: str = ""
     latency_ms: int = 0
@@ -77,7 +78,8 @@ class UsageEvent:
     client_ip: str | None = None
     usage_clamped: bool = False  # a count, cost, status or time was out of its column's range (see normalised)
     # The upstream tries, in order: [{"key": supplier key id, "status": the gateway's HTTP status for
-    # the try (200 = answered), "code": its error code ("" = none), "ms": milliseconds}] (see normalised).
+    # the try (200 = answered), "code": its error code ("" = none), "ms": milliseconds}, plus "node":
+    # the local node's id for a node's try (key None)] (see normalised).
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def encode(self) -> bytes:
@@ -107,7 +109,8 @@ class UsageEvent:
         * ``started_at``/``finished_at`` (Unix seconds): not finite or outside 1970…9999 → now;
         * ``client_ip``: not an address PostgreSQL's ``inet`` takes → None (an IPv6 zone is dropped);
         * ``attempts``: a list of at most ``MAX_ATTEMPTS_RECORDED`` objects with exactly ``key`` (an
-          id or None), ``status`` (0…999), ``code`` (text, 64 characters) and ``ms`` (int32 ≥ 0);
+          id or None), ``status`` (0…999), ``code`` (text, 64 characters) and ``ms`` (int32 ≥ 0),
+          and ``node`` (a local node's id) for a node's try;
           anything else in it is dropped or made so (not flagged: nothing the bill depends on).
 
         A clamped count, cost or status, or a replaced time, sets ``usage_clamped`` (the raw values
@@ -325,7 +328,12 @@ _BIGINT = 2**63 - 1
 
 
 def _attempt_fits(item: Any) -> bool:
-    return (type(item) is dict and len(item) == 4 and (item.get("key") is None or (type(item["key"]) is int and 0 < item["key"] <= _BIGINT))
+    if type(item) is dict and len(item) == 5:  # a local node's try names the node too
+        if not (type(item.get("node")) is int and 0 < item["node"] <= _BIGINT):
+            return False
+    elif not (type(item) is dict and len(item) == 4):
+        return False
+    return ((item.get("key") is None or (type(item["key"]) is int and 0 < item["key"] <= _BIGINT))
             and type(item.get("status")) is int and 0 <= item["status"] <= 999
             and type(item.get("code")) is str and len(item["code"]) <= _ATTEMPT_CODE_LENGTH and item["code"].isascii()
             and "\x00" not in item["code"] and type(item.get("ms")) is int and 0 <= item["ms"] <= _INT32)
@@ -341,8 +349,12 @@ def _attempts(value: Any, limit: int) -> tuple[list[dict[str, Any]], bool]:
         if _attempt_fits(item):
             kept.append(item)
             continue
-        kept.append({"key": _id(item.get("key"), (1, _BIGINT))[0], "status": _count(item.get("status"), (0, 999))[0],
-                     "code": _text(item.get("code"), _ATTEMPT_CODE_LENGTH)[0], "ms": _count(item.get("ms"), (0, _INT32))[0]})
+        attempt = {"key": _id(item.get("key"), (1, _BIGINT))[0], "status": _count(item.get("status"), (0, 999))[0],
+                   "code": _text(item.get("code"), _ATTEMPT_CODE_LENGTH)[0], "ms": _count(item.get("ms"), (0, _INT32))[0]}
+        node = _id(item.get("node"), (1, _BIGINT))[0]
+        if node is not None:
+            attempt["node"] = node
+        kept.append(attempt)
     return kept, False
 
 

@@ -4,7 +4,7 @@ transfers (``apps/billing/usage.py`` defines the event).
 ``record_usage_batch`` is durable and idempotent by request id: one PostgreSQL transaction per
 batch, records ``ON CONFLICT (request_id)`` and transfers ``ON CONFLICT (idempotency_id)``
 (``usage:<request id>:sell`` wallet → platform revenue, ``usage:<request id>:buy`` upstream cost
-→ supplier payable), so writing a batch again after a crash is a no-op. The money rules stay the
+→ supplier payable — or, for a local node of the platform's own, upstream cost → platform hardware), so writing a batch again after a crash is a no-op. The money rules stay the
 ledger's: migration 0002's triggers keep the account sums and its CHECK refuses an overdraft.
 A batch the database refuses is split in halves until the refused events stand alone; what the
 database still refuses on its own is returned (``RecordOutcome.refused``) for the meter writer to
@@ -219,7 +219,7 @@ def _owner(field: str, pk: int) -> Any:
 _RECORD_COLUMNS = (
     ("request_id", "text"), ("token_id", "bigint"), ("company_id", "bigint"), ("department_id", "bigint"),
     ("endpoint", "text"), ("model_name", "text"), ("model_id", "bigint"), ("provider_id", "bigint"),
-    ("supplier_key_id", "bigint"), ("price_id", "bigint"), ("fx_rub_per_unit", "bigint"), ("stream", "boolean"),
+    ("supplier_key_id", "bigint"), ("node_id", "bigint"), ("price_id", "bigint"), ("fx_rub_per_unit", "bigint"), ("stream", "boolean"),
     ("input_tokens", "integer"), ("output_tokens", "integer"), ("cached_tokens", "integer"),
     ("usage_counted_locally", "boolean"), ("sell_cost", "bigint"), ("buy_cost", "bigint"), ("status", "text"),
     ("http_status", "smallint"), ("error_type", "text"), ("error_code", "text"), ("latency_ms", "integer"),
@@ -266,7 +266,7 @@ def _record_rows(events: list[UsageEvent]) -> list[list]:
         # The events are normalised (record_usage_batch): every value fits its column.
         values = (
             e.request_id, e.token_id, e.company_id, e.department_id, e.endpoint, e.model_name, e.model_id,
-            e.provider_id, e.supplier_key_id, e.price_id, e.fx_rub_per_unit, e.stream, e.input_tokens,
+            e.provider_id, e.supplier_key_id, e.node_id, e.price_id, e.fx_rub_per_unit, e.stream, e.input_tokens,
             e.output_tokens, e.cached_tokens, e.usage_counted_locally, e.sell_cost, e.buy_cost,
             e.status or UsageStatus.FAILED, e.http_status, e.error_type, e.error_code,
             e.latency_ms, e.ttft_ms, e.client_ip, _ts(e.started_at), _ts(e.finished_at), e.usage_clamped,
@@ -289,11 +289,23 @@ def _transfer_rows(events: list[UsageEvent]) -> list[list]:
             amounts.append(sell)
             kinds.append(TransferKind.USAGE)
             rids.append(e.request_id)
-        if e.buy_cost and e.supplier_id and e.buy_cost != ceiling:  # as posted_sell_cost
+        owed_to = _buy_credit(e)
+        if e.buy_cost and owed_to is not None and e.buy_cost != ceiling:  # as posted_sell_cost
             ids.append(f"usage:{e.request_id}:buy")
             debits.append(ledger_accounts.platform(AccountKind.UPSTREAM_COST))
-            credits.append(ledger_accounts.payable(e.supplier_id))
+            credits.append(owed_to)
             amounts.append(e.buy_cost)
             kinds.append(TransferKind.USAGE_COST)
             rids.append(e.request_id)
     return [ids, debits, credits, amounts, kinds, rids]
+
+
+def _buy_credit(event: UsageEvent) -> int | None:
+    """The account a request's buy cost is owed to: the supplier's payable (a supplier's key or
+    local node); for a local node without a supplier, the platform's hardware account (its own
+    hardware's cost, which no one is paid); None for nothing to accrue (the mock)."""
+    if event.supplier_id:
+        return ledger_accounts.payable(event.supplier_id)
+    if event.node_id:
+        return ledger_accounts.platform(AccountKind.PLATFORM_HARDWARE)
+    return None

@@ -55,6 +55,8 @@ from lib.upsert import CREATED, UNCHANGED, UPDATED, Outcome
 _FIELDS = {
     "egress proxy": {"url_encrypted": "url", "url_display": "url"},
     "supplier key": {"secret_encrypted": "secret", "secret_key_id": "secret", "secret_last4": "secret"},
+    "local node": {"secret_encrypted": "secret", "secret_last4": "secret", "input_per_1m": "cost",
+                   "output_per_1m": "cost", "gpu_hour": "cost", "tokens_per_hour": "cost", "provider": "base_url"},
     "FX rate": {"rub_per_unit": "rub"},
     "token": {"limit_total": "limits.total", "limit_weekly": "limits.weekly", "limit_monthly": "limits.monthly",
               "rpm": "limits.rpm", "tpm": "limits.tpm", "key_hash": "secret", "key_prefix": "secret"},
@@ -158,6 +160,7 @@ class _Run:
         self.each("supplier", c.suppliers, _slug_of, self.supplier)
         self.each("provider", c.providers, _slug_of, self.provider)
         self.each("supplier key", c.keys, lambda e: (e.parent, e.values["name"]), self.supplier_key)
+        self.each("local node", c.nodes, lambda e: (e.parent, e.values["name"]), self.local_node)
         self.each("FX rate", c.fx, lambda e: e.values["currency"], self.fx_rate)
         self.each("model", c.models, lambda e: e.values["name"], self.model)
         self.each("company", c.companies, _slug_of, self.company)
@@ -209,6 +212,22 @@ class _Run:
             priority=v.get("priority"), status=v.get("status"), buy_coefficient=v.get("buy_coefficient"), dry_run=self.dry_run))
         detail = ", ".join(f if f != "secret" else _("secret replaced") for f in outcome.fields) if outcome is not _FAILED else ""
         self.record("supplier key", e, outcome, (e.parent, v["name"]), detail)
+
+    def local_node(self, e: Entry) -> None:
+        """Upsert one node of the provider it is declared under (its supplier by slug, if any); a new
+        secret is reported as "secret replaced", never shown."""
+        v = e.values
+        requests: dict[str, tuple[str, Any, str, Callable[[], Any]]] = {"provider": ("provider", e.parent, e.place, lambda: None)}
+        if "supplier" in v:
+            requests["supplier"] = ("supplier", v["supplier"], join(e.place, "supplier"),
+                                    lambda: Supplier.objects.filter(slug=v["supplier"]).first())
+        found = self.refs(requests)
+        outcome = self.attempt("local node", e, lambda: providers.upsert_local_node(
+            provider=found["provider"], name=v["name"], base_url=v["base_url"], supplier=found.get("supplier"),
+            secret=v.get("secret", ""), weight=v.get("weight"), internal=v.get("internal", False), cost=v.get("cost"),
+            health_path=v.get("health_path"), dry_run=self.dry_run))
+        detail = ", ".join(f if f != "secret" else _("secret replaced") for f in outcome.fields) if outcome is not _FAILED else ""
+        self.record("local node", e, outcome, (e.parent, v["name"]), detail)
 
     def fx_rate(self, e: Entry) -> None:
         """Set one ``fx`` rate (``rub`` micro-RUB per unit); a different rate adds a version."""

@@ -55,6 +55,33 @@ _SUPPLIER_KEY = mapping({
     "status": Key(choice(SupplierKeyStatus.values)),
     "buy_coefficient": Key(coefficient),
 })
+_NODE_COST_PER_TOKENS = mapping({
+    "input_per_1m": Key(amount(), required=True),
+    "output_per_1m": Key(amount(), required=True),
+})
+_NODE_COST_GPU_HOUR = mapping({
+    "gpu_hour": Key(amount(), required=True),
+    "tokens_per_hour": Key(integer(minimum=1), required=True),
+})
+
+
+def _node_cost(value: Any, place: str) -> dict[str, int]:
+    """A node's cost in RUB: ``{input_per_1m, output_per_1m}`` or ``{gpu_hour, tokens_per_hour}`` (micro-RUB out)."""
+    if isinstance(value, dict) and "gpu_hour" in value:
+        return _NODE_COST_GPU_HOUR(value, place)
+    return _NODE_COST_PER_TOKENS(value, place)
+
+
+_NODE = mapping({
+    "name": Key(text, required=True),
+    "base_url": Key(text, required=True),
+    "supplier": Key(slug),
+    "secret": Key(secret),
+    "weight": Key(integer(minimum=1)),
+    "internal": Key(boolean),
+    "cost": Key(_node_cost),
+    "health_path": Key(text),
+})
 _LIMITS = mapping({
     "total": Key(amount()),
     "weekly": Key(amount()),
@@ -120,6 +147,7 @@ SCHEMA = mapping({
         "country": Key(text),
         "egress": Key(slug),
         "keys": Key(list_of(_SUPPLIER_KEY)),
+        "nodes": Key(list_of(_NODE)),
     }))),
     "models": Key(list_of(mapping({
         "name": Key(text, required=True),
@@ -169,6 +197,7 @@ class Config:
     suppliers: list[Entry] = field(default_factory=list)
     providers: list[Entry] = field(default_factory=list)
     keys: list[Entry] = field(default_factory=list)
+    nodes: list[Entry] = field(default_factory=list)
     models: list[Entry] = field(default_factory=list)
     fx: list[Entry] = field(default_factory=list)
     companies: list[Entry] = field(default_factory=list)
@@ -223,6 +252,8 @@ def _entries(document: dict[str, Any]) -> tuple[Config, list[Entry]]:
         config.providers.append(Entry(values["slug"], place, values))
         for key_index, key in enumerate(values.get("keys", [])):
             config.keys.append(Entry(f"{values['slug']}/{key['name']}", f"{place}.keys[{key_index}]", key, parent=values["slug"]))
+        for node_index, node in enumerate(values.get("nodes", [])):
+            config.nodes.append(Entry(f"{values['slug']}/{node['name']}", f"{place}.nodes[{node_index}]", node, parent=values["slug"]))
     for index, values in enumerate(document.get("models", [])):
         config.models.append(Entry(values["name"], f"models[{index}]", values))
     for index, values in enumerate(document.get("fx", [])):
@@ -252,6 +283,7 @@ def parse(data: Any) -> Config:
     _unique(config.suppliers, "slug", _("supplier slug"), problems)
     _unique(config.providers, "slug", _("provider slug"), problems)
     _unique(config.keys, "name", _("key name"), problems)
+    _unique(config.nodes, "name", _("node name"), problems)
     _unique(config.models, "name", _("model name"), problems)
     _unique(config.fx, "currency", _("FX currency"), problems)
     _unique(config.companies, "slug", _("company slug"), problems)

@@ -16,6 +16,7 @@ from lib.upsert import CREATED, UNCHANGED, UPDATED
 KINDS = [
     (gettext_noop("egress proxy"), gettext_noop("egress proxies")), (gettext_noop("supplier"), gettext_noop("suppliers")),
     (gettext_noop("provider"), gettext_noop("providers")), (gettext_noop("supplier key"), gettext_noop("supplier keys")),
+    (gettext_noop("local node"), gettext_noop("local nodes")),
     (gettext_noop("model"), gettext_noop("models")), (gettext_noop("price"), gettext_noop("prices")),
     (gettext_noop("FX rate"), gettext_noop("FX rates")), (gettext_noop("company"), gettext_noop("companies")),
     (gettext_noop("department"), gettext_noop("departments")), (gettext_noop("top-up"), gettext_noop("top-ups")),

@@ -8,6 +8,11 @@ Supplier keys show their shared health (``apps/providers/key_health.py``, read f
 once a second for every page): circuit state, rate-limit cooldown, the last error (scrubbed by the
 proxy) and the average latency of the key's answers in the last hour (from usage records).
 Re-enabling a key (status back to active) also clears its health record in every proxy.
+
+Local nodes show their health as the health task last saw it (state, check latency, last error,
+when), their outstanding requests summed over the proxy workers (approximate, published about once
+a second), their cost per 1M tokens and the average buy cost and latency of their requests in the
+last hour (from usage records).
 """
 
 from __future__ import annotations
@@ -34,8 +39,17 @@ from django.utils.translation import gettext_lazy as _
 from import_export.admin import ImportExportMixin
 
 from apps.billing.models import UsageRecord, UsageStatus
-from apps.providers import key_health
-from apps.providers.models import EgressProxy, Model, Price, Provider, SupplierKey, SupplierKeyStatus
+from apps.providers import key_health, node_health
+from apps.providers.models import (
+    EgressProxy,
+    LocalNode,
+    Model,
+    NodeCostMode,
+    Price,
+    Provider,
+    SupplierKey,
+    SupplierKeyStatus,
+)
 from apps.providers.resources import ModelResource, PriceResource
 from lib.admin import SPREADSHEET_FORMATS, AppendOnlyAdminMixin, ExportPermissionMixin, MicroAmountField, rub_column
 from lib.crypto import SecretDecryptionError
@@ -378,3 +392,122 @@ class SupplierKeyAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: SupplierKey | None = None) -> list[str]:
         return [] if obj is None else ["masked_secret", "secret_key_id", "health", "cooldown_until", "last_error",
                                        "recent_latency", "created_at", "updated_at"]
+
+
+# --- Local nodes --------------------------------------------------------------------------------
+
+_NODE_COST_HELP = _("RUB, e.g. 120 or 0.35 (micro-ruble precision).")
+
+
+class _NodeLoadCache:
+    """The nodes' outstanding requests (``node_health.outstanding_by_node``), read from Redis at most
+    once per ``_HEALTH_TTL`` seconds: a changelist shows many nodes, one read serves them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._read_at = 0.0
+        self._load: dict[int, int] = {}
+
+    def read(self) -> dict[int, int]:
+        with self._lock:
+            if time.monotonic() - self._read_at > _HEALTH_TTL:
+                self._load = node_health.outstanding_by_node()
+                self._read_at = time.monotonic()
+            return self._load
+
+
+_node_load = _NodeLoadCache()
+
+
+class LocalNodeForm(forms.ModelForm):
+    secret = WriteOnlySecretField(
+        label=_("API key"), max_length=4000, required=False,
+        help_text=_("The node's API key, if it asks for one (vLLM --api-key). Stored encrypted; leave empty to keep "
+                    "the current one."),
+    )
+    clear_secret = forms.BooleanField(label=_("remove the API key"), required=False)
+    input_per_1m = MicroAmountField(label=_("input per 1M tokens, RUB"), required=False, help_text=_NODE_COST_HELP)
+    output_per_1m = MicroAmountField(label=_("output per 1M tokens, RUB"), required=False, help_text=_NODE_COST_HELP)
+    gpu_hour = MicroAmountField(label=_("GPU-hour, RUB"), required=False, help_text=_NODE_COST_HELP)
+
+    class Meta:
+        model = LocalNode
+        fields = ["provider", "name", "base_url", "internal", "secret", "clear_secret", "weight", "supplier", "cost_mode",
+                  "input_per_1m", "output_per_1m", "gpu_hour", "tokens_per_hour", "health_path", "is_active"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        for name in ("input_per_1m", "output_per_1m", "gpu_hour"):
+            if cleaned.get(name) is None:
+                cleaned[name] = 0
+        if cleaned.get("clear_secret"):
+            self.instance.set_secret("")
+        elif cleaned.get("secret"):
+            self.instance.set_secret(cleaned["secret"])
+        return cleaned
+
+
+@admin.register(LocalNode)
+class LocalNodeAdmin(admin.ModelAdmin):
+    form = LocalNodeForm
+    list_display = ["name", "provider", "base_url", "supplier", "weight", "is_active", "health_state", "outstanding",
+                    "health_latency", "health_error", "health_checked_at", "cost_rate", "recent_cost", "recent_latency"]
+    list_filter = ["health", "is_active", "provider", "cost_mode"]
+    search_fields = ["name", "provider__slug", "supplier__slug", "base_url"]
+    list_select_related = ["provider", "supplier"]
+    autocomplete_fields = ["provider", "supplier"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[LocalNode]:
+        # The node's requests in the last hour, averaged in subqueries: no query per row.
+        since = timezone.now() - timedelta(hours=1)
+        recent = UsageRecord.objects.filter(node=OuterRef("pk"), started_at__gte=since, status=UsageStatus.OK).values("node")
+        return super().get_queryset(request).annotate(
+            recent_latency_ms=Subquery(recent.annotate(avg=Avg("latency_ms")).values("avg")),
+            recent_buy_cost=Subquery(recent.annotate(avg=Avg("buy_cost")).values("avg")))
+
+    @admin.display(description=_("health"), ordering="health")
+    def health_state(self, obj: LocalNode) -> str:
+        return str(obj.get_health_display())
+
+    @admin.display(description=_("outstanding (≈)"))
+    def outstanding(self, obj: LocalNode) -> str:
+        return str(_node_load.read().get(obj.pk, 0))
+
+    @admin.display(description=_("check latency"), ordering="health_latency_ms")
+    def health_latency(self, obj: LocalNode) -> str:
+        return "—" if obj.health_latency_ms is None else f"{obj.health_latency_ms} ms"
+
+    @admin.display(description=_("cost per 1M tokens (in / out)"))
+    def cost_rate(self, obj: LocalNode) -> str:
+        """The per-token rate billing uses, per 1M tokens; for a GPU-hour cost, the hour shared by its throughput."""
+        rate_in, rate_out = obj.rate_per_1m
+        text = f"{format_rub(rate_in, 2)} / {format_rub(rate_out, 2)} ₽"
+        if obj.cost_mode == NodeCostMode.GPU_HOUR:
+            text += f" ({format_rub(obj.gpu_hour, 2)} ₽/h ÷ {obj.tokens_per_hour} tok/h)"
+        return text
+
+    @admin.display(description=_("avg cost per request, last hour"))
+    def recent_cost(self, obj: LocalNode) -> str:
+        value = getattr(obj, "recent_buy_cost", None)
+        return "—" if value is None else f"{format_rub(round(value), 6)} ₽"
+
+    @admin.display(description=_("avg latency, last hour"))
+    def recent_latency(self, obj: LocalNode) -> str:
+        value = getattr(obj, "recent_latency_ms", None)
+        return "—" if value is None else f"{round(value)} ms"
+
+    @admin.display(description=_("API key"))
+    def masked_secret(self, obj: LocalNode) -> str:
+        return f"…{obj.secret_last4}" if obj.secret_last4 else "—"
+
+    def get_fields(self, request: HttpRequest, obj: LocalNode | None = None) -> list[str]:
+        fields = ["provider", "name", "base_url", "internal", "secret", "clear_secret", "weight", "supplier", "cost_mode",
+                  "input_per_1m", "output_per_1m", "gpu_hour", "tokens_per_hour", "health_path", "is_active"]
+        if obj is None:
+            return fields
+        return [*fields[:4], "masked_secret", *fields[4:], "health_state", "outstanding", "health_latency", "health_error",
+                "health_checked_at", "cost_rate", "recent_cost", "recent_latency", "created_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: LocalNode | None = None) -> list[str]:
+        return [] if obj is None else ["masked_secret", "health_state", "outstanding", "health_latency", "health_error",
+                                       "health_checked_at", "cost_rate", "recent_cost", "recent_latency", "created_at"]

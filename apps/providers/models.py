@@ -323,3 +323,118 @@ class SupplierKey(models.Model):
     def masked_secret(self) -> str:
         """The secret's last 4 characters after an ellipsis ("…1234"), for display."""
         return f"…{self.secret_last4}"
+
+
+# --- Local nodes (issue 8, item 7) -------------------------------------------------------------
+
+_NODE_SECRET_CONTEXT = "local-node-key"
+
+
+class NodeHealth(models.TextChoices):
+    """A local node's state as the health task (``apps/providers/tasks.py``) last saw it. Only UNKNOWN
+    (not checked yet) and UP nodes are routed; DOWN nodes are skipped by every proxy worker."""
+
+    UNKNOWN = "unknown", _("Not checked yet")
+    UP = "up", _("Up")
+    DOWN = "down", _("Down")
+
+
+class NodeCostMode(models.TextChoices):
+    """How a node's hardware cost is given: per 1M tokens, or per GPU-hour with a throughput."""
+
+    PER_TOKENS = "per_1m", _("Per 1M tokens (input / output)")
+    GPU_HOUR = "gpu_hour", _("Per GPU-hour at an expected throughput")
+
+
+class LocalNode(models.Model):
+    """One server (vLLM, Ollama, llama.cpp, TGI…) behind an ``openai_compatible`` provider.
+
+    A provider with active nodes sends its models' calls to its nodes (balanced by least outstanding
+    requests, ``apps/proxy/nodes.py``) instead of its own base URL. ``base_url`` is the node's API
+    root (``http://10.0.0.5:8000/v1``); the optional API key is stored AES-256-GCM encrypted like a
+    supplier key. ``supplier``: the company whose hardware it is (its buy cost accrues to that
+    supplier's payable); none = the platform's own hardware (docs/providers.md, "Local nodes").
+
+    Cost, integer micro-RUB: ``input_per_1m`` / ``output_per_1m`` per 1M tokens, or ``gpu_hour`` per
+    GPU-hour with ``tokens_per_hour`` (input and output alike); see ``cost_fraction``.
+    The ``health_*`` fields are written by the health task only."""
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="nodes", verbose_name=_("provider"))
+    name = models.CharField(_("name"), max_length=100)
+    base_url = models.URLField(_("base URL"), max_length=500, help_text=_("The node's API root, e.g. http://10.0.0.5:8000/v1"))
+    internal = models.BooleanField(_("internal address allowed"), default=False,
+                                   help_text=_("Allow a loopback/private address. Refused otherwise."))
+    secret_encrypted = models.TextField(_("API key (encrypted)"), editable=False, blank=True)
+    secret_last4 = models.CharField(_("last 4 characters"), max_length=4, editable=False, blank=True)
+    weight = models.PositiveIntegerField(_("weight"), default=1, validators=[MinValueValidator(1)],
+                                         help_text=_("Capacity relative to the provider's other nodes: outstanding "
+                                                     "requests are compared per unit of weight."))
+    supplier = models.ForeignKey("accounts.Supplier", on_delete=models.PROTECT, null=True, blank=True, related_name="nodes",
+                                 verbose_name=_("supplier"), help_text=_("Empty: the platform's own hardware."))
+    cost_mode = models.CharField(_("cost given"), max_length=16, choices=NodeCostMode.choices, default=NodeCostMode.PER_TOKENS)
+    input_per_1m = models.BigIntegerField(_("input per 1M tokens, micro-RUB"), default=0, validators=[MinValueValidator(0)])
+    output_per_1m = models.BigIntegerField(_("output per 1M tokens, micro-RUB"), default=0, validators=[MinValueValidator(0)])
+    gpu_hour = models.BigIntegerField(_("GPU-hour, micro-RUB"), default=0, validators=[MinValueValidator(0)])
+    tokens_per_hour = models.PositiveBigIntegerField(_("throughput, tokens per hour"), default=0)
+    health_path = models.CharField(_("health check path"), max_length=200, default="/health",
+                                   help_text=_("GET on the node's origin, e.g. /health (vLLM, TGI) or /v1/models (Ollama, llama.cpp)."))
+    is_active = models.BooleanField(_("active"), default=True)
+    health = models.CharField(_("health"), max_length=16, choices=NodeHealth.choices, default=NodeHealth.UNKNOWN, editable=False)
+    health_latency_ms = models.PositiveIntegerField(_("check latency, ms"), null=True, blank=True, editable=False)
+    health_error = models.CharField(_("last error"), max_length=300, blank=True, editable=False)
+    health_checked_at = models.DateTimeField(_("last checked"), null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("local node")
+        verbose_name_plural = _("local nodes")
+        ordering = ["provider__slug", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "name"], name="local_node_name_unique_per_provider"),
+            models.CheckConstraint(condition=models.Q(input_per_1m__gte=0, output_per_1m__gte=0, gpu_hour__gte=0),
+                                   name="local_node_cost_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider.slug}/{self.name}" if self.provider_id else self.name
+
+    def clean(self) -> None:
+        """Raise ``ValidationError`` unless the provider is ``openai_compatible``, ``base_url`` passes
+        ``validate_outbound_url`` (a DNS lookup; a private address only if ``internal``), ``health_path``
+        starts with "/", and a GPU-hour cost names its throughput."""
+        if self.provider_id and self.provider.kind != ProviderKind.OPENAI_COMPATIBLE:
+            raise ValidationError({"provider": _("Only OpenAI-compatible providers have local nodes.")})
+        try:
+            validate_outbound_url(self.base_url, internal=self.internal, subject="node")
+        except UnsafeURLError as exc:
+            raise ValidationError({"base_url": str(exc)}) from None
+        if not (self.health_path or "").startswith("/"):
+            raise ValidationError({"health_path": _("Start the path with /.")})
+        if self.cost_mode == NodeCostMode.GPU_HOUR and not self.tokens_per_hour:
+            raise ValidationError({"tokens_per_hour": _("A GPU-hour cost needs the node's throughput.")})
+
+    def set_secret(self, secret: str) -> None:
+        """Store the node's API key (stripped) encrypted, or none for "" (a node without auth)."""
+        secret = (secret or "").strip()
+        self.secret_encrypted = crypto.encrypt(secret, context=_NODE_SECRET_CONTEXT) if secret else ""
+        self.secret_last4 = secret[-4:] if secret else ""
+
+    def reveal_secret(self) -> str:
+        """The decrypted API key ("" for none); only the proxy and the health task call this.
+        Raises ``lib.crypto.SecretDecryptionError``."""
+        return crypto.decrypt(self.secret_encrypted, context=_NODE_SECRET_CONTEXT) if self.secret_encrypted else ""
+
+    def cost_fraction(self) -> tuple[int, int, int]:
+        """The node's cost as (input numerator, output numerator, denominator): a request of ``i``
+        input and ``o`` output tokens costs ``ceil((i × input + o × output) / denominator)`` micro-RUB.
+        Per 1M tokens: (input_per_1m, output_per_1m, 1_000_000); per GPU-hour: (gpu_hour, gpu_hour,
+        tokens_per_hour) — the GPU-hour shared by the tokens it serves in that hour."""
+        if self.cost_mode == NodeCostMode.GPU_HOUR and self.tokens_per_hour:
+            return self.gpu_hour, self.gpu_hour, self.tokens_per_hour
+        return self.input_per_1m, self.output_per_1m, 1_000_000
+
+    @property
+    def rate_per_1m(self) -> tuple[int, int]:
+        """(input, output) micro-RUB per 1M tokens, rounded up — for display; billing uses ``cost_fraction``."""
+        num_in, num_out, denom = self.cost_fraction()
+        return -(-num_in * 1_000_000 // denom), -(-num_out * 1_000_000 // denom)

@@ -1,4 +1,4 @@
-"""Providers services: egress proxies, providers, supplier keys, models, price versions.
+"""Providers services: egress proxies, providers, supplier keys, local nodes, models, price versions.
 
 FX rates are billing's (apps.billing.fx.set_fx_rate).
 
@@ -17,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts.models import Supplier
-from apps.providers.models import RUSSIAN_KINDS, EgressProxy, Model, Price, Provider, SupplierKey
+from apps.providers.models import RUSSIAN_KINDS, EgressProxy, LocalNode, Model, NodeCostMode, Price, Provider, SupplierKey
 from lib.crypto import SecretDecryptionError
 from lib.upsert import UNCHANGED, UPDATED, Outcome, find_for_update, model_default, save_staged, stage
 
@@ -176,3 +176,49 @@ def set_model_price(
         price = Price(model=model, valid_from=valid_from or timezone.now(), source=source, **wanted)
         outcome = save_staged(price, [], dry_run=dry_run)
         return outcome if current is None else Outcome(price, UPDATED, tuple(changed))
+
+
+# --- Local nodes ---------------------------------------------------------------------------------
+
+def upsert_local_node(
+    *,
+    provider: Provider,
+    name: str,
+    base_url: str,
+    supplier: Supplier | None = None,
+    secret: str = "",
+    weight: int | None = None,
+    internal: bool = False,
+    cost: dict[str, int] | None = None,
+    health_path: str | None = None,
+    dry_run: bool = False,
+) -> Outcome:
+    """Create or update the node ``name`` of ``provider`` (an ``openai_compatible`` one).
+
+    ``cost`` is ``{"input_per_1m": micro-RUB, "output_per_1m": micro-RUB}`` or ``{"gpu_hour":
+    micro-RUB, "tokens_per_hour": tokens}`` (None: no cost). ``secret`` "" = a node without a key;
+    it is replaced only when it differs from the stored one. ``base_url`` is checked against SSRF
+    by ``LocalNode.clean`` (a private address only if ``internal``). The health fields are the
+    health task's, and ``is_active`` the admin's (a new node is active): never touched here."""
+    cost = cost or {}
+    gpu = "gpu_hour" in cost
+    with transaction.atomic():
+        node = None
+        if provider.pk is not None:
+            # Lock: two configuration runs editing the same node.
+            node = find_for_update(LocalNode.objects, dry_run=dry_run, provider=provider, name=name)
+        node = node or LocalNode(provider=provider, name=name)
+        changed = stage(node, {
+            "base_url": base_url, "supplier": supplier, "internal": internal,
+            "weight": weight if weight is not None else model_default(LocalNode, "weight"),
+            "health_path": health_path or model_default(LocalNode, "health_path"),
+            "cost_mode": NodeCostMode.GPU_HOUR if gpu else NodeCostMode.PER_TOKENS,
+            "input_per_1m": 0 if gpu else cost.get("input_per_1m", 0),
+            "output_per_1m": 0 if gpu else cost.get("output_per_1m", 0),
+            "gpu_hour": cost.get("gpu_hour", 0), "tokens_per_hour": cost.get("tokens_per_hour", 0),
+        })
+        if node._state.adding or _revealed(node.reveal_secret) != (secret or "").strip():
+            node.set_secret(secret)
+            if not node._state.adding:
+                changed.append("secret")
+        return save_staged(node, changed, dry_run=dry_run)

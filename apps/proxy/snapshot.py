@@ -2,11 +2,14 @@
 
 No ORM query per request in the steady state: a token is loaded once (in a dedicated loader
 thread, off the event loop) and kept until the config version changes. Every write to a token,
-company, department, model, price, FX rate, provider or supplier key bumps the version key in
-Redis on commit (see ``bump_config_version``); each proxy worker polls that key every
-``POLL_SECONDS`` (one MGET per worker, not per request), so a block, revoke or limit change
+company, department, model, price, FX rate, provider, supplier key or local node bumps the
+version key in Redis on commit (see ``bump_config_version``); each proxy worker polls that key
+every ``POLL_SECONDS`` (one MGET per worker, not per request), so a block, revoke or limit change
 reaches every replica within a second. The same MGET reads the supplier keys' health version
-(``apps/proxy/health.py``): the shared health records are re-read only when it changed.
+(``apps/proxy/health.py``): the shared health records are re-read only when it changed. A local
+node's health (``apps/providers/node_health.py``) rides on the config version itself: the health
+task saves a node whose state changed. When the routes have local nodes the poller also publishes
+this worker's outstanding requests per node about once a second (``nodes.NodeBalancer.publish``).
 """
 
 from __future__ import annotations
@@ -31,18 +34,20 @@ from apps.billing.suppliers import keys_over_cap
 from apps.providers.adapters.base import Target
 from apps.providers.key_health import VERSION_KEY as HEALTH_VERSION_KEY
 from apps.providers.key_status import apply_key_status_changes
-from apps.providers.models import Model, Price, SupplierKey, SupplierKeyStatus
+from apps.providers.models import LocalNode, Model, Price, SupplierKey, SupplierKeyStatus
 from lib import tokenizer
 from lib.money import coefficient_units
 
 from .health import BreakerSettings, KeyBalancer
 from .models import ApiToken
+from .nodes import NodeBalancer, NodeRoute
 
 logger = logging.getLogger(__name__)
 
 VERSION_KEY = "js:cfg:version"
 POLL_SECONDS = 0.2
 MAX_AGE_SECONDS = 60.0  # safety net for changes made behind Django's back (raw SQL)
+NODE_LOAD_SECONDS = 1.0  # how often a worker publishes its local nodes' outstanding requests
 
 
 @dataclass(slots=True, frozen=True)
@@ -104,7 +109,7 @@ class KeyRoute:
 
     id: int
     supplier_id: int
-    secret: str
+    secret: str = field(repr=False)  # never in a log line or a traceback's repr
     weight: int
     priority: int
     buy_coef_units: int
@@ -152,6 +157,9 @@ class ModelRoute:
     # (currency, the date its newest rate was last stated for) when that rate is older than
     # JETSTREAM_FX_MAX_AGE_HOURS: fx_micro is then None and police() answers 503 fx_rate_stale.
     fx_stale: tuple[str, str] | None = None
+    # The provider's active local nodes (``apps/proxy/nodes.py``): when there are any, calls go to them, not to base_url.
+    nodes: list[NodeRoute] = field(default_factory=list)
+    node_balancer: NodeBalancer | None = None  # the worker's node counters (set by SnapshotCache)
     target: Target = field(init=False)  # where the adapter sends this model's calls
 
     def __post_init__(self) -> None:
@@ -240,6 +248,7 @@ def _load_routes() -> dict[str, ModelRoute]:
         keys.setdefault(key.provider_id, []).append(
             KeyRoute(key.pk, key.supplier_id, secret, key.weight, key.priority, coefficient_units(key.buy_coefficient),
                      updated_at=key.updated_at.timestamp()))
+    nodes = _load_nodes()
     routes: dict[str, ModelRoute] = {}
     for model in Model.objects.select_related("provider", "provider__egress").filter(is_active=True, provider__is_active=True):
         provider = model.provider
@@ -262,8 +271,26 @@ def _load_routes() -> dict[str, ModelRoute]:
             keys=keys.get(provider.pk, []), internal=provider.internal, egress_internal=egress_internal,
             fallbacks=tuple(model.fallbacks), routing=model.routing, country=provider.country,
             fx_stale=(price.currency, stale[price.currency]) if price and price.currency in stale else None,
+            nodes=nodes.get(provider.pk, []),
         )
     return routes
+
+
+def _load_nodes() -> dict[int, list[NodeRoute]]:
+    """Every active local node of an active provider, by provider id (a node whose key cannot be
+    decrypted is left out, logged)."""
+    nodes: dict[int, list[NodeRoute]] = {}
+    for node in LocalNode.objects.filter(is_active=True, provider__is_active=True).order_by("pk"):
+        try:
+            secret = node.reveal_secret()
+        except Exception:  # a node we cannot authenticate to is unusable, never fatal
+            logger.error("local node %s: its API key cannot be decrypted; skipping it", node.pk)
+            continue
+        cost_input, cost_output, denominator = node.cost_fraction()
+        nodes.setdefault(node.provider_id, []).append(NodeRoute(
+            node.pk, node.name, node.base_url.rstrip("/"), secret, node.weight, node.supplier_id, cost_input, cost_output,
+            denominator, internal=node.internal, health=node.health))
+    return nodes
 
 
 def _apply_key_status_changes() -> int:
@@ -297,6 +324,8 @@ class SnapshotCache:
         self._version: bytes | None = b"unset"
         self._poller: asyncio.Task | None = None
         self.balancer = KeyBalancer(redis, BreakerSettings.from_settings(settings.JETSTREAM))
+        self.nodes = NodeBalancer()
+        self._nodes_published = 0.0
 
     async def start(self) -> None:
         """Read the config version, load the routes and start the poller. Raises the Redis client's errors
@@ -329,10 +358,20 @@ class SnapshotCache:
                     self._version = version
                     self._tokens.clear()
                     await self.reload_routes()
+                await self._publish_node_load()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("config poll failed; keeping the current snapshot")
+
+    async def _publish_node_load(self) -> None:
+        """About once a second, when the routes have local nodes: this worker's outstanding requests
+        per node, for the admin (``NodeBalancer.publish``)."""
+        if time.monotonic() - self._nodes_published < NODE_LOAD_SECONDS:
+            return
+        self._nodes_published = time.monotonic()
+        node_ids = sorted({node.id for route in self._routes.values() for node in route.nodes})
+        await self.nodes.publish(self._redis, node_ids)
 
     async def refresh_health(self, version: bytes | None) -> None:
         """Re-read the supplier keys' shared health (its version changed to ``version``) and, when
@@ -357,6 +396,7 @@ class SnapshotCache:
         previous = {key.id: key for route in self._routes.values() for key in route.keys}
         for route in routes.values():
             route.balancer = self.balancer
+            route.node_balancer = self.nodes
             for key in route.keys:
                 old = previous.get(key.id)
                 if old is not None:

@@ -98,7 +98,7 @@ class Credential:
     """One supplier key as an adapter sees it: its id (the cache key for exchanged tokens) and secret."""
 
     key_id: int
-    secret: str
+    secret: str = field(repr=False)  # never in a log line or a traceback's repr
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from apps.providers.adapters.base import CanonicalRequest
 from ..dialects.base import Dialect
 from ..dialects.openai import OPENAI
 from ..exceptions import ApiError
+from ..nodes import NodeRoute
 from ..redis_scripts import SpendKeys
 from ..snapshot import KeyRoute, ModelRoute, TokenSnapshot
 
@@ -71,6 +72,7 @@ class Call:
     idempotency_stored: bool = False
     # upstream and usage
     key: KeyRoute | None = None
+    node: NodeRoute | None = None  # the local node being tried / that answered (instead of a key)
     # Every upstream try, in order: {"key": id, "status": the gateway's status (200 = answered),
     # "code": its error code or "", "ms": milliseconds to the first bytes} (upstream.UpstreamClient.open).
     attempts: list[dict[str, Any]] = field(default_factory=list)
@@ -79,7 +81,7 @@ class Call:
     cached_tokens: int = 0
     counted_locally: bool = False
     sell: int = 0  # micro-RUB the company pays
-    buy: int = 0  # micro-RUB the platform owes the key's supplier
+    buy: int = 0  # micro-RUB the platform owes the key's supplier (a local node: its hardware cost)
     ttft_ms: int | None = None
     settled: bool = False
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # added to every answer (rate limits)
@@ -107,13 +109,14 @@ class Call:
         token: TokenSnapshot | None = getattr(self, "token", None)
         route: ModelRoute | None = getattr(self, "route", None)
         request: CanonicalRequest | None = getattr(self, "request", None)
-        key, now = self.key, time.time()
+        key, node, now = self.key, self.node, time.time()
+        supplier_id = node.supplier_id if node is not None else key.supplier_id if key is not None else None
         return UsageEvent(
             request_id=self.id, endpoint=self.endpoint, status=status, http_status=http, started_at=self.started,
             finished_at=now, token_id=token.id if token else None, company_id=token.company_id if token else None,
             department_id=token.department_id if token else None, model_name=self.model_name[:128],
             model_id=route.id if route else None, provider_id=route.provider_id if route else None,
-            supplier_key_id=key.id if key else None, supplier_id=key.supplier_id if key else None,
+            supplier_key_id=key.id if key else None, supplier_id=supplier_id, node_id=node.id if node else None,
             price_id=route.price_id if route else None, fx_rub_per_unit=route.fx_micro if route else None,
             stream=request.stream if request is not None else False, input_tokens=self.input_tokens,
             output_tokens=self.output_tokens, cached_tokens=self.cached_tokens, usage_counted_locally=self.counted_locally,

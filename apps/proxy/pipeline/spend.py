@@ -137,7 +137,7 @@ def price_usage(call: Call, usage, fallback_text: str | None) -> None:
     The company is never charged more than was reserved (the request's maximum possible cost,
     checked against every limit): so a wallet can never be overdrawn, even if an upstream
     overshoots max_tokens or counts input differently from us. The supplier is still owed the
-    true cost."""
+    true cost. A local node's buy cost is its own rate (``NodeRoute.cost``), not the model's price."""
     count_usage(call, usage, fallback_text)
     route, reserved = call.route, call.reservation.amount
     sell = price(route, call.input_tokens, call.output_tokens, call.cached_tokens, call.token.sell_coef_units)
@@ -146,9 +146,13 @@ def price_usage(call: Call, usage, fallback_text: str | None) -> None:
                        call.id, sell, reserved)
         sell = reserved
     call.sell = sell
-    # What the platform owes a supplier: only when a supplier's key served the request (not the mock).
-    call.buy = price(route, call.input_tokens, call.output_tokens, call.cached_tokens,
-                     call.key.buy_coef_units) if call.key is not None else 0
+    # What the platform owes a supplier: when a supplier's key served the request (not the mock);
+    # a local node's hardware cost at its own rate (owed to its supplier, or the platform's own).
+    if call.node is not None:
+        call.buy = call.node.cost(call.input_tokens, call.output_tokens)
+    else:
+        call.buy = price(route, call.input_tokens, call.output_tokens, call.cached_tokens,
+                         call.key.buy_coef_units) if call.key is not None else 0
 
 
 def _opt(value: int | None) -> str | int:

@@ -42,6 +42,7 @@ from lib.ssrf import GuardedResolver, SocketFactory, guarded_socket
 
 from ..exceptions import ApiError
 from ..health import KeyBalancer
+from ..nodes import LeasedResponse, NodeBalancer, NodeRoute
 from ..snapshot import KeyRoute, ModelRoute
 from .context import Call
 from .routing import ProviderHealth
@@ -90,8 +91,9 @@ class Opened:
 
 
 def provider_secrets(route: ModelRoute) -> tuple[str, ...]:
-    """Every supplier key of the route's provider (plain text): what the adapter scrubs from upstream error text."""
-    return tuple(key.secret for key in route.keys)
+    """Every supplier key and local node key of the route's provider (plain text): what the adapter
+    scrubs from upstream error text."""
+    return tuple(key.secret for key in route.keys) + tuple(node.secret for node in route.nodes if node.secret)
 
 
 def _is_json(response: UpstreamResponse) -> bool:
@@ -143,6 +145,18 @@ def _no_usable_key(balancer: KeyBalancer, route: ModelRoute) -> ApiError:
     headers = [(b"retry-after", str(max(1, math.ceil(wait))).encode())] if wait is not None else None
     return RouteExhausted(503, "No upstream key is available for this model right now.", type="api_error",
                           code="no_upstream_key", headers=headers)
+
+
+def _node_attempt(node: NodeRoute, status: int, code: str, started: float) -> dict[str, Any]:
+    """One entry of ``Call.attempts`` for a local node's try: as ``_attempt_record``, ``key`` None and ``node`` its id."""
+    return {"key": None, "node": node.id, "status": status, "code": code, "ms": int((time.monotonic() - started) * 1000)}
+
+
+def _no_usable_node(balancer: NodeBalancer, route: ModelRoute) -> ApiError:
+    wait = balancer.retry_in(route.nodes)
+    headers = [(b"retry-after", str(max(1, math.ceil(wait))).encode())] if wait is not None else None
+    return RouteExhausted(503, "No local node is available for this model right now.", type="api_error",
+                          code="no_upstream_node", headers=headers)
 
 
 class UpstreamClient:
@@ -267,6 +281,8 @@ class UpstreamClient:
         if adapter is None:
             raise RouteExhausted(501, f"Provider kind '{route.provider_kind}' has no adapter yet.", type="api_error",
                                  code="provider_not_supported")
+        if route.nodes:
+            return await self._open_nodes(adapter, call, on_accepted)
         if not adapter.needs_key:
             return await self._attempt(adapter, call, None, on_accepted)
         keys = route.pick_keys()
@@ -300,6 +316,55 @@ class UpstreamClient:
         if failure is None:
             raise _no_usable_key(balancer, route)
         raise RouteExhausted.from_upstream(failure)
+
+    async def _open_nodes(self, adapter: Adapter, call: Call, on_accepted: Callable[[], None] | None) -> Opened:
+        """The call's route served by its provider's local nodes (``apps/proxy/nodes.py``): least
+        outstanding first, up to ``MAX_ATTEMPTS`` nodes with failover before the first byte; a
+        failed node rests in this worker. ``call.node`` is the node being tried; it counts as
+        outstanding until its answer is read (a stream's until the relay releases the response).
+        Raises ``RouteExhausted`` (no usable node — with ``Retry-After`` when one is only resting —;
+        every node failed) or ``ApiError`` for a failure about the request."""
+        route = call.route
+        balancer = route.node_balancer
+        if balancer is None:
+            balancer = route.node_balancer = NodeBalancer()  # a route built by hand: this call's counters
+        failure: UpstreamFailure | None = None
+        for node in balancer.order(route.nodes)[:MAX_ATTEMPTS]:
+            started = time.monotonic()
+            call.node = node  # before the attempt: a client that leaves meanwhile is billed as for a key
+            lease = balancer.acquire(node)
+            try:
+                opened = await self._attempt(adapter, call, None, on_accepted)
+            except UpstreamFailure as exc:
+                lease.release()
+                call.node = None
+                call.attempts.append(_node_attempt(node, exc.status, exc.code, started))
+                balancer.failed(node, exc)
+                if not exc.failover:
+                    raise ApiError.from_upstream(exc) from None
+                failure = exc
+                continue
+            except BaseException:
+                lease.release()
+                raise
+            call.attempts.append(_node_attempt(node, 200, "", started))
+            balancer.succeeded(node)
+            if opened.body is not None:
+                lease.release()  # a whole answer is read already
+            else:
+                opened.response = LeasedResponse(opened.response, lease)
+            return opened
+        if failure is None:
+            raise _no_usable_node(balancer, route)
+        raise RouteExhausted.from_upstream(failure)
+
+    def _node_session(self, node: NodeRoute) -> aiohttp.ClientSession:
+        """The unguarded session for an ``internal`` node, else the SSRF-checked one."""
+        if node.internal:
+            if self._internal_session is None:
+                raise RuntimeError("UpstreamClient.start() has not run")
+            return self._internal_session
+        return self.session
 
     async def _attempt(self, adapter: Adapter, call: Call, key: KeyRoute | None,
                        on_accepted: Callable[[], None] | None) -> Opened:
@@ -347,9 +412,13 @@ class UpstreamClient:
     async def _send(self, adapter: Adapter, call: Call, key: KeyRoute | None) -> UpstreamResponse:
         """The upstream's 2xx response (headers read); a non-2xx answer is read and raised as the
         adapter's ``UpstreamFailure``."""
-        route = call.route
-        credential = Credential(key.id, key.secret) if key is not None else None
-        response = await adapter.open(self.session_for(route), call.request, route.target, credential, proxy=route.egress_url)
+        route, node = call.route, call.node
+        if node is not None:  # a local node: its own URL and key, no egress proxy (docs/providers.md, "Local nodes")
+            response = await adapter.open(self._node_session(node), call.request,
+                                          node.target(route.upstream_model, route.provider_options), node.credential, proxy=None)
+        else:
+            credential = Credential(key.id, key.secret) if key is not None else None
+            response = await adapter.open(self.session_for(route), call.request, route.target, credential, proxy=route.egress_url)
         if response.status >= 300:
             try:
                 error_body = await response.read()

@@ -110,3 +110,10 @@ def test_an_exchange_that_never_answers_times_out_for_everyone_and_is_tried_anew
     results, later = asyncio.run(run())
     assert all(isinstance(r, UpstreamFailure) and r.code == "upstream_timeout" for r in results)
     assert later == {"Authorization": "Bearer fresh"} and auth.calls == [7, 7]
+
+
+def test_a_supplier_key_never_shows_in_a_repr():
+    from apps.proxy.snapshot import KeyRoute
+
+    assert "sk-abc-secret" not in repr(Credential(1, "sk-abc-secret"))
+    assert "sk-abc-secret" not in repr(KeyRoute(1, 2, "sk-abc-secret", 1, 0, 10_000))
