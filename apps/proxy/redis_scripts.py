@@ -47,6 +47,12 @@ end
 RESERVE = _COMMON + """
 -- KEYS: co, total, week, month, dept, rpm_cur, rpm_prev, tpm_cur, tpm_prev, reservations
 -- ARGV: amount, lim_total, lim_week, lim_month, lim_dept, rpm, tpm, tpm_est, frac, expiry, reservation_member, ttl, has_dept
+-- Returns {0, rpm_left, tpm_left} when taken; {1, missing counters...} when counters need seeding;
+-- a refusal (only this path reads more than the counters):
+--   {2, 'rpm'|'tpm', limit, used, wait seconds, never (1: this request alone exceeds the limit)}
+--   {2, scope, limit, counter, held, held_requests, never} for scope balance|total|weekly|monthly|department:
+--   the counter includes what in-flight reservations hold (for balance: limit = credits + credit limit
+--   - posted debits, counter = `out`); never = 1 when the request exceeds the limit even once they settle.
 local amount = tonumber(ARGV[1])
 local has_dept = ARGV[13] == '1'
 local missing = {}
@@ -57,6 +63,16 @@ if redis.call('EXISTS', KEYS[4]) == 0 then missing[#missing+1] = 'month' end
 if has_dept and redis.call('EXISTS', KEYS[5]) == 0 then missing[#missing+1] = 'dept' end
 if #missing > 0 then table.insert(missing, 1, 1) return missing end
 
+-- Seconds until a sliding window (this minute's bucket `cur`, the previous one's `prev` weighted by
+-- the part of it still in the window) has room for `need` more under `limit`, if nothing new comes.
+local function slide_wait(limit, need, cur, prev, frac)
+  local room = limit - need
+  if cur <= room then
+    if prev <= 0 then return 1 end
+    return math.max(1, math.ceil(60 * ((1 - (room - cur) / prev) - frac)))
+  end
+  return math.max(1, math.ceil(60 * (1 - frac) + 60 * (1 - room / cur)))
+end
 local frac = tonumber(ARGV[9])
 local rpm_left, tpm_left = -1, -1
 if ARGV[6] ~= '' then
@@ -64,9 +80,8 @@ if ARGV[6] ~= '' then
   local cur, prev = num(redis.call('GET', KEYS[6])), num(redis.call('GET', KEYS[7]))
   local used = prev * (1 - frac) + cur
   if used + 1 > limit then
-    local wait = 60 * (1 - frac)
-    if cur + 1 <= limit and prev > 0 then wait = math.max(1, 60 * ((1 - (limit - cur - 1) / prev) - frac)) end
-    return {2, 'rpm', fmt(limit), fmt(math.floor(used)), fmt(math.ceil(wait))}
+    if limit < 1 then return {2, 'rpm', fmt(limit), fmt(math.floor(used)), '0', 1} end
+    return {2, 'rpm', fmt(limit), fmt(math.floor(used)), fmt(slide_wait(limit, 1, cur, prev, frac)), 0}
   end
   rpm_left = math.floor(limit - used - 1)
 end
@@ -75,22 +90,48 @@ if ARGV[7] ~= '' then
   local cur, prev = num(redis.call('GET', KEYS[8])), num(redis.call('GET', KEYS[9]))
   local used = prev * (1 - frac) + cur
   if used + est > limit then
-    return {2, 'tpm', fmt(limit), fmt(math.floor(used)), fmt(math.ceil(60 * (1 - frac)))}
+    if est > limit then return {2, 'tpm', fmt(limit), fmt(math.floor(used)), '0', 1} end
+    return {2, 'tpm', fmt(limit), fmt(math.floor(used)), fmt(slide_wait(limit, est, cur, prev, frac)), 0}
   end
   tpm_left = math.floor(limit - used - est)
 end
+
+-- Every spend limit this request would break: {scope, limit, counter, key}.
+local over = {}
 local co = redis.call('HMGET', KEYS[1], 'cr', 'db', 'lim', 'out')
-local available = num(co[1]) + num(co[3]) - num(co[2]) - num(co[4])
-if amount > available then return {2, 'balance', fmt(available), fmt(amount)} end
-local spent_total = num(redis.call('GET', KEYS[2]))
-if ARGV[2] ~= '' and spent_total + amount > tonumber(ARGV[2]) then return {2, 'total', ARGV[2], fmt(spent_total)} end
-local spent_week = num(redis.call('GET', KEYS[3]))
-if ARGV[3] ~= '' and spent_week + amount > tonumber(ARGV[3]) then return {2, 'weekly', ARGV[3], fmt(spent_week)} end
-local spent_month = num(redis.call('GET', KEYS[4]))
-if ARGV[4] ~= '' and spent_month + amount > tonumber(ARGV[4]) then return {2, 'monthly', ARGV[4], fmt(spent_month)} end
-if has_dept and ARGV[5] ~= '' then
-  local spent_dept = num(redis.call('GET', KEYS[5]))
-  if spent_dept + amount > tonumber(ARGV[5]) then return {2, 'department', ARGV[5], fmt(spent_dept)} end
+local funds, out = num(co[1]) + num(co[3]) - num(co[2]), num(co[4])
+if amount > funds - out then over[#over+1] = {'balance', funds, out, KEYS[1]} end
+local scopes = {{'total', 2, 2}, {'weekly', 3, 3}, {'monthly', 4, 4}}
+if has_dept then scopes[4] = {'department', 5, 5} end
+for _, scope in ipairs(scopes) do
+  local limit = ARGV[scope[2]]
+  if limit ~= '' then
+    local counter = num(redis.call('GET', KEYS[scope[3]]))
+    if counter + amount > tonumber(limit) then over[#over+1] = {scope[1], tonumber(limit), counter, KEYS[scope[3]]} end
+  end
+end
+if #over > 0 then
+  -- The refusal path only: what in-flight reservations hold on each broken limit (one pass over
+  -- the reservations set, matching the quoted counter key in each member's "keys" list, before
+  -- its "event"). Report the first limit that can never fit, else the first broken one.
+  local held, count = {}, {}
+  for _, o in ipairs(over) do held[o[4]], count[o[4]] = 0, 0 end
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[10], 0, -1)) do
+    local cut = string.find(member, ',"event":', 1, true)
+    local head = cut and string.sub(member, 1, cut) or member
+    local reserved = tonumber(string.match(head, '"amount":(%-?%d+)') or '0')
+    for _, o in ipairs(over) do
+      if string.find(head, '"' .. o[4] .. '"', 1, true) then
+        held[o[4]] = held[o[4]] + reserved
+        count[o[4]] = count[o[4]] + 1
+      end
+    end
+  end
+  local chosen, never = over[1], 0
+  for _, o in ipairs(over) do
+    if amount > o[2] - (o[3] - held[o[4]]) then chosen, never = o, 1 break end
+  end
+  return {2, chosen[1], fmt(chosen[2]), fmt(chosen[3]), fmt(held[chosen[4]]), fmt(count[chosen[4]]), never}
 end
 if amount > 0 then
   redis.call('HINCRBY', KEYS[1], 'out', fmt(amount))
