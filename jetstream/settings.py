@@ -237,6 +237,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # lapsed one released within 5 minutes is on time, and a 30 s sweep would only cost queries.
     "void-expired-holds": {"task": "apps.billing.tasks.void_expired_holds", "schedule": 300.0},
     "reconcile-spend-counters": {"task": "apps.proxy.tasks.reconcile_spend_counters", "schedule": 600.0},
+    # Limit resets (apps/proxy/rollover.py): windows roll at midnight in each company's zone (some
+    # zones are 30 or 45 minutes off the hour) and a reached limit should block within a minute.
+    "limit-resets": {"task": "apps.proxy.tasks.reset_limits", "schedule": 60.0},
 }
 
 # --- REST framework ------------------------------------------------------------------------
