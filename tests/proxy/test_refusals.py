@@ -280,6 +280,9 @@ def test_the_issue_50_rub_monthly_16_spent_50_concurrent_requests_without_max_to
     assert last, "no refusal saw every reservation in flight"
     k = last[0]["max_tokens_that_fit"]
     assert 0 < k < 16384 and f"send max_tokens ≤ {k} to fit now." in last[0]["message"]
+    # The worked example in docs/billing.md ("Limits and refusals").
+    assert (prompt, rub(cost), fit, last[0]["held"], last[0]["remaining"], k) == (
+        12, "3.072150", 11, "33.793650", "0.206350", 1099)
     mock.options = {"words": 5}
     mock.save()
     gateway.wait_config()
