@@ -287,3 +287,25 @@ def test_the_issue_50_rub_monthly_16_spent_50_concurrent_requests_without_max_to
     mock.save()
     gateway.wait_config()
     gateway.drain(expect=51)
+
+
+def _holds(client, world) -> tuple[int, ...]:
+    token = client.hmget(redis_scripts.held_key(world.token.pk), "a", "n")
+    company = client.hmget(redis_scripts.company_key(world.company.pk), "ha", "hn")
+    return tuple(int(v or 0) for v in (*token, *company))
+
+
+def test_holds_are_taken_while_in_flight_and_released_once_by_settle_or_sweeper(gateway, fake_openai):
+    client = _redis()
+    world = gateway.world
+    assert [send(gateway).status_code for _ in range(2)] == [200, 200]
+    assert _holds(client, world) == (0, 0, 0, 0)  # settled: nothing held
+    with InFlight(gateway, fake_openai) as first:
+        assert _holds(client, world) == (COST, 1, COST, 1)
+        sweep = client.register_script(redis_scripts.SWEEP)
+        # The sweeper takes it (as if its worker had died): the hold goes with it...
+        assert sweep(keys=[redis_scripts.RESERVATIONS_KEY, redis_scripts.STREAM_KEY], args=[time.time() + 10**6, 10]) == 1
+        assert _holds(client, world) == (0, 0, 0, 0)
+    # ...and the request's own settle, later, does not release it a second time.
+    assert first.response is not None and _holds(client, world) == (0, 0, 0, 0)
+    client.close()

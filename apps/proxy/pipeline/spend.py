@@ -197,7 +197,7 @@ class SpendCounters:
         args = [amount, _opt(token.limit_total), _opt(token.limit_weekly), _opt(token.limit_monthly),
                 _opt(token.department_budget), _opt(token.rpm), _opt(token.tpm), tpm_estimate, frac,
                 _expiry(now + self._reservation_ttl), member, WINDOW_TTL, 1 if keys.has_dept else 0]
-        redis_keys = [*keys.as_list(), rpm_cur, rpm_prev, tpm_cur, tpm_prev, RESERVATIONS_KEY]
+        redis_keys = [*keys.as_list(), rpm_cur, rpm_prev, tpm_cur, tpm_prev, RESERVATIONS_KEY, keys.held, keys.dept_held]
         for _attempt in range(3):
             result = await self.redis.evalsha(self._reserve, redis_keys, args)
             code = result[0]
@@ -268,7 +268,8 @@ class SpendCounters:
         self._live.pop(reservation.member, None)
         tpm_delta = (call.input_tokens + call.output_tokens) - reservation.tpm_estimate if call.token.tpm else 0
         event = call.usage_event(status=status, http=http, error=error)
-        await self.redis.evalsha(self._settle, [*reservation.keys.as_list(), reservation.tpm_key, RESERVATIONS_KEY, STREAM_KEY],
+        await self.redis.evalsha(self._settle, [*reservation.keys.as_list(), reservation.tpm_key, RESERVATIONS_KEY, STREAM_KEY,
+                                                reservation.keys.held, reservation.keys.dept_held],
                                  [reservation.amount, call.sell, tpm_delta, reservation.member, event,
                                   1 if reservation.keys.has_dept else 0])
         call.settled = True
