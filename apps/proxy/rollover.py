@@ -29,6 +29,7 @@ from datetime import datetime
 
 import redis
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db.models import Q, Sum
 
 from apps.billing.models import UsageRecord
@@ -150,9 +151,21 @@ def enforce_limits(now: float) -> tuple[list[int], list[int]]:
     """Block active tokens whose limit is reached; unblock the limit-blocked ones whose limits are no
     longer reached. Returns (blocked ids, unblocked ids)."""
     reached = reached_limits(now)
-    blocked = [pk for pk, (token, reason) in sorted(reached.items()) if services.block_for_limit(token=token, reason=reason)]
-    unblocked = []
+    blocked, unblocked = [], []
+    for pk, (token, reason) in sorted(reached.items()):
+        if _safely(services.block_for_limit, token=token, reason=reason):
+            blocked.append(pk)
     for token in ApiToken.objects.filter(status=TokenStatus.BLOCKED, status_reason__startswith=services.LIMIT_BLOCK_PREFIX):
-        if token.pk not in reached and services.release_limit_block(token=token):
+        if token.pk not in reached and _safely(services.release_limit_block, token=token):
             unblocked.append(token.pk)
     return blocked, unblocked
+
+
+def _safely(change, **kwargs) -> bool:
+    """``change(**kwargs)``; a token that cannot be saved (it fails validation) is logged and skipped,
+    so one bad row does not stop the run for the others."""
+    try:
+        return change(**kwargs)
+    except ValidationError:
+        logger.exception("limit resets: could not change token %s", kwargs["token"].pk)
+        return False

@@ -151,6 +151,20 @@ def test_a_request_that_fits_once_in_flight_ones_settle_is_a_429_with_retry_afte
     assert first.response is not None
 
 
+def test_a_request_too_large_even_once_in_flight_ones_settle_is_a_402_that_names_both_fits(gateway, fake_openai):
+    limit = COST * 3 // 2
+    _set_limit(gateway, "monthly", limit)
+    with InFlight(gateway, fake_openai):
+        refused = send(gateway, {**BODY, "max_tokens": 4000})
+    error = refused.json()["error"]
+    assert refused.status_code == 402 and error["code"] == "limit_monthly" and "retry-after" not in refused.headers
+    now, later = fits(limit - COST), fits(limit)
+    assert (error["held"], error["held_requests"], error["remaining"], error["remaining_after_in_flight"]) == (
+        rub(COST), 1, rub(limit - COST), rub(limit))
+    assert (error["max_tokens_that_fit"], error["max_tokens_that_fit_after_in_flight"]) == (now, later) and now < later
+    assert f"Send max_tokens ≤ {later} ({now} fits now), or wait for the monthly reset" in error["message"]
+
+
 def test_the_sdk_does_not_retry_a_402_and_does_retry_a_fits_later_429(gateway, fake_openai):
     sent: list[str] = []
     http = httpx.Client(event_hooks={"request": [lambda request: sent.append(str(request.url))]}, timeout=30)
