@@ -275,6 +275,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # Local nodes' health (apps/providers/node_health.py): a down node leaves routing on the next config poll.
     "check-local-nodes": {"task": "apps.providers.tasks.check_local_nodes",
                           "schedule": float(envint("JETSTREAM_NODE_HEALTH_SECONDS", 15, minimum=1))},
+    # Limit resets (apps/proxy/rollover.py): windows roll at midnight in each company's zone (some
+    # zones are 30 or 45 minutes off the hour) and a reached limit should block within a minute.
+    "limit-resets": {"task": "apps.proxy.tasks.reset_limits", "schedule": 60.0},
 }
 
 # --- Prices and FX (docs/billing.md "Prices and currencies") --------------------------------

@@ -36,11 +36,13 @@ class InitialCounters:
     department: int
 
 
-def load_initial_counters(token_id: int, company_id: int, department_id: int | None, tz_name: str) -> InitialCounters:
-    """The counters of a token (calendar windows in ``tz_name``), read from PostgreSQL (blocking)."""
+def load_initial_counters(token_id: int, company_id: int, department_id: int | None, tz_name: str,
+                          now: float | None = None) -> InitialCounters:
+    """The counters of a token (calendar windows in ``tz_name`` around ``now``, Unix seconds, default
+    the clock), read from PostgreSQL (blocking)."""
     close_old_connections()
     credits, debits, limit = company_wallet_sums(company_id)
-    week_start, _, month_start, _ = calendar_bounds(zoneinfo.ZoneInfo(tz_name), time.time())
+    week_start, _, month_start, _ = calendar_bounds(zoneinfo.ZoneInfo(tz_name), time.time() if now is None else now)
     usage = UsageRecord.objects.filter(token_id=token_id)
 
     def spent(queryset) -> int:

@@ -15,6 +15,11 @@ meter writer has not yet committed to the ledger). available = cr + lim − db �
 lowers ``out`` and raises ``db`` in one script after each commit, so spend is always counted
 exactly once or (briefly) twice, never zero times.
 
+Reserve also takes a *hold* — what in-flight reservations hold, amount and count, per token
+(``js:tk:<id>:held``), department (``js:dp:<id>:held``) and company (``ha``/``hn`` in ``js:co:<id>``)
+— which settle (or the sweeper) releases, so a refusal can say what is spent and what is only held
+without scanning the reservations (``pipeline/refusals.py``).
+
 A worker that dies between reserve and settle leaves its reservation; the sweeper (``SWEEP``)
 releases expired reservations and records the request as failed, atomically. A live request's
 reservation never expires: its worker keeps pushing the expiry (the member's score, Unix seconds)
@@ -42,11 +47,25 @@ local function merge_funds(key, cr, db, lim)
   if cur_db == false or tonumber(cur_db) < tonumber(db) then redis.call('HSET', key, 'db', db) end
   redis.call('HSET', key, 'lim', lim)
 end
+-- What in-flight reservations hold, kept beside the counters so a refusal can say it in O(1): the
+-- company hash's `ha`/`hn` (amount, count), the token's `js:tk:<id>:held` and the department's
+-- `js:dp:<id>:held` hashes (`a`, `n`); ``dp`` false: no department.
+local function hold(co, tk, dp, amount, n)
+  redis.call('HINCRBY', co, 'ha', fmt(amount)) redis.call('HINCRBY', co, 'hn', fmt(n))
+  redis.call('HINCRBY', tk, 'a', fmt(amount)) redis.call('HINCRBY', tk, 'n', fmt(n))
+  if dp then redis.call('HINCRBY', dp, 'a', fmt(amount)) redis.call('HINCRBY', dp, 'n', fmt(n)) end
+end
 """
 
 RESERVE = _COMMON + """
--- KEYS: co, total, week, month, dept, rpm_cur, rpm_prev, tpm_cur, tpm_prev, reservations
+-- KEYS: co, total, week, month, dept, rpm_cur, rpm_prev, tpm_cur, tpm_prev, reservations, token held, dept held
 -- ARGV: amount, lim_total, lim_week, lim_month, lim_dept, rpm, tpm, tpm_est, frac, expiry, reservation_member, ttl, has_dept
+-- Returns {0, rpm_left, tpm_left} when taken; {1, missing counters...} when counters need seeding;
+-- a refusal (only this path reads more than the counters):
+--   {2, 'rpm'|'tpm', limit, used, wait seconds, never (1: this request alone exceeds the limit)}
+--   {2, scope, limit, counter, held, held_requests, never} for scope balance|total|weekly|monthly|department:
+--   the counter includes what in-flight reservations hold (for balance: limit = credits + credit limit
+--   - posted debits, counter = `out`); never = 1 when the request exceeds the limit even once they settle.
 local amount = tonumber(ARGV[1])
 local has_dept = ARGV[13] == '1'
 local missing = {}
@@ -57,6 +76,16 @@ if redis.call('EXISTS', KEYS[4]) == 0 then missing[#missing+1] = 'month' end
 if has_dept and redis.call('EXISTS', KEYS[5]) == 0 then missing[#missing+1] = 'dept' end
 if #missing > 0 then table.insert(missing, 1, 1) return missing end
 
+-- Seconds until a sliding window (this minute's bucket `cur`, the previous one's `prev` weighted by
+-- the part of it still in the window) has room for `need` more under `limit`, if nothing new comes.
+local function slide_wait(limit, need, cur, prev, frac)
+  local room = limit - need
+  if cur <= room then
+    if prev <= 0 then return 1 end
+    return math.max(1, math.ceil(60 * ((1 - (room - cur) / prev) - frac)))
+  end
+  return math.max(1, math.ceil(60 * (1 - frac) + 60 * (1 - room / cur)))
+end
 local frac = tonumber(ARGV[9])
 local rpm_left, tpm_left = -1, -1
 if ARGV[6] ~= '' then
@@ -64,9 +93,8 @@ if ARGV[6] ~= '' then
   local cur, prev = num(redis.call('GET', KEYS[6])), num(redis.call('GET', KEYS[7]))
   local used = prev * (1 - frac) + cur
   if used + 1 > limit then
-    local wait = 60 * (1 - frac)
-    if cur + 1 <= limit and prev > 0 then wait = math.max(1, 60 * ((1 - (limit - cur - 1) / prev) - frac)) end
-    return {2, 'rpm', fmt(limit), fmt(math.floor(used)), fmt(math.ceil(wait))}
+    if limit < 1 then return {2, 'rpm', fmt(limit), fmt(math.floor(used)), '0', 1} end
+    return {2, 'rpm', fmt(limit), fmt(math.floor(used)), fmt(slide_wait(limit, 1, cur, prev, frac)), 0}
   end
   rpm_left = math.floor(limit - used - 1)
 end
@@ -75,22 +103,43 @@ if ARGV[7] ~= '' then
   local cur, prev = num(redis.call('GET', KEYS[8])), num(redis.call('GET', KEYS[9]))
   local used = prev * (1 - frac) + cur
   if used + est > limit then
-    return {2, 'tpm', fmt(limit), fmt(math.floor(used)), fmt(math.ceil(60 * (1 - frac)))}
+    if est > limit then return {2, 'tpm', fmt(limit), fmt(math.floor(used)), '0', 1} end
+    return {2, 'tpm', fmt(limit), fmt(math.floor(used)), fmt(slide_wait(limit, est, cur, prev, frac)), 0}
   end
   tpm_left = math.floor(limit - used - est)
 end
+
 local co = redis.call('HMGET', KEYS[1], 'cr', 'db', 'lim', 'out')
-local available = num(co[1]) + num(co[3]) - num(co[2]) - num(co[4])
-if amount > available then return {2, 'balance', fmt(available), fmt(amount)} end
-local spent_total = num(redis.call('GET', KEYS[2]))
-if ARGV[2] ~= '' and spent_total + amount > tonumber(ARGV[2]) then return {2, 'total', ARGV[2], fmt(spent_total)} end
-local spent_week = num(redis.call('GET', KEYS[3]))
-if ARGV[3] ~= '' and spent_week + amount > tonumber(ARGV[3]) then return {2, 'weekly', ARGV[3], fmt(spent_week)} end
-local spent_month = num(redis.call('GET', KEYS[4]))
-if ARGV[4] ~= '' and spent_month + amount > tonumber(ARGV[4]) then return {2, 'monthly', ARGV[4], fmt(spent_month)} end
-if has_dept and ARGV[5] ~= '' then
-  local spent_dept = num(redis.call('GET', KEYS[5]))
-  if spent_dept + amount > tonumber(ARGV[5]) then return {2, 'department', ARGV[5], fmt(spent_dept)} end
+local funds, out = num(co[1]) + num(co[3]) - num(co[2]), num(co[4])
+local spent = {num(redis.call('GET', KEYS[2])), num(redis.call('GET', KEYS[3])), num(redis.call('GET', KEYS[4])), 0}
+if has_dept then spent[4] = num(redis.call('GET', KEYS[5])) end
+local function breaks(limit, counter) return limit ~= '' and counter + amount > tonumber(limit) end
+if amount > funds - out or breaks(ARGV[2], spent[1]) or breaks(ARGV[3], spent[2]) or breaks(ARGV[4], spent[3])
+   or (has_dept and breaks(ARGV[5], spent[4])) then
+  -- Every spend limit this request breaks: {scope, limit, counter, key}.
+  local over = {}
+  if amount > funds - out then over[#over+1] = {'balance', funds, out, KEYS[1]} end
+  local scopes = {'total', 'weekly', 'monthly', 'department'}
+  for i = 1, (has_dept and 4 or 3) do
+    if breaks(ARGV[i + 1], spent[i]) then over[#over+1] = {scopes[i], tonumber(ARGV[i + 1]), spent[i], KEYS[i + 1]} end
+  end
+  -- The refusal path only: what in-flight reservations hold on each broken limit (``hold``). The
+  -- token's and department's holds span windows: one reserved before a week or month turned is in
+  -- the old window's counter, so a hold is capped at the counter it is read against.
+  local held, count = {}, {}
+  local tk = redis.call('HMGET', KEYS[11], 'a', 'n')
+  local dp = redis.call('HMGET', KEYS[12], 'a', 'n')
+  local cof = redis.call('HMGET', KEYS[1], 'ha', 'hn')
+  for _, o in ipairs(over) do
+    local h = tk
+    if o[1] == 'balance' then h = cof elseif o[1] == 'department' then h = dp end
+    held[o[4]], count[o[4]] = math.max(0, math.min(num(h[1]), o[3])), math.max(0, num(h[2]))
+  end
+  local chosen, never = over[1], 0
+  for _, o in ipairs(over) do
+    if amount > o[2] - (o[3] - held[o[4]]) then chosen, never = o, 1 break end
+  end
+  return {2, chosen[1], fmt(chosen[2]), fmt(chosen[3]), fmt(held[chosen[4]]), fmt(count[chosen[4]]), never}
 end
 if amount > 0 then
   redis.call('HINCRBY', KEYS[1], 'out', fmt(amount))
@@ -99,6 +148,7 @@ if amount > 0 then
   redis.call('INCRBY', KEYS[4], fmt(amount))
   if has_dept then redis.call('INCRBY', KEYS[5], fmt(amount)) end
 end
+hold(KEYS[1], KEYS[11], has_dept and KEYS[12], amount, 1)
 if ARGV[6] ~= '' then redis.call('INCR', KEYS[6]) redis.call('EXPIRE', KEYS[6], 130) end
 if ARGV[7] ~= '' then redis.call('INCRBY', KEYS[8], ARGV[8]) redis.call('EXPIRE', KEYS[8], 130) end
 redis.call('ZADD', KEYS[10], ARGV[10], ARGV[11])
@@ -106,13 +156,17 @@ return {0, fmt(rpm_left), fmt(tpm_left)}
 """
 
 SETTLE = _COMMON + """
--- KEYS: co, total, week, month, dept, tpm_cur, reservations, stream
+-- KEYS: co, total, week, month, dept, tpm_cur, reservations, stream, token held, dept held
 -- ARGV: reserved, actual, tpm_delta, reservation_member, event, has_dept
 local removed = redis.call('ZREM', KEYS[7], ARGV[4])
 local reserved, actual = tonumber(ARGV[1]), tonumber(ARGV[2])
 -- A reservation the sweeper already released must not be released twice: count the actual only.
 local delta = actual
-if removed == 1 then delta = actual - reserved end
+if removed == 1 then
+  delta = actual - reserved
+  -- Only a reservation that took a hold releases one (members made before holds existed do not).
+  if string.sub(ARGV[4], 1, 6) == '{"h":1' then hold(KEYS[1], KEYS[9], ARGV[6] == '1' and KEYS[10], -reserved, -1) end
+end
 if delta ~= 0 then
   redis.call('HINCRBY', KEYS[1], 'out', fmt(delta))
   redis.call('INCRBY', KEYS[2], fmt(delta))
@@ -179,6 +233,10 @@ for _, member in ipairs(expired) do
     if amount > 0 then
       redis.call('HINCRBY', reservation.keys[1], 'out', fmt(-amount))
       for i = 2, #reservation.keys do redis.call('INCRBY', reservation.keys[i], fmt(-amount)) end
+    end
+    if reservation.h == 1 then
+      local dept = reservation.keys[5] and (string.gsub(reservation.keys[5], ':m:[^:]*$', ':held'))
+      hold(reservation.keys[1], (string.gsub(reservation.keys[2], ':total$', ':held')), dept, -amount, -1)
     end
     redis.call('XADD', KEYS[2], '*', 'e', reservation.event)
     released = released + 1
@@ -268,6 +326,16 @@ def month_key(token_id: int, month: str) -> str:
     return f"js:tk:{token_id}:m:{month}"
 
 
+def held_key(token_id: int) -> str:
+    """The hash of what a token's in-flight reservations hold: ``a`` (micro-RUB), ``n`` (count)."""
+    return f"js:tk:{token_id}:held"
+
+
+def dept_held_key(department_id: int | None) -> str:
+    """The hash of what a department's in-flight reservations hold: ``a`` (micro-RUB), ``n`` (count)."""
+    return f"js:dp:{department_id or 0}:held"
+
+
 def dept_key(department_id: int | None, month: str) -> str:
     """The string key of a department's spend in ``month`` (micro-RUB). A token without a department
     gets ``js:dp:0:…``, which the scripts neither create, check nor charge (``has_dept`` False)."""
@@ -277,7 +345,8 @@ def dept_key(department_id: int | None, month: str) -> str:
 @dataclass(slots=True)
 class SpendKeys:
     """The Redis keys of one token's spend counters: company funds hash, the token's total, ISO-week
-    and month spend, and its department's month spend (``has_dept`` False: no department)."""
+    and month spend, and its department's month spend (``has_dept`` False: no department); ``held`` and
+    ``dept_held`` the token's and department's holds (what in-flight reservations hold)."""
 
     co: str
     total: str
@@ -285,12 +354,14 @@ class SpendKeys:
     month: str
     dept: str
     has_dept: bool
+    held: str = ""
+    dept_held: str = ""
 
     @classmethod
     def for_token(cls, *, token_id: int, company_id: int, department_id: int | None, week: str, month: str) -> SpendKeys:
         """The keys for a token in the calendar windows ``week`` ("2026-W48") and ``month`` ("2026-11")."""
         return cls(company_key(company_id), total_key(token_id), week_key(token_id, week), month_key(token_id, month),
-                   dept_key(department_id, month), department_id is not None)
+                   dept_key(department_id, month), department_id is not None, held_key(token_id), dept_held_key(department_id))
 
     def as_list(self) -> list[str]:
         """[co, total, week, month, dept]: KEYS[1..5] of RESERVE, SETTLE and INIT (``dept`` is passed
@@ -317,6 +388,7 @@ def rate_keys(token_id: int, now: float) -> tuple[str, str, str, str, str]:
 
 def reservation_member(*, request_id: str, keys: SpendKeys, amount: int, failure_event: bytes) -> bytes:
     """The reservations-set entry for a call: what the sweeper releases (``amount`` micro-RUB from
-    each counter) and the usage event it records if the call never settles."""
-    return orjson.dumps({"rid": request_id, "amount": amount, "keys": keys.charged_keys(), "event": failure_event.decode()})
+    each counter, and the hold — ``"h": 1``), and the usage event it records if the call never settles."""
+    # "h" first: SETTLE tells a member whose reservation took a hold (``hold`` in the scripts) by its prefix.
+    return orjson.dumps({"h": 1, "rid": request_id, "amount": amount, "keys": keys.charged_keys(), "event": failure_event.decode()})
 

@@ -130,3 +130,31 @@ def unblock_token(*, token: ApiToken, reason: str = "") -> Outcome:
 def revoke_token(*, token: ApiToken, reason: str) -> Outcome:
     """``set_token_status`` to REVOKED, for good (UNCHANGED if it already is)."""
     return set_token_status(token=token, status=TokenStatus.REVOKED, reason=reason)
+
+
+# A token blocked because a spend limit is reached (``rollover.enforce_limits``) carries a reason that
+# starts with this; only such blocks are lifted by the job (a person's block is never touched).
+LIMIT_BLOCK_PREFIX = "Limit reached: "
+
+
+def block_for_limit(*, token: ApiToken, reason: str) -> bool:
+    """Block an ACTIVE token because a spend limit is reached, with ``reason`` (starting with
+    ``LIMIT_BLOCK_PREFIX``); a token already blocked (by a person or the job) or revoked is left as
+    it is. Returns whether it was blocked."""
+    with transaction.atomic():
+        token = find_for_update(ApiToken.objects, dry_run=False, pk=token.pk)
+        if token is None or token.status != TokenStatus.ACTIVE:
+            return False
+        save_staged(token, stage(token, {"status": TokenStatus.BLOCKED, "status_reason": reason}), dry_run=False)
+        return True
+
+
+def release_limit_block(*, token: ApiToken) -> bool:
+    """Unblock a token the job blocked on a limit (its reason still starts with ``LIMIT_BLOCK_PREFIX``:
+    a block a person set meanwhile stays). Returns whether it was unblocked."""
+    with transaction.atomic():
+        token = find_for_update(ApiToken.objects, dry_run=False, pk=token.pk)
+        if token is None or token.status != TokenStatus.BLOCKED or not token.status_reason.startswith(LIMIT_BLOCK_PREFIX):
+            return False
+        save_staged(token, stage(token, {"status": TokenStatus.ACTIVE, "status_reason": ""}), dry_run=False)
+        return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from .reconcile import reconcile
+from .rollover import roll_over
 
 
 @shared_task(name="apps.proxy.tasks.reconcile_spend_counters", ignore_result=True)
@@ -13,3 +14,12 @@ def reconcile_spend_counters() -> int:
     return how many counters disagreed (beat: every 600 s; see reconcile.py). Safe to run twice or
     concurrently: a repair subtracts a drift two measurements agree on, and a second run finds none."""
     return len(reconcile())
+
+
+@shared_task(name="apps.proxy.tasks.reset_limits", ignore_result=True)
+def reset_limits() -> int:
+    """"Limit resets" (beat, every minute): open the current calendar windows' counters from the
+    ledger, block tokens whose limit is reached, unblock those whose window rolled over or whose
+    limit was raised (see rollover.py). Safe to run twice. Returns how many tokens it changed."""
+    report = roll_over()
+    return len(report.opened) + len(report.blocked) + len(report.unblocked)

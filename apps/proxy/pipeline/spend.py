@@ -16,7 +16,7 @@ import time
 from apps.billing.models import UsageStatus
 from apps.providers.adapters.base import CanonicalRequest
 from lib import tokenizer
-from lib.money import cost_from_units, format_rub
+from lib.money import cost_from_units
 from lib.resp import Redis
 
 from ..counters import load_initial_counters
@@ -35,22 +35,10 @@ from ..redis_scripts import (
 from ..snapshot import ModelRoute, SnapshotCache, TokenSnapshot
 from ..windows import window_ids
 from .context import Call, Reservation
+from .refusals import limit_error
+from .refusals import rub as rub  # re-exported: relay and info format money with it
 
 logger = logging.getLogger("jetstream.proxy")
-
-LIMIT_ERRORS = {
-    "balance": (402, "insufficient_balance", "The company balance does not cover this request (reserved {amount} RUB, available {limit} RUB)."),
-    "total": (429, "limit_total", "The token's total spend limit ({limit} RUB) is reached."),
-    "weekly": (429, "limit_weekly", "The token's weekly spend limit ({limit} RUB) is reached."),
-    "monthly": (429, "limit_monthly", "The token's monthly spend limit ({limit} RUB) is reached."),
-    "department": (429, "limit_department", "The department's monthly budget ({limit} RUB) is reached."),
-}
-
-
-def rub(micro: int) -> str:
-    """Micro-RUB as the wire shows rubles: six decimals, e.g. 12_345_678 → "12.345678"."""
-    return format_rub(micro, 6)
-
 
 def estimate(call: Call) -> None:
     """Fill ``call.input_tokens_estimate`` and ``call.max_output_tokens`` (over all choices) for
@@ -197,8 +185,9 @@ class SpendCounters:
 
     async def reserve(self, call: Call) -> Reservation:
         """Check and take the call's maximum cost against balance, limits and budget, and one request
-        plus its token estimate against RPM/TPM, all at once. Raises ``ApiError`` 402/429 naming the
-        limit (with ``Retry-After`` for rate limits), 503 if counters cannot be seeded."""
+        plus its token estimate against RPM/TPM, all at once. Raises ``refusals.LimitRefusal`` naming the
+        limit with its figures — 402/413 (403: RPM 0) when the request can never fit, 429 with
+        ``Retry-After`` when it fits later (``refusals.limit_error``) — and 503 if counters cannot be seeded."""
         token = call.token
         amount = price(call.route, call.input_tokens_estimate, call.max_output_tokens, 0, token.sell_coef_units)
         for fallback in call.fallbacks:  # whichever model answers, its cost fits what is held
@@ -212,7 +201,7 @@ class SpendCounters:
         args = [amount, _opt(token.limit_total), _opt(token.limit_weekly), _opt(token.limit_monthly),
                 _opt(token.department_budget), _opt(token.rpm), _opt(token.tpm), tpm_estimate, frac,
                 _expiry(now + self._reservation_ttl), member, WINDOW_TTL, 1 if keys.has_dept else 0]
-        redis_keys = [*keys.as_list(), rpm_cur, rpm_prev, tpm_cur, tpm_prev, RESERVATIONS_KEY]
+        redis_keys = [*keys.as_list(), rpm_cur, rpm_prev, tpm_cur, tpm_prev, RESERVATIONS_KEY, keys.held, keys.dept_held]
         for _attempt in range(3):
             result = await self.redis.evalsha(self._reserve, redis_keys, args)
             code = result[0]
@@ -222,7 +211,7 @@ class SpendCounters:
             if code == 1:
                 await self.seed(token, keys)
                 continue
-            raise limit_error([r.decode() if isinstance(r, bytes) else r for r in result[1:]], amount)
+            raise limit_error([r.decode() if isinstance(r, bytes) else str(r) for r in result[1:]], call, amount)
         raise gateway_unavailable("The gateway could not initialise spend counters.")
 
     def _keep_alive(self, member: bytes) -> None:
@@ -283,7 +272,8 @@ class SpendCounters:
         self._live.pop(reservation.member, None)
         tpm_delta = (call.input_tokens + call.output_tokens) - reservation.tpm_estimate if call.token.tpm else 0
         event = call.usage_event(status=status, http=http, error=error)
-        await self.redis.evalsha(self._settle, [*reservation.keys.as_list(), reservation.tpm_key, RESERVATIONS_KEY, STREAM_KEY],
+        await self.redis.evalsha(self._settle, [*reservation.keys.as_list(), reservation.tpm_key, RESERVATIONS_KEY, STREAM_KEY,
+                                                reservation.keys.held, reservation.keys.dept_held],
                                  [reservation.amount, call.sell, tpm_delta, reservation.member, event,
                                   1 if reservation.keys.has_dept else 0])
         call.settled = True
@@ -291,26 +281,6 @@ class SpendCounters:
     async def record(self, call: Call, *, status: str, http: int, error: ApiError | None) -> None:
         """Append the usage event of a call that moved no money (refused, invalid, replayed)."""
         await self.redis.execute("XADD", STREAM_KEY, "*", "e", call.usage_event(status=status, http=http, error=error))
-
-
-def limit_error(detail: list, amount: int) -> ApiError:
-    """The refusal for a RESERVE result naming a limit: 429 with ``Retry-After`` and rate-limit
-    headers for RPM/TPM, 402 for the balance, 429 for a spend limit or budget."""
-    name = detail[0]
-    if name in ("rpm", "tpm"):
-        limit, retry = detail[1], detail[3]
-        kind = "requests" if name == "rpm" else "tokens"
-        return ApiError(429, f"Rate limit reached: {limit} {kind} per minute for this token. Retry after {retry} s.",
-                        type="rate_limit_error", code=f"rate_limit_{name}",
-                        headers=[(b"retry-after", retry.encode()),
-                                 (f"x-ratelimit-limit-{kind}".encode(), limit.encode()),
-                                 (f"x-ratelimit-remaining-{kind}".encode(), b"0"),
-                                 (f"x-ratelimit-reset-{kind}".encode(), f"{retry}s".encode())])
-    status, code, template = LIMIT_ERRORS[name]
-    message = template.format(limit=rub(int(detail[1])), amount=rub(amount))
-    # A spent limit or an empty wallet stays so for hours: an SDK retry in a second only adds load.
-    return ApiError(status, message, type="insufficient_quota" if status == 402 else "rate_limit_error", code=code,
-                    retryable=False)
 
 
 def rate_headers(call: Call, now: float | None = None) -> list[tuple[bytes, bytes]]:

@@ -227,10 +227,11 @@ def test_spend_limits_apply_to_messages_as_to_chat(gateway):
     token.limit_total = 1  # one micro-ruble: no request fits
     token.save()
     gateway.wait_config()
-    with pytest.raises(anthropic.RateLimitError) as caught:
+    with pytest.raises(anthropic.APIStatusError) as caught:
         claude(gateway).messages.create(model="demo-chat", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
-    assert caught.value.body["error"]["type"] == "rate_limit_error" and caught.value.body["error"]["code"] == "limit_total"
-    with pytest.raises(openai.RateLimitError):
+    assert caught.value.status_code == 402  # never fits: not a rate limit (tests/proxy/test_refusals.py)
+    assert caught.value.body["error"]["type"] == "billing_error" and caught.value.body["error"]["code"] == "limit_total"
+    with pytest.raises(openai.APIStatusError):
         gateway.client().chat.completions.create(model="demo-chat", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
 
 

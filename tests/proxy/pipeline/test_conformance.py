@@ -137,9 +137,9 @@ def _counting_client(gateway) -> tuple[openai.OpenAI, list[str]]:
 def test_a_spent_limit_is_not_retried_by_the_sdk(gateway):
     _limits(gateway, limit_total=1)  # one micro-ruble: no request fits
     client, sent = _counting_client(gateway)
-    with pytest.raises(openai.RateLimitError) as refused:
+    with pytest.raises(openai.APIStatusError) as refused:
         client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": "hi"}])
-    assert refused.value.code == "limit_total"
+    assert refused.value.status_code == 402 and refused.value.code == "limit_total"
     assert refused.value.response.headers["x-should-retry"] == "false"
     assert len(sent) == 1
     assert gateway.drain(expect=1) == 1 and UsageRecord.objects.get().status == "rejected"
