@@ -8,6 +8,10 @@ Supplier keys show their shared health (``apps/providers/key_health.py``, read f
 once a second for every page): circuit state, rate-limit cooldown, the last error (scrubbed by the
 proxy) and the average latency of the key's answers in the last hour (from usage records).
 Re-enabling a key (status back to active) also clears its health record in every proxy.
+
+Egress proxies show what their periodic health check found (``apps.providers.tasks``): health, last
+check, latency and the last error (scrubbed), in their list and on each provider's page, next to
+the provider's egress proxies in their order.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from import_export.admin import ImportExportMixin
 
 from apps.billing.models import UsageRecord, UsageStatus
 from apps.providers import key_health
-from apps.providers.models import EgressProxy, Model, Price, Provider, SupplierKey, SupplierKeyStatus
+from apps.providers.models import EgressHealth, EgressProxy, Model, Price, Provider, ProviderEgress, SupplierKey, SupplierKeyStatus
 from apps.providers.resources import ModelResource, PriceResource
 from lib.admin import SPREADSHEET_FORMATS, AppendOnlyAdminMixin, ExportPermissionMixin, MicroAmountField, rub_column
 from lib.crypto import SecretDecryptionError
@@ -61,7 +65,7 @@ class EgressProxyForm(forms.ModelForm):
 
     class Meta:
         model = EgressProxy
-        fields = ["slug", "country", "url", "internal", "is_active"]
+        fields = ["slug", "country", "url", "internal", "is_active", "probe_url"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -92,32 +96,86 @@ class EgressProxyForm(forms.ModelForm):
         return cleaned
 
 
+def _health_label(egress: EgressProxy) -> str:
+    """"up", "down" or "not checked yet", with the time of the last check."""
+    label = str(EgressHealth(egress.health).label)
+    if egress.health_checked_at is None:
+        return label
+    return f"{label} ({timezone.localtime(egress.health_checked_at):%Y-%m-%d %H:%M:%S})"
+
+
 @admin.register(EgressProxy)
 class EgressProxyAdmin(admin.ModelAdmin):
     form = EgressProxyForm
-    list_display = ["slug", "country", "url_display", "internal", "is_active", "created_at"]
-    list_filter = ["country", "internal", "is_active"]
+    list_display = ["slug", "country", "url_display", "health", "health_checked_at", "latency", "health_error",
+                    "internal", "is_active", "created_at"]
+    list_filter = ["country", "health", "internal", "is_active"]
     search_fields = ["slug", "country", "url_display"]
     date_hierarchy = "created_at"
 
+    @admin.display(description=_("latency"), ordering="health_latency_ms")
+    def latency(self, obj: EgressProxy) -> str:
+        return "—" if obj.health_latency_ms is None else f"{obj.health_latency_ms} ms"
+
     def get_fields(self, request: HttpRequest, obj: EgressProxy | None = None) -> list[str]:
-        fields = ["slug", "country", "url", "internal", "is_active"]
-        return fields if obj is None else ["slug", "country", "url_display", "url", "internal", "is_active", "created_at"]
+        fields = ["slug", "country", "url", "internal", "is_active", "probe_url"]
+        if obj is None:
+            return fields
+        return ["slug", "country", "url_display", "url", "internal", "is_active", "probe_url", "health",
+                "health_checked_at", "latency", "health_error", "created_at"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: EgressProxy | None = None) -> list[str]:
-        return [] if obj is None else ["url_display", "created_at"]
+        return [] if obj is None else ["url_display", "health", "health_checked_at", "latency", "health_error", "created_at"]
+
+
+class ProviderEgressInline(admin.TabularInline):
+    """A provider's egress proxies in order, each with its last health check (read-only)."""
+
+    model = ProviderEgress
+    extra = 0
+    autocomplete_fields = ["egress"]
+    fields = ["egress", "priority", "egress_url", "egress_health", "egress_latency", "egress_error"]
+    readonly_fields = ["egress_url", "egress_health", "egress_latency", "egress_error"]
+
+    @admin.display(description=_("URL"))
+    def egress_url(self, obj: ProviderEgress) -> str:
+        return obj.egress.url_display if obj.pk else "—"
+
+    @admin.display(description=_("health"))
+    def egress_health(self, obj: ProviderEgress) -> str:
+        return _health_label(obj.egress) if obj.pk else "—"
+
+    @admin.display(description=_("latency"))
+    def egress_latency(self, obj: ProviderEgress) -> str:
+        latency = obj.egress.health_latency_ms if obj.pk else None
+        return "—" if latency is None else f"{latency} ms"
+
+    @admin.display(description=_("last error"))
+    def egress_error(self, obj: ProviderEgress) -> str:
+        return (obj.egress.health_error or "—") if obj.pk else "—"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ProviderEgress]:
+        return super().get_queryset(request).select_related("egress")
 
 
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     # The model's clean() refuses unsafe base URLs (SSRF) unless "internal" is ticked.
-    list_display = ["slug", "name", "kind", "base_url", "country", "internal", "egress", "is_active", "created_at"]
+    list_display = ["slug", "name", "kind", "base_url", "country", "internal", "egress_list", "is_active", "created_at"]
     list_filter = ["kind", "country", "internal", "is_active"]
     search_fields = ["slug", "name", "base_url"]
-    list_select_related = ["egress"]
-    autocomplete_fields = ["egress"]
     date_hierarchy = "created_at"
-    fields = ["slug", "name", "kind", "base_url", "country", "internal", "egress", "options", "is_active"]
+    fields = ["slug", "name", "kind", "base_url", "country", "internal", "options", "is_active"]
+    inlines = [ProviderEgressInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Provider]:
+        return super().get_queryset(request).prefetch_related("egress_links__egress")
+
+    @admin.display(description=_("egress proxies"))
+    def egress_list(self, obj: Provider) -> str:
+        """The provider's egress proxies in order, each with its health ("—": calls leave directly)."""
+        links = sorted(obj.egress_links.all(), key=lambda link: (link.priority, link.egress.slug))
+        return ", ".join(f"{link.egress.slug} ({EgressHealth(link.egress.health).label})" for link in links) or "—"
 
     def formfield_for_dbfield(self, db_field, request: HttpRequest, **kwargs: Any):
         if db_field.name == "base_url":
