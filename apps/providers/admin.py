@@ -117,6 +117,11 @@ class EgressProxyAdmin(admin.ModelAdmin):
     def latency(self, obj: EgressProxy) -> str:
         return "—" if obj.health_latency_ms is None else f"{obj.health_latency_ms} ms"
 
+    def formfield_for_dbfield(self, db_field, request: HttpRequest, **kwargs: Any):
+        if db_field.name == "probe_url":
+            kwargs["assume_scheme"] = "https"
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
     def get_fields(self, request: HttpRequest, obj: EgressProxy | None = None) -> list[str]:
         fields = ["slug", "country", "url", "internal", "is_active", "probe_url"]
         if obj is None:
