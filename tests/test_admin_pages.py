@@ -21,6 +21,7 @@ def _instances(personas, catalog) -> dict[str, object]:
         "accounts.suppliermembership": SupplierMembership.objects.get(user=personas.supplier_user),
         "providers.egressproxy": catalog.egress,
         "providers.provider": catalog.provider,
+        "providers.provideregress": catalog.provider.egress_links.get(),
         "providers.model": catalog.model,
         "providers.price": catalog.price,
         "providers.supplierkey": catalog.supplier_key,

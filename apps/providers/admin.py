@@ -57,6 +57,8 @@ class WriteOnlySecretField(forms.CharField):
 
 
 class EgressProxyForm(forms.ModelForm):
+    probe_url = forms.URLField(label=_("probe URL"), max_length=500, required=False, assume_scheme="https",
+                               help_text=EgressProxy._meta.get_field("probe_url").help_text)
     url = WriteOnlySecretField(
         label=_("URL"), max_length=1000, required=False,
         help_text=_("e.g. socks5://user:password@proxy.example.net:1080. Stored encrypted and never shown again; "
@@ -117,11 +119,6 @@ class EgressProxyAdmin(admin.ModelAdmin):
     def latency(self, obj: EgressProxy) -> str:
         return "—" if obj.health_latency_ms is None else f"{obj.health_latency_ms} ms"
 
-    def formfield_for_dbfield(self, db_field, request: HttpRequest, **kwargs: Any):
-        if db_field.name == "probe_url":
-            kwargs["assume_scheme"] = "https"
-        return super().formfield_for_dbfield(db_field, request, **kwargs)
-
     def get_fields(self, request: HttpRequest, obj: EgressProxy | None = None) -> list[str]:
         fields = ["slug", "country", "url", "internal", "is_active", "probe_url"]
         if obj is None:
@@ -161,6 +158,29 @@ class ProviderEgressInline(admin.TabularInline):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ProviderEgress]:
         return super().get_queryset(request).select_related("egress")
+
+
+@admin.register(ProviderEgress)
+class ProviderEgressAdmin(admin.ModelAdmin):
+    """Every provider's egress proxies in order, with each proxy's last health check."""
+
+    list_display = ["provider", "priority", "egress", "health", "latency", "last_error"]
+    list_filter = ["provider", "egress__country", "egress__health"]
+    search_fields = ["provider__slug", "egress__slug"]
+    list_select_related = ["provider", "egress"]
+    autocomplete_fields = ["provider", "egress"]
+
+    @admin.display(description=_("health"), ordering="egress__health")
+    def health(self, obj: ProviderEgress) -> str:
+        return _health_label(obj.egress)
+
+    @admin.display(description=_("latency"))
+    def latency(self, obj: ProviderEgress) -> str:
+        return "—" if obj.egress.health_latency_ms is None else f"{obj.egress.health_latency_ms} ms"
+
+    @admin.display(description=_("last error"))
+    def last_error(self, obj: ProviderEgress) -> str:
+        return obj.egress.health_error or "—"
 
 
 @admin.register(Provider)
