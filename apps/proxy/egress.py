@@ -41,7 +41,7 @@ from python_socks.async_.asyncio.v2 import Proxy
 from yarl import URL
 
 from lib.scrub import scrub
-from lib.ssrf import GuardedResolver, guarded_socket
+from lib.ssrf import GuardedResolver, UnsafeAddressError, guarded_socket
 
 logger = logging.getLogger(__name__)
 
@@ -189,12 +189,25 @@ class ProbeResult:
 
 
 def describe_failure(exc: BaseException, egress: EgressRoute) -> str:
-    """What a failed probe says, safe to store and show: the error's class and text with the proxy URL,
-    its credentials, host names and addresses scrubbed (``lib.scrub``)."""
+    """What a failed probe says, safe to store and show: the error's class and what it means, in the
+    gateway's words where it knows the failure (a refused connection, a timeout, the proxy's HTTP
+    status, an address refused by the SSRF guard), else its text scrubbed (``lib.scrub``) of the proxy
+    URL, its credentials, host, port, and any other URL, host name or address."""
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return f"{name}: the proxy answered HTTP {exc.status}"
+    if isinstance(exc, TimeoutError):
+        return f"{name}: no answer in time"
+    cause = exc.__cause__ or getattr(exc, "os_error", None)
+    if isinstance(cause, UnsafeAddressError) or isinstance(exc, UnsafeAddressError):
+        return f"{name}: not a public address; mark the egress proxy internal if it is meant to be reached"
+    if isinstance(exc, ConnectionRefusedError) or isinstance(cause, ConnectionRefusedError):
+        return f"{name}: connection refused"
     parts = URL(egress.url)
     secrets = [egress.url] + [value for value in (parts.user, parts.password, parts.host) if value]
-    text = str(exc) or "no detail"
-    return scrub(f"{type(exc).__name__}: {text}", secrets)[:300]
+    if parts.port is not None and parts.port >= 1000:  # shorter numbers would mangle the text
+        secrets.append(str(parts.port))
+    return scrub(f"{name}: {exc or 'no detail'}", secrets)[:300]
 
 
 async def probe(egress: EgressRoute, probe_url: str, *, timeout: float,
