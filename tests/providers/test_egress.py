@@ -119,3 +119,31 @@ def test_the_admin_shows_each_egress_health_without_credentials(superadmin_clien
         assert catalog.egress.reveal_url() not in html and "egress-user:" not in html, url
     assert "ClientConnectorError" in superadmin_client.get(pages[0]).content.decode()
     assert "socks5://proxy.example.net:1080" in superadmin_client.get(pages[2]).content.decode()
+
+
+# --- migration ----------------------------------------------------------------------------------
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_makes_a_providers_single_egress_the_first_of_its_list():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = [("providers", "0003_azure_openai_kind")], [("providers", "0004_egress_points")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    try:
+        old = executor.loader.project_state(before).apps
+        proxy = old.get_model("providers", "EgressProxy").objects.create(slug="fi-1", country="FI", url_encrypted="x",
+                                                                         url_display="http://fi:3128")
+        Provider = old.get_model("providers", "Provider")
+        Provider.objects.create(slug="with", kind="mock", egress=proxy)
+        Provider.objects.create(slug="without", kind="mock")
+
+        executor = MigrationExecutor(connection)
+        executor.migrate(after)
+        new = executor.loader.project_state(after).apps
+        links = new.get_model("providers", "ProviderEgress").objects.order_by("pk")
+        assert [(link.provider.slug, link.egress.slug, link.priority) for link in links] == [("with", "fi-1", 0)]
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())
