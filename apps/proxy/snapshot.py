@@ -122,7 +122,8 @@ class ModelRoute:
     order calls try them (``egress.EgressRoute``: URL decrypted, health as last checked; none: calls
     leave directly); ``internal`` the provider's ``internal`` flag (a loopback or private address
     allowed). A route built by hand may give one proxy as ``egress_url`` / ``egress_internal``
-    instead: it becomes the only entry of ``egresses``.
+    instead: it becomes the only entry of ``egresses``. ``egress_only``: the provider lists egress
+    proxies (active or not), so its calls never leave directly — with none active they fail.
     """
 
     id: int
@@ -153,6 +154,7 @@ class ModelRoute:
     target: Target = field(init=False)  # where the adapter sends this model's calls
 
     egresses: tuple[EgressRoute, ...] = ()
+    egress_only: bool = False  # the provider lists egress proxies: never call it directly, even with none active
 
     def __post_init__(self) -> None:
         self.target = Target(self.base_url, self.upstream_model, self.provider_options)
@@ -236,6 +238,7 @@ def _load_routes() -> dict[str, ModelRoute]:
             KeyRoute(key.pk, key.supplier_id, secret, key.weight, key.priority, coefficient_units(key.buy_coefficient),
                      updated_at=key.updated_at.timestamp()))
     egresses = _load_egresses()
+    egress_only = set(ProviderEgress.objects.values_list("provider_id", flat=True).distinct())
     routes: dict[str, ModelRoute] = {}
     for model in Model.objects.select_related("provider").filter(is_active=True, provider__is_active=True):
         provider = model.provider
@@ -251,6 +254,7 @@ def _load_routes() -> dict[str, ModelRoute]:
             price_cached=price.cached_input_per_1m if price else 0,
             fx_micro=fx.get(price.currency) if price else None,
             keys=keys.get(provider.pk, []), internal=provider.internal, egresses=egresses.get(provider.pk, ()),
+            egress_only=provider.pk in egress_only,
             fallbacks=tuple(model.fallbacks), routing=model.routing, country=provider.country,
         )
     return routes

@@ -233,6 +233,23 @@ def test_the_health_check_marks_a_dead_egress_down_and_workers_stop_using_it(wor
     assert len(socks_proxy.targets) == 2  # the probe's and the call's
 
 
+def test_a_provider_whose_egresses_are_all_inactive_is_never_called_directly(world, start_gateway, fake_openai, caplog):
+    fi = egress("fi-1", dead_proxy_url("http"))
+    route_through(world, fi)
+    fi.is_active = False
+    fi.save()
+    world.provider.base_url = fake_openai.base_url  # reachable directly: the gateway must not go there
+    world.provider.internal = True
+    world.provider.save()
+    gateway = start_gateway()
+
+    with caplog.at_level(logging.ERROR):
+        response = post(gateway, GOOD)
+
+    assert response.status_code == 502 and fake_openai.requests == []
+    assert "provider openai-main: none of its egress proxies is active" in caplog.text
+
+
 def test_a_single_egress_route_built_by_hand_still_works(fake_openai):
     """``ModelRoute(egress_url=...)`` (a route built without the snapshot) becomes a one-entry list."""
     from apps.proxy.snapshot import ModelRoute

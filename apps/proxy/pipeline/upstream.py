@@ -353,7 +353,7 @@ class UpstreamClient:
         adapter's ``UpstreamFailure``."""
         route = call.route
         credential = Credential(key.id, key.secret) if key is not None else None
-        if route.egresses:
+        if route.egresses or route.egress_only:
             response = await self._open_through_egress(adapter, call, credential)
         else:
             response = await adapter.open(self.session_for(route), call.request, route.target, credential, proxy=None)
@@ -369,7 +369,8 @@ class UpstreamClient:
         """``adapter.open`` through the route's egress proxies in ``EgressPools.order``: a connection
         that fails through one (``upstream_unreachable``, a connect timeout) is tried through the
         next with the same key, and that proxy rests in this worker. Raises the last such failure
-        when every proxy failed, any other ``UpstreamFailure`` at once."""
+        when every proxy failed (``unreachable`` when none is active), any other ``UpstreamFailure``
+        at once."""
         route = call.route
         failure: UpstreamFailure | None = None
         for egress in self.egress.order(route.egresses):
@@ -384,7 +385,9 @@ class UpstreamClient:
                 continue
             self.egress.succeeded(egress)
             return response
-        assert failure is not None, "a route with egress proxies tries at least one"
+        if failure is None:  # every egress proxy of the provider is inactive: never leave directly instead
+            logger.error("provider %s: none of its egress proxies is active", route.provider_slug)
+            raise unreachable()
         raise failure
 
     def _egress_session(self, egress: EgressRoute, route: ModelRoute) -> aiohttp.ClientSession:
