@@ -250,6 +250,37 @@ def test_a_provider_whose_egresses_are_all_inactive_is_never_called_directly(wor
     assert "provider openai-main: none of its egress proxies is active" in caplog.text
 
 
+def test_gigachat_exchanges_its_token_and_answers_through_a_socks5_egress(world, socks_proxy, start_gateway):
+    """Both of GigaChat's hosts (the token service and the API) are reached through the egress proxy."""
+    from apps.providers.models import Model, Price, Provider, SupplierKey
+    from tests.fakes.gigachat_upstream import DEFAULT_AUTH_KEY, FakeGigaChat
+
+    with FakeGigaChat() as giga:
+        port = urlsplit(giga.base_url).port
+        provider = Provider.objects.create(
+            slug="gigachat", kind="gigachat", base_url=f"http://gigachat.upstream.test:{port}/api/v1",
+            options={"auth_url": f"http://ngw.upstream.test:{port}/api/v2/oauth", "scope": "GIGACHAT_API_PERS"})
+        key = SupplierKey(supplier=world.supplier, provider=provider, name="giga-0")
+        key.set_secret(DEFAULT_AUTH_KEY)
+        key.save()
+        model = Model.objects.create(name="giga-max", provider=provider, upstream_model="GigaChat-2-Max")
+        Price.objects.create(model=model, currency="RUB", input_per_1m=500_000_000, output_per_1m=1_500_000_000)
+        socks_proxy.hosts.update({"gigachat.upstream.test": "127.0.0.1", "ngw.upstream.test": "127.0.0.1"})
+        from apps.providers.services import set_provider_egresses
+
+        set_provider_egresses(provider=provider, egresses=[egress("ru-1", socks_proxy.url, country="RU")])
+        gateway = start_gateway()
+
+        completion = gateway.client().chat.completions.create(model="giga-max", messages=[{"role": "user", "content": "hi"}])
+
+        assert completion.choices[0].message.content
+        assert len(giga.exchanges) == 1 and len(giga.requests) == 1
+        assert {host for host, _port in socks_proxy.targets} == {"ngw.upstream.test", "gigachat.upstream.test"}
+        gateway.drain(expect=1)
+        (record,) = _records()
+        assert record.status == "ok" and record.sell_cost > 0
+
+
 def test_a_single_egress_route_built_by_hand_still_works(fake_openai):
     """``ModelRoute(egress_url=...)`` (a route built without the snapshot) becomes a one-entry list."""
     from apps.proxy.snapshot import ModelRoute
