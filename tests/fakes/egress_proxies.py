@@ -122,9 +122,11 @@ async def _splice(client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
 
 
 class FakeHttpProxy(_ProxyThread):
-    """An HTTP forward proxy: ``CONNECT`` tunnels and absolute-form requests (see the module docstring)."""
+    """An HTTP forward proxy: ``CONNECT`` tunnels (counted in ``tunnels``) and absolute-form requests
+    (see the module docstring)."""
 
     scheme = "http"
+    tunnels = 0
 
     def _authorized(self, head: list[str]) -> bool:
         if self.credentials is None:
@@ -144,6 +146,7 @@ class FakeHttpProxy(_ProxyThread):
             await writer.drain()
             return
         if method == "CONNECT":
+            self.tunnels += 1
             host, _, port = target.rpartition(":")
             self.targets.append((host.strip("[]"), int(port)))
             upstream = await asyncio.open_connection(self._address_of(host.strip("[]")), int(port))

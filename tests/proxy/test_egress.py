@@ -110,6 +110,7 @@ def test_it_calls_through_an_http_proxy_with_credentials(world, http_proxy, star
 
     assert completion.choices[0].message.content
     assert http_proxy.targets == [(UPSTREAM_NAME, urlsplit(fake_openai.base_url).port)] and http_proxy.refused_auth == 0
+    assert http_proxy.tunnels == 0  # an http:// upstream is sent in absolute form
     assert "Proxy-Authorization" not in fake_openai.last_request.headers  # the proxy's, not the provider's
     assert UPSTREAM_NAME not in dns.asked  # the proxy resolved the provider
     gateway.drain(expect=1)
@@ -279,6 +280,35 @@ def test_gigachat_exchanges_its_token_and_answers_through_a_socks5_egress(world,
         gateway.drain(expect=1)
         (record,) = _records()
         assert record.status == "ok" and record.sell_cost > 0
+
+
+def test_an_https_upstream_is_tunnelled_through_an_http_proxy_with_connect(world, http_proxy, start_gateway, tmp_path):
+    """TLS to the upstream inside the proxy's CONNECT tunnel (GigaChat with its own CA bundle)."""
+    from apps.providers.models import Model, Price, Provider, SupplierKey
+    from apps.providers.services import set_provider_egresses
+    from tests.fakes.gigachat_upstream import DEFAULT_AUTH_KEY, FakeGigaChat, make_tls
+
+    ca_path, server_tls = make_tls(tmp_path)
+    with FakeGigaChat(tls=server_tls) as giga:
+        port = urlsplit(giga.base_url).port
+        provider = Provider.objects.create(
+            slug="gigachat", kind="gigachat", base_url=f"https://localhost:{port}/api/v1",
+            options={"auth_url": f"https://localhost:{port}/api/v2/oauth", "scope": "GIGACHAT_API_PERS",
+                     "ca_bundle": str(ca_path)})
+        key = SupplierKey(supplier=world.supplier, provider=provider, name="giga-0")
+        key.set_secret(DEFAULT_AUTH_KEY)
+        key.save()
+        model = Model.objects.create(name="giga-max", provider=provider, upstream_model="GigaChat-2-Max")
+        Price.objects.create(model=model, currency="RUB", input_per_1m=500_000_000, output_per_1m=1_500_000_000)
+        set_provider_egresses(provider=provider, egresses=[egress("ru-1", http_proxy.url, country="RU")])
+        gateway = start_gateway()
+
+        completion = gateway.client().chat.completions.create(model="giga-max", messages=[{"role": "user", "content": "hi"}])
+
+        assert completion.choices[0].message.content
+        assert len(giga.exchanges) == 1 and len(giga.requests) == 1
+        assert set(http_proxy.targets) == {("localhost", port)} and http_proxy.tunnels >= 1  # CONNECT, TLS inside
+        assert http_proxy.refused_auth == 0
 
 
 def test_a_single_egress_route_built_by_hand_still_works(fake_openai):
