@@ -237,8 +237,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # lapsed one released within 5 minutes is on time, and a 30 s sweep would only cost queries.
     "void-expired-holds": {"task": "apps.billing.tasks.void_expired_holds", "schedule": 300.0},
     "reconcile-spend-counters": {"task": "apps.proxy.tasks.reconcile_spend_counters", "schedule": 600.0},
-    # The schedule is set below, once JETSTREAM (its interval) is read.
-    "check-egress-health": {"task": "apps.providers.tasks.check_egress_health", "schedule": 30.0},
+    # Egress proxies' health (apps/providers/egress_health.py): a state change reaches workers on their config poll.
+    "check-egress-health": {"task": "apps.providers.tasks.check_egress_health",
+                            "schedule": float(envint("JETSTREAM_EGRESS_CHECK_SECONDS", 30, minimum=5))},
 }
 
 # --- REST framework ------------------------------------------------------------------------
@@ -296,12 +297,9 @@ JETSTREAM: dict[str, Any] = {
     "BREAKER_FAILURES": envint("JETSTREAM_BREAKER_FAILURES", 3, minimum=1),
     "BREAKER_COOLOFF_SECONDS": envint("JETSTREAM_BREAKER_COOLOFF_SECONDS", 30, minimum=1),
     "BREAKER_CLOSE_AFTER": envint("JETSTREAM_BREAKER_CLOSE_AFTER", 2, minimum=1),
-    # Egress proxies' health check (apps/providers/tasks.py): how often, and how long one probe may take.
-    "EGRESS_CHECK_SECONDS": envint("JETSTREAM_EGRESS_CHECK_SECONDS", 30, minimum=5),
+    # Egress proxies' health check (apps/providers/egress_health.py): how long one probe may take.
     "EGRESS_PROBE_TIMEOUT_SECONDS": envint("JETSTREAM_EGRESS_PROBE_TIMEOUT_SECONDS", 10, minimum=1),
 }
-
-CELERY_BEAT_SCHEDULE["check-egress-health"]["schedule"] = float(JETSTREAM["EGRESS_CHECK_SECONDS"])
 
 for _origin in JETSTREAM["CORS_ALLOWED_ORIGINS"]:
     if _origin != "*" and not re.fullmatch(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?", _origin):

@@ -9,7 +9,7 @@ once a second for every page): circuit state, rate-limit cooldown, the last erro
 proxy) and the average latency of the key's answers in the last hour (from usage records).
 Re-enabling a key (status back to active) also clears its health record in every proxy.
 
-Egress proxies show what their periodic health check found (``apps.providers.tasks``): health, last
+Egress proxies show what their periodic health check found (``apps.providers.egress_health``): health, last
 check, latency and the last error (scrubbed), in their list and on each provider's page, next to
 the provider's egress proxies in their order.
 """
