@@ -213,7 +213,8 @@ def describe_failure(exc: BaseException, egress: EgressRoute) -> str:
 async def probe(egress: EgressRoute, probe_url: str, *, timeout: float,
                 resolver: AbstractResolver | None = None) -> ProbeResult:
     """Request ``probe_url`` (GET, no redirects) through ``egress`` within ``timeout`` seconds in all:
-    any HTTP answer means the proxy carried the connection. Never raises for a network failure: a
+    any HTTP answer — or, through an ``http://`` or SOCKS proxy, a TLS handshake with a certificate
+    the default trust store refuses — means the proxy carried the connection. Never raises for a network failure: a
     ``ProbeResult`` with ``up`` False and the scrubbed error."""
     guard = None if egress.internal else GuardedResolver(resolver)
     session = new_session(egress, timeout=aiohttp.ClientTimeout(total=timeout, connect=timeout), guard=guard,
@@ -222,6 +223,12 @@ async def probe(egress: EgressRoute, probe_url: str, *, timeout: float,
     try:
         async with session.get(probe_url, proxy=egress.proxy, allow_redirects=False) as response:
             await response.release()
+        return ProbeResult(True, int((time.monotonic() - started) * 1000))
+    except aiohttp.ClientSSLError as exc:
+        if egress.url.lower().startswith("https"):  # TLS to the proxy itself may be what failed
+            return ProbeResult(False, None, describe_failure(exc, egress))
+        # The upstream's TLS answered through the proxy: the proxy works. Its certificate (a provider
+        # with its own CA bundle, such as GigaChat) is checked on real calls, not here.
         return ProbeResult(True, int((time.monotonic() - started) * 1000))
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
         return ProbeResult(False, None, describe_failure(exc, egress))

@@ -76,6 +76,18 @@ def test_the_probe_goes_through_the_proxy_and_reports_latency(fake_openai, proxy
         assert not refused.up and "wrong-password" not in refused.error
 
 
+def test_an_upstream_with_its_own_ca_probes_up_through_the_proxy(tmp_path):
+    """GigaChat's certificate is not in the default trust store: its TLS answering still means the proxy works."""
+    from tests.fakes.gigachat_upstream import FakeGigaChat, make_tls
+
+    _ca, server_tls = make_tls(tmp_path)
+    with FakeGigaChat(tls=server_tls) as giga, FakeHttpProxy() as proxy:
+        port = urlsplit(giga.base_url).port
+        result = asyncio.run(probe(EgressRoute(1, "ru-1", proxy.url, internal=True), f"https://localhost:{port}/api/v1",
+                                   timeout=5))
+    assert result.up and proxy.tunnels == 1 and giga.requests == []
+
+
 @pytest.mark.parametrize("scheme", ["http", "socks5"])
 def test_a_dead_proxy_probes_down_with_a_scrubbed_error(scheme):
     url = dead_proxy_url(scheme)
