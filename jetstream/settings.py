@@ -278,6 +278,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # Limit resets (apps/proxy/rollover.py): windows roll at midnight in each company's zone (some
     # zones are 30 or 45 minutes off the hour) and a reached limit should block within a minute.
     "limit-resets": {"task": "apps.proxy.tasks.reset_limits", "schedule": 60.0},
+    # Egress proxies' health (apps/providers/egress_health.py): a state change reaches workers on their config poll.
+    "check-egress-health": {"task": "apps.providers.tasks.check_egress_health",
+                            "schedule": float(envint("JETSTREAM_EGRESS_CHECK_SECONDS", 30, minimum=5))},
 }
 
 # --- Prices and FX (docs/billing.md "Prices and currencies") --------------------------------
@@ -363,6 +366,8 @@ JETSTREAM: dict[str, Any] = {
     "OPS_ALERT_EMAILS": envlist("JETSTREAM_OPS_ALERT_EMAILS", []),
     "OPS_ALERT_WEBHOOK_URL": envstr("JETSTREAM_OPS_ALERT_WEBHOOK_URL", "") or "",
     "OPS_ALERT_WEBHOOK_SECRET": envstr("JETSTREAM_OPS_ALERT_WEBHOOK_SECRET", "") or "",
+    # Egress proxies' health check (apps/providers/egress_health.py): how long one probe may take.
+    "EGRESS_PROBE_TIMEOUT_SECONDS": envint("JETSTREAM_EGRESS_PROBE_TIMEOUT_SECONDS", 10, minimum=1),
 }
 
 for _origin in JETSTREAM["CORS_ALLOWED_ORIGINS"]:

@@ -114,13 +114,14 @@ class Catalog:
 def catalog(personas) -> Catalog:
     from apps.billing.models import Account, AccountKind, FxRate, Transfer, TransferKind, TransferStatus, UsageRecord, UsageStatus
     from apps.moderation.models import Policy, PolicyMode
-    from apps.providers.models import EgressProxy, Model, Price, Provider, ProviderKind, SupplierKey
+    from apps.providers.models import EgressProxy, Model, Price, Provider, ProviderEgress, ProviderKind, SupplierKey
     from apps.proxy.models import ApiToken
 
     egress = EgressProxy(slug="nl-1", country="NL")
     egress.set_url(PROXY_URL)
     egress.save()
-    provider = Provider.objects.create(slug="mock", name="Mock", kind=ProviderKind.MOCK, egress=egress)
+    provider = Provider.objects.create(slug="mock", name="Mock", kind=ProviderKind.MOCK)
+    ProviderEgress.objects.create(provider=provider, egress=egress)
     model = Model.objects.create(name="mock-gpt", provider=provider, upstream_model="mock-gpt-1")
     price = Price.objects.create(model=model, currency="USD", input_per_1m=150_000, output_per_1m=600_000,
                                  cached_input_per_1m=75_000, valid_from=timezone.now() - dt.timedelta(days=1))

@@ -52,6 +52,7 @@ def _instances(personas, catalog) -> dict[str, object]:
         "accounts.suppliermembership": SupplierMembership.objects.get(user=personas.supplier_user),
         "providers.egressproxy": catalog.egress,
         "providers.provider": catalog.provider,
+        "providers.provideregress": catalog.provider.egress_links.get(),
         "providers.model": catalog.model,
         "providers.price": catalog.price,
         "providers.supplierkey": catalog.supplier_key,
@@ -104,7 +105,7 @@ def test_it_renders_every_page_without_secrets(superadmin_client, personas, cata
 
 def test_it_renders_the_index_and_autocomplete_without_secrets(superadmin_client, catalog):
     _assert_clean(superadmin_client.get(reverse("admin:index")), catalog, "index")
-    url = reverse("admin:autocomplete") + "?app_label=providers&model_name=provider&field_name=egress&term=nl"
+    url = reverse("admin:autocomplete") + "?app_label=providers&model_name=provideregress&field_name=egress&term=nl"
     response = superadmin_client.get(url)
     _assert_clean(response, catalog, url)
     assert "nl-1" in response.content.decode()

@@ -175,7 +175,8 @@ class _Run:
         """Upsert one ``egress`` entry."""
         v = e.values
         outcome = self.attempt("egress proxy", e, lambda: providers.upsert_egress_proxy(
-            slug=v["slug"], country=v["country"], url=v["url"], internal=v.get("internal", False), dry_run=self.dry_run))
+            slug=v["slug"], country=v["country"], url=v["url"], internal=v.get("internal", False),
+            probe_url=v.get("probe_url", ""), dry_run=self.dry_run))
         self.record("egress proxy", e, outcome, v["slug"])
 
     def supplier(self, e: Entry) -> None:
@@ -185,17 +186,17 @@ class _Run:
         self.record("supplier", e, outcome, v["slug"])
 
     def provider(self, e: Entry) -> None:
-        """Upsert one ``providers`` entry (its egress proxy by slug, from the file or the database)."""
+        """Upsert one ``providers`` entry (its egress proxies by slug, in order, from the file or the database)."""
         v = e.values
-        egress = None
-        if "egress" in v:
-            egress = self.ref("egress proxy", v["egress"], join(e.place, "egress"),
-                              lambda: EgressProxy.objects.filter(slug=v["egress"]).first())
+        found = self.refs({str(index): ("egress proxy", name, join(e.place, f"egress[{index}]"),
+                                        lambda name=name: EgressProxy.objects.filter(slug=name).first())
+                           for index, name in enumerate(v.get("egress", []))})
+        egresses = [found[str(index)] for index in range(len(v.get("egress", [])))]
         # The kind-specific fields join the options (a field wins over the same name inside ``options``).
         options = {**(v.get("options") or {}), **{name: v[name] for name in OPTION_FIELDS if name in v}}
         outcome = self.attempt("provider", e, lambda: providers.upsert_provider(
             slug=v["slug"], kind=v["kind"], name=v.get("name", ""), base_url=v.get("base_url", ""),
-            internal=v.get("internal", False), options=options, egress=egress, country=v.get("country", ""), dry_run=self.dry_run))
+            internal=v.get("internal", False), options=options, egresses=egresses, country=v.get("country", ""), dry_run=self.dry_run))
         self.record("provider", e, outcome, v["slug"])
 
     def supplier_key(self, e: Entry) -> None:

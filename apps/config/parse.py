@@ -124,12 +124,20 @@ _DEPARTMENT = mapping({
     "parent": Key(slug),
     "monthly_budget": Key(amount()),
 })
+def _egress_slugs(value: Any, place: str) -> list[str]:
+    """A provider's egress proxies in the order calls try them: a list of slugs, or one slug (a list of one)."""
+    if isinstance(value, str):
+        return [slug(value, place)]
+    return list_of(slug)(value, place)
+
+
 SCHEMA = mapping({
     "egress": Key(list_of(mapping({
         "slug": Key(slug, required=True),
         "country": Key(text, required=True),
         "url": Key(secret, required=True),
         "internal": Key(boolean),
+        "probe_url": Key(text),
     }))),
     "suppliers": Key(list_of(mapping({
         "slug": Key(slug, required=True),
@@ -145,7 +153,7 @@ SCHEMA = mapping({
         # Kind-specific fields (``apps.providers.models.OPTION_FIELDS``), kept in the provider's options.
         **{name: Key(text) for name in OPTION_FIELDS},
         "country": Key(text),
-        "egress": Key(slug),
+        "egress": Key(_egress_slugs),
         "keys": Key(list_of(_SUPPLIER_KEY)),
         "nodes": Key(list_of(_NODE)),
     }))),

@@ -13,6 +13,10 @@ Local nodes show their health as the health task last saw it (state, check laten
 when), their outstanding requests summed over the proxy workers (approximate, published about once
 a second), their cost per 1M tokens and the average buy cost and latency of their requests in the
 last hour (from usage records).
+
+Egress proxies show what their periodic health check found (``apps.providers.egress_health``): health, last
+check, latency and the last error (scrubbed), in their list and on each provider's page, next to
+the provider's egress proxies in their order.
 """
 
 from __future__ import annotations
@@ -41,12 +45,14 @@ from import_export.admin import ImportExportMixin
 from apps.billing.models import UsageRecord, UsageStatus
 from apps.providers import key_health, node_health
 from apps.providers.models import (
+    EgressHealth,
     EgressProxy,
     LocalNode,
     Model,
     NodeCostMode,
     Price,
     Provider,
+    ProviderEgress,
     SupplierKey,
     SupplierKeyStatus,
 )
@@ -67,6 +73,8 @@ class WriteOnlySecretField(forms.CharField):
 
 
 class EgressProxyForm(forms.ModelForm):
+    probe_url = forms.URLField(label=_("probe URL"), max_length=500, required=False, assume_scheme="https",
+                               help_text=EgressProxy._meta.get_field("probe_url").help_text)
     url = WriteOnlySecretField(
         label=_("URL"), max_length=1000, required=False,
         help_text=_("e.g. socks5://user:password@proxy.example.net:1080. Stored encrypted and never shown again; "
@@ -75,7 +83,7 @@ class EgressProxyForm(forms.ModelForm):
 
     class Meta:
         model = EgressProxy
-        fields = ["slug", "country", "url", "internal", "is_active"]
+        fields = ["slug", "country", "url", "internal", "is_active", "probe_url"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -106,32 +114,109 @@ class EgressProxyForm(forms.ModelForm):
         return cleaned
 
 
+def _health_label(egress: EgressProxy) -> str:
+    """"up", "down" or "not checked yet", with the time of the last check."""
+    label = str(EgressHealth(egress.health).label)
+    if egress.health_checked_at is None:
+        return label
+    return f"{label} ({timezone.localtime(egress.health_checked_at):%Y-%m-%d %H:%M:%S})"
+
+
 @admin.register(EgressProxy)
 class EgressProxyAdmin(admin.ModelAdmin):
     form = EgressProxyForm
-    list_display = ["slug", "country", "url_display", "internal", "is_active", "created_at"]
-    list_filter = ["country", "internal", "is_active"]
+    list_display = ["slug", "country", "url_display", "health", "health_checked_at", "latency", "health_error",
+                    "internal", "is_active", "created_at"]
+    list_filter = ["country", "health", "internal", "is_active"]
     search_fields = ["slug", "country", "url_display"]
     date_hierarchy = "created_at"
 
+    @admin.display(description=_("latency"), ordering="health_latency_ms")
+    def latency(self, obj: EgressProxy) -> str:
+        return "—" if obj.health_latency_ms is None else f"{obj.health_latency_ms} ms"
+
     def get_fields(self, request: HttpRequest, obj: EgressProxy | None = None) -> list[str]:
-        fields = ["slug", "country", "url", "internal", "is_active"]
-        return fields if obj is None else ["slug", "country", "url_display", "url", "internal", "is_active", "created_at"]
+        fields = ["slug", "country", "url", "internal", "is_active", "probe_url"]
+        if obj is None:
+            return fields
+        return ["slug", "country", "url_display", "url", "internal", "is_active", "probe_url", "health",
+                "health_checked_at", "latency", "health_error", "created_at"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: EgressProxy | None = None) -> list[str]:
-        return [] if obj is None else ["url_display", "created_at"]
+        return [] if obj is None else ["url_display", "health", "health_checked_at", "latency", "health_error", "created_at"]
+
+
+class ProviderEgressInline(admin.TabularInline):
+    """A provider's egress proxies in order, each with its last health check (read-only)."""
+
+    model = ProviderEgress
+    extra = 0
+    autocomplete_fields = ["egress"]
+    fields = ["egress", "priority", "egress_url", "egress_health", "egress_latency", "egress_error"]
+    readonly_fields = ["egress_url", "egress_health", "egress_latency", "egress_error"]
+
+    @admin.display(description=_("URL"))
+    def egress_url(self, obj: ProviderEgress) -> str:
+        return obj.egress.url_display if obj.pk else "—"
+
+    @admin.display(description=_("health"))
+    def egress_health(self, obj: ProviderEgress) -> str:
+        return _health_label(obj.egress) if obj.pk else "—"
+
+    @admin.display(description=_("latency"))
+    def egress_latency(self, obj: ProviderEgress) -> str:
+        latency = obj.egress.health_latency_ms if obj.pk else None
+        return "—" if latency is None else f"{latency} ms"
+
+    @admin.display(description=_("last error"))
+    def egress_error(self, obj: ProviderEgress) -> str:
+        return (obj.egress.health_error or "—") if obj.pk else "—"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ProviderEgress]:
+        return super().get_queryset(request).select_related("egress")
+
+
+@admin.register(ProviderEgress)
+class ProviderEgressAdmin(admin.ModelAdmin):
+    """Every provider's egress proxies in order, with each proxy's last health check."""
+
+    list_display = ["provider", "priority", "egress", "health", "latency", "last_error"]
+    list_filter = ["provider", "egress__country", "egress__health"]
+    search_fields = ["provider__slug", "egress__slug"]
+    list_select_related = ["provider", "egress"]
+    autocomplete_fields = ["provider", "egress"]
+
+    @admin.display(description=_("health"), ordering="egress__health")
+    def health(self, obj: ProviderEgress) -> str:
+        return _health_label(obj.egress)
+
+    @admin.display(description=_("latency"))
+    def latency(self, obj: ProviderEgress) -> str:
+        return "—" if obj.egress.health_latency_ms is None else f"{obj.egress.health_latency_ms} ms"
+
+    @admin.display(description=_("last error"))
+    def last_error(self, obj: ProviderEgress) -> str:
+        return obj.egress.health_error or "—"
 
 
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     # The model's clean() refuses unsafe base URLs (SSRF) unless "internal" is ticked.
-    list_display = ["slug", "name", "kind", "base_url", "country", "internal", "egress", "is_active", "created_at"]
+    list_display = ["slug", "name", "kind", "base_url", "country", "internal", "egress_list", "is_active", "created_at"]
     list_filter = ["kind", "country", "internal", "is_active"]
     search_fields = ["slug", "name", "base_url"]
-    list_select_related = ["egress"]
-    autocomplete_fields = ["egress"]
     date_hierarchy = "created_at"
-    fields = ["slug", "name", "kind", "base_url", "country", "internal", "egress", "options", "is_active"]
+    fields = ["slug", "name", "kind", "base_url", "country", "internal", "options", "is_active"]
+    inlines = [ProviderEgressInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Provider]:
+        return super().get_queryset(request).prefetch_related("egress_links__egress")
+
+    @admin.display(description=_("egress proxies"))
+    def egress_list(self, obj: Provider) -> str:
+        """The provider's egress proxies in order, each with its health ("—": calls leave directly)."""
+        links = sorted(obj.egress_links.all(), key=lambda link: (link.priority, link.egress.slug))
+        return ", ".join(f"{link.egress.slug} ({EgressHealth(link.egress.health).label})" for link in links) or "—"
 
     def formfield_for_dbfield(self, db_field, request: HttpRequest, **kwargs: Any):
         if db_field.name == "base_url":

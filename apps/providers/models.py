@@ -48,8 +48,21 @@ class Routing(models.TextChoices):
     FASTEST = "fastest", _("Lowest recent latency first")
 
 
+class EgressHealth(models.TextChoices):
+    """What the last health check through an egress proxy found (``apps.providers.egress_health``)."""
+
+    UNKNOWN = "unknown", _("Not checked yet")
+    UP = "up", _("Up")
+    DOWN = "down", _("Down")
+
+
 class EgressProxy(models.Model):
-    """An outbound proxy through which upstream calls leave (per country)."""
+    """An outbound proxy (HTTP, HTTPS or SOCKS5) through which upstream calls leave, in one country.
+
+    A provider lists its egress proxies in order (``ProviderEgress``). The ``health_*`` fields are
+    written by the periodic health check only (``apps.providers.egress_health``):
+    ``health_latency_ms`` the probe's round trip in milliseconds, ``health_error`` the last
+    failure, scrubbed (no URL, credential or address)."""
 
     slug = models.SlugField(_("slug"), max_length=64, unique=True)
     country = models.CharField(_("country"), max_length=2, help_text=_("ISO 3166-1 alpha-2, e.g. NL"))
@@ -58,6 +71,14 @@ class EgressProxy(models.Model):
     url_display = models.CharField(_("URL"), max_length=300, editable=False)
     internal = models.BooleanField(_("internal address allowed"), default=False)
     is_active = models.BooleanField(_("active"), default=True)
+    probe_url = models.URLField(_("probe URL"), max_length=500, blank=True,
+                                help_text=_("What the health check requests through this proxy (any HTTP answer means "
+                                            "up). Empty: the base URL of the first provider using it."))
+    health = models.CharField(_("health"), max_length=8, choices=EgressHealth.choices, default=EgressHealth.UNKNOWN,
+                              editable=False)
+    health_checked_at = models.DateTimeField(_("last check"), null=True, blank=True, editable=False)
+    health_latency_ms = models.PositiveIntegerField(_("latency, ms"), null=True, blank=True, editable=False)
+    health_error = models.CharField(_("last error"), max_length=300, blank=True, editable=False)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
     class Meta:
@@ -74,8 +95,8 @@ class EgressProxy(models.Model):
         ``scheme://host:port`` for display. Raises ``ValidationError`` keyed ``url``.
 
         A name that does not resolve yet is accepted: the proxy's connect-time guard (``lib.ssrf``)
-        judges every address it connects to anyway. A ``socks5`` URL is stored, but the proxy cannot
-        speak SOCKS and answers its providers' calls 502 (logged for the operator)."""
+        judges every address it connects to anyway. ``socks5`` lets the proxy resolve the provider's
+        name (as ``socks5h`` does elsewhere)."""
         try:
             validate_outbound_url(url, internal=self.internal, schemes=("http", "https", "socks5"), allow_credentials=True,
                                   unresolved_ok=True, subject="egress proxy")
@@ -90,10 +111,16 @@ class EgressProxy(models.Model):
         return crypto.decrypt(self.url_encrypted, context=_EGRESS_CONTEXT)
 
     def clean(self) -> None:
-        """Upper-case ``country``; raise ``ValidationError`` unless it is two letters."""
+        """Upper-case ``country``; raise ``ValidationError`` unless it is two letters, or when the probe
+        URL is not one the gateway may call (``validate_outbound_url``; a DNS lookup)."""
         self.country = (self.country or "").upper()
         if len(self.country) != 2 or not self.country.isalpha():
             raise ValidationError({"country": _("Use a two-letter country code.")})
+        if self.probe_url:
+            try:
+                validate_outbound_url(self.probe_url, internal=self.internal, unresolved_ok=True, subject="egress proxy")
+            except UnsafeURLError as exc:
+                raise ValidationError({"probe_url": str(exc)}) from None
 
 
 # Kind-specific settings an operator writes as a provider's own fields in ``jetstream_apply`` YAML;
@@ -104,7 +131,8 @@ OPTION_FIELDS = ("auth_url", "scope", "folder_id", "api_version", "ca_bundle")
 
 
 class Provider(models.Model):
-    """An upstream API of one ``kind``: base URL, options, optional egress proxy; its models and supplier keys hang off it."""
+    """An upstream API of one ``kind``: base URL, options, its egress proxies in order (``ProviderEgress``;
+    none: calls leave directly); its models and supplier keys hang off it."""
 
     slug = models.SlugField(_("slug"), max_length=64, unique=True)
     name = models.CharField(_("name"), max_length=200, blank=True)
@@ -113,7 +141,8 @@ class Provider(models.Model):
                                help_text=_("Upstream API root, e.g. https://api.openai.com/v1. Empty for the mock kind."))
     internal = models.BooleanField(_("internal address allowed"), default=False,
                                    help_text=_("Allow loopback/private base URLs (local vLLM/Ollama nodes). Refused otherwise."))
-    egress = models.ForeignKey(EgressProxy, on_delete=models.PROTECT, null=True, blank=True, related_name="providers", verbose_name=_("egress proxy"))
+    egresses = models.ManyToManyField(EgressProxy, through="ProviderEgress", related_name="providers", blank=True,
+                                      verbose_name=_("egress proxies"))
     options = models.JSONField(_("options"), default=dict, blank=True,
                                help_text=_("Kind-specific options, e.g. for mock: latency_ms, chunks."))
     country = models.CharField(_("country"), max_length=2, blank=True,
@@ -153,6 +182,25 @@ class Provider(models.Model):
                 validate_outbound_url(str(auth_url), internal=self.internal)
             except UnsafeURLError as exc:
                 raise ValidationError({"options": str(exc)}) from None
+
+
+class ProviderEgress(models.Model):
+    """One egress proxy of a provider: calls leave through the provider's healthy egress proxies in
+    ``priority`` order (lower first), the next one tried when a connection through one fails."""
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="egress_links", verbose_name=_("provider"))
+    egress = models.ForeignKey(EgressProxy, on_delete=models.PROTECT, related_name="provider_links",
+                               verbose_name=_("egress proxy"))
+    priority = models.IntegerField(_("priority"), default=0, help_text=_("Lower is tried first."))
+
+    class Meta:
+        verbose_name = _("provider egress")
+        verbose_name_plural = _("provider egresses")
+        ordering = ["provider__slug", "priority", "egress__slug"]
+        constraints = [models.UniqueConstraint(fields=["provider", "egress"], name="provider_egress_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.provider.slug} → {self.egress.slug}"
 
 
 class Modality(models.TextChoices):

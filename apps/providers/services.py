@@ -17,17 +17,19 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts.models import Supplier
-from apps.providers.models import RUSSIAN_KINDS, EgressProxy, LocalNode, Model, NodeCostMode, Price, Provider, SupplierKey
+from apps.providers.models import RUSSIAN_KINDS, EgressProxy, LocalNode, Model, NodeCostMode, Price, Provider, ProviderEgress, SupplierKey
 from lib.crypto import SecretDecryptionError
 from lib.upsert import UNCHANGED, UPDATED, Outcome, find_for_update, model_default, save_staged, stage
 
 
-def upsert_egress_proxy(*, slug: str, country: str, url: str, internal: bool = False, dry_run: bool = False) -> Outcome:
-    """``url`` may carry proxy credentials: it is stored encrypted and compared decrypted."""
+def upsert_egress_proxy(*, slug: str, country: str, url: str, internal: bool = False, probe_url: str = "",
+                        dry_run: bool = False) -> Outcome:
+    """``url`` may carry proxy credentials: it is stored encrypted and compared decrypted. ``probe_url``:
+    what the health check requests through it ("" = the base URL of the first provider using it)."""
     with transaction.atomic():
         # Lock: two configuration runs editing the same proxy.
         proxy = find_for_update(EgressProxy.objects, dry_run=dry_run, slug=slug) or EgressProxy(slug=slug)
-        changed = stage(proxy, {"country": (country or "").upper(), "internal": internal})
+        changed = stage(proxy, {"country": (country or "").upper(), "internal": internal, "probe_url": probe_url})
         url_changed = proxy._state.adding or _revealed(proxy.reveal_url) != url
         if url_changed or "internal" in changed:
             proxy.set_url(url)  # validates the URL against SSRF under the (new) internal flag
@@ -51,20 +53,40 @@ def upsert_provider(
     base_url: str = "",
     internal: bool = False,
     options: dict[str, Any] | None = None,
-    egress: EgressProxy | None = None,
+    egresses: list[EgressProxy] | None = None,
     country: str = "",
     dry_run: bool = False,
 ) -> Outcome:
-    """``base_url`` is checked against SSRF by ``Provider.clean`` (loopback/private only if ``internal``)."""
+    """``base_url`` is checked against SSRF by ``Provider.clean`` (loopback/private only if ``internal``).
+    ``egresses``: the provider's egress proxies in the order calls try them (None or [] = none: calls
+    leave directly); a different list replaces the stored one (reported as "egress")."""
     with transaction.atomic():
         # Lock: two configuration runs editing the same provider.
         provider = find_for_update(Provider.objects, dry_run=dry_run, slug=slug) or Provider(slug=slug)
         changed = stage(provider, {
             "kind": kind, "name": name, "base_url": base_url, "internal": internal,
-            "options": options or {}, "egress": egress,
+            "options": options or {},
             "country": (country or ("RU" if kind in RUSSIAN_KINDS else "")).upper(),
         })
-        return save_staged(provider, changed, dry_run=dry_run)
+        wanted = list(egresses or [])
+        current = [] if provider.pk is None else [link.egress for link in provider.egress_links.select_related("egress")
+                                                  .order_by("priority", "egress__slug")]
+        links_changed = [egress.pk for egress in wanted] != [egress.pk for egress in current] or any(
+            egress.pk is None for egress in wanted)
+        if links_changed and not provider._state.adding:
+            changed.append("egress")
+        outcome = save_staged(provider, changed, dry_run=dry_run)
+        if links_changed and not dry_run:
+            set_provider_egresses(provider=provider, egresses=wanted)
+        return outcome
+
+
+def set_provider_egresses(*, provider: Provider, egresses: list[EgressProxy]) -> None:
+    """Replace ``provider``'s egress proxies by ``egresses``, tried in that order (priority 0, 1, …)."""
+    with transaction.atomic():
+        ProviderEgress.objects.filter(provider=provider).delete()
+        ProviderEgress.objects.bulk_create(ProviderEgress(provider=provider, egress=egress, priority=index)
+                                           for index, egress in enumerate(egresses))
 
 
 def upsert_supplier_key(

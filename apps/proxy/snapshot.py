@@ -34,10 +34,11 @@ from apps.billing.suppliers import keys_over_cap
 from apps.providers.adapters.base import Target
 from apps.providers.key_health import VERSION_KEY as HEALTH_VERSION_KEY
 from apps.providers.key_status import apply_key_status_changes
-from apps.providers.models import LocalNode, Model, Price, SupplierKey, SupplierKeyStatus
+from apps.providers.models import EgressHealth, LocalNode, Model, Price, ProviderEgress, SupplierKey, SupplierKeyStatus
 from lib import tokenizer
 from lib.money import coefficient_units
 
+from .egress import EgressRoute
 from .health import BreakerSettings, KeyBalancer
 from .models import ApiToken
 from .nodes import NodeBalancer, NodeRoute
@@ -124,9 +125,12 @@ class ModelRoute:
 
     ``price_*`` are the current price version's, in micro-units of its currency per 1M tokens (0
     without a price); ``fx_micro`` micro-RUB per unit of that currency (None: no price, or no FX rate
-    for it); ``created`` Unix seconds; ``egress_url`` the decrypted egress proxy URL, if any;
-    ``internal`` / ``egress_internal`` the provider's / egress proxy's ``internal`` flag (a loopback or
-    private address allowed).
+    for it); ``created`` Unix seconds; ``egresses`` the provider's active egress proxies in the
+    order calls try them (``egress.EgressRoute``: URL decrypted, health as last checked; none: calls
+    leave directly); ``internal`` the provider's ``internal`` flag (a loopback or private address
+    allowed). A route built by hand may give one proxy as ``egress_url`` / ``egress_internal``
+    instead: it becomes the only entry of ``egresses``. ``egress_only``: the provider lists egress
+    proxies (active or not), so its calls never leave directly — with none active they fail.
     """
 
     id: int
@@ -162,15 +166,20 @@ class ModelRoute:
     node_balancer: NodeBalancer | None = None  # the worker's node counters (set by SnapshotCache)
     target: Target = field(init=False)  # where the adapter sends this model's calls
 
+    egresses: tuple[EgressRoute, ...] = ()
+    egress_only: bool = False  # the provider lists egress proxies: never call it directly, even with none active
+
     def __post_init__(self) -> None:
         self.target = Target(self.base_url, self.upstream_model, self.provider_options)
+        if self.egress_url is not None and not self.egresses:
+            self.egresses = (EgressRoute(0, "egress", self.egress_url, internal=self.egress_internal),)
 
     @property
     def connects_internally(self) -> bool:
-        """Whether the peer the gateway connects to may have a non-public address: the egress proxy's
-        flag when calls go through one (the proxy, not the gateway, then connects to the provider),
-        else the provider's. False means every connection is checked against SSRF (``lib.ssrf``)."""
-        return self.egress_internal if self.egress_url is not None else self.internal
+        """Whether the provider itself may have a non-public address (calls without an egress proxy;
+        through one, each proxy's own flag decides: the proxy, not the gateway, connects to the
+        provider). False means every connection is checked against SSRF (``lib.ssrf``)."""
+        return self.internal
 
     @property
     def priced(self) -> bool:
@@ -249,26 +258,24 @@ def _load_routes() -> dict[str, ModelRoute]:
             KeyRoute(key.pk, key.supplier_id, secret, key.weight, key.priority, coefficient_units(key.buy_coefficient),
                      updated_at=key.updated_at.timestamp()))
     nodes = _load_nodes()
+    egresses = _load_egresses()
+    egress_only = set(ProviderEgress.objects.values_list("provider_id", flat=True).distinct())
     routes: dict[str, ModelRoute] = {}
-    for model in Model.objects.select_related("provider", "provider__egress").filter(is_active=True, provider__is_active=True):
+    for model in Model.objects.select_related("provider").filter(is_active=True, provider__is_active=True):
         provider = model.provider
         price = prices.get(model.pk)
-        egress_url = None
-        egress_internal = False
-        if provider.egress is not None and provider.egress.is_active:
-            egress_url = provider.egress.reveal_url()
-            egress_internal = provider.egress.internal
         routes[model.name] = ModelRoute(
             id=model.pk, name=model.name, modality=model.modality, upstream_model=model.upstream_model or model.name,
             context_window=model.context_window, max_output_tokens=model.max_output_tokens,
             created=int(model.created_at.timestamp()),
             provider_id=provider.pk, provider_kind=provider.kind, provider_slug=provider.slug,
-            base_url=provider.base_url.rstrip("/"), provider_options=dict(provider.options or {}), egress_url=egress_url,
+            base_url=provider.base_url.rstrip("/"), provider_options=dict(provider.options or {}), egress_url=None,
             price_id=price.pk if price else None,
             price_input=price.input_per_1m if price else 0, price_output=price.output_per_1m if price else 0,
             price_cached=price.cached_input_per_1m if price else 0,
             fx_micro=fx.get(price.currency) if price else None,
-            keys=keys.get(provider.pk, []), internal=provider.internal, egress_internal=egress_internal,
+            keys=keys.get(provider.pk, []), internal=provider.internal, egresses=egresses.get(provider.pk, ()),
+            egress_only=provider.pk in egress_only,
             fallbacks=tuple(model.fallbacks), routing=model.routing, country=provider.country,
             fx_stale=(price.currency, stale[price.currency]) if price and price.currency in stale else None,
             nodes=nodes.get(provider.pk, []),
@@ -291,6 +298,25 @@ def _load_nodes() -> dict[int, list[NodeRoute]]:
             node.pk, node.name, node.base_url.rstrip("/"), secret, node.weight, node.supplier_id, cost_input, cost_output,
             denominator, internal=node.internal, health=node.health))
     return nodes
+
+
+def _load_egresses() -> dict[int, tuple[EgressRoute, ...]]:
+    """Each provider's active egress proxies in priority order, URLs decrypted; a proxy whose URL cannot
+    be decrypted is left out (logged by slug)."""
+    egresses: dict[int, list[EgressRoute]] = {}
+    links = (ProviderEgress.objects.select_related("egress").filter(egress__is_active=True)
+             .order_by("provider_id", "priority", "egress__slug"))
+    for link in links:
+        egress = link.egress
+        try:
+            url = egress.reveal_url()
+        except Exception:  # unusable, never fatal
+            logger.error("egress proxy %s cannot be decrypted; skipping it", egress.slug)
+            continue
+        egresses.setdefault(link.provider_id, []).append(EgressRoute(
+            egress.pk, egress.slug, url, internal=egress.internal, country=egress.country,
+            healthy=egress.health != EgressHealth.DOWN))
+    return {provider_id: tuple(routes) for provider_id, routes in egresses.items()}
 
 
 def _apply_key_status_changes() -> int:

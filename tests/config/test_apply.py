@@ -331,7 +331,7 @@ providers:
 
     proxy = EgressProxy.objects.get(slug="nl-1")
     assert (proxy.country, proxy.reveal_url()) == ("NL", "socks5://user:proxy-pass@10.0.0.5:1080")
-    assert Provider.objects.get(slug="demo").egress == proxy
+    assert list(Provider.objects.get(slug="demo").egresses.all()) == [proxy]
     assert "proxy-pass" not in out and "proxy-pass" not in raw_rows("providers_egressproxy")
     assert "unchanged: egress proxies 1, providers 1" in apply_text(text)[0]
 

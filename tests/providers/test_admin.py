@@ -9,8 +9,9 @@ from apps.providers.models import Provider
 
 
 def _provider_form(**overrides) -> dict:
-    data = {"slug": "openai", "name": "OpenAI", "kind": "openai", "base_url": "https://8.8.8.8/v1", "egress": "",
-            "options": "{}", "is_active": "on", "_save": "Save"}
+    data = {"slug": "openai", "name": "OpenAI", "kind": "openai", "base_url": "https://8.8.8.8/v1",
+            "options": "{}", "is_active": "on", "_save": "Save",
+            "egress_links-TOTAL_FORMS": "0", "egress_links-INITIAL_FORMS": "0"}
     data.update(overrides)
     return {k: v for k, v in data.items() if v != ""}
 

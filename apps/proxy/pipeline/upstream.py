@@ -40,6 +40,7 @@ from apps.providers.adapters.base import (
 )
 from lib.ssrf import GuardedResolver, SocketFactory, guarded_socket
 
+from ..egress import EgressPools, EgressRoute
 from ..exceptions import ApiError
 from ..health import KeyBalancer
 from ..nodes import LeasedResponse, NodeBalancer, NodeRoute
@@ -174,6 +175,7 @@ class UpstreamClient:
         self._internal_session: aiohttp.ClientSession | None = None
         self._guard: GuardedResolver | None = None
         self._resolver = resolver  # the names' source of truth under the guard; aiohttp's default if None
+        self._egress: EgressPools | None = None  # one pooled session per egress proxy (``proxy.egress``)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -183,21 +185,20 @@ class UpstreamClient:
         return self._session
 
     def session_for(self, route: ModelRoute) -> aiohttp.ClientSession:
-        """The session for ``route``'s connections: unguarded only when the peer the gateway connects
-        to (the egress proxy if the route has one, else the provider) is marked internal. Raises
-        ``UpstreamFailure`` (``unreachable``) for a SOCKS egress proxy, which aiohttp cannot speak."""
-        if route.egress_url is not None and route.egress_url.lower().startswith("socks"):
-            # aiohttp would send plain HTTP (the supplier key included) to the SOCKS port: refuse instead.
-            logger.error("provider %s: its egress proxy is SOCKS, which the upstream client does not support; "
-                         "use an http:// or https:// proxy", route.provider_slug)
-            refusal = unreachable()
-            refusal.failover, refusal.cooldown = False, None  # about the route, not the key: no other key fares better
-            raise refusal
+        """The session for ``route``'s direct connections (no egress proxy): unguarded only when the
+        provider is marked internal. Calls through egress proxies use ``egress``'s sessions."""
         if route.connects_internally:
             if self._internal_session is None:
                 raise RuntimeError("UpstreamClient.start() has not run")
             return self._internal_session
         return self.session
+
+    @property
+    def egress(self) -> EgressPools:
+        """The sessions per egress proxy and this worker's view of their failures (after ``start``)."""
+        if self._egress is None:
+            raise RuntimeError("UpstreamClient.start() has not run")
+        return self._egress
 
     async def start(self) -> None:
         """Open the pooled aiohttp sessions: no connection caps, DNS cached 300 s, keep-alive 60 s, the
@@ -206,6 +207,7 @@ class UpstreamClient:
         self._guard = GuardedResolver(self._resolver)
         self._session = self._new_session(resolver=self._guard, socket_factory=guarded_socket)
         self._internal_session = self._new_session(resolver=self._resolver)
+        self._egress = EgressPools(timeout=self._timeout, guard=self._guard, resolver=self._resolver)
 
     def _new_session(self, *, resolver: AbstractResolver | None, socket_factory: SocketFactory | None = None) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60,
@@ -218,6 +220,8 @@ class UpstreamClient:
         for session in (self._session, self._internal_session):
             if session is not None:
                 await session.close()
+        if self._egress is not None:
+            await self._egress.close()
         if self._guard is not None:  # a connector closes only the resolver it made itself
             await self._guard.close()
 
@@ -416,9 +420,12 @@ class UpstreamClient:
         if node is not None:  # a local node: its own URL and key, no egress proxy (docs/providers.md, "Local nodes")
             response = await adapter.open(self._node_session(node), call.request,
                                           node.target(route.upstream_model, route.provider_options), node.credential, proxy=None)
+        elif route.egresses or route.egress_only:
+            credential = Credential(key.id, key.secret) if key is not None else None
+            response = await self._open_through_egress(adapter, call, credential)
         else:
             credential = Credential(key.id, key.secret) if key is not None else None
-            response = await adapter.open(self.session_for(route), call.request, route.target, credential, proxy=route.egress_url)
+            response = await adapter.open(self.session_for(route), call.request, route.target, credential, proxy=None)
         if response.status >= 300:
             try:
                 error_body = await response.read()
@@ -426,3 +433,41 @@ class UpstreamClient:
                 response.release()
             raise adapter.map_error(response.status, error_body, response.headers, provider_secrets(route))
         return response
+
+    async def _open_through_egress(self, adapter: Adapter, call: Call, credential: Credential | None) -> UpstreamResponse:
+        """``adapter.open`` through the route's egress proxies in ``EgressPools.order``: a connection
+        that fails through one (``upstream_unreachable``, a connect timeout) is tried through the
+        next with the same key, and that proxy rests in this worker. Raises the last such failure
+        when every proxy failed (``unreachable`` when none is active), any other ``UpstreamFailure``
+        at once."""
+        route = call.route
+        failure: UpstreamFailure | None = None
+        for egress in self.egress.order(route.egresses):
+            try:
+                response = await adapter.open(self._egress_session(egress, route), call.request, route.target, credential,
+                                              proxy=egress.proxy)
+            except UpstreamFailure as exc:
+                if exc.code not in _CONNECTION_FAILURES:
+                    raise
+                self.egress.failed(egress, route.provider_slug)
+                failure = exc
+                continue
+            self.egress.succeeded(egress)
+            return response
+        if failure is None:  # every egress proxy of the provider is inactive: never leave directly instead
+            logger.error("provider %s: none of its egress proxies is active", route.provider_slug)
+            raise unreachable()
+        raise failure
+
+    def _egress_session(self, egress: EgressRoute, route: ModelRoute) -> aiohttp.ClientSession:
+        try:
+            return self.egress.session(egress)
+        except ValueError:  # a scheme stored before the client spoke it (socks4): about the proxy, not the key
+            logger.error("provider %s: egress proxy %s uses a proxy scheme the upstream client does not speak",
+                         route.provider_slug, egress.slug)
+            raise unreachable() from None
+
+
+# What ``adapter.open`` raises when no connection could be made (``Adapter.send``): through an egress
+# proxy, the next one may get through.
+_CONNECTION_FAILURES = frozenset({"upstream_unreachable", "upstream_timeout"})
