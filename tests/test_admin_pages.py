@@ -22,6 +22,27 @@ def _local_node(personas):
     return node
 
 
+def _supplier_money(personas) -> dict[str, object]:
+    """A supplier with an accrual, payout details, a withdrawal request and a payout batch."""
+    from apps.billing import services as ledger
+    from apps.billing import withdrawals
+    from apps.billing.models import AccountKind, PayableCreditDay, PayoutBatch, SupplierPayoutDetails, WithdrawalRequest
+
+    payable = ledger.supplier_payable(personas.supplier)
+    ledger.transfer(idempotency_id="pages-accrual", debit=ledger.platform_account(AccountKind.UPSTREAM_COST), credit=payable,
+                    amount=5_000_000)
+    details = SupplierPayoutDetails.objects.create(supplier=personas.supplier, recipient="ООО «Поставщик»", inn="7701234567")
+    hold = withdrawals.request_withdrawal(supplier=personas.supplier, amount=1_000_000, idempotency_id="pages-withdrawal")
+    request = WithdrawalRequest.objects.create(supplier=personas.supplier, amount=1_000_000, idempotency_id="pages-withdrawal",
+                                               hold=hold, payout_details={"recipient": details.recipient})
+    return {
+        "billing.supplierpayoutdetails": details,
+        "billing.withdrawalrequest": request,
+        "billing.payoutbatch": PayoutBatch.objects.create(),
+        "billing.payablecreditday": PayableCreditDay.objects.get(account=payable),
+    }
+
+
 def _instances(personas, catalog) -> dict[str, object]:
     from apps.accounts.models import Membership, SupplierMembership
     from apps.billing.models import FeedRun
@@ -36,6 +57,7 @@ def _instances(personas, catalog) -> dict[str, object]:
     alert_settings.rotate_webhook_secret()
     alert_settings.save()
     return {
+        **_supplier_money(personas),
         "invoicing.companyrequisites": requisites,
         "invoicing.topuprequest": top_up,
         "invoicing.document": invoice,

@@ -26,6 +26,7 @@ from apps.billing.models import (
     Account,
     FeedRun,
     FxRate,
+    PayableCreditDay,
     PayoutBatch,
     SupplierPayoutDetails,
     Transfer,
@@ -209,6 +210,20 @@ class FeedRunAdmin(ViewOnlyAdminMixin, admin.ModelAdmin):
 # --- suppliers: payout details, withdrawal requests, payout batches ---------------------------------
 # Status changes go through apps/billing/suppliers.py and payouts.py (each a ledger movement);
 # nothing here edits a request's amount, status or hold.
+
+@admin.register(PayableCreditDay)
+class PayableCreditDayAdmin(ViewOnlyAdminMixin, admin.ModelAdmin):
+    """Credits per supplier payable and UTC day, kept by a database trigger (``billing.suppliers``:
+    the holding period reads it): shown for checking, never edited."""
+
+    list_display = ["account", "day", "amount_rub"]
+    list_filter = ["day"]
+    search_fields = ["account__supplier__name", "account__supplier__slug"]
+    list_select_related = ["account", "account__supplier"]
+    date_hierarchy = "day"
+
+    amount_rub = rub_column("amount", _("credits, RUB"))
+
 
 @admin.register(SupplierPayoutDetails)
 class SupplierPayoutDetailsAdmin(admin.ModelAdmin):

@@ -7,6 +7,7 @@ import io
 
 import openpyxl
 import pytest
+from django.utils import translation
 
 from apps.billing import services, tasks
 from apps.billing.models import PayoutBatch, Transfer, TransferKind, TransferStatus, WithdrawalRequest, WithdrawalStatus
@@ -57,7 +58,7 @@ def test_it_pays_approved_withdrawals_in_one_batch_and_only_those(books, market)
     assert supplier_balance(books.supplier).available == 60 * RUB
     assert services.balance(books.cash).posted == batch.total
     # A paid withdrawal can no longer be rejected.
-    with pytest.raises(WithdrawalStateError, match="paid"):
+    with translation.override("en"), pytest.raises(WithdrawalStateError, match="paid"):
         reject_withdrawal(withdrawal_id=a.pk)
     assert services.verify_ledger() == []
 

@@ -192,8 +192,8 @@ def test_reports_are_aggregate_queries_whatever_the_number_of_records(example, d
         cursor.execute("""
             INSERT INTO billing_usagerecord (request_id, token_id, company_id, department_id, model_id, endpoint, model_name, stream,
                 input_tokens, output_tokens, cached_tokens, usage_counted_locally, sell_cost, buy_cost, status, http_status,
-                error_type, error_code, latency_ms, usage_clamped, started_at, finished_at, recorded_at)
-            SELECT 'bulk-' || i, %s, %s, NULL, %s, 'chat', 'model-b', false, 1, 1, 0, false, 10, 7, 'ok', 200, '', '', 1, false,
+                error_type, error_code, latency_ms, usage_clamped, attempts, started_at, finished_at, recorded_at)
+            SELECT 'bulk-' || i, %s, %s, NULL, %s, 'chat', 'model-b', false, 1, 1, 0, false, 10, 7, 'ok', 200, '', '', 1, false, '[]'::jsonb,
                    timestamptz '2026-11-15 12:00+00' + i * interval '1 second', timestamptz '2026-11-15 12:00+00', now()
             FROM generate_series(1, 20000) AS i""", [example["bor-1"].pk, example["borealis"].pk, example["b"].pk])
     for dimension in reports.DIMENSION_CHOICES:

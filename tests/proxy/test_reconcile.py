@@ -41,7 +41,8 @@ def hold(client, world, amount: int, rid: str, department_id=None) -> bytes:
     failure = UsageEvent(request_id=rid, endpoint="chat", status="failed", http_status=500, started_at=time.time(),
                          finished_at=time.time(), token_id=world.token.pk, company_id=world.company.pk).encode()
     member = redis_scripts.reservation_member(request_id=rid, keys=keys, amount=amount, failure_event=failure)
-    result = client.eval(redis_scripts.RESERVE, 10, *keys.as_list(), "rl1", "rl2", "rl3", "rl4", redis_scripts.RESERVATIONS_KEY,
+    result = client.eval(redis_scripts.RESERVE, 12, *keys.as_list(), "rl1", "rl2", "rl3", "rl4", redis_scripts.RESERVATIONS_KEY,
+                         keys.held, keys.dept_held,
                          amount, "", "", "", "", "", "", 0, "0.5", int(time.time()) + 3600, member, 3600, 1 if keys.has_dept else 0)
     assert result[0] == 0, result
     return member
