@@ -139,6 +139,7 @@ def test_configuration_sets_replaces_and_removes_per_model_coefficients(priced_w
     assert "model coefficients" in out and current() == {}
     out = apply(tmp_path, COMPANY % 'gpt-4o-mini: "1.10", demo-chat: "2"')
     assert "demo-chat × 2.0000, gpt-4o-mini × 1.1000" in out
+    assert "companies' model coefficients 1" in out  # the summary line counts it too
     assert current() == {"gpt-4o-mini": Decimal("1.1000"), "demo-chat": Decimal("2.0000")}
     out = apply(tmp_path, COMPANY % 'gpt-4o-mini: "1.10", demo-chat: "2"')
     assert "model coefficients" not in out  # applied twice: nothing changes
