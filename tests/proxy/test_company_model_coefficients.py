@@ -178,3 +178,50 @@ def test_the_company_admin_edits_per_model_coefficients_inline(personas, superad
     assert CompanyModelCoefficient.objects.get(company=company, model=model).sell_coefficient == Decimal("1.1500")
     listing = superadmin_client.get(reverse("admin:accounts_company_changelist")).content.decode()
     assert "1.0000 (platform default)" in listing
+
+
+def test_a_refusal_counts_what_fits_at_the_per_model_coefficient(world, request):
+    # The request's maximum cost and "max_tokens that fit" are computed at the model's 1.30, not the
+    # company's 1.25: the number a 402 gives is true (that max_tokens passes; one more does not).
+    import httpx
+
+    from lib import tokenizer
+    from tests.proxy.helpers import expected_cost
+
+    CompanyModelCoefficient.objects.create(company=world.company, model=world.model, sell_coefficient=Decimal("1.30"))
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "What limits apply to me?"}], "max_tokens": 300}
+    prompt = tokenizer.count_chat_request(body, encoding=tokenizer.encoding_for_model("gpt-4o-mini"))
+    limit = expected_cost(prompt, 300, coefficient="1.30") - 1
+    world.token.limit_total = limit
+    world.token.save()
+    gateway = request.getfixturevalue("gateway")
+
+    def send(max_tokens: int) -> httpx.Response:
+        return httpx.post(f"{gateway.base_url}/chat/completions", json={**body, "max_tokens": max_tokens}, timeout=30,
+                          headers={"Authorization": f"Bearer {gateway.world.secret}"})
+
+    refused = send(300)
+    error = refused.json()["error"]
+    fit = max(m for m in range(301) if expected_cost(prompt, m, coefficient="1.30") <= limit)
+    assert refused.status_code == 402 and error["code"] == "limit_total"
+    assert error["max_tokens_that_fit"] == fit == 299  # at 1.25 it would claim 300 fits
+    assert expected_cost(prompt, 300, coefficient="1.25") <= limit
+    assert send(fit).status_code == 200
+
+
+@pytest.mark.parametrize(("value", "ok"), [("1.15", "1.1500"), ("0", None), ("1.12345", None), ("abc", None), ("-1", None)])
+def test_the_platform_default_is_checked_when_the_settings_load(value, ok):
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings as django_settings
+
+    env = {**os.environ, "JETSTREAM_DEFAULT_SELL_COEFFICIENT": value, "DJANGO_SETTINGS_MODULE": "jetstream.settings"}
+    code = "import django; django.setup(); from django.conf import settings; print(settings.JETSTREAM_DEFAULT_SELL_COEFFICIENT)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=django_settings.BASE_DIR, env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    if ok:
+        assert result.stdout.strip() == ok
+    else:
+        assert result.returncode != 0 and "JETSTREAM_DEFAULT_SELL_COEFFICIENT must be a positive number" in result.stderr
