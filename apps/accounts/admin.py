@@ -149,6 +149,18 @@ class CompanyAdmin(admin.ModelAdmin):
         return _("%(coef)s (platform default)") % {"coef": company.effective_sell_coefficient}
 
 
+@admin.register(CompanyModelCoefficient)
+class CompanyModelCoefficientAdmin(admin.ModelAdmin):
+    """Every company's per-model sell coefficients in one list (each is also a company page's inline)."""
+
+    list_display = ["company", "model", "sell_coefficient"]
+    search_fields = ["company__name", "company__slug", "model__name"]
+    list_filter = ["model"]
+    list_select_related = ["company", "model"]
+    autocomplete_fields = ["company", "model"]
+    fields = ["company", "model", "sell_coefficient"]
+
+
 @admin.register(Department)
 class DepartmentAdmin(admin.ModelAdmin):
     form = DepartmentForm
