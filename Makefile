@@ -38,9 +38,11 @@ system-deps:
 migrate: install
 	DEBUG=$${DEBUG:-true} $(VENV)/bin/python manage.py migrate --noinput
 
+# The demo has no supplier holding period unless one is set, so its accruals are withdrawable at
+# once and the demo can show a pending withdrawal (docs/billing.md "Suppliers"; production: 14 days).
 run: migrate
-	@DEBUG=$${DEBUG:-true} $(VENV)/bin/python manage.py jetstream_demo
-	DEBUG=$${DEBUG:-true} $(VENV)/bin/honcho start -f Procfile
+	@DEBUG=$${DEBUG:-true} JETSTREAM_SUPPLIER_HOLD_DAYS=$${JETSTREAM_SUPPLIER_HOLD_DAYS:-0} $(VENV)/bin/python manage.py jetstream_demo
+	DEBUG=$${DEBUG:-true} JETSTREAM_SUPPLIER_HOLD_DAYS=$${JETSTREAM_SUPPLIER_HOLD_DAYS:-0} $(VENV)/bin/honcho start -f Procfile
 
 test: lint
 	DEBUG=$${DEBUG:-true} $(VENV)/bin/pytest -m "not slow"

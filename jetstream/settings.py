@@ -298,6 +298,19 @@ JETSTREAM_PRICES_SOURCE = envstr("JETSTREAM_PRICES_SOURCE", "") or ""
 JETSTREAM_FEED_TIMEOUT = envint("JETSTREAM_FEED_TIMEOUT", 30, minimum=1)
 JETSTREAM_FEED_MAX_BYTES = envint("JETSTREAM_FEED_MAX_BYTES", 5_000_000, minimum=1_000)
 
+# The sell coefficient of a company that sets none (Company.sell_coefficient empty): provider price
+# × FX × this = the company's price (docs/billing.md "How a request's price is computed").
+_default_sell = envstr("JETSTREAM_DEFAULT_SELL_COEFFICIENT", "1.0000") or "1.0000"
+try:
+    _default_sell_dec = Decimal(_default_sell)
+except InvalidOperation:
+    _default_sell_dec = Decimal(0)
+if not (_default_sell_dec.is_finite() and 0 < _default_sell_dec < 10_000
+        and _default_sell_dec == _default_sell_dec.quantize(Decimal("0.0001"))):
+    raise ImproperlyConfigured(f"JETSTREAM_DEFAULT_SELL_COEFFICIENT must be a positive number with at most 4 decimal places "
+                               f"(below 10000), got {_default_sell!r}")
+JETSTREAM_DEFAULT_SELL_COEFFICIENT = str(_default_sell_dec.quantize(Decimal("0.0001")))
+
 # --- REST framework ------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -44,7 +44,7 @@ def _supplier_money(personas) -> dict[str, object]:
 
 
 def _instances(personas, catalog) -> dict[str, object]:
-    from apps.accounts.models import Membership, SupplierMembership
+    from apps.accounts.models import CompanyModelCoefficient, Membership, SupplierMembership
     from apps.billing.models import FeedRun
     from apps.invoicing import services as invoicing
     from apps.invoicing.models import CompanyRequisites, DocumentSequence
@@ -68,6 +68,8 @@ def _instances(personas, catalog) -> dict[str, object]:
                                                                     channel="webhook", payload={"level": 100}),
         "accounts.user": personas.manager_a,
         "accounts.company": personas.company_a,
+        "accounts.companymodelcoefficient": CompanyModelCoefficient.objects.create(company=personas.company_a, model=catalog.model,
+                                                                                  sell_coefficient="1.1000"),
         "accounts.department": catalog.department,
         "accounts.membership": Membership.objects.get(user=personas.manager_a),
         "accounts.supplier": personas.supplier,

@@ -12,7 +12,7 @@ from django.db.models import F, OuterRef, Subquery
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
-from apps.accounts.models import Company, Department, Membership, Supplier, SupplierMembership, User
+from apps.accounts.models import Company, CompanyModelCoefficient, Department, Membership, Supplier, SupplierMembership, User
 from apps.billing.models import Account, AccountKind
 from lib.admin import MappingField, MicroAmountField, rub_column
 
@@ -114,16 +114,25 @@ class CompanyMembershipInline(MembershipInline):
     fields = ["user", "role", "created_at"]
 
 
+class ModelCoefficientInline(admin.TabularInline):
+    """The company's per-model sell coefficients (in place of its own for those models)."""
+
+    model = CompanyModelCoefficient
+    extra = 0
+    autocomplete_fields = ["model"]
+    fields = ["model", "sell_coefficient"]
+
+
 @admin.register(Company)
 class CompanyAdmin(admin.ModelAdmin):
     form = CompanyForm
-    list_display = ["name", "slug", "sell_coefficient", "data_residency", "wallet_balance", "is_active", "created_at"]
+    list_display = ["name", "slug", "coefficient", "data_residency", "wallet_balance", "is_active", "created_at"]
     list_filter = ["is_active", "data_residency"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     date_hierarchy = "created_at"
     fields = ["name", "slug", "time_zone", "sell_coefficient", "data_residency", "fallbacks", "is_active"]
-    inlines = [DepartmentInline, CompanyMembershipInline]
+    inlines = [DepartmentInline, ModelCoefficientInline, CompanyMembershipInline]
 
     def get_queryset(self, request: HttpRequest):
         wallet = Account.objects.filter(kind=AccountKind.COMPANY_WALLET, company=OuterRef("pk"))
@@ -131,6 +140,25 @@ class CompanyAdmin(admin.ModelAdmin):
             _wallet_balance=Subquery(wallet.values(balance=F("posted_credits") - F("posted_debits"))[:1]))
 
     wallet_balance = rub_column("_wallet_balance", _("wallet balance, RUB"))
+
+    @admin.display(description=_("sell coefficient"), ordering="sell_coefficient")
+    def coefficient(self, company: Company) -> str:
+        """The company's own coefficient, or the platform default it follows."""
+        if company.sell_coefficient is not None:
+            return str(company.sell_coefficient)
+        return _("%(coef)s (platform default)") % {"coef": company.effective_sell_coefficient}
+
+
+@admin.register(CompanyModelCoefficient)
+class CompanyModelCoefficientAdmin(admin.ModelAdmin):
+    """Every company's per-model sell coefficients in one list (each is also a company page's inline)."""
+
+    list_display = ["company", "model", "sell_coefficient"]
+    search_fields = ["company__name", "company__slug", "model__name"]
+    list_filter = ["model"]
+    list_select_related = ["company", "model"]
+    autocomplete_fields = ["company", "model"]
+    fields = ["company", "model", "sell_coefficient"]
 
 
 @admin.register(Department)

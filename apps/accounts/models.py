@@ -105,15 +105,19 @@ class DataResidency(models.TextChoices):
 
 class Company(models.Model):
     """A customer organisation. Its tokens' weekly and monthly limits roll over in ``time_zone``; it
-    pays provider price × FX × ``sell_coefficient``. Its wallet is a billing ``Account``."""
+    pays provider price × FX × its coefficient: the model's ``CompanyModelCoefficient`` if any, else
+    ``sell_coefficient``, else the platform default (``effective_sell_coefficient``). Its wallet is a
+    billing ``Account``."""
 
     slug = models.SlugField(_("slug"), max_length=64, unique=True)
     name = models.CharField(_("name"), max_length=200)
     time_zone = models.CharField(_("time zone"), max_length=64, default="Europe/Moscow", validators=[validate_time_zone],
                                  help_text=_("Calendar limits (weekly, monthly) roll over in this time zone."))
-    sell_coefficient = models.DecimalField(_("sell coefficient"), max_digits=8, decimal_places=4, default=Decimal("1.0000"),
+    # None (the default): the platform's JETSTREAM_DEFAULT_SELL_COEFFICIENT, read when prices are computed.
+    sell_coefficient = models.DecimalField(_("sell coefficient"), max_digits=8, decimal_places=4, null=True, blank=True, default=None,
                                            validators=[MinValueValidator(Decimal("0.0001"))],
-                                           help_text=_("Provider price × FX × this coefficient = the company's price."))
+                                           help_text=_("Provider price × FX × this coefficient = the company's price. "
+                                                       "Empty: the platform default (JETSTREAM_DEFAULT_SELL_COEFFICIENT)."))
     data_residency = models.CharField(_("data residency"), max_length=8, choices=DataResidency.choices, default=DataResidency.ANY,
                                       help_text=_("Russia only: requests go only to providers hosted in Russia."))
     fallbacks = models.JSONField(_("fallback chains"), default=dict, blank=True, validators=[validate_fallbacks],
@@ -129,6 +133,34 @@ class Company(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def effective_sell_coefficient(self) -> Decimal:
+        """The company-wide coefficient: its own, or the platform default when it set none."""
+        if self.sell_coefficient is not None:
+            return self.sell_coefficient
+        return Decimal(settings.JETSTREAM_DEFAULT_SELL_COEFFICIENT)
+
+
+class CompanyModelCoefficient(models.Model):
+    """A company's sell coefficient for one model, in place of its company-wide one (4 decimal places,
+    > 0): e.g. gpt-4o-mini at 1.10 while the company pays 1.25 elsewhere."""
+
+    company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="model_coefficients", verbose_name=_("company"))
+    model = models.ForeignKey("providers.Model", on_delete=models.CASCADE, related_name="company_coefficients",
+                              verbose_name=_("model"))
+    sell_coefficient = models.DecimalField(_("sell coefficient"), max_digits=8, decimal_places=4,
+                                           validators=[MinValueValidator(Decimal("0.0001"))],
+                                           help_text=_("Provider price × FX × this coefficient = the company's price for this model."))
+
+    class Meta:
+        verbose_name = _("model sell coefficient")
+        verbose_name_plural = _("model sell coefficients")
+        ordering = ["company", "model"]
+        constraints = [models.UniqueConstraint(fields=["company", "model"], name="uniq_company_model_coefficient")]
+
+    def __str__(self) -> str:
+        return f"{self.company} × {self.model_id}: {self.sell_coefficient}"
 
 
 class Department(models.Model):

@@ -24,12 +24,12 @@ from django.db.models import Sum
 from django.utils.translation import gettext as _
 
 from apps.accounts.exceptions import SuperadminEmailTaken, TopUpReductionError
-from apps.accounts.models import Company, Department, Supplier
+from apps.accounts.models import Company, CompanyModelCoefficient, Department, Supplier
 from apps.billing import services as ledger
 from apps.billing.models import Account, AccountKind, Transfer, TransferKind
 from apps.moderation.models import Policy, PolicyMode
 from lib.money import format_rub
-from lib.upsert import UPDATED, Outcome, find_for_update, model_default, save_staged, stage
+from lib.upsert import UNCHANGED, UPDATED, Outcome, find_for_update, model_default, save_staged, stage
 
 # --- suppliers -----------------------------------------------------------------------------
 
@@ -300,3 +300,33 @@ def ensure_superadmin(*, email: str) -> tuple[Any, str | None]:
         # Two bootstraps at once: the unique e-mail lets only one of them create the user.
         user = User.objects.create_superuser(email, password)
         return user, password
+
+
+def set_model_coefficients(*, company: Company, coefficients: list[tuple[Any, Decimal]], dry_run: bool = False) -> Outcome:
+    """Bring ``company``'s per-model sell coefficients to exactly ``coefficients``: (``providers.Model``,
+    Decimal > 0 with 4 places) pairs, one per model (unsaved models allowed on a dry run). Missing
+    rows are created, others updated, rows of models not named deleted (those models fall back to
+    the company's coefficient). Returns an ``Outcome`` on the company:
+    CREATED/UPDATED when anything changed (or, with ``dry_run``, would), else UNCHANGED; nothing is
+    written on a dry run. Raises ``ValidationError`` for a coefficient out of range."""
+    with transaction.atomic():
+        existing = ({row.model_id: row for row in CompanyModelCoefficient.objects.select_for_update().filter(company=company)}
+                    if company.pk is not None else {})
+        wanted = {model.pk for model, _coef in coefficients}
+        changed = False
+        for model, coef in coefficients:
+            row = existing.get(model.pk) if model.pk is not None else None
+            if row is not None and row.sell_coefficient == coef:
+                continue
+            row = row or CompanyModelCoefficient(company=company, model=model)
+            row.sell_coefficient = coef
+            row.full_clean(exclude=["company", "model"] if dry_run else None, validate_unique=not dry_run)
+            changed = True
+            if not dry_run:
+                row.save()
+        stale = [pk for pk in existing if pk not in wanted]
+        if stale:
+            changed = True
+            if not dry_run:
+                CompanyModelCoefficient.objects.filter(company=company, model_id__in=stale).delete()
+        return Outcome(company, UPDATED if changed else UNCHANGED)

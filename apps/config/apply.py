@@ -164,6 +164,7 @@ class _Run:
         self.each("FX rate", c.fx, lambda e: e.values["currency"], self.fx_rate)
         self.each("model", c.models, lambda e: e.values["name"], self.model)
         self.each("company", c.companies, _slug_of, self.company)
+        self.each("model coefficients", c.companies, _slug_of, self.model_coefficients)
         self.each("department", c.departments, lambda e: (e.parent, e.values["slug"]), self.department)
         self.each("top-up", c.companies, _slug_of, self.top_up)
         self.each("token", c.tokens, lambda e: e.label, self.token)
@@ -274,6 +275,22 @@ class _Run:
             credit_limit=v.get("credit_limit", 0),
             routing=accounts.CompanyRouting(data_residency=v.get("data_residency"), fallbacks=v.get("fallbacks")), dry_run=self.dry_run))
         self.record("company", e, outcome, v["slug"])
+
+    def model_coefficients(self, e: Entry) -> None:
+        """Bring the company's per-model sell coefficients to exactly the declared ``model_coefficients``
+        (public model name → Decimal; an omitted model falls back to the company's coefficient)."""
+        v = e.values
+        place = join(e.place, "model_coefficients")
+        declared = v.get("model_coefficients", {})
+        company = self.ref("company", v["slug"], e.place, lambda: None)
+        found = self.refs({name: ("model", name, join(place, name), lambda name=name: Model.objects.filter(name=name).first())
+                           for name in declared})
+        outcome = self.attempt("model coefficients", e, place=place, call=lambda: accounts.set_model_coefficients(
+            company=company, coefficients=[(found[name], coef) for name, coef in declared.items()], dry_run=self.dry_run))
+        if outcome is _FAILED or not outcome.changed:
+            return
+        detail = ", ".join(f"{name} × {coef}" for name, coef in sorted(declared.items())) or _("none")
+        self.report.changes.append(Change("model coefficients", e.label, outcome.action, detail))
 
     def department(self, e: Entry) -> None:
         """Upsert one department of its company (``parent`` by slug, declared earlier in the file or in the database)."""

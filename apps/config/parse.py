@@ -103,6 +103,13 @@ def _fallback_map(value: Any, place: str) -> dict[str, list[str]]:
 
 
 _FALLBACKS = _fallback_map
+
+
+def _model_coefficients(value: Any, place: str) -> dict[str, Any]:
+    """A company's per-model sell coefficients: ``{"<model>": "1.10"}`` → {name: Decimal}."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise Invalid.at(place, _('expected a mapping of model name to a coefficient such as "1.10"'))
+    return {model: coefficient(coef, join(place, model)) for model, coef in value.items()}
 _TOKEN = mapping({
     "name": Key(text, required=True),
     "department": Key(slug),
@@ -177,6 +184,7 @@ SCHEMA = mapping({
         "name": Key(text, required=True),
         "time_zone": Key(validated(validate_time_zone)),
         "sell_coefficient": Key(coefficient),
+        "model_coefficients": Key(_model_coefficients),
         "credit_limit": Key(amount()),
         "top_up": Key(amount()),
         "data_residency": Key(choice(DataResidency.values)),

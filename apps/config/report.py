@@ -19,6 +19,7 @@ KINDS = [
     (gettext_noop("local node"), gettext_noop("local nodes")),
     (gettext_noop("model"), gettext_noop("models")), (gettext_noop("price"), gettext_noop("prices")),
     (gettext_noop("FX rate"), gettext_noop("FX rates")), (gettext_noop("company"), gettext_noop("companies")),
+    (gettext_noop("model coefficients"), gettext_noop("companies' model coefficients")),
     (gettext_noop("department"), gettext_noop("departments")), (gettext_noop("top-up"), gettext_noop("top-ups")),
     (gettext_noop("token"), gettext_noop("tokens")),
 ]

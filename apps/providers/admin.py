@@ -32,8 +32,11 @@ import redis
 from django import forms
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.postgres.aggregates import ArrayAgg
+from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
-from django.db.models import Avg, OuterRef, QuerySet, Subquery
+from django.db.models import Avg, CharField, Count, FloatField, Func, OuterRef, QuerySet, Subquery, Value
+from django.db.models.functions import Cast, Concat, Extract
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
@@ -201,16 +204,83 @@ class ProviderEgressAdmin(admin.ModelAdmin):
 
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
+    """Providers with their visibility columns: keys healthy/total (the keys' shared health, read
+    from Redis at most once a second), requests, upstream errors and the average latency of
+    answers in the last hour, and the last upstream error of the last 24 hours (from usage records:
+    its time, HTTP status and the gateway's code — records keep no upstream text). All of it comes
+    from one annotated query for the whole page (correlated subqueries), never a query per row."""
+
     # The model's clean() refuses unsafe base URLs (SSRF) unless "internal" is ticked.
-    list_display = ["slug", "name", "kind", "base_url", "country", "internal", "egress_list", "is_active", "created_at"]
+    list_display = ["slug", "name", "kind", "base_url", "country", "internal", "egress_list", "is_active", "keys_health",
+                    "requests_last_hour", "errors_last_hour", "latency_last_hour", "last_upstream_error", "created_at"]
     list_filter = ["kind", "country", "internal", "is_active"]
     search_fields = ["slug", "name", "base_url"]
     date_hierarchy = "created_at"
     fields = ["slug", "name", "kind", "base_url", "country", "internal", "options", "is_active"]
     inlines = [ProviderEgressInline]
+    visibility_fields = ["keys_health", "requests_last_hour", "errors_last_hour", "latency_last_hour", "last_upstream_error"]
+
+    def get_fields(self, request: HttpRequest, obj: Provider | None = None) -> list[str]:
+        return self.fields if obj is None else [*self.fields, *self.visibility_fields]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Provider | None = None) -> list[str]:
+        return [] if obj is None else list(self.visibility_fields)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Provider]:
-        return super().get_queryset(request).prefetch_related("egress_links__egress")
+        now = timezone.now()
+        hour, day = now - timedelta(hours=1), now - timedelta(days=1)
+        recent = UsageRecord.objects.filter(provider=OuterRef("pk"), started_at__gte=hour).values("provider")
+        errors = recent.filter(status__in=[UsageStatus.UPSTREAM_ERROR, UsageStatus.FAILED])
+        last_error = (UsageRecord.objects.filter(provider=OuterRef("pk"), started_at__gte=day, status=UsageStatus.UPSTREAM_ERROR)
+                      .order_by("-started_at"))
+        keys = SupplierKey.objects.filter(provider=OuterRef("pk")).values("provider")
+        active = keys.filter(status=SupplierKeyStatus.ACTIVE)
+        return super().get_queryset(request).prefetch_related("egress_links__egress").annotate(
+            _keys_total=Subquery(keys.annotate(n=Count("pk")).values("n")),
+            _active_keys=Subquery(active.annotate(ids=ArrayAgg(Func(
+                "pk", Extract("updated_at", "epoch"), function="ARRAY", template="%(function)s[%(expressions)s]",
+                output_field=ArrayField(FloatField())), order_by="pk")).values("ids")),
+            _requests=Subquery(recent.annotate(n=Count("pk")).values("n")),
+            _errors=Subquery(errors.annotate(n=Count("pk")).values("n")),
+            _latency=Subquery(recent.filter(status=UsageStatus.OK).annotate(avg=Avg("latency_ms")).values("avg")),
+            _last_error_at=Subquery(last_error.values("started_at")[:1]),
+            _last_error=Subquery(last_error.annotate(text=Concat(Cast("http_status", CharField()), Value(" "), "error_code",
+                                                                 output_field=CharField())).values("text")[:1]),
+        )
+
+    @admin.display(description=_("keys healthy/total"))
+    def keys_health(self, obj: Provider) -> str:
+        """Active keys that routing would use now (breaker closed, not rate-limited, not parked by the
+        proxy) / all keys; "?" for the healthy count when Redis cannot be read."""
+        total = getattr(obj, "_keys_total", None) or 0
+        records = _health.records()
+        if records is None:
+            return f"?/{total}"
+        now = time.time()
+        healthy = sum(1 for key_id, updated_at in (getattr(obj, "_active_keys", None) or [])
+                      if _key_usable(records.get(int(key_id), key_health.KeyHealth()), updated_at, now))
+        return f"{healthy}/{total}"
+
+    @admin.display(description=_("requests, last hour"))
+    def requests_last_hour(self, obj: Provider) -> int:
+        return getattr(obj, "_requests", None) or 0
+
+    @admin.display(description=_("errors, last hour"))
+    def errors_last_hour(self, obj: Provider) -> int:
+        """Requests that ended in an upstream error or a gateway failure."""
+        return getattr(obj, "_errors", None) or 0
+
+    @admin.display(description=_("avg latency, last hour"))
+    def latency_last_hour(self, obj: Provider) -> str:
+        value = getattr(obj, "_latency", None)
+        return "—" if value is None else f"{round(value)} ms"
+
+    @admin.display(description=_("last upstream error (24 h)"))
+    def last_upstream_error(self, obj: Provider) -> str:
+        at = getattr(obj, "_last_error_at", None)
+        if at is None:
+            return "—"
+        return f"{timezone.localtime(at):%Y-%m-%d %H:%M:%S} {getattr(obj, '_last_error', '')}"[:300]
 
     @admin.display(description=_("egress proxies"))
     def egress_list(self, obj: Provider) -> str:
@@ -223,6 +293,12 @@ class ProviderAdmin(admin.ModelAdmin):
             # A base URL typed without a scheme is an HTTPS one (Django 6's default, chosen now).
             kwargs["assume_scheme"] = "https"
         return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+
+def _key_usable(record: key_health.KeyHealth, updated_at: float, now: float) -> bool:
+    """Whether routing would try a key with this shared health now: not parked since its last save
+    (``updated_at``, Unix seconds), breaker closed, no rate-limit cooldown running."""
+    return not record.parked(updated_at) and record.circuit(now) == key_health.CLOSED and record.cool_until <= now
 
 
 @admin.register(Model)

@@ -12,7 +12,7 @@ import redis
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
-from apps.accounts.models import Company, Department
+from apps.accounts.models import Company, CompanyModelCoefficient, Department
 from apps.billing.models import AccountKind, FxRate, Transfer
 from apps.providers.models import EgressProxy, LocalNode, Model, Price, Provider, ProviderEgress, SupplierKey
 
@@ -46,6 +46,7 @@ def _safe_sync(company_ids: list[int]) -> None:
 def connect() -> None:
     """Connect the receivers (called from ProxyConfig.ready, once the models are loaded)."""
     post_save.connect(_sync_wallet_on_commit, sender=Transfer, dispatch_uid="js-wallet-sync")
-    for model in (ApiToken, Company, Department, Model, Price, Provider, SupplierKey, EgressProxy, ProviderEgress, FxRate, LocalNode):
+    for model in (ApiToken, Company, CompanyModelCoefficient, Department, Model, Price, Provider, SupplierKey, EgressProxy,
+                  ProviderEgress, FxRate, LocalNode):
         post_save.connect(_bump_on_commit, sender=model, dispatch_uid=f"js-bump-{model.__name__}")
         post_delete.connect(_bump_on_commit, sender=model, dispatch_uid=f"js-bump-del-{model.__name__}")

@@ -28,6 +28,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
+from apps.accounts.models import CompanyModelCoefficient
 from apps.billing import fx as fx_rates
 from apps.billing.models import FxRate
 from apps.billing.suppliers import keys_over_cap
@@ -57,7 +58,10 @@ class TokenSnapshot:
 
     Limits and ``department_budget`` in micro-RUB, None = none; ``expires_at`` Unix seconds;
     ``ip_networks`` the parsed ``ip_allow`` (invalid entries dropped, logged); ``time_zone`` the
-    company's, for the calendar windows; ``sell_coef_units`` the company's sell coefficient × 10_000.
+    company's, for the calendar windows; ``sell_coef_units`` the company's sell coefficient × 10_000
+    (its own, else the platform default ``JETSTREAM_DEFAULT_SELL_COEFFICIENT``); ``model_coef_units``
+    the company's per-model coefficients × 10_000 by public model name, which take its place
+    (``sell_coef_for``).
     """
 
     id: int
@@ -83,6 +87,11 @@ class TokenSnapshot:
     sell_coef_units: int
     residency: str = "any"  # the company's data residency: "any" | "ru"
     fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the token's chains over the company's
+    model_coef_units: Mapping[str, int] = field(default_factory=dict)
+
+    def sell_coef_for(self, model: str) -> int:
+        """The sell coefficient × 10_000 for the public model ``model``: the company's for that model, else its own."""
+        return self.model_coef_units.get(model, self.sell_coef_units)
 
     def fallbacks_for(self, route: ModelRoute) -> tuple[str, ...]:
         """The fallback chain for ``route``: the token's or company's for that model, else the model's own."""
@@ -226,7 +235,9 @@ def _load_token(key_hash: str) -> TokenSnapshot | None:
         ip_networks=tuple(networks),
         max_distinct_ips=token.max_distinct_ips,
         time_zone=zoneinfo.ZoneInfo(token.company.time_zone),
-        sell_coef_units=coefficient_units(token.company.sell_coefficient),
+        sell_coef_units=coefficient_units(token.company.effective_sell_coefficient),
+        model_coef_units={name: coefficient_units(coef) for name, coef in
+                          CompanyModelCoefficient.objects.filter(company_id=token.company_id).values_list("model__name", "sell_coefficient")},
         residency=token.company.data_residency,
         # An admin form left empty stores JSON null: read it as no chains.
         fallbacks={model: tuple(chain) for model, chain in {**(token.company.fallbacks or {}), **(token.fallbacks or {})}.items()},

@@ -70,6 +70,7 @@ def test_it_edits_a_company_with_departments_and_memberships_inline(superadmin_c
         "departments-MAX_NUM_FORMS": "1000",
         "departments-0-slug": "ml", "departments-0-name": "ML", "departments-0-parent": "",
         "departments-0-monthly_budget": "25000.75",
+        "model_coefficients-TOTAL_FORMS": "0", "model_coefficients-INITIAL_FORMS": "0",
         "memberships-TOTAL_FORMS": "2", "memberships-INITIAL_FORMS": "1", "memberships-MIN_NUM_FORMS": "0",
         "memberships-MAX_NUM_FORMS": "1000",
         "memberships-0-id": Membership.objects.get(user=personas.manager_b).pk, "memberships-0-company": company.pk,

@@ -15,7 +15,7 @@ from django.core.management.base import CommandError
 
 from apps.accounts.models import Company
 from apps.billing import services as ledger
-from apps.billing.models import Transfer
+from apps.billing.models import Transfer, UsageRecord
 from apps.providers.models import Model, Price, Provider
 from apps.proxy.models import ApiToken, TokenStatus
 from tests.config.conftest import database_state, run_command
@@ -79,8 +79,10 @@ def test_it_sets_up_the_demo_company_models_and_1000_rub(db):
         "demo-chat": "chat", "demo-embedding": "embedding"}
     assert {p.currency for p in Price.objects.filter(model__provider=provider)} == {"RUB"}
     company = Company.objects.get(slug="demo")
-    assert ledger.balance(ledger.company_wallet(company)).posted == 1000 * RUB
-    assert Transfer.objects.count() == 1  # the second run topped up nothing
+    spent = sum(UsageRecord.objects.filter(company=company).values_list("sell_cost", flat=True))
+    # 1000 RUB from configuration, 5000 RUB from the paid invoice, less the demo usage.
+    assert ledger.balance(ledger.company_wallet(company)).posted == 6000 * RUB - spent
+    assert Transfer.objects.filter(kind="top_up").count() == 2  # the second run topped up nothing
 
 
 def test_it_issues_a_fresh_demo_token_on_every_run(db):
@@ -91,7 +93,7 @@ def test_it_issues_a_fresh_demo_token_on_every_run(db):
 
     assert second != first
     assert demo_token_hash() == hashlib.sha256(second.encode()).hexdigest()  # the first no longer works
-    assert ApiToken.objects.filter(company__slug="demo").count() == 1
+    assert ApiToken.objects.filter(company__slug="demo", name="demo").count() == 1
 
 
 def test_it_prints_the_admin_url_and_first_call_examples(db, settings):
@@ -165,4 +167,93 @@ def test_it_warns_when_the_demo_token_is_blocked(db):
     out, _err = run_command("jetstream_demo")
 
     assert "this token is Blocked" in out
-    assert ApiToken.objects.get(company__slug="demo").status == TokenStatus.BLOCKED
+    assert ApiToken.objects.get(company__slug="demo", name="demo").status == TokenStatus.BLOCKED
+
+
+# --- the demo's money (apps/config/demo_money.py) -------------------------------------------
+
+def demo_state() -> dict:
+    """Every row the demo writes, the demo token's rotated secret aside."""
+    from apps.accounts.models import CompanyModelCoefficient
+    from apps.billing.models import Account, PayableCreditDay, WithdrawalRequest
+    from apps.invoicing.models import Document, TopUpRequest
+
+    state = database_state()
+    for row in state["ApiToken"]:
+        for name in ("key_hash", "key_prefix", "updated_at"):
+            row.pop(name, None)
+    for table in (UsageRecord, WithdrawalRequest, PayableCreditDay, TopUpRequest, Document, CompanyModelCoefficient, Account):
+        state[table.__name__] = list(table.objects.order_by("pk").values())
+    return state
+
+
+@pytest.fixture
+def no_holding_period(settings):
+    """As `make run` sets it (JETSTREAM_SUPPLIER_HOLD_DAYS=0): the demo's accruals are withdrawable."""
+    settings.JETSTREAM = {**settings.JETSTREAM, "SUPPLIER_HOLD_DAYS": 0}
+
+
+def test_running_it_twice_changes_nothing_and_never_duplicates_money(db, no_holding_period):
+    run_command("jetstream_demo")
+    before = demo_state()
+
+    out, _err = run_command("jetstream_demo")
+
+    assert demo_state() == before
+    assert "(0 new)" in out
+
+
+def test_every_money_screen_has_data(db, no_holding_period):
+    from apps.accounts.models import Department, Supplier
+    from apps.billing import suppliers
+    from apps.billing.models import WithdrawalRequest
+    from apps.invoicing.models import TopUpRequest
+
+    out, _err = run_command("jetstream_demo")
+    company = Company.objects.get(slug="demo")
+
+    records = list(UsageRecord.objects.filter(company=company))
+    assert len(records) == 24 and {r.status for r in records} == {"ok", "upstream_error"}
+    # Two suppliers, each with accruals equal to its keys' buy costs in the ledger.
+    payables = {}
+    for supplier in Supplier.objects.all():
+        accrued = sum(r.buy_cost for r in records if r.supplier_key.supplier_id == supplier.pk)
+        assert accrued > 0
+        payables[supplier.slug] = suppliers.supplier_balance(supplier)
+        assert payables[supplier.slug].accrued == accrued
+        assert f"Supplier {supplier.name}: " in out
+    assert set(payables) == {"north-keys", "volga-ai"}
+    withdrawal = WithdrawalRequest.objects.get()
+    assert (withdrawal.supplier.slug, withdrawal.status) == ("north-keys", "requested")
+    assert 0 < withdrawal.amount and withdrawal.amount % 10_000 == 0
+    top_up = TopUpRequest.objects.get()
+    assert (top_up.status, top_up.amount, top_up.invoice is not None) == ("paid", 5000 * RUB, True)
+    assert f"invoice № {top_up.invoice.number} for 5000.00 RUB" in out
+    assert Department.objects.get(company=company, slug="research").monthly_budget == 300 * RUB
+    assert f"Withdrawal request #{withdrawal.pk} of North Keys LLC (demo)" in out
+
+
+def test_demo_usage_is_priced_like_the_proxy_prices_it(db):
+    from decimal import Decimal
+
+    from apps.providers.models import SupplierKey
+    from lib.money import cost_micro
+
+    run_command("jetstream_demo")
+    record = UsageRecord.objects.filter(status="ok").order_by("request_id").first()
+    key = SupplierKey.objects.get(pk=record.supplier_key_id)
+    units = [(record.input_tokens - record.cached_tokens, 150_000), (record.cached_tokens, 75_000), (record.output_tokens, 600_000)]
+    # The company has no coefficient of its own, only gpt-4o-mini's 1.20; the key buys at its own.
+    assert Company.objects.get(slug="demo").sell_coefficient is None
+    assert record.sell_cost == cost_micro(tokens_by_price=units, fx_micro=92_500_000, coefficient=Decimal("1.20")) > 0
+    assert record.buy_cost == cost_micro(tokens_by_price=units, fx_micro=92_500_000, coefficient=key.buy_coefficient) > 0
+
+
+def test_with_a_holding_period_it_says_why_there_is_no_withdrawal(db, settings):
+    from apps.billing.models import WithdrawalRequest
+
+    settings.JETSTREAM = {**settings.JETSTREAM, "SUPPLIER_HOLD_DAYS": 14}
+    out, _err = run_command("jetstream_demo")
+
+    assert not WithdrawalRequest.objects.exists()
+    assert "North Keys LLC (demo) has nothing withdrawable yet (holding period 14 days)" in out

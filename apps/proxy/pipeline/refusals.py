@@ -126,11 +126,11 @@ def max_tokens_that_fit(call: Call, budget: int) -> int | None:
 
     if call.request.endpoint == "embedding":
         return None
-    route, n, coef = call.route, call.request.n, call.token.sell_coef_units
+    route, n, token = call.route, call.request.n, call.token
     candidates = [(route, call.input_tokens_estimate), *((c.route, c.input_tokens) for c in call.fallbacks)]
 
     def fits(tokens: int) -> bool:
-        return all(price(r, prompt, tokens * n, 0, coef) <= budget for r, prompt in candidates)
+        return all(price(r, prompt, tokens * n, 0, token.sell_coef_for(r.name)) <= budget for r, prompt in candidates)
 
     low, high = 0, min(route.max_output_tokens, max(0, route.context_window - call.input_tokens_estimate))
     while low < high:

@@ -128,7 +128,7 @@ def price_usage(call: Call, usage, fallback_text: str | None) -> None:
     true cost. A local node's buy cost is its own rate (``NodeRoute.cost``), not the model's price."""
     count_usage(call, usage, fallback_text)
     route, reserved = call.route, call.reservation.amount
-    sell = price(route, call.input_tokens, call.output_tokens, call.cached_tokens, call.token.sell_coef_units)
+    sell = price(route, call.input_tokens, call.output_tokens, call.cached_tokens, call.token.sell_coef_for(route.name))
     if sell > reserved:
         logger.warning("request %s cost %s micro-RUB, above its reservation of %s; charging the reservation",
                        call.id, sell, reserved)
@@ -189,9 +189,10 @@ class SpendCounters:
         limit with its figures — 402/413 (403: RPM 0) when the request can never fit, 429 with
         ``Retry-After`` when it fits later (``refusals.limit_error``) — and 503 if counters cannot be seeded."""
         token = call.token
-        amount = price(call.route, call.input_tokens_estimate, call.max_output_tokens, 0, token.sell_coef_units)
-        for fallback in call.fallbacks:  # whichever model answers, its cost fits what is held
-            amount = max(amount, price(fallback.route, fallback.input_tokens, fallback.max_output_tokens, 0, token.sell_coef_units))
+        amount = price(call.route, call.input_tokens_estimate, call.max_output_tokens, 0, token.sell_coef_for(call.route.name))
+        for fallback in call.fallbacks:  # whichever model answers, its cost fits what is held (at its own coefficient)
+            amount = max(amount, price(fallback.route, fallback.input_tokens, fallback.max_output_tokens, 0,
+                                       token.sell_coef_for(fallback.route.name)))
         now = time.time()
         keys = self.keys_for(token, now)
         rpm_cur, rpm_prev, tpm_cur, tpm_prev, frac = rate_keys(token.id, now)

@@ -1,8 +1,10 @@
 """``manage.py jetstream_demo``: what ``make run`` does before starting the servers.
 
 Idempotent: creates the superadmin if there is no superuser (printing the generated password
-once), applies demo/demo.yaml, and issues a fresh secret for the demo token on every run, then
-prints how to log in and how to make a first call.
+once), applies demo/demo.yaml, records the demo's money once (``apps/config/demo_money.py``: usage
+accrued to two suppliers, a pending withdrawal, a paid invoice, a department budget), and issues a
+fresh secret for the demo token on every run, then prints what there is, how to log in and how to
+make a first call.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from django.utils.translation import gettext as _
 
 from apps.accounts import services as accounts
 from apps.accounts.exceptions import SuperadminEmailTaken
+from apps.billing.usage_records import ledger_accounts
+from apps.config import demo_money
 from apps.config.apply import apply_config
 from apps.config.exceptions import ConfigError
 from apps.config.management.commands.jetstream_apply import read_config_file
@@ -57,19 +61,27 @@ class Command(BaseCommand):
             with transaction.atomic():
                 admin, password = accounts.ensure_superadmin(email=ADMIN_EMAIL)
                 report = apply_config(text)
+                money = demo_money.populate()
                 token = ApiToken.objects.get(company__slug=DEMO_COMPANY, name=DEMO_TOKEN)
                 secret = dict(report.shown_once).get(f"{DEMO_COMPANY}/{DEMO_TOKEN}")
                 if secret is None:  # the token existed: replace its secret so it can be shown
                     token, secret = rotate_token_secret(token=token)
         except ConfigError as exc:
+            ledger_accounts.clear()  # the rollback may have removed accounts whose ids it cached
             raise CommandError(_("%(path)s is not valid:\n%(problems)s") % {"path": DEMO_FILE, "problems": exc}) from None
         except (SuperadminEmailTaken, ProxyError) as exc:
+            ledger_accounts.clear()
             raise CommandError(str(exc)) from None
 
         site = settings.SITE_URL.rstrip("/")
         write = self.stdout.write
         write(_("Demo configuration (%(path)s):") % {"path": DEMO_FILE.relative_to(settings.BASE_DIR)})
         write("  " + report.summary().replace("\n", "\n  "))
+        write("")
+        write(_("Demo money (apps/config/demo_money.py):"))
+        for line in money.lines():
+            write(f"  {line}")
+        _sync_wallets()
         write("")
         write(_("Admin: %(url)s") % {"url": f"{site}/admin/"})
         if password is not None:
@@ -86,3 +98,16 @@ class Command(BaseCommand):
         write("")
         write(_("Try it:"))
         write(first_call_examples(api_base=f"{site}/v1", secret=secret))
+
+
+def _sync_wallets() -> None:
+    """Bring the proxy's Redis wallet counters up to the ledger (the demo's usage charged the demo
+    company outside the proxy); without Redis the proxy seeds them from the ledger when it starts."""
+    import redis
+
+    from apps.proxy.metering import sync_company_funds
+
+    try:
+        sync_company_funds(None)
+    except redis.RedisError:
+        pass
