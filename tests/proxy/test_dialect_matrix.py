@@ -1,0 +1,289 @@
+"""Every client dialect × a representative set of upstream adapters, through the real gateway.
+
+Dialects: OpenAI chat (``openai`` SDK), Anthropic Messages (``anthropic`` SDK), OpenAI Responses
+(``openai`` SDK ``client.responses``). Adapters: openai, anthropic, gemini, gigachat, yandexgpt (native),
+each at its fake on loopback (``tests/proxy/matrix_fixtures.py``). For every pair, unstreamed and
+streamed, the same question is asked through the dialect and through OpenAI chat; the case asserts
+the answer in the dialect's own shape, the public model name, the usage in the dialect's own terms
+(Anthropic: input *excludes* cache reads) — and that both requests left identical usage records whose
+tokens and sell/buy costs are the exact price of the upstream's usage. A tool round trip (call, result,
+final answer) runs for every pair too, against the same round trip through OpenAI chat.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import pytest
+
+from apps.billing.models import UsageRecord
+from tests.fakes import anthropic_upstream, gemini_upstream, yandex_upstream
+from tests.proxy import matrix_fixtures
+from tests.proxy.conftest import RUB
+from tests.proxy.matrix_fixtures import ADAPTERS, TOOL_NAME, Upstream
+
+# The fixtures, by assignment (an import would be shadowed by every test's argument).
+fake_gigachat_module = matrix_fixtures.fake_gigachat_module
+fakes = matrix_fixtures.fakes
+upstreams = matrix_fixtures.upstreams
+fake_anthropic_server = anthropic_upstream.fake_anthropic_server
+fake_anthropic = anthropic_upstream.fake_anthropic
+fake_gemini_server = gemini_upstream.fake_gemini_server
+fake_gemini = gemini_upstream.fake_gemini
+fake_yandex_server = yandex_upstream.fake_yandex_server
+fake_yandex = yandex_upstream.fake_yandex
+
+SYSTEM = "Be brief."
+QUESTION = "What is the weather in Oslo today"
+DIALECTS = ("chat", "anthropic", "responses")
+PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+CHAT_TOOL = {"type": "function", "function": {"name": TOOL_NAME, "description": "Weather now", "parameters": PARAMETERS}}
+ANTHROPIC_TOOL = {"name": TOOL_NAME, "description": "Weather now", "input_schema": PARAMETERS}
+RESPONSES_TOOL = {"type": "function", "name": TOOL_NAME, "description": "Weather now", "parameters": PARAMETERS}
+TOOL_RESULT = "4 degrees and rain"
+RAW_EVENTS = {"message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta",
+              "message_stop"}
+
+
+@dataclass
+class Answer:
+    """What a dialect answered, normalised: text, tool calls [(id, name, arguments dict)], the model it
+    named, the canonical usage (input incl. cached, output, cached) and the cost it showed (micro-rubles)."""
+
+    text: str
+    calls: list[tuple[str, str, dict]]
+    model: str
+    usage: tuple[int, int, int]
+    cost: int | None
+    finish: str  # the dialect's own end word
+    raw_arguments: tuple[str, ...] = ()  # OpenAI chat: the tool calls' arguments exactly as sent, to replay
+
+
+def micro(rub: Any) -> int:
+    """A cost shown in RUB (a header string or a JSON number) as micro-rubles."""
+    whole, _, frac = str(rub).partition(".")
+    return int(whole) * RUB + int((frac + "000000")[:6])
+
+
+def claude(gateway) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gateway.url, api_key=gateway.world.secret, max_retries=0)
+
+
+# --------------------------------------------------------------------------- OpenAI chat
+
+
+def chat_usage(usage) -> tuple[int, int, int]:
+    details = usage.prompt_tokens_details
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    return usage.prompt_tokens, usage.completion_tokens, (details.cached_tokens or 0) if details else 0
+
+
+def ask_chat(gateway, model: str, messages: list[dict], *, stream: bool = False, **extra) -> Answer:
+    client = gateway.client()
+    if not stream:
+        raw = client.chat.completions.with_raw_response.create(model=model, max_tokens=200, messages=messages, **extra)
+        done = raw.parse()
+        message = done.choices[0].message
+        calls = [(c.id, c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []]
+        return Answer(message.content or "", calls, done.model, chat_usage(done.usage), micro(raw.headers["x-jetstream-cost"]),
+                      done.choices[0].finish_reason, tuple(c.function.arguments for c in message.tool_calls or []))
+    chunks = list(client.chat.completions.create(model=model, max_tokens=200, messages=messages, stream=True,
+                                                 stream_options={"include_usage": True}, **extra))
+    assert len({c.model for c in chunks}) == 1
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finishes) == 1, finishes
+    final = chunks[-1]
+    assert final.choices == [] and final.usage is not None
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return Answer(text, [], chunks[0].model, chat_usage(final.usage), micro(final.usage.model_extra["cost"]), finishes[0])
+
+
+# --------------------------------------------------------------------------- Anthropic Messages
+
+
+def anthropic_usage(usage) -> tuple[int, int, int]:
+    """Anthropic's input_tokens exclude cache reads (and writes, always 0 here): add them back."""
+    assert usage.cache_creation_input_tokens in (0, None)
+    cached = usage.cache_read_input_tokens or 0
+    return usage.input_tokens + cached, usage.output_tokens, cached
+
+
+def anthropic_answer(message, cost: int | None) -> Answer:
+    text = "".join(b.text for b in message.content if b.type == "text")
+    calls = [(b.id, b.name, b.input) for b in message.content if b.type == "tool_use"]
+    assert message.type == "message" and message.role == "assistant"
+    return Answer(text, calls, message.model, anthropic_usage(message.usage), cost, message.stop_reason)
+
+
+def ask_anthropic(gateway, model: str, messages: list[dict], *, stream: bool = False, **extra) -> Answer:
+    client = claude(gateway)
+    if not stream:
+        raw = client.messages.with_raw_response.create(model=model, max_tokens=200, system=SYSTEM, messages=messages, **extra)
+        return anthropic_answer(raw.parse(), micro(raw.headers["x-jetstream-cost"]))
+    with client.messages.stream(model=model, max_tokens=200, system=SYSTEM, messages=messages, **extra) as helper:
+        events = [e for e in helper if e.type in RAW_EVENTS]  # the wire events (the helper adds its own too)
+        final = helper.get_final_message()  # the SDK's own accumulation of the same stream
+    kinds = [e.type for e in events]
+    assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
+    delta = events[-2]
+    text = "".join(e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta")
+    assert "".join(b.text for b in final.content if b.type == "text") == text
+    assert anthropic_usage(final.usage) == anthropic_usage(delta.usage)
+    answer = anthropic_answer(events[0].message, micro(delta.usage.model_extra["cost"]))
+    answer.text, answer.usage, answer.finish = text, anthropic_usage(delta.usage), delta.delta.stop_reason
+    return answer
+
+
+# --------------------------------------------------------------------------- OpenAI Responses
+
+
+def responses_usage(usage) -> tuple[int, int, int]:
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+    return usage.input_tokens, usage.output_tokens, usage.input_tokens_details.cached_tokens
+
+
+def responses_answer(response, cost: int | None) -> Answer:
+    assert response.object == "response"
+    calls = [(item.call_id, item.name, json.loads(item.arguments)) for item in response.output if item.type == "function_call"]
+    return Answer(response.output_text, calls, response.model, responses_usage(response.usage), cost, response.status)
+
+
+def ask_responses(gateway, model: str, items: list[dict], *, stream: bool = False, **extra) -> Answer:
+    client = gateway.client()
+    if not stream:
+        raw = client.responses.with_raw_response.create(model=model, instructions=SYSTEM, input=items, max_output_tokens=200,
+                                                        store=False, **extra)
+        return responses_answer(raw.parse(), micro(raw.headers["x-jetstream-cost"]))
+    events = list(client.responses.create(model=model, instructions=SYSTEM, input=items, max_output_tokens=200, store=False,
+                                          stream=True, **extra))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    completed = events[-1].response
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == completed.output_text
+    return responses_answer(completed, micro(completed.usage.model_extra["cost"]))
+
+
+# --------------------------------------------------------------------------- the matrix
+
+
+CHAT_QUESTION = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+END_WORDS = {"chat": "stop", "anthropic": "end_turn", "responses": "completed"}
+
+
+def ask(dialect: str, gateway, model: str, *, stream: bool) -> Answer:
+    """The same question (system prompt + one user turn) in the dialect's own request shape."""
+    if dialect == "chat":
+        return ask_chat(gateway, model, CHAT_QUESTION, stream=stream)
+    if dialect == "anthropic":
+        return ask_anthropic(gateway, model, [{"role": "user", "content": QUESTION}], stream=stream)
+    return ask_responses(gateway, model, [{"role": "user", "content": QUESTION}], stream=stream)
+
+
+def assert_records_agree(gateway, up: Upstream, usage: tuple[int, int, int], *, count: int, stream: bool) -> int:
+    """All ``count`` records ok, with these tokens and the exact price; returns the sell cost of one."""
+    gateway.drain(expect=count)
+    records = list(UsageRecord.objects.all())
+    assert len(records) == count
+    prompt, completion, cached = usage
+    sell, buy = up.cost(prompt, completion, cached), up.cost(prompt, completion, cached, coefficient="1.10")
+    assert {(r.status, r.stream, r.input_tokens, r.output_tokens, r.cached_tokens, r.usage_counted_locally, r.sell_cost, r.buy_cost)
+            for r in records} == {("ok", stream, prompt, completion, cached, False, sell, buy)}
+    assert sell > 0
+    return sell
+
+
+@pytest.fixture
+def gw(upstreams, gateway):
+    """The gateway, started after every matrix provider exists."""
+    return gateway
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_an_answer_is_the_same_in_every_dialect(gw, upstreams, adapter, dialect, stream):
+    up = ADAPTERS[adapter]
+    upstreams[adapter].behavior(**up.behavior)
+    reference = ask_chat(gw, up.model, CHAT_QUESTION, stream=stream)
+    answer = ask(dialect, gw, up.model, stream=stream)
+
+    assert answer.text and answer.text == reference.text
+    assert answer.calls == reference.calls == []
+    assert answer.model == reference.model == up.model
+    assert answer.finish == END_WORDS[dialect] and reference.finish == "stop"
+    assert answer.usage == reference.usage
+    cached = up.behavior.get("cached_tokens") or up.behavior.get("cache_read") or up.behavior.get("precached_tokens") or 0
+    assert answer.usage[2] == cached  # the upstream's cache reads came through as such
+    sell = assert_records_agree(gw, up, answer.usage, count=2, stream=stream)
+    assert answer.cost == reference.cost == sell
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def tools_chat(gateway, model: str) -> tuple[Answer, Answer]:
+    messages = [{"role": "user", "content": QUESTION}]
+    first = ask_chat(gateway, model, messages, tools=[CHAT_TOOL], tool_choice="required")
+    (call_id, name, _), = first.calls
+    messages += [{"role": "assistant", "content": first.text or None, "tool_calls": [
+                     {"id": call_id, "type": "function", "function": {"name": name, "arguments": first.raw_arguments[0]}}]},
+                 {"role": "tool", "tool_call_id": call_id, "content": TOOL_RESULT}]
+    return first, ask_chat(gateway, model, messages, tools=[CHAT_TOOL])
+
+
+def tools_anthropic(gateway, model: str) -> tuple[Answer, Answer]:
+    messages: list[dict] = [{"role": "user", "content": QUESTION}]
+    raw = claude(gateway).messages.with_raw_response.create(model=model, max_tokens=200, messages=messages, tools=[ANTHROPIC_TOOL],
+                                                            tool_choice={"type": "any"})
+    message = raw.parse()
+    first = anthropic_answer(message, micro(raw.headers["x-jetstream-cost"]))
+    (call_id, _, _), = first.calls
+    messages += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in message.content]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id, "content": TOOL_RESULT}]}]
+    raw = claude(gateway).messages.with_raw_response.create(model=model, max_tokens=200, messages=messages, tools=[ANTHROPIC_TOOL])
+    return first, anthropic_answer(raw.parse(), micro(raw.headers["x-jetstream-cost"]))
+
+
+def tools_responses(gateway, model: str) -> tuple[Answer, Answer]:
+    items: list[Any] = [{"role": "user", "content": QUESTION}]
+    client = gateway.client()
+    raw = client.responses.with_raw_response.create(model=model, input=items, tools=[RESPONSES_TOOL], tool_choice="required",
+                                                    store=False)
+    response = raw.parse()
+    first = responses_answer(response, micro(raw.headers["x-jetstream-cost"]))
+    (call_id, _, _), = first.calls
+    items += [item.model_dump(exclude_none=True) for item in response.output]
+    items.append({"type": "function_call_output", "call_id": call_id, "output": TOOL_RESULT})
+    raw = client.responses.with_raw_response.create(model=model, input=items, tools=[RESPONSES_TOOL], store=False)
+    return first, responses_answer(raw.parse(), micro(raw.headers["x-jetstream-cost"]))
+
+
+TOOL_ROUND_TRIPS = {"chat": tools_chat, "anthropic": tools_anthropic, "responses": tools_responses}
+TOOL_END_WORDS = {"chat": "tool_calls", "anthropic": "tool_use", "responses": "completed"}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_a_tool_round_trip_in_every_dialect(gw, upstreams, adapter, dialect):
+    up = ADAPTERS[adapter]
+    upstreams[adapter].behavior(**up.behavior, **up.tool_behavior)
+    ref_call, ref_final = tools_chat(gw, up.model)
+    call, final = TOOL_ROUND_TRIPS[dialect](gw, up.model)
+
+    [(_, name, arguments)] = call.calls
+    assert (name, arguments) == (TOOL_NAME, ref_call.calls[0][2]) and arguments.get("city")
+    assert call.text == ref_call.text
+    assert call.finish == TOOL_END_WORDS[dialect]
+    assert final.calls == [] and final.text and final.text == ref_final.text
+    assert final.finish == END_WORDS[dialect]
+    assert call.model == final.model == up.model
+    assert (call.usage, final.usage) == (ref_call.usage, ref_final.usage)
+    gw.drain(expect=4)
+    records = sorted((r.input_tokens, r.output_tokens, r.cached_tokens, r.sell_cost, r.buy_cost) for r in UsageRecord.objects.all())
+    expected = sorted((*u, up.cost(*u), up.cost(*u, coefficient="1.10")) for u in (call.usage, final.usage) for _ in "ab")
+    assert records == expected and all(r[3] > 0 for r in records)
+    assert (call.cost, final.cost) == (ref_call.cost, ref_final.cost) == (up.cost(*call.usage), up.cost(*final.usage))
