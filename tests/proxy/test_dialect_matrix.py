@@ -98,7 +98,26 @@ def ask_chat(gateway, model: str, messages: list[dict], *, stream: bool = False,
     final = chunks[-1]
     assert final.choices == [] and final.usage is not None
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    return Answer(text, [], chunks[0].model, chat_usage(final.usage), micro(final.usage.model_extra["cost"]), finishes[0])
+    calls, raw_arguments = streamed_calls(chunks)
+    return Answer(text, calls, chunks[0].model, chat_usage(final.usage), micro(final.usage.model_extra["cost"]), finishes[0],
+                  raw_arguments)
+
+
+def streamed_calls(chunks: list) -> tuple[list[tuple[str, str, dict]], tuple[str, ...]]:
+    """Tool calls put together from chat stream deltas (id and name once, arguments in pieces), by index."""
+    parts: dict[int, dict] = {}
+    for chunk in chunks:
+        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            call = parts.setdefault(delta.index, {"id": None, "name": None, "arguments": ""})
+            if delta.id:
+                assert call["id"] is None, "a call's id arrives once"
+                call["id"] = delta.id
+            if delta.function and delta.function.name:
+                assert call["name"] is None, "a call's name arrives once"
+                call["name"] = delta.function.name
+            call["arguments"] += (delta.function.arguments or "") if delta.function else ""
+    ordered = [parts[i] for i in sorted(parts)]
+    return [(c["id"], c["name"], json.loads(c["arguments"])) for c in ordered], tuple(c["arguments"] for c in ordered)
 
 
 # --------------------------------------------------------------------------- Anthropic Messages
@@ -130,10 +149,11 @@ def ask_anthropic(gateway, model: str, messages: list[dict], *, stream: bool = F
     assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
     delta = events[-2]
     text = "".join(e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta")
-    assert "".join(b.text for b in final.content if b.type == "text") == text
     assert anthropic_usage(final.usage) == anthropic_usage(delta.usage)
-    answer = anthropic_answer(events[0].message, micro(delta.usage.model_extra["cost"]))
-    answer.text, answer.usage, answer.finish = text, anthropic_usage(delta.usage), delta.delta.stop_reason
+    answer = anthropic_answer(final, micro(delta.usage.model_extra["cost"]))
+    assert (answer.text, answer.finish) == (text, delta.delta.stop_reason)
+    started = [e.content_block for e in events if e.type == "content_block_start" and e.content_block.type == "tool_use"]
+    assert [(b.id, b.name) for b in started] == [(c[0], c[1]) for c in answer.calls]
     return answer
 
 
@@ -164,7 +184,11 @@ def ask_responses(gateway, model: str, items: list[dict], *, stream: bool = Fals
     completed = events[-1].response
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text == completed.output_text
-    return responses_answer(completed, micro(completed.usage.model_extra["cost"]))
+    answer = responses_answer(completed, micro(completed.usage.model_extra["cost"]))
+    pieces = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    done = [json.loads(e.arguments) for e in events if e.type == "response.function_call_arguments.done"]
+    assert done == [c[2] for c in answer.calls] and (not done or json.loads(pieces) == done[0])
+    return answer
 
 
 # --------------------------------------------------------------------------- the matrix
@@ -174,13 +198,17 @@ CHAT_QUESTION = [{"role": "system", "content": SYSTEM}, {"role": "user", "conten
 END_WORDS = {"chat": "stop", "anthropic": "end_turn", "responses": "completed"}
 
 
-def ask(dialect: str, gateway, model: str, *, stream: bool) -> Answer:
-    """The same question (system prompt + one user turn) in the dialect's own request shape."""
+def ask(dialect: str, gateway, model: str, *, stream: bool, tools: bool = False) -> Answer:
+    """The same question (system prompt + one user turn) in the dialect's own request shape; with
+    ``tools``, the weather tool offered and a call required."""
     if dialect == "chat":
-        return ask_chat(gateway, model, CHAT_QUESTION, stream=stream)
+        extra = {"tools": [CHAT_TOOL], "tool_choice": "required"} if tools else {}
+        return ask_chat(gateway, model, CHAT_QUESTION, stream=stream, **extra)
     if dialect == "anthropic":
-        return ask_anthropic(gateway, model, [{"role": "user", "content": QUESTION}], stream=stream)
-    return ask_responses(gateway, model, [{"role": "user", "content": QUESTION}], stream=stream)
+        extra = {"tools": [ANTHROPIC_TOOL], "tool_choice": {"type": "any"}} if tools else {}
+        return ask_anthropic(gateway, model, [{"role": "user", "content": QUESTION}], stream=stream, **extra)
+    extra = {"tools": [RESPONSES_TOOL], "tool_choice": "required"} if tools else {}
+    return ask_responses(gateway, model, [{"role": "user", "content": QUESTION}], stream=stream, **extra)
 
 
 def assert_records_agree(gateway, up: Upstream, usage: tuple[int, int, int], *, count: int, stream: bool) -> int:
@@ -287,3 +315,21 @@ def test_a_tool_round_trip_in_every_dialect(gw, upstreams, adapter, dialect):
     expected = sorted((*u, up.cost(*u), up.cost(*u, coefficient="1.10")) for u in (call.usage, final.usage) for _ in "ab")
     assert records == expected and all(r[3] > 0 for r in records)
     assert (call.cost, final.cost) == (ref_call.cost, ref_final.cost) == (up.cost(*call.usage), up.cost(*final.usage))
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_a_streamed_tool_call_in_every_dialect(gw, upstreams, adapter, dialect):
+    up = ADAPTERS[adapter]
+    upstreams[adapter].behavior(**up.behavior, **up.tool_behavior)
+    reference = ask(dialect="chat", gateway=gw, model=up.model, stream=True, tools=True)
+    answer = ask(dialect, gw, up.model, stream=True, tools=True)
+
+    [(call_id, name, arguments)] = answer.calls
+    assert call_id and (name, arguments) == (TOOL_NAME, reference.calls[0][2]) and arguments.get("city")
+    assert answer.text == reference.text
+    assert (answer.finish, reference.finish) == (TOOL_END_WORDS[dialect], "tool_calls")
+    assert answer.model == reference.model == up.model
+    assert answer.usage == reference.usage
+    sell = assert_records_agree(gw, up, answer.usage, count=2, stream=True)
+    assert answer.cost == reference.cost == sell
