@@ -60,6 +60,7 @@ class Answer:
     cost: int | None
     finish: str  # the dialect's own end word
     raw_arguments: tuple[str, ...] = ()  # OpenAI chat: the tool calls' arguments exactly as sent, to replay
+    reasoning: int | None = None  # reasoning tokens shown (part of the output); None: the dialect does not show them
 
 
 def micro(rub: Any) -> int:
@@ -81,16 +82,22 @@ def chat_usage(usage) -> tuple[int, int, int]:
     return usage.prompt_tokens, usage.completion_tokens, (details.cached_tokens or 0) if details else 0
 
 
-def ask_chat(gateway, model: str, messages: list[dict], *, stream: bool = False, **extra) -> Answer:
+def chat_reasoning(usage) -> int:
+    details = usage.completion_tokens_details
+    return (details.reasoning_tokens or 0) if details else 0
+
+
+def ask_chat(gateway, model: str, messages: list[dict], *, stream: bool = False, limit: int = 200, **extra) -> Answer:
     client = gateway.client()
     if not stream:
-        raw = client.chat.completions.with_raw_response.create(model=model, max_tokens=200, messages=messages, **extra)
+        raw = client.chat.completions.with_raw_response.create(model=model, max_tokens=limit, messages=messages, **extra)
         done = raw.parse()
         message = done.choices[0].message
         calls = [(c.id, c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []]
         return Answer(message.content or "", calls, done.model, chat_usage(done.usage), micro(raw.headers["x-jetstream-cost"]),
-                      done.choices[0].finish_reason, tuple(c.function.arguments for c in message.tool_calls or []))
-    chunks = list(client.chat.completions.create(model=model, max_tokens=200, messages=messages, stream=True,
+                      done.choices[0].finish_reason, tuple(c.function.arguments for c in message.tool_calls or []),
+                      chat_reasoning(done.usage))
+    chunks = list(client.chat.completions.create(model=model, max_tokens=limit, messages=messages, stream=True,
                                                  stream_options={"include_usage": True}, **extra))
     assert len({c.model for c in chunks}) == 1
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -100,7 +107,7 @@ def ask_chat(gateway, model: str, messages: list[dict], *, stream: bool = False,
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     calls, raw_arguments = streamed_calls(chunks)
     return Answer(text, calls, chunks[0].model, chat_usage(final.usage), micro(final.usage.model_extra["cost"]), finishes[0],
-                  raw_arguments)
+                  raw_arguments, chat_reasoning(final.usage))
 
 
 def streamed_calls(chunks: list) -> tuple[list[tuple[str, str, dict]], tuple[str, ...]]:
@@ -137,12 +144,12 @@ def anthropic_answer(message, cost: int | None) -> Answer:
     return Answer(text, calls, message.model, anthropic_usage(message.usage), cost, message.stop_reason)
 
 
-def ask_anthropic(gateway, model: str, messages: list[dict], *, stream: bool = False, **extra) -> Answer:
+def ask_anthropic(gateway, model: str, messages: list[dict], *, stream: bool = False, limit: int = 200, **extra) -> Answer:
     client = claude(gateway)
     if not stream:
-        raw = client.messages.with_raw_response.create(model=model, max_tokens=200, system=SYSTEM, messages=messages, **extra)
+        raw = client.messages.with_raw_response.create(model=model, max_tokens=limit, system=SYSTEM, messages=messages, **extra)
         return anthropic_answer(raw.parse(), micro(raw.headers["x-jetstream-cost"]))
-    with client.messages.stream(model=model, max_tokens=200, system=SYSTEM, messages=messages, **extra) as helper:
+    with client.messages.stream(model=model, max_tokens=limit, system=SYSTEM, messages=messages, **extra) as helper:
         events = [e for e in helper if e.type in RAW_EVENTS]  # the wire events (the helper adds its own too)
         final = helper.get_final_message()  # the SDK's own accumulation of the same stream
     kinds = [e.type for e in events]
@@ -168,19 +175,21 @@ def responses_usage(usage) -> tuple[int, int, int]:
 def responses_answer(response, cost: int | None) -> Answer:
     assert response.object == "response"
     calls = [(item.call_id, item.name, json.loads(item.arguments)) for item in response.output if item.type == "function_call"]
-    return Answer(response.output_text, calls, response.model, responses_usage(response.usage), cost, response.status)
+    finish = response.status + (f"/{response.incomplete_details.reason}" if response.incomplete_details else "")
+    return Answer(response.output_text, calls, response.model, responses_usage(response.usage), cost, finish,
+                  reasoning=response.usage.output_tokens_details.reasoning_tokens)
 
 
-def ask_responses(gateway, model: str, items: list[dict], *, stream: bool = False, **extra) -> Answer:
+def ask_responses(gateway, model: str, items: list[dict], *, stream: bool = False, limit: int = 200, **extra) -> Answer:
     client = gateway.client()
     if not stream:
-        raw = client.responses.with_raw_response.create(model=model, instructions=SYSTEM, input=items, max_output_tokens=200,
+        raw = client.responses.with_raw_response.create(model=model, instructions=SYSTEM, input=items, max_output_tokens=limit,
                                                         store=False, **extra)
         return responses_answer(raw.parse(), micro(raw.headers["x-jetstream-cost"]))
-    events = list(client.responses.create(model=model, instructions=SYSTEM, input=items, max_output_tokens=200, store=False,
+    events = list(client.responses.create(model=model, instructions=SYSTEM, input=items, max_output_tokens=limit, store=False,
                                           stream=True, **extra))
     assert [e.sequence_number for e in events] == list(range(len(events)))
-    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    assert events[0].type == "response.created" and events[-1].type in ("response.completed", "response.incomplete")
     completed = events[-1].response
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text == completed.output_text
@@ -198,17 +207,17 @@ CHAT_QUESTION = [{"role": "system", "content": SYSTEM}, {"role": "user", "conten
 END_WORDS = {"chat": "stop", "anthropic": "end_turn", "responses": "completed"}
 
 
-def ask(dialect: str, gateway, model: str, *, stream: bool, tools: bool = False) -> Answer:
+def ask(dialect: str, gateway, model: str, *, stream: bool, tools: bool = False, limit: int = 200) -> Answer:
     """The same question (system prompt + one user turn) in the dialect's own request shape; with
     ``tools``, the weather tool offered and a call required."""
     if dialect == "chat":
         extra = {"tools": [CHAT_TOOL], "tool_choice": "required"} if tools else {}
-        return ask_chat(gateway, model, CHAT_QUESTION, stream=stream, **extra)
+        return ask_chat(gateway, model, CHAT_QUESTION, stream=stream, limit=limit, **extra)
     if dialect == "anthropic":
         extra = {"tools": [ANTHROPIC_TOOL], "tool_choice": {"type": "any"}} if tools else {}
-        return ask_anthropic(gateway, model, [{"role": "user", "content": QUESTION}], stream=stream, **extra)
+        return ask_anthropic(gateway, model, [{"role": "user", "content": QUESTION}], stream=stream, limit=limit, **extra)
     extra = {"tools": [RESPONSES_TOOL], "tool_choice": "required"} if tools else {}
-    return ask_responses(gateway, model, [{"role": "user", "content": QUESTION}], stream=stream, **extra)
+    return ask_responses(gateway, model, [{"role": "user", "content": QUESTION}], stream=stream, limit=limit, **extra)
 
 
 def assert_records_agree(gateway, up: Upstream, usage: tuple[int, int, int], *, count: int, stream: bool) -> int:
@@ -332,4 +341,51 @@ def test_a_streamed_tool_call_in_every_dialect(gw, upstreams, adapter, dialect):
     assert answer.model == reference.model == up.model
     assert answer.usage == reference.usage
     sell = assert_records_agree(gw, up, answer.usage, count=2, stream=True)
+    assert answer.cost == reference.cost == sell
+
+
+# --------------------------------------------------------------------------- length and reasoning
+
+# What makes each fake stop at the length limit (the others cut at max_tokens themselves; FakeGemini
+# would write past maxOutputTokens, and the company is never charged past its reservation).
+CUT = {"gemini": {"finish_reason": "MAX_TOKENS", "reply": "Rain in Oslo"}, "gigachat": {"finish_reason": "length"}}
+LENGTH_WORDS = {"chat": "length", "anthropic": "max_tokens", "responses": "incomplete/max_output_tokens"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("dialect", ["anthropic", "responses"])
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_a_cut_answer_ends_with_the_dialect_s_length_word(gw, upstreams, adapter, dialect, stream):
+    up = ADAPTERS[adapter]
+    upstreams[adapter].behavior(**up.behavior, **CUT.get(adapter, {}))
+    reference = ask("chat", gw, up.model, stream=stream, limit=3)
+    answer = ask(dialect, gw, up.model, stream=stream, limit=3)
+    assert (reference.finish, answer.finish) == ("length", LENGTH_WORDS[dialect])
+    assert answer.text == reference.text and answer.text
+    assert answer.usage == reference.usage
+    sell = assert_records_agree(gw, up, answer.usage, count=2, stream=stream)
+    assert answer.cost == reference.cost == sell
+
+
+# Each fake's way of reporting reasoning ("thinking") tokens, and how many it reports.
+THINKING = {"openai": ({"variant": "deepseek", "reasoning_tokens": 7}, 7), "anthropic": ({"thinking_tokens": 9}, None),
+            "gemini": ({"thoughts": "Let me think about the weather first"}, 7),
+            "gigachat": ({"reasoning": "Пользователь спрашивает о погоде"}, None), "yandexgpt": ({"reasoning_tokens": 5}, 5)}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("dialect", ["anthropic", "responses"])
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_reasoning_tokens_are_output_in_every_dialect(gw, upstreams, adapter, dialect, stream):
+    up = ADAPTERS[adapter]
+    behavior, shown = THINKING[adapter]
+    upstreams[adapter].behavior(**up.behavior, **behavior)
+    reference = ask("chat", gw, up.model, stream=stream)
+    answer = ask(dialect, gw, up.model, stream=stream)
+    assert answer.text == reference.text and answer.usage == reference.usage
+    if shown is not None:  # the upstream reports them apart: shown in chat and Responses, inside the output everywhere
+        assert reference.reasoning == shown and answer.usage[1] > shown
+    if dialect == "responses":
+        assert answer.reasoning == reference.reasoning
+    sell = assert_records_agree(gw, up, answer.usage, count=2, stream=stream)
     assert answer.cost == reference.cost == sell
