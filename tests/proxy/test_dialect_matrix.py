@@ -15,15 +15,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import anthropic
+import openai
 import pytest
 
 from apps.billing.models import UsageRecord
-from tests.fakes import anthropic_upstream, gemini_upstream, yandex_upstream
+from tests.fakes import anthropic_upstream, gemini_upstream, openai_upstream, yandex_upstream
+from tests.fakes.gigachat_upstream import leaky_gigachat_error
+from tests.fakes.openai_upstream import DSN, INTERNAL_HOST, INTERNAL_IP, LEAKY_TEXT
 from tests.proxy import matrix_fixtures
 from tests.proxy.conftest import RUB
-from tests.proxy.matrix_fixtures import ADAPTERS, TOOL_NAME, Upstream
+from tests.proxy.matrix_fixtures import ADAPTERS, KEYS, TOOL_NAME, Upstream
 
 # The fixtures, by assignment (an import would be shadowed by every test's argument).
 fake_gigachat_module = matrix_fixtures.fake_gigachat_module
@@ -389,3 +393,46 @@ def test_reasoning_tokens_are_output_in_every_dialect(gw, upstreams, adapter, di
         assert answer.reasoning == reference.reasoning
     sell = assert_records_agree(gw, up, answer.usage, count=2, stream=stream)
     assert answer.cost == reference.cost == sell
+
+
+# --------------------------------------------------------------------------- an upstream's refusal
+
+# A careless upstream's 400 in its own shape, echoing the key it was shown and the URL it was called at.
+LEAKY_400 = {
+    "openai": lambda: openai_upstream.leaky_error(code="invalid_value"),
+    "anthropic": lambda: anthropic_upstream.leaky_error(),
+    "gemini": lambda: gemini_upstream.leaky_error(400, "INVALID_ARGUMENT"),
+    "gigachat": lambda: leaky_gigachat_error(400),
+    "yandexgpt": lambda: yandex_upstream.grpc_error(400, LEAKY_TEXT),
+}
+SECRETS = {"openai": openai_upstream.DEFAULT_KEY, **KEYS}
+
+
+def refusal(dialect: str, gateway, model: str) -> tuple[int, str, dict]:
+    """(HTTP status, error message, body) of the dialect's error answer to the matrix question."""
+    errors: tuple[type[Exception], ...] = (openai.APIStatusError, anthropic.APIStatusError)
+    with pytest.raises(errors) as refused:
+        ask(dialect, gateway, model, stream=False)
+    body = refused.value.response.json()
+    if dialect == "anthropic":
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    else:
+        assert set(body["error"]) >= {"message", "type", "code"}
+    return refused.value.status_code, body["error"]["message"], body
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_an_upstream_refusal_is_the_dialect_s_error_scrubbed_and_free(gw, upstreams, adapter, dialect):
+    up = ADAPTERS[adapter]
+    fake = upstreams[adapter]
+    fake.behavior(status=400, error_body=LEAKY_400[adapter]())
+    status, message, body = refusal(dialect, gw, up.model)
+    ref_status, ref_message, _ = refusal("chat", gw, up.model)
+    assert status == ref_status == 400 and message == ref_message
+    assert "failed at" in message  # the upstream's words reach the client…
+    text = json.dumps(body, ensure_ascii=False)
+    leaked = [s for s in (SECRETS[adapter], up.base_url(fake), urlsplit(up.base_url(fake)).netloc, INTERNAL_HOST, INTERNAL_IP, DSN) if s in text]
+    assert leaked == []  # …without the key, the URL, internal hosts or a DSN
+    gw.drain(expect=2)
+    assert {(r.status, r.http_status, r.sell_cost, r.buy_cost) for r in UsageRecord.objects.all()} == {("upstream_error", 400, 0, 0)}
