@@ -3,11 +3,15 @@
 Dialects: OpenAI chat (``openai`` SDK), Anthropic Messages (``anthropic`` SDK), OpenAI Responses
 (``openai`` SDK ``client.responses``). Adapters: openai, anthropic, gemini, gigachat, yandexgpt (native),
 each at its fake on loopback (``tests/proxy/matrix_fixtures.py``). For every pair, unstreamed and
-streamed, the same question is asked through the dialect and through OpenAI chat; the case asserts
+streamed, the same question is asked through the dialect and through OpenAI chat (the reference,
+checked as strictly, so chat × every adapter is covered by every case); the case asserts
 the answer in the dialect's own shape, the public model name, the usage in the dialect's own terms
 (Anthropic: input *excludes* cache reads) — and that both requests left identical usage records whose
 tokens and sell/buy costs are the exact price of the upstream's usage. A tool round trip (call, result,
-final answer) runs for every pair too, against the same round trip through OpenAI chat.
+final answer) runs for every pair too, against the same round trip through OpenAI chat, and a
+streamed tool call; then answers cut at the length limit, reasoning tokens, an upstream's careless
+400 (each dialect's error, scrubbed, free) and a stream the upstream breaks off (each dialect's
+error ending, what came billed) — every one identical to OpenAI chat.
 """
 
 from __future__ import annotations
@@ -42,7 +46,10 @@ fake_yandex = yandex_upstream.fake_yandex
 
 SYSTEM = "Be brief."
 QUESTION = "What is the weather in Oslo today"
-DIALECTS = ("chat", "anthropic", "responses")
+# The dialects under test. OpenAI chat is the reference every case asks the same question through
+# (and checks as strictly: public model name, its own usage terms, the exact price, its cost), so
+# every case covers chat × the adapter too.
+DIALECTS = ("anthropic", "responses")
 PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 CHAT_TOOL = {"type": "function", "function": {"name": TOOL_NAME, "description": "Weather now", "parameters": PARAMETERS}}
 ANTHROPIC_TOOL = {"name": TOOL_NAME, "description": "Weather now", "input_schema": PARAMETERS}
@@ -318,10 +325,10 @@ def test_a_tool_round_trip_in_every_dialect(gw, upstreams, adapter, dialect):
     [(_, name, arguments)] = call.calls
     assert (name, arguments) == (TOOL_NAME, ref_call.calls[0][2]) and arguments.get("city")
     assert call.text == ref_call.text
-    assert call.finish == TOOL_END_WORDS[dialect]
+    assert (call.finish, ref_call.finish) == (TOOL_END_WORDS[dialect], "tool_calls")
     assert final.calls == [] and final.text and final.text == ref_final.text
-    assert final.finish == END_WORDS[dialect]
-    assert call.model == final.model == up.model
+    assert (final.finish, ref_final.finish) == (END_WORDS[dialect], "stop")
+    assert call.model == final.model == ref_call.model == ref_final.model == up.model
     assert (call.usage, final.usage) == (ref_call.usage, ref_final.usage)
     gw.drain(expect=4)
     records = sorted((r.input_tokens, r.output_tokens, r.cached_tokens, r.sell_cost, r.buy_cost) for r in UsageRecord.objects.all())
@@ -357,7 +364,7 @@ LENGTH_WORDS = {"chat": "length", "anthropic": "max_tokens", "responses": "incom
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-@pytest.mark.parametrize("dialect", ["anthropic", "responses"])
+@pytest.mark.parametrize("dialect", DIALECTS)
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
 def test_a_cut_answer_ends_with_the_dialect_s_length_word(gw, upstreams, adapter, dialect, stream):
     up = ADAPTERS[adapter]
@@ -378,7 +385,7 @@ THINKING = {"openai": ({"variant": "deepseek", "reasoning_tokens": 7}, 7), "anth
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-@pytest.mark.parametrize("dialect", ["anthropic", "responses"])
+@pytest.mark.parametrize("dialect", DIALECTS)
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
 def test_reasoning_tokens_are_output_in_every_dialect(gw, upstreams, adapter, dialect, stream):
     up = ADAPTERS[adapter]
@@ -436,3 +443,51 @@ def test_an_upstream_refusal_is_the_dialect_s_error_scrubbed_and_free(gw, upstre
     assert leaked == []  # …without the key, the URL, internal hosts or a DSN
     gw.drain(expect=2)
     assert {(r.status, r.http_status, r.sell_cost, r.buy_cost) for r in UsageRecord.objects.all()} == {("upstream_error", 400, 0, 0)}
+
+
+# --------------------------------------------------------------------------- a failure mid-stream
+
+# After how many stream events each fake breaks off with an error (some text has gone out by then).
+BREAK = {"openai": 3, "anthropic": 4, "gemini": 1, "gigachat": 1, "yandexgpt": 1}
+
+
+def broken_stream(dialect: str, gateway, model: str) -> tuple[str, str]:
+    """(the text the client received, how the dialect told it the stream failed)."""
+    pieces: list[str] = []
+    if dialect == "chat":
+        with pytest.raises(openai.APIError) as failed:
+            for chunk in gateway.client().chat.completions.create(model=model, max_tokens=200, messages=CHAT_QUESTION, stream=True):
+                pieces += [chunk.choices[0].delta.content or ""] if chunk.choices else []
+        return "".join(pieces), str(failed.value.code or failed.value.type)
+    if dialect == "anthropic":
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            with claude(gateway).messages.stream(model=model, max_tokens=200, system=SYSTEM,
+                                                 messages=[{"role": "user", "content": QUESTION}]) as stream:
+                for event in stream:
+                    if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        pieces.append(event.delta.text)
+        body = caught.value.body
+        assert isinstance(body, dict) and body["type"] == "error"
+        return "".join(pieces), body["error"]["type"]
+    events = list(gateway.client().responses.create(model=model, instructions=SYSTEM, input=QUESTION, stream=True))
+    assert [e.type for e in events][-2:] == ["error", "response.failed"] and events[-1].response.status == "failed"
+    return "".join(e.delta for e in events if e.type == "response.output_text.delta"), events[-2].code
+
+
+FAILED_WORDS = {"chat": "upstream_error", "anthropic": "api_error", "responses": "upstream_error"}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_a_stream_broken_upstream_ends_in_the_dialect_s_error_and_bills_what_came(gw, upstreams, adapter, dialect):
+    up = ADAPTERS[adapter]
+    upstreams[adapter].behavior(**up.behavior, stream_error_after=BREAK[adapter])
+    ref_text, ref_failure = broken_stream("chat", gw, up.model)
+    text, failure = broken_stream(dialect, gw, up.model)
+    assert (ref_failure, failure) == (FAILED_WORDS["chat"], FAILED_WORDS[dialect])
+    assert text and text == ref_text  # what reached the client before the failure, the same in every dialect
+    gw.drain(expect=2)
+    records = {(r.status, r.stream, r.input_tokens, r.output_tokens, r.cached_tokens, r.sell_cost, r.buy_cost)
+               for r in UsageRecord.objects.all()}
+    [(status, stream, _, output, _, sell, _)] = records  # both records alike
+    assert (status, stream) == ("upstream_error", True) and output > 0 and sell > 0
