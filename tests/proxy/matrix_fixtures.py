@@ -52,7 +52,7 @@ ADAPTERS: dict[str, Upstream] = {
     "openai": Upstream("openai", "gpt-4o-mini", "gpt-4o-mini", "USD", 150_000, 600_000, 150_000, USD,
                        behavior={"cached_tokens": 4}),
     "anthropic": Upstream("anthropic", "claude-sonnet", "claude-sonnet-4-5-20250929", "USD", 3_000_000, 15_000_000, 300_000, USD,
-                          behavior={"cache_read": 40}),
+                          behavior={"cache_read": 40, "cache_creation": 200}),  # writes: inside input, billed as input
     "gemini": Upstream("gemini", "gemini-flash", "gemini-2.5-flash", "USD", 300_000, 2_500_000, 30_000, USD,
                        behavior={"cached_tokens": 3}),
     "gigachat": Upstream("gigachat", "giga-max", "GigaChat-2-Max", "RUB", 500 * RUB, 1500 * RUB, 0, RUB,
