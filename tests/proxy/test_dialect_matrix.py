@@ -493,3 +493,53 @@ def test_a_stream_broken_upstream_ends_in_the_dialect_s_error_and_bills_what_cam
                for r in UsageRecord.objects.all()}
     [(status, stream, _, output, _, sell, _)] = records  # both records alike
     assert (status, stream) == ("upstream_error", True) and output > 0 and sell > 0
+
+
+# --------------------------------------------------------------------------- images
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+TEXT_ONLY = {"gigachat", "yandexgpt"}  # adapters that refuse images (a 400 before any upstream call)
+
+
+def with_image(dialect: str, gateway, model: str) -> Answer:
+    """The question with a 1×1 PNG as base64, in the dialect's own content parts."""
+    if dialect == "chat":
+        return ask_chat(gateway, model, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": [
+            {"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]}])
+    if dialect == "anthropic":
+        return ask_anthropic(gateway, model, [{"role": "user", "content": [
+            {"type": "text", "text": QUESTION}, {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]}])
+    return ask_responses(gateway, model, [{"role": "user", "content": [
+        {"type": "input_text", "text": QUESTION}, {"type": "input_image", "image_url": f"data:image/png;base64,{PNG}"}]}])
+
+
+# Where the image is in each upstream's request, and what it should be there.
+IMAGE_SENT = {"openai": lambda body: body["messages"][-1]["content"][1],
+              "anthropic": lambda body: body["messages"][-1]["content"][1],
+              "gemini": lambda body: body["contents"][-1]["parts"][1]}
+IMAGE_SEEN = {"openai": {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+              "anthropic": {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+              "gemini": {"inlineData": {"mimeType": "image/png", "data": PNG}}}
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_an_image_reaches_the_upstream_from_every_dialect_or_is_refused_alike(gw, upstreams, adapter):
+    up = ADAPTERS[adapter]
+    fake = upstreams[adapter]
+    if adapter in TEXT_ONLY:
+        refusals = []
+        for dialect in ("chat", *DIALECTS):
+            with pytest.raises((openai.BadRequestError, anthropic.BadRequestError)) as refused:
+                with_image(dialect, gw, up.model)
+            refusals.append(refused.value.response.json()["error"]["message"])
+        assert len(set(refusals)) == 1 and "text" in refusals[0]
+        assert fake.requests == [] and UsageRecord.objects.filter(sell_cost__gt=0).count() == 0
+        return
+    answers, sent = [], []
+    for dialect in ("chat", *DIALECTS):
+        answers.append(with_image(dialect, gw, up.model))
+        sent.append(IMAGE_SENT[adapter](fake.last_request.body))
+    assert len({(a.text, a.usage, a.cost) for a in answers}) == 1 and answers[0].text
+    assert sent == [IMAGE_SEEN[adapter]] * 3  # the picture itself reached the upstream from every dialect
+    gw.drain(expect=3)
+    assert len({(r.input_tokens, r.output_tokens, r.sell_cost) for r in UsageRecord.objects.all()}) == 1
