@@ -231,10 +231,12 @@ def ask(dialect: str, gateway, model: str, *, stream: bool, tools: bool = False,
     return ask_responses(gateway, model, [{"role": "user", "content": QUESTION}], stream=stream, limit=limit, **extra)
 
 
-def assert_records_agree(gateway, up: Upstream, usage: tuple[int, int, int], *, count: int, stream: bool) -> int:
-    """All ``count`` records ok, with these tokens and the exact price; returns the sell cost of one."""
-    gateway.drain(expect=count)
-    records = list(UsageRecord.objects.all())
+def assert_records_agree(gateway, up: Upstream, usage: tuple[int, int, int], *, count: int, stream: bool,
+                         drained: int | None = None) -> int:
+    """The ``count`` records of this streaming mode all ok, with these tokens and the exact price (after
+    ``drained`` records in all, default ``count``); returns the sell cost of one."""
+    gateway.drain(expect=drained or count)
+    records = list(UsageRecord.objects.filter(stream=stream))
     assert len(records) == count
     prompt, completion, cached = usage
     sell, buy = up.cost(prompt, completion, cached), up.cost(prompt, completion, cached, coefficient="1.10")
@@ -363,21 +365,21 @@ CUT = {"gemini": {"finish_reason": "MAX_TOKENS", "reply": "Rain in Oslo"}, "giga
 LENGTH_WORDS = {"chat": "length", "anthropic": "max_tokens", "responses": "incomplete/max_output_tokens"}
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 @pytest.mark.parametrize("dialect", DIALECTS)
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
-def test_a_cut_answer_ends_with_the_dialect_s_length_word(gw, upstreams, adapter, dialect, stream):
+def test_a_cut_answer_ends_with_the_dialect_s_length_word(gw, upstreams, adapter, dialect):
     up = ADAPTERS[adapter]
     # Without the cache behaviour: FakeAnthropic's cache tokens are on top of the prompt it was sent,
     # and 3 output tokens leave no room for them in the reservation (which the company never exceeds).
     upstreams[adapter].behavior(**CUT.get(adapter, {}))
-    reference = ask("chat", gw, up.model, stream=stream, limit=3)
-    answer = ask(dialect, gw, up.model, stream=stream, limit=3)
-    assert (reference.finish, answer.finish) == ("length", LENGTH_WORDS[dialect])
-    assert answer.text == reference.text and answer.text
-    assert answer.usage == reference.usage
-    sell = assert_records_agree(gw, up, answer.usage, count=2, stream=stream)
-    assert answer.cost == reference.cost == sell
+    for done, stream in enumerate((False, True), start=1):  # both modes in one test: one gateway start
+        reference = ask("chat", gw, up.model, stream=stream, limit=3)
+        answer = ask(dialect, gw, up.model, stream=stream, limit=3)
+        assert (reference.finish, answer.finish) == ("length", LENGTH_WORDS[dialect]), stream
+        assert answer.text == reference.text and answer.text
+        assert answer.usage == reference.usage
+        sell = assert_records_agree(gw, up, answer.usage, count=2, stream=stream, drained=2 * done)
+        assert answer.cost == reference.cost == sell
 
 
 # Each fake's way of reporting reasoning ("thinking") tokens, and how many it reports.
@@ -386,22 +388,22 @@ THINKING = {"openai": ({"variant": "deepseek", "reasoning_tokens": 7}, 7), "anth
             "gigachat": ({"reasoning": "Пользователь спрашивает о погоде"}, None), "yandexgpt": ({"reasoning_tokens": 5}, 5)}
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 @pytest.mark.parametrize("dialect", DIALECTS)
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
-def test_reasoning_tokens_are_output_in_every_dialect(gw, upstreams, adapter, dialect, stream):
+def test_reasoning_tokens_are_output_in_every_dialect(gw, upstreams, adapter, dialect):
     up = ADAPTERS[adapter]
     behavior, shown = THINKING[adapter]
     upstreams[adapter].behavior(**up.behavior, **behavior)
-    reference = ask("chat", gw, up.model, stream=stream)
-    answer = ask(dialect, gw, up.model, stream=stream)
-    assert answer.text == reference.text and answer.usage == reference.usage
-    if shown is not None:  # the upstream reports them apart: shown in chat and Responses, inside the output everywhere
-        assert reference.reasoning == shown and answer.usage[1] > shown
-    if dialect == "responses":
-        assert answer.reasoning == reference.reasoning
-    sell = assert_records_agree(gw, up, answer.usage, count=2, stream=stream)
-    assert answer.cost == reference.cost == sell
+    for done, stream in enumerate((False, True), start=1):  # both modes in one test: one gateway start
+        reference = ask("chat", gw, up.model, stream=stream)
+        answer = ask(dialect, gw, up.model, stream=stream)
+        assert answer.text == reference.text and answer.usage == reference.usage, stream
+        if shown is not None:  # the upstream reports them apart: shown in chat and Responses, inside the output everywhere
+            assert reference.reasoning == shown and answer.usage[1] > shown
+        if dialect == "responses":
+            assert answer.reasoning == reference.reasoning
+        sell = assert_records_agree(gw, up, answer.usage, count=2, stream=stream, drained=2 * done)
+        assert answer.cost == reference.cost == sell
 
 
 # --------------------------------------------------------------------------- an upstream's refusal
