@@ -117,6 +117,18 @@ def test_deepseek_usage_cache_hits_are_the_cached_part_and_reasoning_passes_thro
     parsed = DeepSeekAdapter().parse_body(raw, chat())
     assert parsed.usage == Usage(60, 90, 48)
     assert orjson.loads(parsed.body)["choices"][0]["message"]["reasoning_content"] == "The user asks"
+    # An OpenAI client finds the cache reads where OpenAI puts them (DeepSeek's own fields stay).
+    usage = orjson.loads(parsed.body)["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 48} and usage["prompt_cache_hit_tokens"] == 48
+
+
+def test_deepseek_stream_usage_gets_openai_s_cache_field_and_openai_s_own_is_kept():
+    deepseek = {"choices": [], "usage": {**USAGE, "prompt_cache_hit_tokens": 5, "prompt_cache_miss_tokens": 4}}
+    decoder, _ = decode(sse(event([delta("ok", "stop")]), b"data: " + orjson.dumps(deepseek), b"data: [DONE]"))
+    assert decoder.usage_chunk["usage"]["prompt_tokens_details"] == {"cached_tokens": 5} and decoder.usage() == Usage(9, 3, 5)
+    openai = {"choices": [], "usage": {**USAGE, "prompt_tokens_details": {"cached_tokens": 2, "audio_tokens": 0}}}
+    decoder, _ = decode(sse(event([delta("ok", "stop")]), b"data: " + orjson.dumps(openai), b"data: [DONE]"))
+    assert decoder.usage_chunk["usage"]["prompt_tokens_details"] == {"cached_tokens": 2, "audio_tokens": 0}
 
 
 def test_deepseek_keep_alive_comments_are_dropped_and_reasoning_deltas_relayed():

@@ -41,6 +41,7 @@ from apps.providers.adapters.openai.wire import (
     request_url,
     upstream_error,
     usage_from,
+    with_cache_details,
 )
 from lib.scrub import scrub
 
@@ -100,6 +101,8 @@ class OpenAIAdapter(Adapter):
             obj = self._assembled(body, request)
         if not isinstance(obj, dict):
             raise malformed()
+        if with_cache_details(obj):
+            body = orjson.dumps(obj)
         if b'"finish_reason"' in body or not body.lstrip().startswith(b"{"):
             choices = obj.get("choices") or []
             if any(isinstance(c, dict) and c.get("finish_reason") == FINISH_ERROR for c in choices):

@@ -45,6 +45,7 @@ from apps.providers.adapters.openai.wire import (
     error_object,
     stream_text,
     usage_from,
+    with_cache_details,
 )
 
 _DONE = b"[DONE]"
@@ -176,6 +177,7 @@ class OpenAIStreamDecoder:
             return line
         if not isinstance(candidate, dict) or not isinstance(candidate.get("usage"), dict):
             return line
+        with_cache_details(candidate)
         if not candidate.get("choices"):
             self.usage_chunk = candidate
             return None

@@ -93,6 +93,22 @@ def usage_from(obj) -> Usage | None:
     return Usage(prompt, completion, min(cached, prompt))
 
 
+def with_cache_details(obj: object) -> bool:
+    """Give DeepSeek's usage OpenAI's cache field as well: ``usage.prompt_cache_hit_tokens`` (the
+    cached part of ``prompt_tokens``, https://api-docs.deepseek.com/api/create-chat-completion) copied
+    to ``usage.prompt_tokens_details.cached_tokens`` when that is absent, in place, so an OpenAI
+    client sees its cache reads where OpenAI puts them. True when ``obj`` changed."""
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict) or "prompt_cache_hit_tokens" not in usage:
+        return False
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict) and "cached_tokens" in details:
+        return False
+    usage["prompt_tokens_details"] = {**(details if isinstance(details, dict) else {}),
+                                      "cached_tokens": _int(usage["prompt_cache_hit_tokens"])}
+    return True
+
+
 def generated_text(obj: dict, endpoint: str) -> str:
     """Everything the model produced in a non-streaming response (for local counting)."""
     parts: list[str] = []
