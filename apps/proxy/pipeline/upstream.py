@@ -104,12 +104,13 @@ def _is_json(response: UpstreamResponse) -> bool:
 def _first_event_failure(adapter: Adapter, call: Call, first: bytes) -> UpstreamFailure | None:
     """The failure a stream's first bytes stand for when they are an error event and nothing else: the
     upstream failed before anything reached the client, so the next key may be tried (issue 8, item 3).
-    A probe decoder reads them; the relay decodes them again with its own. Bytes that start as an
-    SSE stream and mention no error (the healthy stream: often the whole answer in one read) are
-    not probed, so they are decoded once."""
-    head = first.lstrip()
-    if b"error" not in first and head.startswith((b"data:", b":", b"event:", b"id:", b"retry:")):
-        return None
+    A probe decoder reads them; the relay decodes them again with its own. Bytes whose first event is
+    a JSON ``data:`` object and that mention no error (the healthy stream: often the whole answer
+    in one read) are not probed, so they are decoded once."""
+    if b"error" not in first:
+        at = first.find(b"data:")
+        if at >= 0 and first[at + 5:at + 64].lstrip()[:1] == b"{":
+            return None
     probe = adapter.stream_decoder(call.request)
     probe.feed(first)
     if probe.error is None or probe.produced():
