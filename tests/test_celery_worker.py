@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from urllib.parse import quote
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _database_url() -> str:
+    """The test database's URL, for a TCP host or a socket directory (the embedded PostgreSQL's)."""
     s = connection.settings_dict
-    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
-    return f"postgres://{s['USER']}{password}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+    user = quote(s["USER"] or "", safe="") + (f":{quote(s['PASSWORD'], safe='')}" if s.get("PASSWORD") else "")
+    port = f":{s['PORT']}" if s.get("PORT") else ""
+    if (s.get("HOST") or "").startswith("/"):
+        return f"postgres://{user}@{port}/{quote(s['NAME'], safe='')}?host={quote(s['HOST'], safe='')}"
+    return f"postgres://{user}@{s['HOST']}{port}/{quote(s['NAME'], safe='')}"
 
 
 @pytest.fixture
@@ -49,7 +54,7 @@ def worker(transactional_db):
             process.kill()
             output, _ = process.communicate()
         print(output)  # shown when a test fails
-        client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        client = redis.Redis.from_url(settings.REDIS_URL)
         client.delete(queue)
         client.close()
 

@@ -233,7 +233,7 @@ def test_beat_sends_the_fx_task_once_as_it_starts(settings):
 
     import apps.billing.tasks  # noqa: F401 - connects the hook, as Celery's autodiscovery does
 
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client = redis.Redis.from_url(settings.REDIS_URL)  # the broker's database (CELERY_BROKER_URL may be redis+socket://)
     before = client.llen("celery")
     try:
         beat_init.send(sender=None)
