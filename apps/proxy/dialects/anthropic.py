@@ -30,7 +30,7 @@ from apps.providers.adapters.base import CanonicalRequest
 from lib.money import format_rub
 
 from ..exceptions import ApiError, bad_request
-from .base import Dialect
+from .base import Dialect, load_body
 from .canonical import Piece, read_answer, read_pieces, sse
 
 if TYPE_CHECKING:
@@ -205,14 +205,7 @@ def _sampling(body: dict[str, Any], canonical: dict[str, Any]) -> None:
 
 
 def _head(raw: bytes) -> tuple[dict[str, Any], str, bool]:
-    if not raw:
-        raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"The request body is not valid JSON: {exc.msg} (at character {exc.pos}).", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    body = load_body(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip() or len(model) > 128:
         raise bad_request("model: Field required (a non-empty string).", param="model", code="missing_required_parameter")

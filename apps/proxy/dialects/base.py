@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import orjson
+
 from apps.providers.adapters.base import CanonicalRequest
 
-from ..exceptions import ApiError
+from ..exceptions import ApiError, bad_request
 
 if TYPE_CHECKING:
     from ..pipeline.context import Call
@@ -68,3 +70,17 @@ class Dialect:
     def render_error(self, call: Call, error: ApiError) -> bytes:
         """``error`` as this dialect's error body (JSON bytes). Default: OpenAI's shape."""
         return error.body()
+
+
+def load_body(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, for every dialect. Raises ``ApiError`` 400 ``invalid_json``
+    for an empty body, invalid JSON or anything but an object."""
+    if not raw:
+        raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc.msg} (at character {exc.pos}).", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return body

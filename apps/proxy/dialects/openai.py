@@ -21,7 +21,7 @@ from apps.proxy.exceptions import ApiError, bad_request
 from lib.jsonbytes import depth_at_end
 from lib.money import format_rub
 
-from .base import SSE_HEADERS, Dialect
+from .base import SSE_HEADERS, Dialect, load_body
 
 if TYPE_CHECKING:
     from ..pipeline.context import Call
@@ -202,14 +202,7 @@ CHECKERS: dict[str, Callable[[Any], CanonicalRequest]] = {
 def parse(endpoint: str, raw: bytes) -> CanonicalRequest:
     """The canonical request for ``endpoint`` ("chat", "completion" or "embedding") from the raw
     body. Raises ``ApiError`` 400 (``invalid_json`` or the field's own code)."""
-    if not raw:
-        raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"The request body is not valid JSON: {exc.msg} (at character {exc.pos}).", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    body = load_body(raw)
     return CHECKERS[endpoint](body)
 
 

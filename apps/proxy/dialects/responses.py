@@ -30,7 +30,7 @@ from apps.providers.adapters.base import CanonicalRequest
 from lib.money import format_rub
 
 from ..exceptions import ApiError, bad_request
-from .base import Dialect
+from .base import Dialect, load_body
 from .canonical import Answer, Piece, read_answer, read_pieces, sse
 
 if TYPE_CHECKING:
@@ -212,14 +212,7 @@ def _refuse_stored(body: dict[str, Any]) -> None:
 def parse_response_request(raw: bytes) -> CanonicalRequest:
     """A Responses create body → the canonical chat request. Raises ``ApiError`` 400 naming the
     field (``not_stored`` for what needs stored responses)."""
-    if not raw:
-        raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"The request body is not valid JSON: {exc.msg} (at character {exc.pos}).", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    body = load_body(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip() or len(model) > 128:
         raise bad_request("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
