@@ -342,8 +342,10 @@ def _month_of_usage(books, market, start: dt.datetime, now: dt.datetime) -> None
     at = start + dt.timedelta(hours=1)
     while at < now - dt.timedelta(hours=2):
         for _ in range(rng.randint(1, 4)):
+            # Never in the future: run at 03:00 MSK, today's 01:00 plus ten hours would be.
+            when = min(at + dt.timedelta(minutes=rng.randrange(600)), now - dt.timedelta(minutes=1))
             accrue_at(books, market, key_index=rng.randrange(3), model_index=rng.randrange(2),
-                      at=at + dt.timedelta(minutes=rng.randrange(600)), amount=rng.randint(1, 9_999_999))
+                      at=when, amount=rng.randint(1, 9_999_999))
         at += DAY
 
 
