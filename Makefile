@@ -55,6 +55,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 	DEBUG=true DATABASE_URL=$${DATABASE_URL:-postgres://lint@127.0.0.1:5432/lint} REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
 		$(VENV)/bin/mypy
+	DEBUG=true DATABASE_URL=$${DATABASE_URL:-postgres://lint@127.0.0.1:5432/lint} REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
+		$(VENV)/bin/lint-imports
 
 stop-embedded: install
 	$(VENV)/bin/python -m lib.embedded stop

@@ -98,6 +98,7 @@ INSTALLED_APPS = [
     "apps.config",
     "apps.invoicing",
     "apps.notifications",
+    "apps.cabinets",
 ]
 
 MIDDLEWARE = [
@@ -278,8 +279,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # Limit resets (apps/proxy/rollover.py): windows roll at midnight in each company's zone (some
     # zones are 30 or 45 minutes off the hour) and a reached limit should block within a minute.
     "limit-resets": {"task": "apps.proxy.tasks.reset_limits", "schedule": 60.0},
-    # Egress proxies' health (apps/providers/egress_health.py): a state change reaches workers on their config poll.
-    "check-egress-health": {"task": "apps.providers.tasks.check_egress_health",
+    # Egress proxies' health (apps/proxy/egress_health.py): a state change reaches workers on their config poll.
+    "check-egress-health": {"task": "apps.proxy.tasks.check_egress_health",
                             "schedule": float(envint("JETSTREAM_EGRESS_CHECK_SECONDS", 30, minimum=5))},
 }
 
@@ -379,7 +380,7 @@ JETSTREAM: dict[str, Any] = {
     "OPS_ALERT_EMAILS": envlist("JETSTREAM_OPS_ALERT_EMAILS", []),
     "OPS_ALERT_WEBHOOK_URL": envstr("JETSTREAM_OPS_ALERT_WEBHOOK_URL", "") or "",
     "OPS_ALERT_WEBHOOK_SECRET": envstr("JETSTREAM_OPS_ALERT_WEBHOOK_SECRET", "") or "",
-    # Egress proxies' health check (apps/providers/egress_health.py): how long one probe may take.
+    # Egress proxies' health check (apps/proxy/egress_health.py): how long one probe may take.
     "EGRESS_PROBE_TIMEOUT_SECONDS": envint("JETSTREAM_EGRESS_PROBE_TIMEOUT_SECONDS", 10, minimum=1),
 }
 

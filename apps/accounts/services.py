@@ -27,7 +27,6 @@ from apps.accounts.exceptions import SuperadminEmailTaken, TopUpReductionError
 from apps.accounts.models import Company, CompanyModelCoefficient, Department, Supplier
 from apps.billing import services as ledger
 from apps.billing.models import Account, AccountKind, Transfer, TransferKind
-from apps.moderation.models import Policy, PolicyMode
 from lib.money import format_rub
 from lib.upsert import UNCHANGED, UPDATED, Outcome, find_for_update, model_default, save_staged, stage
 
@@ -44,21 +43,19 @@ def upsert_supplier(*, slug: str, name: str, dry_run: bool = False) -> Outcome:
 # --- companies -----------------------------------------------------------------------------
 
 def _sync_company_books(company: Company, *, credit_limit: int, dry_run: bool) -> list[str]:
-    """Make sure the company has its wallet (with ``credit_limit``) and moderation policy."""
+    """Make sure the company has its wallet (with ``credit_limit``). (A company without a moderation
+    policy row has the default one: moderation off.)"""
     if credit_limit < 0:
         raise ValidationError({"credit_limit": _("The credit limit must not be negative.")})
     if company.pk is None:
-        wallet, has_policy = None, False
+        wallet = None
     else:
         wallet = Account.objects.filter(kind=AccountKind.COMPANY_WALLET, company=company).first()
-        has_policy = Policy.objects.filter(company=company).exists()
     changed = []
     if wallet is None:
         changed.append("wallet")
     if credit_limit != (wallet.credit_limit if wallet else 0):
         changed.append("credit_limit")
-    if not has_policy:
-        changed.append("policy")
     if dry_run or not changed:
         return changed
     wallet = ledger.company_wallet(company)
@@ -72,7 +69,6 @@ def _sync_company_books(company: Company, *, credit_limit: int, dry_run: bool) -
             raise ValidationError(
                 {"credit_limit": _("The wallet already uses more credit than this limit; top it up first.")}
             ) from None
-    Policy.objects.get_or_create(company=company, defaults={"mode": PolicyMode.OFF})
     return changed
 
 

@@ -14,7 +14,7 @@ when), their outstanding requests summed over the proxy workers (approximate, pu
 a second), their cost per 1M tokens and the average buy cost and latency of their requests in the
 last hour (from usage records).
 
-Egress proxies show what their periodic health check found (``apps.providers.egress_health``): health, last
+Egress proxies show what their periodic health check found (``apps.proxy.egress_health``): health, last
 check, latency and the last error (scrubbed), in their list and on each provider's page, next to
 the provider's egress proxies in their order.
 """

@@ -49,7 +49,7 @@ class Routing(models.TextChoices):
 
 
 class EgressHealth(models.TextChoices):
-    """What the last health check through an egress proxy found (``apps.providers.egress_health``)."""
+    """What the last health check through an egress proxy found (``apps.proxy.egress_health``)."""
 
     UNKNOWN = "unknown", _("Not checked yet")
     UP = "up", _("Up")
@@ -60,7 +60,7 @@ class EgressProxy(models.Model):
     """An outbound proxy (HTTP, HTTPS or SOCKS5) through which upstream calls leave, in one country.
 
     A provider lists its egress proxies in order (``ProviderEgress``). The ``health_*`` fields are
-    written by the periodic health check only (``apps.providers.egress_health``):
+    written by the periodic health check only (``apps.proxy.egress_health``):
     ``health_latency_ms`` the probe's round trip in milliseconds, ``health_error`` the last
     failure, scrubbed (no URL, credential or address)."""
 

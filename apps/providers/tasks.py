@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from apps.providers import egress_health, node_health
+from apps.providers import node_health
 
 
 @shared_task(name="apps.providers.tasks.update_prices", ignore_result=True)
@@ -27,12 +27,3 @@ def check_local_nodes() -> int:
     ``JETSTREAM_NODE_HEALTH_SECONDS`` (CELERY_BEAT_SCHEDULE). Two overlapping runs only check twice."""
     return sum(1 for result in node_health.check_nodes() if not result.up)
 
-
-# --- Egress proxies -------------------------------------------------------------------------------
-
-@shared_task(name="apps.providers.tasks.check_egress_health", ignore_result=True)
-def check_egress_health() -> dict[str, str]:
-    """Probe every active egress proxy and record its health (``egress_health.check_egresses``);
-    returns slug → "up" / "down". Beat runs this every ``JETSTREAM_EGRESS_CHECK_SECONDS``
-    (CELERY_BEAT_SCHEDULE). Two overlapping runs only check twice."""
-    return egress_health.check_egresses()

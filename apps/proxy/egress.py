@@ -17,7 +17,7 @@ health check found. ``EgressPools`` is a worker's side of it:
   better than a certain 502). No Redis call: the health arrives with the route snapshot, which the
   worker reloads on its config poll when the health check changes a proxy's state.
 
-``probe`` is the health check's connection through one proxy (``apps.providers.egress_health``). Proxy URLs
+``probe`` is the health check's connection through one proxy (``apps.proxy.egress_health``). Proxy URLs
 carry credentials: they are never logged nor put in an error; logs name the egress by its slug.
 """
 

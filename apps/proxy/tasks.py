@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from . import egress_health
 from .reconcile import reconcile
 from .rollover import roll_over
 
@@ -23,3 +24,13 @@ def reset_limits() -> int:
     limit was raised (see rollover.py). Safe to run twice. Returns how many tokens it changed."""
     report = roll_over()
     return len(report.opened) + len(report.blocked) + len(report.unblocked)
+
+
+# --- Egress proxies -------------------------------------------------------------------------------
+
+@shared_task(name="apps.proxy.tasks.check_egress_health", ignore_result=True)
+def check_egress_health() -> dict[str, str]:
+    """Probe every active egress proxy and record its health (``egress_health.check_egresses``);
+    returns slug → "up" / "down". Beat runs this every ``JETSTREAM_EGRESS_CHECK_SECONDS``
+    (CELERY_BEAT_SCHEDULE). Two overlapping runs only check twice."""
+    return egress_health.check_egresses()

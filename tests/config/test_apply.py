@@ -18,7 +18,7 @@ from django.db import connection
 from apps.accounts.models import Company, Department, Membership, Supplier
 from apps.billing import services as ledger
 from apps.billing.models import Transfer, TransferKind
-from apps.moderation.models import Policy, PolicyMode
+from apps.moderation.models import Policy
 from apps.providers.models import EgressProxy, Model, Price, Provider, SupplierKey
 from apps.proxy.models import ApiToken, TokenStatus
 from tests.config.conftest import EXAMPLE, database_state
@@ -64,7 +64,7 @@ def test_it_applies_the_example_file(db, apply_text, example_text):
 
     acme = Company.objects.get(slug="acme")
     assert (acme.name, acme.sell_coefficient) == ("Acme", Decimal("1.2500"))
-    assert Policy.objects.get(company=acme).mode == PolicyMode.OFF
+    assert not Policy.objects.filter(company=acme).exists()  # no row: the default policy (moderation off)
     department = Department.objects.get(company=acme, slug="ml")
     assert (department.name, department.parent) == ("ML team", None)
     token = ApiToken.objects.get(company=acme, name="ci")
@@ -336,13 +336,12 @@ providers:
     assert "unchanged: egress proxies 1, providers 1" in apply_text(text)[0]
 
 
-def test_it_gives_an_existing_company_its_wallet_policy_and_credit_limit(personas, apply_text):
+def test_it_gives_an_existing_company_its_wallet_and_credit_limit(personas, apply_text):
     text = "companies:\n  - {slug: company-a, name: Company A, credit_limit: \"50\"}\n"
 
     out, _err = apply_text(text)
 
-    assert "updated: company company-a: wallet, credit_limit, policy" in out
-    assert Policy.objects.filter(company=personas.company_a).exists()
+    assert "updated: company company-a: wallet, credit_limit" in out
     assert ledger.company_wallet(personas.company_a).credit_limit == 50 * RUB
     assert wallet_balance("company-a").available == 50 * RUB
     assert "unchanged: companies 1" in apply_text(text)[0]

@@ -152,11 +152,11 @@ def test_the_migration_makes_a_providers_single_egress_the_first_of_its_list():
 def test_beat_runs_the_egress_health_check_as_a_registered_task():
     from django.conf import settings
 
-    from apps.providers import tasks
+    from apps.proxy import tasks
     from jetstream.celery import app
 
     entry = settings.CELERY_BEAT_SCHEDULE["check-egress-health"]
-    assert entry["task"] == tasks.check_egress_health.name == "apps.providers.tasks.check_egress_health"
+    assert entry["task"] == tasks.check_egress_health.name == "apps.proxy.tasks.check_egress_health"
     assert entry["schedule"] == 30.0
     app.loader.import_default_modules()
     assert entry["task"] in app.tasks

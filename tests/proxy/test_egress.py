@@ -205,8 +205,8 @@ def test_an_egress_at_a_private_address_not_marked_internal_is_refused_at_connec
 
 def test_the_health_check_marks_a_dead_egress_down_and_workers_stop_using_it(world, http_proxy, socks_proxy, start_gateway,
                                                                               fake_openai):
-    from apps.providers.egress_health import check_egresses
     from apps.providers.models import EgressHealth, EgressProxy
+    from apps.proxy.egress_health import check_egresses
 
     first, second = egress("fi-1", socks_proxy.url), egress("pl-1", http_proxy.url, country="PL")
     route_through(world, first, second)

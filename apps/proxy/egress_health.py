@@ -1,4 +1,4 @@
-"""The egress proxies' health check (run by ``apps.providers.tasks.check_egress_health``).
+"""The egress proxies' health check (run by ``apps.proxy.tasks.check_egress_health``).
 
 ``check_egresses`` (Celery beat, every ``JETSTREAM_EGRESS_CHECK_SECONDS``) requests each active
 egress proxy's probe URL through it (``apps.proxy.egress.probe``: any HTTP answer within
@@ -19,6 +19,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.providers.models import EgressHealth, EgressProxy, ProviderEgress
+from apps.proxy.egress import EgressRoute, probe
+from apps.proxy.snapshot import bump_config_version
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +36,6 @@ def probe_url_of(egress: EgressProxy) -> str | None:
 
 
 async def _probe_all(targets: list[tuple[EgressProxy, str]], timeout: float) -> list:
-    from apps.proxy.egress import EgressRoute, probe  # the proxy's client code; imported where used
-
     routes = [EgressRoute(egress.pk, egress.slug, egress.reveal_url(), internal=egress.internal) for egress, _url in targets]
     return await asyncio.gather(*(probe(route, url, timeout=timeout) for route, (_egress, url) in zip(routes, targets, strict=True)))
 
@@ -67,6 +67,5 @@ def check_egresses(*, timeout: float | None = None) -> dict[str, str]:
             if not result.up:
                 logger.warning("egress proxy %s is down: %s", egress.slug, result.error)
         if changed:
-            from apps.proxy.snapshot import bump_config_version
             transaction.on_commit(bump_config_version)
     return found

@@ -1,0 +1,169 @@
+"""Who may see what in the cabinets.
+
+Each cabinet view is wrapped in one of ``company_view``, ``supplier_view`` or ``operator_view``.
+The wrapper:
+
+- sends a visitor who is not signed in to the sign-in page (``LOGIN_URL`` with ``?next=``);
+- sends a signed-in user whose session has not passed a TOTP check to ``cabinets:mfa`` (enrolment
+  at first sign-in, verification afterwards; django-otp's ``request.user.is_verified()``);
+- answers **404** when the user has no membership of that kind (an outsider learns nothing about
+  what exists), and **403** when the membership's role may not use the view (a viewer on a manager's
+  action);
+- sets ``request.company`` + ``request.membership`` (company cabinet) or ``request.supplier`` +
+  ``request.supplier_membership`` (supplier cabinet) before calling the view.
+
+Objects addressed by URL are fetched through ``company_object`` / ``supplier_object``, which filter by
+the tenant first and answer 404 for anything else. A user with memberships of several companies (or
+suppliers) works in one at a time: the one chosen with ``select_company`` (kept in the session), else
+the oldest membership.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+
+from apps.accounts.models import CompanyRole, Membership, SupplierMembership, SupplierRole
+
+M = TypeVar("M", bound=Model)
+View = Callable[..., HttpResponse]
+
+COMPANY_SESSION_KEY = "cabinet_company_id"
+SUPPLIER_SESSION_KEY = "cabinet_supplier_id"
+
+#: Roles that may change things in a company (tokens, departments, members, top-ups).
+COMPANY_MANAGERS = (CompanyRole.OWNER, CompanyRole.MANAGER)
+#: Roles that may change things in a supplier (keys, payout details, withdrawals).
+SUPPLIER_MANAGERS = (SupplierRole.OWNER,)
+
+
+def _gate(request: HttpRequest) -> HttpResponse | None:
+    """A redirect for a visitor who is not signed in or whose session has no TOTP check; None when
+    the request may go on."""
+    user = request.user
+    if not user.is_authenticated:
+        return redirect_to_login(request.get_full_path(), settings.LOGIN_URL)
+    if not getattr(user, "is_verified", lambda: False)():
+        return redirect_to_login(request.get_full_path(), "cabinets:mfa")
+    return None
+
+
+def company_membership(request: HttpRequest) -> Membership:
+    """The signed-in user's membership of the company they work in now (the session's choice if the
+    user still belongs to it, else the oldest). Raises ``Http404`` when the user belongs to none or
+    the company is deactivated."""
+    memberships = Membership.objects.select_related("company").filter(user=request.user, company__is_active=True)
+    chosen = request.session.get(COMPANY_SESSION_KEY)
+    membership = (memberships.filter(company_id=chosen).first() if chosen else None) or memberships.order_by("created_at", "pk").first()
+    if membership is None:
+        raise Http404
+    return membership
+
+
+def supplier_membership(request: HttpRequest) -> SupplierMembership:
+    """The signed-in user's membership of the supplier they work for now; ``Http404`` if none."""
+    memberships = SupplierMembership.objects.select_related("supplier").filter(user=request.user, supplier__is_active=True)
+    chosen = request.session.get(SUPPLIER_SESSION_KEY)
+    membership = (memberships.filter(supplier_id=chosen).first() if chosen else None) or memberships.order_by("created_at", "pk").first()
+    if membership is None:
+        raise Http404
+    return membership
+
+
+def select_company(request: HttpRequest, company_id: int) -> Membership:
+    """Make ``company_id`` the company the user works in; ``Http404`` if they are not a member."""
+    membership = get_object_or_404(Membership.objects.select_related("company"), user=request.user, company_id=company_id,
+                                   company__is_active=True)
+    request.session[COMPANY_SESSION_KEY] = membership.company_id
+    return membership
+
+
+def company_view(*roles: str) -> Callable[[View], View]:
+    """Decorate a company-cabinet view. ``roles`` (``CompanyRole`` values) limit who may use it (403
+    for the others); none = every member. Sets ``request.company`` and ``request.membership``."""
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if (response := _gate(request)) is not None:
+                return response
+            membership = company_membership(request)
+            if roles and membership.role not in roles:
+                raise PermissionDenied
+            request.membership = membership  # type: ignore[attr-defined]
+            request.company = membership.company  # type: ignore[attr-defined]
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def supplier_view(*roles: str) -> Callable[[View], View]:
+    """Decorate a supplier-cabinet view. ``roles`` (``SupplierRole`` values) limit who may use it
+    (403 for the others). Sets ``request.supplier`` and ``request.supplier_membership``."""
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if (response := _gate(request)) is not None:
+                return response
+            membership = supplier_membership(request)
+            if roles and membership.role not in roles:
+                raise PermissionDenied
+            request.supplier_membership = membership  # type: ignore[attr-defined]
+            request.supplier = membership.supplier  # type: ignore[attr-defined]
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def operator_view(view: View) -> View:
+    """Decorate an operator-cabinet view: superusers only (404 for everyone else, so the cabinet's
+    existence is not advertised)."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if (response := _gate(request)) is not None:
+            return response
+        if not request.user.is_superuser:
+            raise Http404
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def company_object(request: HttpRequest, queryset: QuerySet[M], *, field: str = "company", **lookup: Any) -> M:
+    """The object of ``queryset`` matching ``lookup`` that belongs to ``request.company`` (through
+    ``field``, e.g. ``"token__company"``); ``Http404`` for anything else."""
+    return get_object_or_404(queryset.filter(**{field: request.company}), **lookup)  # type: ignore[attr-defined]
+
+
+def supplier_object(request: HttpRequest, queryset: QuerySet[M], *, field: str = "supplier", **lookup: Any) -> M:
+    """The object of ``queryset`` matching ``lookup`` that belongs to ``request.supplier``; ``Http404``
+    for anything else."""
+    return get_object_or_404(queryset.filter(**{field: request.supplier}), **lookup)  # type: ignore[attr-defined]
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    """``/``: sign-in for a visitor; otherwise the user's cabinet — operator, then company, then
+    supplier — or a page saying they have none yet."""
+    if not request.user.is_authenticated:
+        return redirect_to_login("/", settings.LOGIN_URL)
+    if request.user.is_superuser:
+        return redirect("cabinets:operator:dashboard")
+    if Membership.objects.filter(user=request.user, company__is_active=True).exists():
+        return redirect("cabinets:company:dashboard")
+    if SupplierMembership.objects.filter(user=request.user, supplier__is_active=True).exists():
+        return redirect("cabinets:supplier:dashboard")
+    return render(request, "cabinets/no_cabinet.html", status=200)

@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from apps.cabinets.company import views
+
+app_name = "company"
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+]
