@@ -17,7 +17,7 @@ from allauth.account.adapter import DefaultAccountAdapter
 from django import forms
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import logout
+from django.contrib.auth import get_user_model, logout
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
@@ -148,7 +148,7 @@ def accept_invitation(request: HttpRequest, key: str) -> HttpResponse:
     except InvitationInvalid:
         return _invitation_invalid(request)
     user = request.user
-    has_account = type(user).objects.filter(email__iexact=invitation.email).exists()  # type: ignore[attr-defined]
+    has_account = get_user_model().objects.filter(email__iexact=invitation.email).exists()
     if not has_account:
         return _accept_as_new_user(request, key, invitation)
     if not user.is_authenticated:
