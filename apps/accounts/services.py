@@ -12,6 +12,7 @@ lib/upsert.py.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import secrets
@@ -556,3 +557,61 @@ def pending_invitations(*, company: Company | None = None, supplier: Supplier | 
     """The organisation's open invitations, newest first (for a members page)."""
     return Invitation.objects.filter(company=company, supplier=supplier, status=InvitationStatus.PENDING,
                                      expires_at__gt=timezone.now()).select_related("invited_by").order_by("-created_at")
+
+
+# --- demo people (make run) ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DemoCredentials:
+    """How a demo person signs in: ``email``, ``password`` and the TOTP ``totp_secret`` (base32, as
+    authenticator apps take it) with its ``totp_uri`` (``otpauth://totp/…``, for a QR code). Either
+    secret is None when it was not made now (it is stored only hashed / inside the device)."""
+
+    email: str
+    password: str | None
+    totp_secret: str | None
+    totp_uri: str | None
+
+
+def ensure_totp_device(*, user: Any, reset: bool = False) -> tuple[str, str] | None:
+    """Give ``user`` a confirmed TOTP authenticator (django-otp) if they have none, or a new one with
+    ``reset``. Returns ``(base32 secret, otpauth URI)`` when a device was made now, else None."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    with transaction.atomic():
+        if reset:
+            TOTPDevice.objects.filter(user=user).delete()
+        elif TOTPDevice.objects.filter(user=user, confirmed=True).exists():
+            return None
+        device = TOTPDevice.objects.create(user=user, name="authenticator", confirmed=True)
+        return base64.b32encode(device.bin_key).decode(), device.config_url
+
+
+def ensure_demo_member(*, email: str, role: str, company: Company | None = None, supplier: Supplier | None = None,
+                       reset: bool = False) -> DemoCredentials:
+    """The demo's company manager or supplier: the user ``email`` (created with a generated password),
+    a membership of ``company`` or ``supplier`` with ``role``, and a TOTP authenticator. With ``reset``
+    the password and the authenticator are replaced. The returned secrets are those made now (shown
+    once by ``jetstream_demo``); an existing person's are None. Raises ``ValueError`` without exactly
+    one of ``company`` / ``supplier``."""
+    if (company is None) == (supplier is None):
+        raise ValueError("ensure_demo_member() takes exactly one of company= or supplier=")
+    with transaction.atomic():
+        user = User.objects.filter(email__iexact=email).first()
+        password = None
+        if user is None or reset:
+            password = secrets.token_urlsafe(12)
+            if user is None:
+                # Two demo runs at once: the unique email lets one create the user, the other fails.
+                user = User.objects.create_user(email, password)
+            else:
+                user.set_password(password)
+                user.save(update_fields=["password"])
+        EmailAddress.objects.get_or_create(user=user, email=user.email, defaults={"primary": True, "verified": True})
+        if company is not None:
+            Membership.objects.get_or_create(user=user, company=company, defaults={"role": role})
+        else:
+            SupplierMembership.objects.get_or_create(user=user, supplier=supplier, defaults={"role": role})
+        totp = ensure_totp_device(user=user, reset=reset)
+        return DemoCredentials(email=user.email, password=password, totp_secret=totp[0] if totp else None,
+                               totp_uri=totp[1] if totp else None)
