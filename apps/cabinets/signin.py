@@ -19,6 +19,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model, logout
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -74,6 +75,35 @@ class SessionLifetimeMiddleware:
             if signed_in is not None and time.time() - float(signed_in) > settings.JETSTREAM_SESSION_MAX_HOURS * 3600:
                 logout(request)
         return self.get_response(request)
+
+
+class TotpRequiredMiddleware:
+    """Keeps a session that passed only the password step away from the account pages (change the
+    password, manage emails, …): they send it to ``cabinets:mfa`` first. Signing in and out, the
+    password reset by email and the TOTP step itself stay open. (The cabinets and the admin check
+    the TOTP step themselves.)"""
+
+    OPEN_URL_NAMES = frozenset({
+        "account_login", "account_logout", "account_reset_password", "account_reset_password_done",
+        "account_reset_password_from_key", "account_reset_password_from_key_done", "account_signup", "account_inactive",
+        "account_confirm_email",
+    })
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_view(self, request: HttpRequest, view: Any, args: Any, kwargs: Any) -> HttpResponse | None:
+        """Redirect an unverified session's request for an ``/accounts/`` page other than the open ones."""
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated or user.is_verified():
+            return None
+        match = request.resolver_match
+        if match is None or not request.path.startswith("/accounts/") or match.url_name in self.OPEN_URL_NAMES:
+            return None
+        return redirect_to_login(request.get_full_path(), "cabinets:mfa")
 
 
 def safe_next(request: HttpRequest, default: str = "/") -> str:
@@ -154,6 +184,8 @@ def accept_invitation(request: HttpRequest, key: str) -> HttpResponse:
     if not user.is_authenticated:
         messages.info(request, gettext("Sign in as %(email)s to accept the invitation.") % {"email": invitation.email})
         return redirect(reverse(settings.LOGIN_URL) + "?next=" + request.path)
+    if not user.is_verified():  # type: ignore[union-attr]
+        return redirect_to_login(request.get_full_path(), "cabinets:mfa")
     context = {"invitation": invitation, "wrong_user": user.email.lower() != invitation.email}  # type: ignore[union-attr]
     if request.method == "POST" and not context["wrong_user"]:
         try:

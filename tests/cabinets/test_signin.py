@@ -207,3 +207,12 @@ def test_it_formats_money_and_numbers_for_the_locale():
         assert rub(1_234_560_000) == "₽1,234.56"
         assert number("1234.567", 2) == "1,234.57"
         assert percent(0.5, 0) == "50%"
+
+
+def test_it_keeps_the_account_pages_behind_the_totp_step(personas, password_only, signed_in):
+    half = password_only(personas.manager_a)
+    response = half.get(reverse("account_change_password"))
+    assert response.status_code == 302 and response["Location"].startswith(reverse("cabinets:mfa"))
+    assert half.get(reverse("cabinets:mfa_devices"))["Location"].startswith(reverse("cabinets:mfa"))
+    assert half.get(reverse("account_reset_password")).status_code == 200
+    assert signed_in(personas.manager_a).get(reverse("account_change_password")).status_code == 200
