@@ -159,12 +159,11 @@ def _request(user):
 
 def _third_party_instances(personas) -> dict[str, object]:
     from allauth.account.models import EmailAddress
+    from axes.models import AccessAttempt, AccessFailureLog, AccessLog
     from django.contrib.auth.models import Group
     from django.contrib.sites.models import Site
     from django_otp.plugins.otp_static.models import StaticDevice
     from django_otp.plugins.otp_totp.models import TOTPDevice
-
-    from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 
     static = StaticDevice.objects.create(user=personas.manager_a, name="backup", confirmed=True)
     static.token_set.create(token="rcvry-TOKEN-77")
