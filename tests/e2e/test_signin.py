@@ -74,3 +74,15 @@ def test_it_enrols_an_authenticator_at_first_sign_in(page, e2e, personas):
     page.get_by_role("link", name=re.compile("продолжить|continue")).click()
     expect(page).to_have_url(re.compile(r"/supplier/$"))
     expect(page.locator("main")).to_contain_text("North Keys")
+
+
+def test_it_fits_a_phone_screen(phone_page, e2e, personas):
+    page = phone_page
+    page.goto(f"{e2e.url}/accounts/login/")
+    screenshot(page, "signin-login-phone")
+    sign_in(page, e2e, personas.manager_a)
+    expect(page.locator("main")).to_contain_text("Company A")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
+    page.click("label.nav-toggle-label")
+    expect(page.locator(".cabinet-nav")).to_be_visible()
+    screenshot(page, "signin-company-dashboard-phone")
