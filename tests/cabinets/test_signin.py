@@ -216,3 +216,13 @@ def test_it_keeps_the_account_pages_behind_the_totp_step(personas, password_only
     assert half.get(reverse("cabinets:mfa_devices"))["Location"].startswith(reverse("cabinets:mfa"))
     assert half.get(reverse("account_reset_password")).status_code == 200
     assert signed_in(personas.manager_a).get(reverse("account_change_password")).status_code == 200
+
+
+def test_it_says_how_long_a_lockout_lasts_in_minutes():
+    from apps.cabinets.templatetags.cabinet_format import minutes
+
+    with translation.override("ru"):
+        assert minutes(dt.timedelta(minutes=15)) == "15 минут"
+        assert minutes(dt.timedelta(seconds=61)) == "2 минуты"
+    with translation.override("en"):
+        assert minutes(dt.timedelta(minutes=1)) == "1 minute"

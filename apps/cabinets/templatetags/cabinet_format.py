@@ -4,6 +4,7 @@
   micro-rubles (``lib/money.py``) rounded half up to 2 places; ``|rub:6`` keeps six, ``|rub:0`` none.
 - ``{{ tokens|number }}`` → ``12 345 678`` / ``12,345,678``; ``|number:2`` two decimals (half up).
 - ``{{ share|percent }}`` → ``12,5 %`` / ``12.5%`` from a ratio (0.125); ``|percent:0`` whole percents.
+- ``{{ wait|minutes }}`` → ``15 минут`` / ``15 minutes`` from a ``timedelta`` (rounded up).
 
 Separators come from Django's formats for the active language (Russian groups with a no-break space
 and writes a decimal comma); a negative gets a true minus sign (−). ``None`` and "" print ``—``;
@@ -12,12 +13,14 @@ anything that is not a number is shown unchanged, never an error in the page.
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from django import template
 from django.utils.formats import get_format
-from django.utils.translation import get_language
+from django.utils.translation import get_language, ngettext
 
 from lib.money import format_rub
 
@@ -108,3 +111,12 @@ def percent(ratio: Any, places: Any = 1) -> str:
         return str(ratio)
     text = number(amount * 100, places)
     return f"{text}{NBSP}%" if _is_russian() else f"{text}%"
+
+
+@register.filter
+def minutes(value: Any) -> str:
+    """A ``timedelta`` as whole minutes, rounded up, in words: ``15 minutes`` (``15 минут``)."""
+    if not isinstance(value, dt.timedelta):
+        return DASH if value in (None, "") else str(value)
+    count = max(0, math.ceil(value.total_seconds() / 60))
+    return ngettext("%(n)s minute", "%(n)s minutes", count) % {"n": count}
