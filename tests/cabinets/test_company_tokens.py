@@ -224,3 +224,11 @@ def test_a_block_in_the_cabinet_makes_v1_refuse_the_token_and_an_unblock_lets_it
     gateway.wait_config()
     with pytest.raises(openai.AuthenticationError):
         gateway.client().models.list()
+
+
+@pytest.mark.parametrize(("language", "expected"), [("ru", "Новый токен"), ("en", "New token")])
+def test_it_speaks_russian_by_default_and_english_on_request(personas, manager, settings, language, expected):
+    manager.cookies[settings.LANGUAGE_COOKIE_NAME] = language
+    for name in ("tokens", "departments", "members", "wallet"):
+        assert manager.get(reverse(f"cabinets:company:{name}")).status_code == 200
+    assert expected in manager.get(reverse("cabinets:company:tokens")).content.decode()
