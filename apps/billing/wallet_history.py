@@ -1,21 +1,21 @@
 """A company wallet's history: the ledger transfers that credit or debit it, newest first, a page
 at a time with keyset pagination (never OFFSET: a busy wallet has a transfer per request).
 
+Rows come in the order the ledger wrote them (transfer id; ``created_at`` is each writer's clock
+— the meter stamps a batch with its transaction's start — so it may tie or run behind the id).
 A page is read as two index range scans — the wallet's debits and its credits
-(``transfer_debit_time``, ``transfer_credit_time``: account, created_at) — each cut at the cursor
-and limited, merged and cut again. The cursor is signed (``django.core.signing``): it carries the
-position (created_at, id) and, for the unfiltered history, the wallet's posted balance just after
-the next row, so every row shows the balance after it without summing the rows that came later.
+(``transfer_debit_id``, ``transfer_credit_id``: account, id) — each cut at the cursor and limited,
+merged and cut again. The cursor is signed (``django.core.signing``): it carries the position (the
+last id shown) and, for the unfiltered history, the wallet's posted balance just after the next
+row, so every row shows the balance after it without summing the rows that came later.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
 from django.core import signing
-from django.db.models import Q
 
 from apps.billing import services as ledger
 from apps.billing.models import Transfer, TransferStatus
@@ -65,10 +65,9 @@ def wallet_history(*, company: Any, cursor: str = "", kinds: tuple[str, ...] = (
         if kinds:
             queryset = queryset.filter(kind__in=kinds)
         if position is not None:
-            at, pk = position["t"], position["i"]
-            queryset = queryset.filter(created_at__lte=at).filter(Q(created_at__lt=at) | Q(id__lt=pk))
-        rows += list(queryset.order_by("-created_at", "-id")[: limit + 1])
-    rows.sort(key=lambda t: (t.created_at, t.pk), reverse=True)
+            queryset = queryset.filter(id__lt=position["i"])
+        rows += list(queryset.order_by("-id")[: limit + 1])
+    rows.sort(key=lambda t: t.pk, reverse=True)
     more = len(rows) > limit
     rows = rows[:limit]
     balance = None
@@ -84,7 +83,7 @@ def wallet_history(*, company: Any, cursor: str = "", kinds: tuple[str, ...] = (
     next_cursor = None
     if more and rows:
         last = rows[-1]
-        next_cursor = signing.dumps({"w": wallet.pk, "k": list(kinds), "t": last.created_at.isoformat(), "i": last.pk, "b": balance},
+        next_cursor = signing.dumps({"w": wallet.pk, "k": list(kinds), "i": last.pk, "b": balance},
                                     salt=_SALT, compress=True)
     return WalletPage(entries, next_cursor)
 
@@ -94,6 +93,6 @@ def _read_cursor(cursor: str, wallet_id: int, kinds: tuple[str, ...]) -> dict[st
         data = signing.loads(cursor, salt=_SALT)
         if data["w"] != wallet_id or tuple(data["k"]) != tuple(kinds):
             raise BadCursor("the cursor belongs to another wallet or filter")
-        return {"t": dt.datetime.fromisoformat(data["t"]), "i": int(data["i"]), "b": data["b"]}
+        return {"i": int(data["i"]), "b": data["b"]}
     except (signing.BadSignature, KeyError, TypeError, ValueError) as exc:
         raise BadCursor(str(exc)) from None

@@ -121,6 +121,9 @@ class TokenForm(CompanyTimeZoneMixin, forms.Form):
         self.company, self.token = company, token
         self.fields["department"].queryset = Department.objects.filter(company=company).order_by("name")
         self.fields["expires_at"].help_text = _("Time zone %(zone)s; empty = never.") % {"zone": company.time_zone}
+        names = list(Model.objects.filter(is_active=True).order_by("name").values_list("name", flat=True)[:40])
+        if names:
+            self.fields["models_allow"].help_text = _("One per line; empty = every model. Available: %(names)s.") % {"names": ", ".join(names)}
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"]
@@ -158,7 +161,8 @@ def token_initial(token: Any) -> dict[str, Any]:
 class TokenReasonForm(forms.Form):
     """Why a token is blocked (required: the developer sees it in the 403 answer) or revoked."""
 
-    reason = forms.CharField(label=_("Reason"), max_length=300, required=False, strip=True)
+    reason = forms.CharField(label=_("Reason"), max_length=300, required=False, strip=True,
+                             widget=forms.TextInput(attrs={"placeholder": _("Reason")}))
 
     def __init__(self, *args: Any, required: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
