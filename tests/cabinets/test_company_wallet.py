@@ -84,7 +84,7 @@ def test_it_requests_a_top_up_and_issues_its_invoice_once(personas, manager):
         assert response.status_code == 302
     request = TopUpRequest.objects.get(company=personas.company_a)
     assert (request.amount, request.status, request.requested_by) == (50_000_500_000, TopUpStatus.INVOICED, personas.manager_a)
-    pdf = manager.get(reverse("cabinets:company:invoice_pdf", kwargs={"invoice_id": request.invoice_id}))
+    pdf = manager.get(reverse("cabinets:company:document_pdf", kwargs={"document_id": request.invoice_id}))
     assert pdf.status_code == 200 and pdf["Content-Type"] == "application/pdf" and pdf.content.startswith(b"%PDF")
 
 
@@ -118,10 +118,8 @@ def test_it_downloads_the_companys_acts(personas, manager):
                               now=dt.datetime(year, month, 2, tzinfo=dt.UTC))
     page = manager.get(reverse("cabinets:company:wallet"))
     assert act in list(page.context["acts"])
-    pdf = manager.get(reverse("cabinets:company:act_pdf", kwargs={"act_id": act.pk}))
-    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
-    # an act is not downloadable as an invoice
-    assert manager.get(reverse("cabinets:company:invoice_pdf", kwargs={"invoice_id": act.pk})).status_code == 404
+    pdf = manager.get(reverse("cabinets:company:document_pdf", kwargs={"document_id": act.pk}))
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF") and act.filename in pdf["Content-Disposition"]
 
 
 def test_a_viewer_sees_the_wallet_but_cannot_top_up(personas, signed_in, django_user_model):
@@ -138,7 +136,7 @@ def test_a_viewer_sees_the_wallet_but_cannot_top_up(personas, signed_in, django_
 def test_another_companys_top_ups_and_documents_are_404(personas, manager):
     request = invoicing.request_top_up(company=personas.company_b, amount=100 * RUB, request_key="k1")
     invoice = invoicing.issue_invoice(top_up_request=request)
-    assert manager.get(reverse("cabinets:company:invoice_pdf", kwargs={"invoice_id": invoice.pk})).status_code == 404
+    assert manager.get(reverse("cabinets:company:document_pdf", kwargs={"document_id": invoice.pk})).status_code == 404
     assert manager.post(reverse("cabinets:company:topup_cancel", kwargs={"topup_id": request.pk})).status_code == 404
     request.refresh_from_db()
     assert request.status == TopUpStatus.INVOICED

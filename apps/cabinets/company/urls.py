@@ -1,5 +1,5 @@
 """The company cabinet. URL kwargs are named after the object they address (``token_id``,
-``department_id``, ``member_id``, ``topup_id``, ``invoice_id``, ``act_id``): the isolation walk
+``department_id``, ``member_id``, ``topup_id``, ``document_id``): the isolation walk
 fills them by name."""
 from __future__ import annotations
 
@@ -29,6 +29,5 @@ urlpatterns = [
     path("wallet/", wallet.wallet, name="wallet"),
     path("wallet/top-up/", wallet.topup_request, name="topup_request"),
     path("wallet/top-ups/<int:topup_id>/cancel/", wallet.topup_cancel, name="topup_cancel"),
-    path("wallet/invoices/<int:invoice_id>.pdf", wallet.invoice_pdf, name="invoice_pdf"),
-    path("wallet/acts/<int:act_id>.pdf", wallet.act_pdf, name="act_pdf"),
+    path("wallet/documents/<int:document_id>.pdf", wallet.document_pdf, name="document_pdf"),
 ]

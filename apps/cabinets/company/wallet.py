@@ -89,20 +89,11 @@ def topup_cancel(request: HttpRequest, topup_id: int) -> HttpResponse:
     return redirect("cabinets:company:wallet")
 
 
-def _pdf(document: Document) -> HttpResponse:
+@company_view()
+def document_pdf(request: HttpRequest, document_id: int) -> HttpResponse:
+    """Download one of the company's invoices or closing acts as PDF."""
+    document = company_object(request, Document.objects.all(), pk=document_id)
     response = HttpResponse(bytes(document.pdf), content_type="application/pdf")
     response["Content-Disposition"] = f'attachment; filename="{document.filename}"'
     response["X-Content-Type-Options"] = "nosniff"
     return response
-
-
-@company_view()
-def invoice_pdf(request: HttpRequest, invoice_id: int) -> HttpResponse:
-    """Download one of the company's invoices as PDF."""
-    return _pdf(company_object(request, Document.objects.filter(kind=DocumentKind.INVOICE), pk=invoice_id))
-
-
-@company_view()
-def act_pdf(request: HttpRequest, act_id: int) -> HttpResponse:
-    """Download one of the company's closing acts as PDF."""
-    return _pdf(company_object(request, Document.objects.filter(kind=DocumentKind.ACT), pk=act_id))
