@@ -20,7 +20,7 @@ import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -411,11 +411,19 @@ def token_usage(*, token: ApiToken, days: int = 30, now: datetime | None = None)
     return TokenUsage(days, since, by_day, by_model, total)
 
 
+def with_last_request(tokens):
+    """``tokens`` annotated with ``last_request_at``: when the token's latest written request started
+    (None: never). One index probe per token (``usage_token_time``); ``ApiToken.last_used_at`` is
+    not kept up to date by the gateway, so the usage records are the source."""
+    latest = UsageRecord.objects.filter(token=OuterRef("pk")).order_by("-started_at").values("started_at")[:1]
+    return tokens.annotate(last_request_at=Subquery(latest))
+
+
 def company_tokens(*, company: Company, status: str = "", department: Any = None, environment: str = "", search: str = ""):
     """The company's tokens, newest first, with company and department loaded: only those with
     ``status`` / ``environment`` (a ``TokenStatus`` / ``TokenEnvironment`` value; empty = any), in
     ``department`` (None = any) and whose name or secret prefix contains ``search``."""
-    tokens = ApiToken.objects.filter(company=company).select_related("company", "department", "owner")
+    tokens = with_last_request(ApiToken.objects.filter(company=company).select_related("company", "department", "owner"))
     if status:
         tokens = tokens.filter(status=status)
     if environment:

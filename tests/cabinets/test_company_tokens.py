@@ -232,3 +232,9 @@ def test_it_speaks_russian_by_default_and_english_on_request(personas, manager, 
     for name in ("tokens", "departments", "members", "wallet"):
         assert manager.get(reverse(f"cabinets:company:{name}")).status_code == 200
     assert expected in manager.get(reverse("cabinets:company:tokens")).content.decode()
+
+
+def test_it_shows_when_a_token_was_last_used_from_its_requests(personas, manager, catalog):
+    page = manager.get(reverse("cabinets:company:tokens"))
+    (token, _spend), = page.context["rows"]
+    assert token.last_request_at == catalog.usage.started_at

@@ -32,7 +32,8 @@ PAGE_SIZE = 50
 
 def _token(request: HttpRequest, token_id: int) -> ApiToken:
     """The company's token ``token_id`` (404 for any other)."""
-    return company_object(request, ApiToken.objects.select_related("company", "department", "owner"), pk=token_id)
+    return company_object(request, services.with_last_request(ApiToken.objects.select_related("company", "department", "owner")),
+                          pk=token_id)
 
 
 def _can_manage(request: HttpRequest) -> bool:
@@ -123,7 +124,7 @@ def token_edit(request: HttpRequest, token_id: int) -> HttpResponse:
 def _after_action(request: HttpRequest, token: ApiToken, *, error: str = "") -> HttpResponse:
     """HTMX (an inline action in the list): the token's row again; otherwise back to its page."""
     if getattr(request, "htmx", False):
-        token.refresh_from_db()
+        token = _token(request, token.pk)
         context = {"token": token, "spend": services.token_spend([token])[token.pk], "can_manage": True, "row_error": error}
         return render(request, "cabinets/company/token_row.html", context)
     if error:
