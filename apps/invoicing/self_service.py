@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 
 from apps.invoicing import services
 from apps.invoicing.exceptions import InvalidTopUpState, RequisitesMissing
-from apps.invoicing.models import Document, DocumentKind, TopUpRequest, TopUpStatus
+from apps.invoicing.models import CompanyRequisites, Document, TopUpRequest, TopUpStatus
 
 logger = logging.getLogger("jetstream.invoicing")
 
@@ -66,5 +66,19 @@ def company_top_ups(*, company: Any, limit: int = 20) -> list[TopUpRequest]:
                 .order_by("-requested_at", "-pk")[:limit])
 
 
-__all__ = ["DocumentKind", "TopUpRequested", "cancel_own_top_up", "company_documents", "company_top_ups",
-           "request_top_up_with_invoice"]
+
+
+REQUISITES_FIELDS = ("legal_name", "inn", "kpp", "address")
+
+
+def save_company_requisites(*, company: Any, legal_name: str, inn: str, kpp: str = "", address: str = "") -> CompanyRequisites:
+    """Set what the company's next invoices and acts name as the buyer (its legal name, INN, KPP,
+    address; the contract is the platform's to record). Documents already issued keep what they
+    showed. Raises ``ValidationError`` (an INN of neither 10 nor 12 digits, a KPP not of 9)."""
+    with transaction.atomic():
+        # Lock: two managers saving at once must not both INSERT the one-to-one row.
+        requisites = CompanyRequisites.objects.select_for_update().filter(company=company).first() or CompanyRequisites(company=company)
+        requisites.legal_name, requisites.inn, requisites.kpp, requisites.address = legal_name.strip(), inn.strip(), kpp.strip(), address.strip()
+        requisites.full_clean(exclude=["company"] if requisites.pk is None else None)
+        requisites.save()
+        return requisites

@@ -141,3 +141,26 @@ def test_another_companys_top_ups_and_documents_are_404(personas, manager):
     request.refresh_from_db()
     assert request.status == TopUpStatus.INVOICED
     assert invoice.kind == DocumentKind.INVOICE
+
+
+def test_it_saves_the_companys_requisites_and_the_next_invoice_names_them(personas, manager):
+    url = reverse("cabinets:company:requisites")
+    assert manager.get(url).status_code == 200
+    bad = manager.post(url, {"legal_name": "ООО «Ромашка»", "inn": "123", "kpp": "12"})
+    assert bad.status_code == 200 and set(bad.context["form"].errors) == {"inn", "kpp"}
+    assert manager.post(url, {"legal_name": "ООО «Ромашка»", "inn": "7701234567", "kpp": "770101001",
+                              "address": "Москва"}).status_code == 302
+    manager.post(reverse("cabinets:company:topup_request"), {"amount": "100", "request_key": "k1"})
+    invoice = TopUpRequest.objects.get(company=personas.company_a).invoice
+    assert invoice.details["buyer"]["inn"] == "7701234567" and "Ромашка" in invoice.details["buyer"]["name"]
+
+
+def test_a_viewer_cannot_change_the_requisites_and_another_companys_stay_apart(personas, signed_in, django_user_model):
+    from apps.invoicing.models import CompanyRequisites
+
+    user = django_user_model.objects.create_user("viewer@example.com", PASSWORD)
+    Membership.objects.create(user=user, company=personas.company_a, role=CompanyRole.VIEWER)
+    assert signed_in(user).get(reverse("cabinets:company:requisites")).status_code == 403
+    CompanyRequisites.objects.create(company=personas.company_b, legal_name="ООО «Бета»", inn="7709876543")
+    page = signed_in(personas.manager_a).get(reverse("cabinets:company:wallet"))
+    assert "Бета" not in page.content.decode() and "7709876543" not in page.content.decode()

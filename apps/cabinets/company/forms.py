@@ -19,6 +19,7 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.accounts.models import Company, CompanyRole, Department
 from apps.billing.models import TransferKind
+from apps.invoicing.models import CompanyRequisites
 from apps.providers.models import Model
 from apps.proxy.models import ApiToken, TokenEnvironment, TokenStatus, validate_cidr
 from lib.admin import MicroAmountField
@@ -236,6 +237,14 @@ class TopUpForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("initial", {}).setdefault("request_key", uuid.uuid4().hex)
         super().__init__(*args, **kwargs)
+
+
+class RequisitesForm(forms.ModelForm):
+    """The company as its invoices and acts name the buyer."""
+
+    class Meta:
+        model = CompanyRequisites
+        fields = ["legal_name", "inn", "kpp", "address"]
 
 
 HISTORY_KINDS = {

@@ -27,6 +27,7 @@ urlpatterns = [
     path("members/<int:member_id>/role/", members.member_role, name="member_role"),
     path("members/<int:member_id>/remove/", members.member_remove, name="member_remove"),
     path("wallet/", wallet.wallet, name="wallet"),
+    path("wallet/requisites/", wallet.requisites, name="requisites"),
     path("wallet/top-up/", wallet.topup_request, name="topup_request"),
     path("wallet/top-ups/<int:topup_id>/cancel/", wallet.topup_cancel, name="topup_cancel"),
     path("wallet/documents/<int:document_id>.pdf", wallet.document_pdf, name="document_pdf"),

@@ -5,6 +5,7 @@ PDF downloads."""
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.utils.translation import gettext as _
@@ -12,12 +13,12 @@ from django.views.decorators.http import require_POST
 
 from apps.billing.wallet_history import BadCursor, wallet_history
 from apps.cabinets.access import COMPANY_MANAGERS, company_object, company_view
-from apps.cabinets.company.forms import HistoryFilterForm, TopUpForm
+from apps.cabinets.company.forms import HistoryFilterForm, RequisitesForm, TopUpForm, apply_errors
 from apps.cabinets.company.helpers import in_company_time_zone
 from apps.cabinets.rendering import render_page
 from apps.invoicing import self_service
 from apps.invoicing.exceptions import InvoicingError
-from apps.invoicing.models import Document, DocumentKind, TopUpRequest, TopUpStatus
+from apps.invoicing.models import CompanyRequisites, Document, DocumentKind, TopUpRequest, TopUpStatus
 from apps.proxy import services as gateway
 
 
@@ -39,6 +40,7 @@ def _page(request: HttpRequest, form: TopUpForm | None = None, *, status: int = 
         "invoices": self_service.company_documents(company=company, kind=DocumentKind.INVOICE)[:20],
         "acts": self_service.company_documents(company=company, kind=DocumentKind.ACT)[:24],
         "open_statuses": (TopUpStatus.REQUESTED, TopUpStatus.INVOICED),
+        "requisites": CompanyRequisites.objects.filter(company=company).first(),
     }
     return render_page(request, "cabinets/company/wallet.html", context, partial="cabinets/company/wallet_history.html",
                        status=status)
@@ -73,6 +75,23 @@ def topup_request(request: HttpRequest) -> HttpResponse:
                 messages.info(request, _("The top-up is requested; the platform will issue its invoice."))
             return redirect("cabinets:company:wallet")
     return _page(request, form, status=400)
+
+
+@company_view(*COMPANY_MANAGERS)
+def requisites(request: HttpRequest) -> HttpResponse:
+    """What the company's next invoices and acts name as the buyer: legal name, INN, KPP, address."""
+    company = request.company  # type: ignore[attr-defined]
+    current = CompanyRequisites.objects.filter(company=company).first()
+    form = RequisitesForm(request.POST or None, instance=current or CompanyRequisites(company=company))
+    if request.method == "POST" and form.is_valid():
+        try:
+            self_service.save_company_requisites(company=company, **{name: form.cleaned_data[name] for name in self_service.REQUISITES_FIELDS})
+        except ValidationError as exc:
+            apply_errors(form, exc)
+        else:
+            messages.success(request, _("The requisites are saved; the next invoices and acts show them."))
+            return redirect("cabinets:company:wallet")
+    return render_page(request, "cabinets/company/wallet_requisites.html", {"form": form, "requisites": current})
 
 
 @company_view(*COMPANY_MANAGERS)
