@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers
 from django.utils.translation import gettext as _
+from django.utils.translation import pgettext
 from django.views.decorators.http import require_POST
 
 from apps.cabinets.access import COMPANY_MANAGERS, company_object, company_view
@@ -91,7 +92,7 @@ def token_detail(request: HttpRequest, token_id: int) -> HttpResponse:
     counters), and its usage over the last 30 days by day and by model."""
     token = _token(request, token_id)
     spend = services.token_spend([token])[token.pk]
-    rows = [(_("Total"), spend.total), (_("This week"), spend.weekly), (_("This month"), spend.monthly)]
+    rows = [(pgettext("spend limit", "Total"), spend.total), (_("This week"), spend.weekly), (_("This month"), spend.monthly)]
     if spend.department is not None:
         rows.append((_("Department budget this month (%(name)s)") % {"name": token.department.name}, spend.department))  # type: ignore[union-attr]
     context = {"token": token, "spend": spend, "spend_rows": rows, "usage": services.token_usage(token=token),
