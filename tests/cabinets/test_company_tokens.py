@@ -238,3 +238,9 @@ def test_it_shows_when_a_token_was_last_used_from_its_requests(personas, manager
     page = manager.get(reverse("cabinets:company:tokens"))
     (token, _spend), = page.context["rows"]
     assert token.last_request_at == catalog.usage.started_at
+
+
+def test_it_marks_an_expired_token(personas, manager):
+    token, _ = _token(personas.company_a, "old", expires_at=timezone.now() - dt.timedelta(days=1))
+    body = manager.get(reverse("cabinets:company:token_detail", kwargs={"token_id": token.pk})).content.decode()
+    assert "истёк" in body

@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.translation import gettext as _
 from django.utils.translation import pgettext
@@ -53,7 +54,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
     query = request.GET.copy()
     query.pop("page", None)
     context = {"filters": filters, "page": page, "rows": [(token, spend[token.pk]) for token in page],
-               "query": query.urlencode(), "can_manage": _can_manage(request)}
+               "query": query.urlencode(), "can_manage": _can_manage(request), "now": timezone.now()}
     return render_page(request, "cabinets/company/tokens.html", context, partial="cabinets/company/tokens_table.html")
 
 
@@ -97,7 +98,7 @@ def token_detail(request: HttpRequest, token_id: int) -> HttpResponse:
         rows.append((_("Department budget this month (%(name)s)") % {"name": token.department.name}, spend.department))  # type: ignore[union-attr]
     context = {"token": token, "spend": spend, "spend_rows": rows, "usage": services.token_usage(token=token),
                "can_manage": _can_manage(request), "block_form": TokenReasonForm(required=True, prefix=None),
-               "revoke_form": TokenReasonForm()}
+               "revoke_form": TokenReasonForm(), "now": timezone.now()}
     return render_page(request, "cabinets/company/token_detail.html", context)
 
 
@@ -126,7 +127,8 @@ def _after_action(request: HttpRequest, token: ApiToken, *, error: str = "") -> 
     """HTMX (an inline action in the list): the token's row again; otherwise back to its page."""
     if getattr(request, "htmx", False):
         token = _token(request, token.pk)
-        context = {"token": token, "spend": services.token_spend([token])[token.pk], "can_manage": True, "row_error": error}
+        context = {"token": token, "spend": services.token_spend([token])[token.pk], "can_manage": True, "row_error": error,
+                   "now": timezone.now()}
         return render(request, "cabinets/company/token_row.html", context)
     if error:
         messages.error(request, error)
