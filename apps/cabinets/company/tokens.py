@@ -155,7 +155,7 @@ def _change_status(request: HttpRequest, token_id: int, service, *, reason_requi
         outcome = service(token=token, reason=reason)
     except TokenStateError as exc:
         return _after_action(request, token, error=str(exc))
-    if outcome.changed:
+    if outcome.changed and not getattr(request, "htmx", False):  # the swapped row says it; a message would wait for the next page
         messages.success(request, done)
     return _after_action(request, token)
 
