@@ -244,3 +244,31 @@ def test_it_marks_an_expired_token(personas, manager):
     token, _ = _token(personas.company_a, "old", expires_at=timezone.now() - dt.timedelta(days=1))
     body = manager.get(reverse("cabinets:company:token_detail", kwargs={"token_id": token.pk})).content.decode()
     assert "истёк" in body
+
+
+def test_it_reads_spend_live_from_the_gateways_counters_and_falls_back_to_the_records(personas, catalog, redis_client, settings):
+    import time
+    import zoneinfo
+
+    from apps.proxy import services
+    from apps.proxy.redis_scripts import SpendKeys
+    from apps.proxy.windows import window_ids
+
+    token = ApiToken.objects.select_related("company", "department").get(pk=catalog.token.pk)
+    week, month, _, _ = window_ids(zoneinfo.ZoneInfo(token.company.time_zone), time.time())
+    keys = SpendKeys.for_token(token_id=token.pk, company_id=token.company_id, department_id=token.department_id, week=week, month=month)
+    redis_client.mset({keys.total: 7 * RUB, keys.week: 5 * RUB, keys.month: 6 * RUB, keys.dept: 9 * RUB})
+    redis_client.hset(keys.held, "a", 2 * RUB)
+    try:
+        live = services.token_spend([token])[token.pk]
+        assert (live.total.spent, live.weekly.spent, live.monthly.spent, live.department.spent, live.held, live.live) == (
+            7 * RUB, 5 * RUB, 6 * RUB, 9 * RUB, 2 * RUB, True)
+        assert live.total.remaining == 1000 * RUB - 7 * RUB and live.department.remaining == 5000 * RUB - 9 * RUB
+        redis_client.delete(keys.week)  # a window not opened yet: that figure comes from the usage records
+        partial = services.token_spend([token])[token.pk]
+        assert (partial.weekly.spent, partial.total.spent, partial.live) == (1_234_567, 7 * RUB, False)
+    finally:
+        redis_client.delete(keys.total, keys.week, keys.month, keys.dept, keys.held)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # Redis unreachable: the page still answers, from PostgreSQL
+    down = services.token_spend([token])[token.pk]
+    assert (down.total.spent, down.live) == (1_234_567, False)
