@@ -615,3 +615,119 @@ def ensure_demo_member(*, email: str, role: str, company: Company | None = None,
         totp = ensure_totp_device(user=user, reset=reset)
         return DemoCredentials(email=user.email, password=password, totp_secret=totp[0] if totp else None,
                                totp_uri=totp[1] if totp else None)
+
+# --- departments in the company cabinet ------------------------------------------------------
+
+@dataclass(frozen=True)
+class DepartmentNode:
+    """A department in its company's tree: ``depth`` (0 = top level) and the ids of every
+    department below it (``descendants``, at any depth)."""
+
+    department: Department
+    depth: int
+    descendants: tuple[int, ...]
+
+
+def department_tree(*, company: Company) -> list[DepartmentNode]:
+    """The company's departments depth first (each followed by its children, by name), with
+    ``company`` and ``parent`` loaded. One query."""
+    departments = list(Department.objects.filter(company=company).select_related("company", "parent").order_by("name", "pk"))
+    children: dict[int | None, list[Department]] = {}
+    for department in departments:
+        children.setdefault(department.parent_id, []).append(department)
+    nodes: list[DepartmentNode] = []
+
+    def walk(department: Department, depth: int, seen: frozenset[int]) -> list[int]:
+        index = len(nodes)
+        nodes.append(DepartmentNode(department, depth, ()))
+        below: list[int] = []
+        for child in children.get(department.pk, []):
+            if child.pk not in seen:  # a cycle is refused on save; never loop on one written behind our back
+                below += [child.pk, *walk(child, depth + 1, seen | {child.pk})]
+        nodes[index] = DepartmentNode(department, depth, tuple(below))
+        return below
+
+    for top in children.get(None, []):
+        walk(top, 0, frozenset({top.pk}))
+    return nodes
+
+
+def new_department_slug(*, company: Company, name: str) -> str:
+    """A slug for a new department of ``company`` made from ``name`` (Cyrillic transliterated
+    roughly; ``department`` when nothing is left), with ``-2``, ``-3``… if it is taken."""
+    from django.utils.text import slugify
+
+    table = str.maketrans({"а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ё": "e", "ж": "zh", "з": "z", "и": "i",
+                           "й": "y", "к": "k", "л": "l", "м": "m", "н": "n", "о": "o", "п": "p", "р": "r", "с": "s", "т": "t",
+                           "у": "u", "ф": "f", "х": "h", "ц": "ts", "ч": "ch", "ш": "sh", "щ": "sch", "ъ": "", "ы": "y",
+                           "ь": "", "э": "e", "ю": "yu", "я": "ya"})
+    base = slugify(name.lower().translate(table))[:56].strip("-") or "department"
+    taken = set(Department.objects.filter(company=company, slug__startswith=base).values_list("slug", flat=True))
+    slug, n = base, 1
+    while slug in taken:
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+def delete_department(*, department: Department) -> None:
+    """Delete a department that nothing refers to. Raises ``ValidationError`` while it has
+    sub-departments, tokens (revoked ones included: their history names it), usage records or a
+    budget account in the ledger."""
+    from apps.billing.models import UsageRecord
+
+    with transaction.atomic():
+        # Lock: a token or a child department added to it while it is deleted.
+        department = Department.objects.select_for_update().get(pk=department.pk)
+        if department.children.exists():
+            raise ValidationError(_("Move or delete its sub-departments first."))
+        if department.tokens.exists():
+            raise ValidationError(_("Its tokens still name it; move them to another department first."))
+        if UsageRecord.objects.filter(department=department).exists() or Account.objects.filter(department=department).exists():
+            raise ValidationError(_("It has spend on record, which must keep naming it; it cannot be deleted."))
+        department.delete()
+
+
+# --- members of a company ----------------------------------------------------------------------
+
+def _check_owner_rules(*, membership: Membership, new_role: str | None, by: Membership) -> None:
+    """Only an owner grants, changes or removes an owner's place, and a company that has owners
+    keeps at least one. Raises ``ValidationError``."""
+    touches_owner = membership.role == CompanyRole.OWNER or new_role == CompanyRole.OWNER
+    if touches_owner and by.role != CompanyRole.OWNER:
+        raise ValidationError(_("Only an owner can make someone an owner or change an owner's role."))
+    if membership.role == CompanyRole.OWNER and new_role != CompanyRole.OWNER:
+        owners = Membership.objects.filter(company_id=membership.company_id, role=CompanyRole.OWNER).exclude(pk=membership.pk)
+        if not owners.exists():
+            raise ValidationError(_("A company keeps at least one owner; make someone else an owner first."))
+
+
+def change_member_role(*, membership: Membership, role: str, by: Membership) -> Membership:
+    """Give a member of a company the ``CompanyRole`` ``role``, as the member ``by`` (of the same
+    company) asks. Raises ``ValidationError`` for an unknown role and when the owner rules forbid
+    it (``_check_owner_rules``)."""
+    if role not in CompanyRole.values:
+        raise ValidationError(_("Unknown role: %(role)s.") % {"role": role})
+    with transaction.atomic():
+        # Lock the company's owners: two owners demoting each other at once must not leave none.
+        list(Membership.objects.select_for_update().filter(company_id=membership.company_id, role=CompanyRole.OWNER))
+        membership = Membership.objects.select_for_update().get(pk=membership.pk)
+        if membership.role == role:
+            return membership
+        _check_owner_rules(membership=membership, new_role=role, by=by)
+        membership.role = role
+        membership.save(update_fields=["role"])
+        return membership
+
+
+def remove_member(*, membership: Membership, by: Membership) -> None:
+    """Take a person out of a company (``by`` may be the member themself: leaving). Raises
+    ``ValidationError`` when the owner rules forbid it (``_check_owner_rules``). Their tokens are
+    the proxy's business (``apps.proxy.services.remove_company_member``)."""
+    with transaction.atomic():
+        # Lock the company's owners: two owners removing each other at once must not leave none.
+        list(Membership.objects.select_for_update().filter(company_id=membership.company_id, role=CompanyRole.OWNER))
+        membership = Membership.objects.select_for_update().get(pk=membership.pk)
+        if by.pk != membership.pk or membership.role == CompanyRole.OWNER:
+            _check_owner_rules(membership=membership, new_role=None, by=by)
+        membership.delete()
