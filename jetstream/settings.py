@@ -90,6 +90,7 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_static",
     "import_export",
     "django_htmx",
+    "django_filters",
     "apps.accounts",
     "apps.providers",
     "apps.billing",
