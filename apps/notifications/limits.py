@@ -45,7 +45,7 @@ class LimitUse:
         return max(0, self.limit - self.spent)
 
 
-def _use(kind: str, subject_id: int, name: str, spent: int, limit: int, resets_at: dt.datetime | None) -> LimitUse:
+def _use(kind: str, subject_id: int, name: str, spent: int, limit: int, *, resets_at: dt.datetime | None) -> LimitUse:
     return LimitUse(kind, subject_id, name, spent, limit, spent * 100 // limit if limit > 0 else 100, resets_at)
 
 
@@ -69,11 +69,11 @@ def limits_near_end(company: Company, now: dt.datetime, *, percent: int = NEAR_E
                                             (AlertKind.TOKEN_WEEKLY, t["limit_weekly"], spent.get("week"), week_end),
                                             (AlertKind.TOKEN_MONTHLY, t["limit_monthly"], spent.get("month"), month_end)):
             if limit is not None:
-                uses.append(_use(kind, t["id"], t["name"], amount or 0, limit, resets))
+                uses.append(_use(kind, t["id"], t["name"], amount or 0, limit, resets_at=resets))
     departments = list(company.departments.filter(monthly_budget__isnull=False).values("id", "name", "monthly_budget"))
     budget_spend = dict(UsageDay.objects.filter(company=company, department_id__in=[d["id"] for d in departments], day__gte=month_day)
                         .values("department_id").annotate(s=Sum("sell_cost")).values_list("department_id", "s").order_by())
-    uses += [_use(AlertKind.DEPARTMENT, d["id"], d["name"], budget_spend.get(d["id"]) or 0, d["monthly_budget"], month_end)
+    uses += [_use(AlertKind.DEPARTMENT, d["id"], d["name"], budget_spend.get(d["id"]) or 0, d["monthly_budget"], resets_at=month_end)
              for d in departments]
     return sorted((u for u in uses if u.percent >= percent), key=lambda u: (-u.percent, u.kind, u.name))
 
