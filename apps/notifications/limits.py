@@ -73,7 +73,8 @@ def limits_near_end(company: Company, now: dt.datetime, *, percent: int = NEAR_E
     departments = list(company.departments.filter(monthly_budget__isnull=False).values("id", "name", "monthly_budget"))
     budget_spend = dict(UsageDay.objects.filter(company=company, department_id__in=[d["id"] for d in departments], day__gte=month_day)
                         .values("department_id").annotate(s=Sum("sell_cost")).values_list("department_id", "s").order_by())
-    uses += [_use(AlertKind.DEPARTMENT, d["id"], d["name"], budget_spend.get(d["id"]) or 0, d["monthly_budget"], resets_at=month_end)
+    uses += [_use(AlertKind.DEPARTMENT, d["id"], d["name"], budget_spend.get(d["id"]) or 0, d["monthly_budget"] or 0,
+                     resets_at=month_end)
              for d in departments]
     return sorted((u for u in uses if u.percent >= percent), key=lambda u: (-u.percent, u.kind, u.name))
 
