@@ -192,14 +192,7 @@ def rebuild_usage_days(*, company_id: int | None = None, since: dt.date | None =
     meter's triggers wait): a batch committed before the lock is in the recount, one that commits
     after it adds itself on top — never counted twice, never lost. Rebuild a range, not the world,
     on a busy platform."""
-    conditions, params = ["TRUE"], {"company": company_id, "since": since}
-    if company_id is not None:
-        conditions.append("r.company_id = %(company)s")
-    if since is not None:
-        # Midnight of ``since`` anywhere on Earth (UTC+14 … UTC−12) is after this; then the local date decides.
-        conditions += ["r.started_at >= %(since)s::timestamp AT TIME ZONE 'UTC' - interval '14 hours'",
-                       f"(r.started_at AT TIME ZONE {_ZONE})::date >= %(since)s"]
-    company = _table("company")
+    conditions, params = _scope(company_id, since)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("LOCK TABLE billing_usageday IN SHARE ROW EXCLUSIVE MODE")
         cursor.execute("""DELETE FROM billing_usageday d WHERE (%(company)s::bigint IS NULL OR d.company_id = %(company)s)
@@ -207,14 +200,52 @@ def rebuild_usage_days(*, company_id: int | None = None, since: dt.date | None =
         removed = cursor.rowcount
         cursor.execute(f"""
             INSERT INTO billing_usageday (day, company_id, department_id, token_id, model_id, {", ".join(_SUMS)})
-            SELECT (r.started_at AT TIME ZONE {_ZONE})::date, r.company_id, r.department_id, r.token_id, r.model_id,
-                   count(*), count(*) FILTER (WHERE r.status <> 'ok'), sum(r.input_tokens), sum(r.output_tokens),
-                   sum(r.cached_tokens), sum(r.sell_cost), sum(r.buy_cost), sum(r.latency_ms)
-            FROM billing_usagerecord r LEFT JOIN {company} c ON c.id = r.company_id
-            WHERE {" AND ".join(conditions)}
-            GROUP BY 1, 2, 3, 4, 5""", params)
+            {_recount(conditions)}""", params)
         written = cursor.rowcount
     return Rebuilt(removed, written)
+
+
+def _scope(company_id: int | None, since: dt.date | None) -> tuple[list[str], dict[str, Any]]:
+    conditions, params = ["TRUE"], {"company": company_id, "since": since}
+    if company_id is not None:
+        conditions.append("r.company_id = %(company)s")
+    if since is not None:
+        # Midnight of ``since`` anywhere on Earth (UTC+14 … UTC−12) is after this; then the local date decides.
+        conditions += ["r.started_at >= %(since)s::timestamp AT TIME ZONE 'UTC' - interval '14 hours'",
+                       f"(r.started_at AT TIME ZONE {_ZONE})::date >= %(since)s"]
+    return conditions, params
+
+
+def _recount(conditions: list[str]) -> str:
+    """The rollup's rows recounted from the records matching ``conditions`` (alias ``r``)."""
+    return f"""
+        SELECT (r.started_at AT TIME ZONE {_ZONE})::date, r.company_id, r.department_id, r.token_id, r.model_id,
+               count(*), count(*) FILTER (WHERE r.status <> 'ok'), sum(r.input_tokens), sum(r.output_tokens),
+               sum(r.cached_tokens), sum(r.sell_cost), sum(r.buy_cost), sum(r.latency_ms)
+        FROM billing_usagerecord r LEFT JOIN {_table("company")} c ON c.id = r.company_id
+        WHERE {" AND ".join(conditions)}
+        GROUP BY 1, 2, 3, 4, 5"""
+
+
+def check_usage_days(*, company_id: int | None = None, since: dt.date | None = None) -> int:
+    """How many rollup rows (of one company or all, from the local date ``since`` on) differ from a
+    recount of the records — missing, extra (with requests) or with other sums; 0 when the rollup is
+    right. Reads only; one query (it scans the records in scope)."""
+    conditions, params = _scope(company_id, since)
+    key = ("day", "company_id", "department_id", "token_id", "model_id")
+    columns = ", ".join((*key, *_SUMS))
+    # NULL ids as 0 (ids start at 1), so a FULL JOIN can match them.
+    keyed = ", ".join(["day", *(f"coalesce({k}, 0) AS {k}" for k in key[1:]), *_SUMS])
+    with connection.cursor() as cursor:
+        cursor.execute(f"""
+            WITH counted({columns}) AS ({_recount(conditions)}),
+                 recount AS (SELECT {keyed} FROM counted),
+                 kept AS (SELECT {keyed} FROM billing_usageday d
+                          WHERE (%(company)s::bigint IS NULL OR d.company_id = %(company)s)
+                            AND (%(since)s::date IS NULL OR d.day >= %(since)s) AND d.requests <> 0)
+            SELECT count(*) FROM recount FULL OUTER JOIN kept USING ({", ".join(key)})
+            WHERE {" OR ".join(f"recount.{n} IS DISTINCT FROM kept.{n}" for n in _SUMS)}""", params)
+        return int(cursor.fetchone()[0])
 
 
 @dataclass(frozen=True)

@@ -149,3 +149,23 @@ def test_dashboard_periods_come_from_whole_local_days(world):
     labels, series = rollups.spend_by_day_and_model(company_id=world["acme"].pk, first=dt.date(2026, 11, 15), last=today, top=1)
     assert labels[0] == dt.date(2026, 11, 15) and len(labels) == 4
     assert series == [("model-b", [100, 0, 0, 0]), ("", [0, 10, 0, 1])]
+
+
+def test_the_command_checks_and_rebuilds_the_rollup(world):
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    at = dt.datetime(2026, 11, 7, 9, 0, tzinfo=UTC)
+    record_usage_batch(events=[event(world, f"c{i}", ("ci", "far")[i % 2], "a", at + dt.timedelta(hours=i)) for i in range(10)])
+    out = io.StringIO()
+    call_command("rollup_usage", check=True, stdout=out)
+    assert "matches" in out.getvalue()
+    UsageDay.objects.filter(company=world["acme"]).update(sell_cost=7)
+    with pytest.raises(CommandError, match="differ"):
+        call_command("rollup_usage", check=True, company="acme", stdout=io.StringIO())
+    call_command("rollup_usage", check=True, company="far", stdout=io.StringIO())  # the other company is right
+    call_command("rollup_usage", company="acme", since="2026-11-01", stdout=io.StringIO())
+    call_command("rollup_usage", check=True, stdout=io.StringIO())
+    with pytest.raises(CommandError, match="no company"):
+        call_command("rollup_usage", company="nope", stdout=io.StringIO())
