@@ -56,26 +56,10 @@ def _scratch_database() -> str:
     return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path="/" + name))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=40)
-    parser.add_argument("--size", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    os.environ["DATABASE_URL"] = _scratch_database()
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "jetstream.settings")
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-    from django.db import connection, transaction
-
-    call_command("migrate", verbosity=0, interactive=False)
+def _world() -> dict:
+    """A company with a huge wallet, 20 tokens and 4 models of a mock provider."""
     from apps.accounts.models import Company
     from apps.billing import services
-    from apps.billing.usage import UsageEvent
-    from apps.billing.usage_records import record_usage_batch
     from apps.providers.models import Model, Provider
     from apps.proxy.models import ApiToken
 
@@ -89,56 +73,89 @@ def main() -> int:
         token.set_secret()
         token.save()
         tokens.append(token)
-    counter = iter(range(10**9))
+    return {"company": company, "provider": provider, "models": models, "tokens": tokens, "counter": iter(range(10**9))}
 
-    def batch() -> list[UsageEvent]:
-        now = time.time()
-        events = []
-        for i in range(args.size):
-            n = next(counter)
-            token, model = tokens[n % len(tokens)], models[n % len(models)]
-            events.append(UsageEvent(request_id=f"c-{n}", endpoint="chat", status="ok", http_status=200, started_at=now - i,
-                                     finished_at=now, token_id=token.pk, company_id=company.pk, model_id=model.pk,
-                                     model_name=model.name, provider_id=provider.pk, input_tokens=100, output_tokens=20,
-                                     sell_cost=1000, buy_cost=0, latency_ms=200))
-        return events
 
-    def triggers(enabled: bool) -> None:
-        with connection.cursor() as cursor:
-            for name in ("insert", "update", "delete"):
-                cursor.execute(f"ALTER TABLE billing_usagerecord {'ENABLE' if enabled else 'DISABLE'} TRIGGER billing_usage_day_{name}")
+def _batch(world: dict, size: int) -> list:
+    from apps.billing.usage import UsageEvent
 
-    def statement(events: list[UsageEvent]) -> None:
-        from datetime import UTC, datetime
+    now = time.time()
+    events = []
+    for i in range(size):
+        n = next(world["counter"])
+        token, model = world["tokens"][n % len(world["tokens"])], world["models"][n % len(world["models"])]
+        events.append(UsageEvent(request_id=f"c-{n}", endpoint="chat", status="ok", http_status=200, started_at=now - i,
+                                 finished_at=now, token_id=token.pk, company_id=world["company"].pk, model_id=model.pk,
+                                 model_name=model.name, provider_id=world["provider"].pk, input_tokens=100, output_tokens=20,
+                                 sell_cost=1000, buy_cost=0, latency_ms=200))
+    return events
 
-        columns: list[list] = [[] for _ in range(12)]
-        for e in events:
-            for column, value in zip(columns, (datetime.fromtimestamp(e.started_at, UTC), e.company_id, e.department_id, e.token_id,
-                                               e.model_id, e.status, e.input_tokens, e.output_tokens, e.cached_tokens,
-                                               e.sell_cost, e.buy_cost, e.latency_ms), strict=True):
-                column.append(value)
-        with connection.cursor() as cursor:
-            cursor.execute(_STATEMENT, columns)
 
-    def run(way: str) -> float:
-        triggers(way == "trigger")
-        batches = [batch() for _ in range(args.batches)]
-        started = time.perf_counter()
-        for events in batches:
-            if way == "statement":
-                with transaction.atomic():
-                    record_usage_batch(events=events)
-                    statement(events)
-            else:
+def _triggers(enabled: bool) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for name in ("insert", "update", "delete"):
+            cursor.execute(f"ALTER TABLE billing_usagerecord {'ENABLE' if enabled else 'DISABLE'} TRIGGER billing_usage_day_{name}")
+
+
+def _fold_statement(events: list) -> None:
+    from datetime import UTC, datetime
+
+    from django.db import connection
+
+    columns: list[list] = [[] for _ in range(12)]
+    for e in events:
+        for column, value in zip(columns, (datetime.fromtimestamp(e.started_at, UTC), e.company_id, e.department_id, e.token_id,
+                                           e.model_id, e.status, e.input_tokens, e.output_tokens, e.cached_tokens, e.sell_cost,
+                                           e.buy_cost, e.latency_ms), strict=True):
+            column.append(value)
+    with connection.cursor() as cursor:
+        cursor.execute(_STATEMENT, columns)
+
+
+def _run(way: str, world: dict, *, batches: int, size: int) -> float:
+    """Events per second of ``batches`` batches of ``size`` written ``way``."""
+    from django.db import transaction
+
+    from apps.billing.usage_records import record_usage_batch
+
+    _triggers(way == "trigger")
+    prepared = [_batch(world, size) for _ in range(batches)]
+    started = time.perf_counter()
+    for events in prepared:
+        if way == "statement":
+            with transaction.atomic():
                 record_usage_batch(events=events)
-        return args.batches * args.size / (time.perf_counter() - started)
+                _fold_statement(events)
+        else:
+            record_usage_batch(events=events)
+    return batches * size / (time.perf_counter() - started)
 
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--size", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    os.environ["DATABASE_URL"] = _scratch_database()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "jetstream.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    call_command("migrate", verbosity=0, interactive=False)
+    world = _world()
     results: dict[str, list[float]] = {"none": [], "trigger": [], "statement": []}
-    run("none")  # warm-up
+    _run("none", world, batches=args.batches, size=args.size)  # warm-up
     for _ in range(args.rounds):
         for way in results:
-            results[way].append(run(way))
-    triggers(True)
+            results[way].append(_run(way, world, batches=args.batches, size=args.size))
+    _triggers(True)
     base = statistics.median(results["none"])
     for way, rates in results.items():
         rate = statistics.median(rates)
