@@ -154,3 +154,38 @@ def test_it_is_404_for_an_outsider_and_a_supplier_on_every_journal_url(personas,
 
 def test_the_export_is_get_only(personas, signed_in):
     assert signed_in(personas.manager_a).post(CSV).status_code == 405
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_streams_under_asgi_chunk_by_chunk_not_read_to_the_end_first(personas, signed_in, settings):
+    import asyncio
+
+    from django.test import AsyncClient
+
+    from apps.billing import journal
+
+    settings.DEBUG = False
+    write_usage(personas, count=25)
+    cookies = signed_in(personas.manager_a).cookies
+    original = journal.EXPORT_CHUNK
+    journal.EXPORT_CHUNK = 10  # three chunks of rows after the header
+
+    async def fetch():
+        client = AsyncClient()
+        client.cookies = cookies
+        response = await client.get(CSV)
+        assert response.status_code == 200
+        assert hasattr(response.streaming_content, "__aiter__")  # not a sync iterator Django would drain first
+        chunks = [chunk async for chunk in response.streaming_content]
+        from asgiref.sync import sync_to_async
+        from django.db import connections
+
+        await sync_to_async(connections.close_all)()  # the request thread's connection, or the test database stays in use
+        return chunks
+
+    try:
+        chunks = asyncio.run(fetch())
+    finally:
+        journal.EXPORT_CHUNK = original
+    assert len(chunks) >= 4
+    assert len(b"".join(chunks).decode("utf-8-sig").splitlines()) == 1 + 26  # the header, 25 + 1 requests of company A
