@@ -44,10 +44,13 @@ def dashboard_context(company: Company, now: dt.datetime) -> dict[str, Any]:
         "top_tokens": [t for t in usage_sums(month_start, tomorrow, by="token", **month) if t.requests][:TOP_TOKENS],
         "limits": limits_near_end(company, now),
         "alerts": active_alerts(company, now),
+        # static/cabinets/charts.js draws it: a bar per day, stacked by model, in rubles.
         "chart": {
+            "type": "bar",
+            "stacked": True,
             "labels": [day.isoformat() for day in days],
             "datasets": [{"label": name or _("Other models"), "data": [amount / 1_000_000 for amount in amounts]}
                          for name, amounts in series],
-            "unit": "RUB",
+            "unit": "rub",
         },
     }
