@@ -67,6 +67,8 @@ class UsageSums:
 _SUMS = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens", "sell_cost", "buy_cost", "latency_ms")
 _RECORD_SUMS = "1, (r.status <> 'ok')::int, r.input_tokens, r.output_tokens, r.cached_tokens, r.sell_cost, r.buy_cost, r.latency_ms"
 _ZONE = "coalesce(c.time_zone, 'UTC')"
+# Costs in the rollup saturate here (migration 0009): a cost clamped to bigint's ceiling must not overflow a sum.
+_BIGINT_MAX = 2**63 - 1
 # A local day may last 25 hours (a DST change): the partial days at a period's ends lie within this
 # of its start and its end, whatever the zone.
 _EDGE = "interval '26 hours'"
@@ -143,7 +145,7 @@ def usage_sums(start: dt.datetime, end: dt.datetime, *, by: str | None = None, c
         UNION ALL
         SELECT {key_r} AS k, {_RECORD_SUMS} FROM billing_usagerecord r LEFT JOIN {company} c ON c.id = r.company_id
         WHERE {" AND ".join(record_filter)}"""
-    totals = ", ".join(f"coalesce(sum(p.{name}), 0)::bigint AS {name}" for name in _SUMS)
+    totals = ", ".join(f"coalesce(sum(p.{name}), 0) AS {name}" for name in _SUMS)  # numeric: sums past bigint stay exact
     if by in GROUPS and GROUPS[by]:
         label_join, label = f"LEFT JOIN {_table(by)} l ON l.id = a.k", "coalesce(l.name, '')"
     else:
@@ -157,7 +159,7 @@ def usage_sums(start: dt.datetime, end: dt.datetime, *, by: str | None = None, c
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    return [UsageSums(k.isoformat() if isinstance(k, dt.date) else k, label_value, *values)
+    return [UsageSums(k.isoformat() if isinstance(k, dt.date) else k, label_value, *(int(v) for v in values))
             for k, label_value, *values in rows]
 
 
@@ -221,7 +223,8 @@ def _recount(conditions: list[str]) -> str:
     return f"""
         SELECT (r.started_at AT TIME ZONE {_ZONE})::date, r.company_id, r.department_id, r.token_id, r.model_id,
                count(*), count(*) FILTER (WHERE r.status <> 'ok'), sum(r.input_tokens), sum(r.output_tokens),
-               sum(r.cached_tokens), sum(r.sell_cost), sum(r.buy_cost), sum(r.latency_ms)
+               sum(r.cached_tokens), least(sum(r.sell_cost), {_BIGINT_MAX}), least(sum(r.buy_cost), {_BIGINT_MAX}),
+               sum(r.latency_ms)
         FROM billing_usagerecord r LEFT JOIN {_table("company")} c ON c.id = r.company_id
         WHERE {" AND ".join(conditions)}
         GROUP BY 1, 2, 3, 4, 5"""

@@ -169,3 +169,17 @@ def test_the_command_checks_and_rebuilds_the_rollup(world):
     call_command("rollup_usage", check=True, stdout=io.StringIO())
     with pytest.raises(CommandError, match="no company"):
         call_command("rollup_usage", company="nope", stdout=io.StringIO())
+
+
+def test_a_cost_clamped_at_bigints_ceiling_saturates_the_rollup_and_never_refuses_a_record(world):
+    at = dt.datetime(2026, 11, 8, 9, 0, tzinfo=UTC)
+    ceiling = 2**63 - 1
+    outcome = record_usage_batch(events=[event(world, "huge", "bot", "a", at, sell=ceiling, buy=ceiling)])
+    assert not outcome.refused
+    outcome = record_usage_batch(events=[event(world, "after", "bot", "a", at + dt.timedelta(minutes=1), sell=5)])
+    assert outcome.written == ("after",) and not outcome.refused
+    row = UsageDay.objects.get(company=world["acme"], day=dt.date(2026, 11, 8))
+    assert (row.requests, row.sell_cost) == (2, ceiling)
+    (total,) = rollups.usage_sums(at - dt.timedelta(days=2), at + dt.timedelta(days=2))
+    assert total.requests == 2 and total.sell_cost >= ceiling
+    assert rollups.check_usage_days() == 0

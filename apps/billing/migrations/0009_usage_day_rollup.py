@@ -12,22 +12,27 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 # The rollup's sums of a set of usage records ``r``, each weighted by ``r.sign`` (+1 added, -1 taken away).
+# Costs saturate at bigint's ceiling: a cost the meter clamped there (``usage_clamped``) must never
+# make the rollup — and with it the usage record's write — fail on an overflow.
 _FOLD = """
 INSERT INTO billing_usageday AS d (day, company_id, department_id, token_id, model_id, requests, errors, input_tokens,
                                    output_tokens, cached_tokens, sell_cost, buy_cost, latency_ms)
 SELECT (r.started_at AT TIME ZONE coalesce(c.time_zone, 'UTC'))::date, r.company_id, r.department_id, r.token_id, r.model_id,
        sum(r.sign), coalesce(sum(r.sign) FILTER (WHERE r.status <> 'ok'), 0), sum(r.sign * r.input_tokens::bigint),
-       sum(r.sign * r.output_tokens::bigint), sum(r.sign * r.cached_tokens::bigint), sum(r.sign * r.sell_cost),
-       sum(r.sign * r.buy_cost), sum(r.sign * r.latency_ms::bigint)
+       sum(r.sign * r.output_tokens::bigint), sum(r.sign * r.cached_tokens::bigint),
+       least(sum(r.sign * r.sell_cost::numeric), {MAX}), least(sum(r.sign * r.buy_cost::numeric), {MAX}),
+       sum(r.sign * r.latency_ms::bigint)
 FROM ({rows}) AS r LEFT JOIN accounts_company c ON c.id = r.company_id
 GROUP BY 1, 2, 3, 4, 5
 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (day, company_id, department_id, token_id, model_id) DO UPDATE SET
     requests = d.requests + EXCLUDED.requests, errors = d.errors + EXCLUDED.errors,
     input_tokens = d.input_tokens + EXCLUDED.input_tokens, output_tokens = d.output_tokens + EXCLUDED.output_tokens,
-    cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens, sell_cost = d.sell_cost + EXCLUDED.sell_cost,
-    buy_cost = d.buy_cost + EXCLUDED.buy_cost, latency_ms = d.latency_ms + EXCLUDED.latency_ms
+    cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens,
+    sell_cost = least(d.sell_cost::numeric + EXCLUDED.sell_cost, {MAX}), buy_cost = least(d.buy_cost::numeric + EXCLUDED.buy_cost, {MAX}),
+    latency_ms = d.latency_ms + EXCLUDED.latency_ms
 """
+_FOLD = _FOLD.replace("{MAX}", "9223372036854775807")
 _COLUMNS = "started_at, company_id, department_id, token_id, model_id, status, input_tokens, output_tokens, cached_tokens, sell_cost, buy_cost, latency_ms"
 _ADDED = f"SELECT 1 AS sign, {_COLUMNS} FROM new_rows"
 _TAKEN = f"SELECT -1 AS sign, {_COLUMNS} FROM old_rows"
