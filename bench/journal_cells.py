@@ -45,7 +45,7 @@ def _client(company: Any) -> Any:
     Membership.objects.get_or_create(user=user, company=company, defaults={"role": CompanyRole.MANAGER})
     device = TOTPDevice.objects.filter(user=user, confirmed=True).first() or TOTPDevice.objects.create(user=user, name="bench",
                                                                                                          confirmed=True)
-    client = Client()
+    client = Client(HTTP_HOST="127.0.0.1")  # a host DEBUG's ALLOWED_HOSTS takes
     client.force_login(user)
     session = client.session
     session[DEVICE_ID_SESSION_KEY] = device.persistent_id

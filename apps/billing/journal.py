@@ -5,8 +5,9 @@ Pages (``journal_page``) are keyset pages on ``(started_at, id)`` descending —
 page 10 000 costs what page 1 costs, on the indexes of migration 0010. A page's ``next_cursor`` is
 an opaque text (``"<started_at µs since the epoch>_<id>"``) that ``decode_cursor`` reads back.
 
-Exports read the filtered records through a server-side cursor (``QuerySet.iterator``), in chunks
-of ``EXPORT_CHUNK`` rows: ``csv_chunks`` yields CSV text as it goes (the first bytes leave before
+Exports read the filtered records through a server-side cursor (``QuerySet.iterator``) inside a
+read transaction (outside one PostgreSQL would compute the whole result before the first row), in
+chunks of ``EXPORT_CHUNK`` rows: ``csv_chunks`` yields CSV text as it goes (the first bytes leave before
 the last row is read); ``xlsx_chunks`` writes an openpyxl write-only workbook (rows go to a
 temporary file as they come, not to memory) and then yields the file in pieces. Both defuse cells
 a spreadsheet would run as formulas. Amounts are micro-rubles in the records; exports show rubles
@@ -29,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils.translation import gettext as _
 
@@ -128,6 +130,13 @@ def export_rows(queryset: QuerySet[UsageRecord], *, time_zone: str, limit: int |
     rows = newest_first(queryset).values_list(*_EXPORT_FIELDS)
     if limit is not None:
         rows = rows[:limit]
+    # Inside a transaction the server-side cursor streams; in autocommit Django declares it WITH HOLD,
+    # and PostgreSQL computes the whole result before the first row comes back.
+    with transaction.atomic():
+        yield from _export_rows(rows, tz, statuses)
+
+
+def _export_rows(rows: Any, tz: zoneinfo.ZoneInfo, statuses: dict[str, Any]) -> Iterator[list[Any]]:
     for (request_id, started_at, token, department, model, provider, endpoint, stream, tokens_in, tokens_out, cached, cost,
          status, http_status, latency, ttft, error_type, error_code) in rows.iterator(chunk_size=EXPORT_CHUNK):
         yield [request_id, started_at.astimezone(tz).isoformat(timespec="milliseconds"), spreadsheet_safe(token or ""),

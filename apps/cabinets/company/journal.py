@@ -64,10 +64,16 @@ def _streamed(request: HttpRequest, chunks: Iterable[bytes]) -> Iterator[bytes] 
     iterator = iter(chunks)
     done = object()
     step = sync_to_async(lambda: next(iterator, done), thread_sensitive=True)
+    # Closing the generator ends its read transaction and server-side cursor, in their thread — also
+    # when the client leaves half-way.
+    close = sync_to_async(getattr(iterator, "close", lambda: None), thread_sensitive=True)
 
     async def pull() -> AsyncIterator[bytes]:
-        while (chunk := await step()) is not done:
-            yield chunk  # type: ignore[misc]
+        try:
+            while (chunk := await step()) is not done:
+                yield chunk  # type: ignore[misc]
+        finally:
+            await close()
 
     return pull()
 
