@@ -189,3 +189,24 @@ def test_it_streams_under_asgi_chunk_by_chunk_not_read_to_the_end_first(personas
         journal.EXPORT_CHUNK = original
     assert len(chunks) >= 4
     assert len(b"".join(chunks).decode("utf-8-sig").splitlines()) == 1 + 26  # the header, 25 + 1 requests of company A
+
+
+def test_it_keeps_and_shows_requests_older_than_90_days(personas, signed_in, superadmin_client):
+    import datetime as dt
+
+    from django.contrib import admin
+
+    from apps.billing.models import UsageRecord
+
+    usage = write_usage(personas)
+    old = UsageRecord.objects.get(request_id="a-0")
+    old.started_at = usage.now - dt.timedelta(days=120)
+    old.save(update_fields=["started_at"])
+    day = (usage.now - dt.timedelta(days=120)).date()
+    page = signed_in(personas.manager_a).get(JOURNAL, {"start": (day - dt.timedelta(days=1)).isoformat(),
+                                                       "end": (day + dt.timedelta(days=1)).isoformat()})
+    assert request_ids(page) == ["a-0"]
+    # Nobody deletes a usage record: not the admin, not a token's or company's deletion (PROTECT).
+    request = superadmin_client.get("/admin/").wsgi_request
+    assert not admin.site._registry[UsageRecord].has_delete_permission(request, old)
+    assert all(f.remote_field.on_delete.__name__ == "PROTECT" for f in UsageRecord._meta.fields if f.is_relation)
