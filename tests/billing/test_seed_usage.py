@@ -45,3 +45,18 @@ def test_the_scale_cells_time_every_page_they_report(personas):
     for cell in ("dashboard", "journal_page", "export_first_byte", "export_first_rows"):
         assert len(result[cell]["runs_ms"]) == 2 and result[cell]["median_ms"] > 0
         assert result[cell]["met"] == (result[cell]["median_ms"] < journal_cells.TARGET_MS)
+
+
+def test_the_report_shows_each_scale_cell_against_its_target():
+    from bench import report
+
+    cell = {"median_ms": 12.5, "max_ms": 20.0, "runs_ms": [12.5], "target_ms": 300, "met": True}
+    slow = {**cell, "median_ms": 450.0, "met": False}
+    lines = report._journal({"journal": {"records": 10_000_000, "dashboard": cell, "journal_page": cell,
+                                         "export_first_byte": cell, "export_first_rows": slow}})
+    text = "\n".join(lines)
+    assert "10,000,000 usage records" in text
+    assert "| Company dashboard | 12.5 ms | 20.0 ms | < 300 ms | met |" in text
+    assert "| CSV export, first 2 000 rows | 450.0 ms" in text and "**NOT MET**" in text
+    assert report._journal({}) == ["Not measured (BENCH_JOURNAL_CELLS=0)."]
+    assert report._journal({"journal": {"error": "seeding failed\nmore"}})[0] == "**FAILED**: seeding failed"
