@@ -45,9 +45,10 @@ class PeriodForm(forms.Form):
 
 
 class UsageRecordFilterSet(django_filters.FilterSet):
-    """One company's usage records, filtered. ``company`` (required) scopes the queryset and the
-    choices; its ``time_zone`` turns the dates into instants. Invalid input leaves ``is_valid()``
-    False with the errors on ``form`` (``qs`` is then the company's whole journal)."""
+    """One company's usage records, filtered. ``company`` (or ``request.company``; ``ValueError``
+    without either) scopes the queryset and the choices; its ``time_zone`` turns the dates into
+    instants. Invalid input leaves ``is_valid()`` False with the errors on ``form`` (``qs`` then
+    applies only the valid filters: callers check ``is_valid()`` first)."""
 
     start = django_filters.DateFilter(label=_("From"), method="filter_start",
                                       widget=forms.DateInput(attrs={"type": "date"}))
@@ -68,8 +69,13 @@ class UsageRecordFilterSet(django_filters.FilterSet):
         fields = ["start", "end", "token", "department", "model", "status"]
         form = PeriodForm
 
-    def __init__(self, data: Any = None, queryset: QuerySet[UsageRecord] | None = None, *, company: Any,
+    def __init__(self, data: Any = None, queryset: QuerySet[UsageRecord] | None = None, *, company: Any = None,
                  request: Any = None, prefix: str | None = None) -> None:
+        # django-filter's DRF backend passes only (data, queryset, request): the company then comes
+        # from the request, as the cabinet's and the API's access checks set it.
+        company = company if company is not None else getattr(request, "company", None)
+        if company is None:
+            raise ValueError("UsageRecordFilterSet needs the company (company= or request.company)")
         self.company = company
         self.tz = zoneinfo.ZoneInfo(company.time_zone)
         if queryset is None:

@@ -210,3 +210,19 @@ def test_it_keeps_and_shows_requests_older_than_90_days(personas, signed_in, sup
     request = superadmin_client.get("/admin/").wsgi_request
     assert not admin.site._registry[UsageRecord].has_delete_permission(request, old)
     assert all(f.remote_field.on_delete.__name__ == "PROTECT" for f in UsageRecord._meta.fields if f.is_relation)
+
+
+def test_the_filterset_takes_the_company_from_the_request_as_the_api_backend_calls_it(personas):
+    from django.http import QueryDict
+    from django.test import RequestFactory
+
+    from apps.billing.filtersets import UsageRecordFilterSet
+
+    usage = write_usage(personas)
+    request = RequestFactory().get("/")
+    request.company = personas.company_b
+    filters = UsageRecordFilterSet(QueryDict("status=ok"), None, request=request)
+    assert filters.is_valid() and list(filters.qs.values_list("request_id", flat=True)) == ["b-1"]
+    assert not UsageRecordFilterSet(QueryDict(f"token={usage.token.pk}"), request=request).is_valid()
+    with pytest.raises(ValueError, match="company"):
+        UsageRecordFilterSet(QueryDict(""))
