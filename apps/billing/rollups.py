@@ -261,20 +261,6 @@ class DailySpend:
     sell_cost: int
 
 
-def daily_spend(*, company_id: int, first: dt.date, last: dt.date) -> list[DailySpend]:
-    """A company's days ``first`` … ``last`` (inclusive, local dates), every day present (zeros where
-    nothing was spent), from the rollup alone. One query."""
-    rows = {r["day"]: r for r in UsageDay.objects.filter(company_id=company_id, day__gte=first, day__lte=last)
-            .values("day").annotate(r=models.Sum("requests"), e=models.Sum("errors"), s=models.Sum("sell_cost")).order_by()}
-    days = []
-    day = first
-    while day <= last:
-        row = rows.get(day)
-        days.append(DailySpend(day, row["r"] if row else 0, row["e"] if row else 0, row["s"] if row else 0))
-        day += dt.timedelta(days=1)
-    return days
-
-
 @dataclass(frozen=True)
 class PeriodSpend:
     """A company's spend (micro-RUB) today, this ISO week and this month, on its wall clock, and the
@@ -288,19 +274,107 @@ class PeriodSpend:
     requests_month: int
 
 
+@dataclass(frozen=True)
+class ModelSpend:
+    """A model's sums in a span of days: ``model_id`` (None: no model), ``name``, ``requests``,
+    ``errors``, tokens and ``sell_cost`` (micro-RUB)."""
+
+    model_id: int | None
+    name: str
+    requests: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    sell_cost: int
+
+
+class DaySheet:
+    """A company's rollup per local day × model for the days ``first`` … ``last`` (inclusive), read
+    in one query (``read``); the dashboard's figures are views of it — by day, per period, by model,
+    the chart's series — so none reads the rollup twice."""
+
+    def __init__(self, first: dt.date, last: dt.date, rows: list[dict[str, Any]]) -> None:
+        self.first, self.last, self.rows = first, last, rows
+
+    @classmethod
+    def read(cls, *, company_id: int, first: dt.date, last: dt.date) -> DaySheet:
+        """The sheet of ``company_id`` for ``first`` … ``last``. One query."""
+        rows = list(UsageDay.objects.filter(company_id=company_id, day__gte=first, day__lte=last)
+                    .values("day", "model_id", "model__name")
+                    .annotate(r=models.Sum("requests"), e=models.Sum("errors"), s=models.Sum("sell_cost"),
+                              i=models.Sum("input_tokens"), o=models.Sum("output_tokens")).order_by())
+        return cls(first, last, rows)
+
+    def days(self) -> list[dt.date]:
+        """Every day of the sheet, in order."""
+        return [self.first + dt.timedelta(days=n) for n in range((self.last - self.first).days + 1)]
+
+    def daily(self) -> list[DailySpend]:
+        """Every day, zeros where nothing was spent, oldest first."""
+        sums = {day: [0, 0, 0] for day in self.days()}
+        for r in self.rows:
+            day = sums[r["day"]]
+            day[0] += r["r"]
+            day[1] += r["e"]
+            day[2] += r["s"]
+        return [DailySpend(day, *values) for day, values in sums.items()]
+
+    def period(self, today: dt.date) -> PeriodSpend:
+        """Spend today, since Monday and since the 1st (``today`` included); the sheet must reach back
+        to the earlier of the week's and the month's first day."""
+        week_start, month_start = today - dt.timedelta(days=today.weekday()), today.replace(day=1)
+        if self.first > min(week_start, month_start):
+            raise ValueError("the sheet does not reach back to the week's and the month's first day")
+        sums = dict.fromkeys(("today", "week", "month", "requests_today", "requests_week", "requests_month"), 0)
+        for r in self.rows:
+            for name, since in (("today", today), ("week", week_start), ("month", month_start)):
+                if since <= r["day"] <= today:
+                    sums[name] += r["s"]
+                    sums[f"requests_{name}"] += r["r"]
+        return PeriodSpend(**sums)
+
+    def by_model(self, since: dt.date) -> list[ModelSpend]:
+        """Per model from ``since`` on, largest spend first (then by name)."""
+        sums: dict[int | None, list[Any]] = {}
+        for r in self.rows:
+            if r["day"] >= since:
+                row = sums.setdefault(r["model_id"], [r["model__name"] or "", 0, 0, 0, 0, 0])
+                for n, key in enumerate(("r", "e", "i", "o", "s"), start=1):
+                    row[n] += r[key]
+        return sorted((ModelSpend(model, *values) for model, values in sums.items()), key=lambda m: (-m.sell_cost, m.name))
+
+    def series(self, *, top: int = 6) -> tuple[list[dt.date], list[tuple[str, list[int]]]]:
+        """Spend (micro-RUB) per day and model: the days, and per model — the ``top`` by spend over the
+        sheet, the rest summed as "" — its spend on each day."""
+        days = self.days()
+        totals: dict[int | None, int] = {}
+        names: dict[int | None, str] = {}
+        for r in self.rows:
+            totals[r["model_id"]] = totals.get(r["model_id"], 0) + r["s"]
+            names[r["model_id"]] = r["model__name"] or ""
+        leaders = [m for m, total in sorted(totals.items(), key=lambda item: (-item[1], str(item[0]))) if total > 0][:top]
+        index = {day: n for n, day in enumerate(days)}
+        series: dict[int | None, list[int]] = {m: [0] * len(days) for m in leaders}
+        rest = [0] * len(days)
+        for r in self.rows:
+            series.get(r["model_id"], rest)[index[r["day"]]] += r["s"]
+        result = [(names[m], series[m]) for m in leaders]
+        if any(rest):
+            result.append(("", rest))
+        return days, result
+
+
+def daily_spend(*, company_id: int, first: dt.date, last: dt.date) -> list[DailySpend]:
+    """A company's days ``first`` … ``last`` (inclusive, local dates), every day present (zeros where
+    nothing was spent), from the rollup alone. One query."""
+    return DaySheet.read(company_id=company_id, first=first, last=last).daily()
+
+
 def period_spend(*, company_id: int, today: dt.date) -> PeriodSpend:
     """Spend today, since Monday and since the 1st (local dates, ``today`` included), from the
     rollup alone (whole local days: today's row holds everything written so far). One query."""
-    week_start = today - dt.timedelta(days=today.weekday())
-    month_start = today.replace(day=1)
-    sums = UsageDay.objects.filter(company_id=company_id, day__gte=min(week_start, month_start), day__lte=today).aggregate(
-        today=models.Sum("sell_cost", filter=models.Q(day=today)),
-        week=models.Sum("sell_cost", filter=models.Q(day__gte=week_start)),
-        month=models.Sum("sell_cost", filter=models.Q(day__gte=month_start)),
-        requests_today=models.Sum("requests", filter=models.Q(day=today)),
-        requests_week=models.Sum("requests", filter=models.Q(day__gte=week_start)),
-        requests_month=models.Sum("requests", filter=models.Q(day__gte=month_start)))
-    return PeriodSpend(**{name: value or 0 for name, value in sums.items()})
+    first = min(today - dt.timedelta(days=today.weekday()), today.replace(day=1))
+    return DaySheet.read(company_id=company_id, first=first, last=today).period(today)
 
 
 def spend_by_day_and_model(*, company_id: int, first: dt.date, last: dt.date, top: int = 6
@@ -308,22 +382,4 @@ def spend_by_day_and_model(*, company_id: int, first: dt.date, last: dt.date, to
     """A company's spend (micro-RUB) per local day ``first`` … ``last`` (inclusive) and model: the
     days, and per model — the ``top`` by spend, the rest summed as "" — its spend on each day. From
     the rollup; one query."""
-    rows = list(UsageDay.objects.filter(company_id=company_id, day__gte=first, day__lte=last)
-                .values("day", "model_id", "model__name").annotate(s=models.Sum("sell_cost")).order_by())
-    days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-    totals: dict[int | None, int] = {}
-    names: dict[int | None, str] = {}
-    for r in rows:
-        totals[r["model_id"]] = totals.get(r["model_id"], 0) + r["s"]
-        names[r["model_id"]] = r["model__name"] or ""
-    leaders = [m for m, s in sorted(totals.items(), key=lambda item: (-item[1], str(item[0]))) if s > 0][:top]
-    index = {day: i for i, day in enumerate(days)}
-    series: dict[int | None | str, list[int]] = {m: [0] * len(days) for m in leaders}
-    rest = [0] * len(days)
-    for r in rows:
-        target = series.get(r["model_id"], rest)
-        target[index[r["day"]]] += r["s"]
-    result = [(names[m], series[m]) for m in leaders]
-    if any(rest):
-        result.append(("", rest))
-    return days, result
+    return DaySheet.read(company_id=company_id, first=first, last=last).series(top=top)

@@ -27,7 +27,7 @@ def test_it_shows_the_wallet_spend_chart_tokens_limits_and_alerts(personas, sign
     assert context["wallet"] == 1_000_000_000 - spent
     assert (context["spend"].today, context["spend"].month, context["spend"].requests_today) == (spent, spent, 6)
     assert [(t.label, t.requests, t.sell_cost) for t in context["top_tokens"]] == [("bot", 1, 1_234_567), ("ci", 5, 50_000)]
-    assert [(m.label, m.errors) for m in context["models"]] == [("model-b", 0), ("model-a", 1)]
+    assert [(m.name, m.errors) for m in context["models"]] == [("model-b", 0), ("model-a", 1)]
     assert [(lim.kind, lim.name, lim.percent) for lim in context["limits"]] == [("department", "R&D", 500),
                                                                                 ("token_monthly", "ci", 100)]
     assert {(a.kind, a.subject_name, a.level) for a in context["alerts"]} == {("department", "R&D", 100), ("low_wallet", "Company A", 100),

@@ -12,7 +12,7 @@ from typing import Any
 from django.utils.translation import gettext as _
 
 from apps.accounts.models import Company
-from apps.billing.rollups import daily_spend, period_spend, spend_by_day_and_model, usage_sums
+from apps.billing.rollups import DaySheet, usage_sums
 from apps.billing.wallets import company_wallet_sums
 from apps.notifications.limits import active_alerts, limits_near_end
 
@@ -28,20 +28,25 @@ def dashboard_context(company: Company, now: dt.datetime) -> dict[str, Any]:
     reading usage records."""
     tz = zoneinfo.ZoneInfo(company.time_zone)
     today = now.astimezone(tz).date()
-    first = today - dt.timedelta(days=CHART_DAYS - 1)
-    month_start = dt.datetime.combine(today.replace(day=1), dt.time(), tz)
+    month_first = today.replace(day=1)
+    chart_first = today - dt.timedelta(days=CHART_DAYS - 1)
+    # One read of the rollup per day × model serves the cards, the chart, the days and the models.
+    sheet = DaySheet.read(company_id=company.pk, first=min(chart_first, month_first, today - dt.timedelta(days=today.weekday())),
+                          last=today)
+    month_start = dt.datetime.combine(month_first, dt.time(), tz)
     tomorrow = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), tz)
     credits, debits, limit_less_holds = company_wallet_sums(company.pk)
-    days, series = spend_by_day_and_model(company_id=company.pk, first=first, last=today)
-    month = {"company_id": company.pk, "time_zone": company.time_zone}
+    chart = DaySheet(chart_first, today, [r for r in sheet.rows if r["day"] >= chart_first])
+    days, series = chart.series()
     return {
         "company": company,
         "today": today,
         "wallet": credits - debits + limit_less_holds,
-        "spend": period_spend(company_id=company.pk, today=today),
-        "days": list(reversed(daily_spend(company_id=company.pk, first=first, last=today))),
-        "models": [m for m in usage_sums(month_start, tomorrow, by="model", **month) if m.requests],
-        "top_tokens": [t for t in usage_sums(month_start, tomorrow, by="token", **month) if t.requests][:TOP_TOKENS],
+        "spend": sheet.period(today),
+        "days": list(reversed(chart.daily())),
+        "models": [m for m in sheet.by_model(month_first) if m.requests],
+        "top_tokens": [t for t in usage_sums(month_start, tomorrow, by="token", company_id=company.pk, time_zone=company.time_zone)
+                       if t.requests][:TOP_TOKENS],
         "limits": limits_near_end(company, now),
         "alerts": active_alerts(company, now),
         # static/cabinets/charts.js draws it: a bar per day, stacked by model, in rubles.
