@@ -10,7 +10,7 @@ template; no network) and prints the result as one JSON line. ``measure`` is wha
 tests with a small company.
 
 Export: "first byte" is the CSV header (sent before the records are read); "first rows" is the
-first chunk of ``EXPORT_CHUNK`` records, the time a person waits before data arrives.
+first piece of ``EXPORT_CHUNK`` records, the time a person waits before data arrives.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def measure(company: Any, *, repeats: int = 5) -> dict[str, Any]:
     from django.db.models import Sum
     from django.urls import reverse
 
+    from apps.billing.journal import EXPORT_CHUNK
     from apps.billing.models import UsageDay, UsageRecord
 
     client = _client(company)
@@ -106,6 +107,7 @@ def measure(company: Any, *, repeats: int = 5) -> dict[str, Any]:
         "export_first_rows": _timed(lambda: first(2), repeats),
     }
     result["records"] = UsageRecord.objects.filter(company=company).count()
+    result["export_chunk"] = EXPORT_CHUNK
     result["filter"] = query
     return result
 

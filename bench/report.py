@@ -561,7 +561,8 @@ def _journal(results: dict) -> list[str]:
     if "error" in journal:
         return [f"**FAILED**: {journal['error'].splitlines()[0]}"]
     names = {"dashboard": "Company dashboard", "journal_page": "Journal page, filtered (token, status ok, 30 days)",
-             "export_first_byte": "CSV export, first byte (the header)", "export_first_rows": "CSV export, first 2 000 rows"}
+             "export_first_byte": "CSV export, first byte (the header)",
+             "export_first_rows": "CSV export, first " + f"{journal.get('export_chunk', 2000):,}".replace(",", "\u202f") + " rows"}
     lines = [f"{journal['records']:,} usage records of one company (seeded once with `manage.py seed_usage`, COPY), "
              "timed in-process through Django's test client: the server's work without the network; the median of "
              "five runs after a warm-up.", "", "| page | median | max | target | |", "|---|---:|---:|---:|---|"]

@@ -53,10 +53,10 @@ def test_the_report_shows_each_scale_cell_against_its_target():
     cell = {"median_ms": 12.5, "max_ms": 20.0, "runs_ms": [12.5], "target_ms": 300, "met": True}
     slow = {**cell, "median_ms": 450.0, "met": False}
     lines = report._journal({"journal": {"records": 10_000_000, "dashboard": cell, "journal_page": cell,
-                                         "export_first_byte": cell, "export_first_rows": slow}})
+                                         "export_first_byte": cell, "export_first_rows": slow, "export_chunk": 2000}})
     text = "\n".join(lines)
     assert "10,000,000 usage records" in text
     assert "| Company dashboard | 12.5 ms | 20.0 ms | < 300 ms | met |" in text
-    assert "| CSV export, first 2 000 rows | 450.0 ms" in text and "**NOT MET**" in text
+    assert "| CSV export, first 2\u202f000 rows | 450.0 ms" in text and "**NOT MET**" in text
     assert report._journal({}) == ["Not measured (BENCH_JOURNAL_CELLS=0)."]
     assert report._journal({"journal": {"error": "seeding failed\nmore"}})[0] == "**FAILED**: seeding failed"
