@@ -553,6 +553,26 @@ def _cold_no_counters_row(cold: dict | None) -> str:
     return f"| — | {what}: p99 {_ms(cold['p99_ms'])} ms, max {_ms(cold['max_ms'])} ms, {cold['requests']:,} requests |"
 
 
+def _journal(results: dict) -> list[str]:
+    """The scale cells (bench/journal_cells.py): server time of the company cabinet's pages."""
+    journal = results.get("journal")
+    if not journal:
+        return ["Not measured (BENCH_JOURNAL_CELLS=0)."]
+    if "error" in journal:
+        return [f"**FAILED**: {journal['error'].splitlines()[0]}"]
+    names = {"dashboard": "Company dashboard", "journal_page": "Journal page, filtered (token, status ok, 30 days)",
+             "export_first_byte": "CSV export, first byte (the header)",
+             "export_first_rows": "CSV export, first " + f"{journal.get('export_chunk', 2000):,}".replace(",", "\u202f") + " rows"}
+    lines = [f"{journal['records']:,} usage records of one company (seeded once with `manage.py seed_usage`, COPY), "
+             "timed in-process through Django's test client: the server's work without the network; the median of "
+             "five runs after a warm-up.", "", "| page | median | max | target | |", "|---|---:|---:|---:|---|"]
+    for key, label in names.items():
+        cell = journal[key]
+        lines.append(f"| {label} | {cell['median_ms']:.1f} ms | {cell['max_ms']:.1f} ms | < {cell['target_ms']} ms | "
+                     f"{'met' if cell['met'] else '**NOT MET**'} |")
+    return lines
+
+
 def render(results: dict) -> str:
     parts = [
         "# Benchmarks",
@@ -586,6 +606,10 @@ def render(results: dict) -> str:
         "## Metering (Jetstream)",
         "",
         *_metering(results),
+        "",
+        "## The company cabinet at scale (issue 10)",
+        "",
+        *_journal(results),
         "",
         "## Failover and translation (Jetstream, issue 8)",
         "",

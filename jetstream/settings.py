@@ -91,6 +91,7 @@ INSTALLED_APPS = [
     "axes",
     "import_export",
     "django_htmx",
+    "django_filters",
     "apps.accounts",
     "apps.providers",
     "apps.billing",

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db.models import Count, Q, Sum
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models.functions import Coalesce
 
 from apps.billing.models import AccountKind, Transfer, TransferKind, TransferStatus, UsageRecord
+from apps.billing.rollups import usage_sums, zones_in_use
 
 # Billing imports only lib (docs/architecture.md): companies, suppliers, tokens and models are
 # reached through the usage records' and accounts' relations, by name.
@@ -62,30 +63,21 @@ class SpendRow:
         return self.sell_cost - self.buy_cost
 
 
-_SUMS = {"requests": Count("id"), "input_tokens": Coalesce(Sum("input_tokens"), 0), "output_tokens": Coalesce(Sum("output_tokens"), 0),
-         "cached_tokens": Coalesce(Sum("cached_tokens"), 0), "sell_cost": Coalesce(Sum("sell_cost"), 0), "buy_cost": Coalesce(Sum("buy_cost"), 0)}
-
-
-def _usage(start: dt.datetime, end: dt.datetime, company_id: int | None):
-    queryset = UsageRecord.objects.filter(started_at__gte=start, started_at__lt=end)
-    return queryset if company_id is None else queryset.filter(company_id=company_id)
-
-
 def spend_by(dimension: str, start: dt.datetime, end: dt.datetime, *, company_id: int | None = None,
              tz: str | None = None) -> list[SpendRow]:
     """Usage in ``[start, end)`` grouped by ``dimension`` (one of ``DIMENSION_CHOICES``), largest
     spend first ("day": in date order, days in ``tz``, default ``settings.TIME_ZONE``); optionally one
-    company's. One query. Raises ``ValueError`` for an unknown dimension."""
-    usage = _usage(start, end, company_id)
-    if dimension == "day":
-        rows = (usage.annotate(day=TruncDate("started_at", tzinfo=zoneinfo.ZoneInfo(str(tz or settings.TIME_ZONE))))
-                .values("day").annotate(**_SUMS).order_by("day"))
-        return [SpendRow(r["day"].isoformat(), r["day"].isoformat(), *(r[k] for k in _SUMS)) for r in rows]
-    if dimension not in DIMENSIONS:
+    company's. One query, over the daily rollup and the partial days' records
+    (``rollups.usage_sums``). Raises ``ValueError`` for an unknown dimension."""
+    if dimension not in DIMENSION_CHOICES:
         raise ValueError(f"unknown dimension {dimension!r}; one of {', '.join(DIMENSION_CHOICES)}")
-    key, label = DIMENSIONS[dimension]
-    rows = usage.values(key, label).annotate(**_SUMS).order_by("-sell_cost", key)
-    return [SpendRow("" if r[key] is None else str(r[key]), r[label] or "—", *(r[k] for k in _SUMS)) for r in rows]
+    if dimension == "day":
+        rows = usage_sums(start, end, by="day", company_id=company_id, day_zone=str(tz or settings.TIME_ZONE), order="key")
+        return [SpendRow(str(r.key), str(r.key), r.requests, r.input_tokens, r.output_tokens, r.cached_tokens, r.sell_cost,
+                         r.buy_cost) for r in rows]
+    rows = usage_sums(start, end, by=dimension, company_id=company_id)
+    return [SpendRow("" if r.key is None else str(r.key), r.label or "—", r.requests, r.input_tokens, r.output_tokens,
+                     r.cached_tokens, r.sell_cost, r.buy_cost) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -102,8 +94,14 @@ class SupplierEarnings:
     paid_out: int
 
 
+def _usage(start: dt.datetime, end: dt.datetime, company_id: int | None):
+    queryset = UsageRecord.objects.filter(started_at__gte=start, started_at__lt=end)
+    return queryset if company_id is None else queryset.filter(company_id=company_id)
+
+
 def supplier_earnings(start: dt.datetime, end: dt.datetime) -> list[SupplierEarnings]:
-    """Per supplier with any activity in ``[start, end)``, largest earnings first. Three queries."""
+    """Per supplier with any activity in ``[start, end)``, largest earnings first. Three queries (the
+    usage side scans the period's records: the daily rollup has no supplier key)."""
     names: dict[int, str] = {}
     usage: dict[int, tuple[int, int]] = {}
     for r in (_usage(start, end, None).filter(supplier_key__isnull=False).values("supplier_key__supplier_id", "supplier_key__supplier__name")
@@ -144,12 +142,12 @@ class Margin:
 
 
 def platform_margin(start: dt.datetime, end: dt.datetime) -> Margin:
-    """The platform's margin in ``[start, end)``. Two queries."""
-    usage = _usage(start, end, None).aggregate(sell=Coalesce(Sum("sell_cost"), 0), buy=Coalesce(Sum("buy_cost"), 0))
+    """The platform's margin in ``[start, end)``. Two queries (usage from the daily rollup)."""
+    usage = usage_sums(start, end)[0]
     ledger = Transfer.objects.filter(status=TransferStatus.POSTED, created_at__gte=start, created_at__lt=end).aggregate(
         sell=Coalesce(Sum("amount", filter=Q(kind=TransferKind.USAGE, credit_account__kind=AccountKind.PLATFORM_REVENUE)), 0),
         buy=Coalesce(Sum("amount", filter=Q(kind=TransferKind.USAGE_COST, debit_account__kind=AccountKind.UPSTREAM_COST)), 0))
-    return Margin(usage["sell"], usage["buy"], ledger["sell"], ledger["buy"])
+    return Margin(usage.sell_cost, usage.buy_cost, ledger["sell"], ledger["buy"])
 
 
 @dataclass(frozen=True)
@@ -176,21 +174,17 @@ def month_bounds(tz: zoneinfo.ZoneInfo, now: dt.datetime) -> tuple[dt.datetime, 
 
 def month_forecast(now: dt.datetime, *, company_id: int | None = None) -> list[Forecast]:
     """Month-end forecasts of every company with usage this month (or of one), largest first.
-    One query for the time zones in use, then one per zone."""
-    recent = UsageRecord.objects.filter(started_at__gte=now - dt.timedelta(days=32), started_at__lt=now, company__isnull=False)
-    if company_id is not None:
-        recent = recent.filter(company_id=company_id)
+    One query for the time zones in use (from the daily rollup), then one per zone."""
     result = []
-    for zone in recent.order_by().values_list("company__time_zone", flat=True).distinct():
+    for zone in zones_in_use((now - dt.timedelta(days=32)).date()):
         month_start, month_end = month_bounds(zoneinfo.ZoneInfo(zone), now)
         month_seconds = int((month_end - month_start).total_seconds())
         elapsed = max(0, min(month_seconds, int((now - month_start).total_seconds())))
-        rows = (recent.filter(company__time_zone=zone, started_at__gte=month_start).values("company_id", "company__name")
-                .annotate(s=Coalesce(Sum("sell_cost"), 0)))
-        for r in rows:
-            projected = r["s"] * month_seconds // elapsed if elapsed else r["s"]
-            result.append(Forecast(r["company_id"], r["company__name"], f"{month_start:%Y-%m}", r["s"], elapsed, month_seconds,
-                                   projected))
+        for r in usage_sums(month_start, now, by="company", company_id=company_id, time_zone=zone):
+            if r.key is None or not r.requests:
+                continue
+            projected = r.sell_cost * month_seconds // elapsed if elapsed else r.sell_cost
+            result.append(Forecast(int(r.key), r.label, f"{month_start:%Y-%m}", r.sell_cost, elapsed, month_seconds, projected))
     return sorted(result, key=lambda f: (-f.forecast, f.company_id))
 
 
