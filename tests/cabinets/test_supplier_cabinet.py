@@ -281,3 +281,15 @@ def test_a_member_may_not_see_or_change_payout_details(world, member):
     assert member.post(url("payout_details"), {"recipient": "Mallory", "card_reference": "card-ref-evil"}).status_code == 403
     assert member.post(url("withdrawal_request"), {"amount": "1", "request_id": "8b7f1c8e-5f5e-4a8a-9d7e-1e2f3a4b5c6d"}).status_code == 403
     assert SupplierPayoutDetails.objects.get(supplier=world.personas.supplier).recipient.startswith("ООО")
+
+
+def test_it_links_the_last_twelve_months_statements(world, owner):
+    from apps.cabinets.supplier.views import recent_months
+
+    months = recent_months()
+    assert len(months) == 12 and months[0]["month"] == dt.date.today().replace(day=1)
+    assert all(later["month"] > earlier["month"] for later, earlier in zip(months, months[1:], strict=False))
+    page = owner.get(url("statement")).content.decode()
+    assert months[11]["query"].replace("&", "&amp;") in page
+    previous = months[1]["query"]
+    assert owner.get(f'{url("statement_export")}?{previous}&format=csv').status_code == 200

@@ -8,6 +8,10 @@ else, 403 for a member on an owner's action), objects addressed by URL come thro
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -183,13 +187,26 @@ def key_enable(request: HttpRequest, key_id: int) -> HttpResponse:
 
 # --- statements --------------------------------------------------------------------------------
 
+def recent_months(count: int = 12) -> list[dict[str, Any]]:
+    """The last ``count`` calendar months (TIME_ZONE), this one first, as ``{"month": date of the
+    1st, "query": "start=…&end=…"}`` for the statement links (the current month ends today)."""
+    today = timezone.localdate()
+    first = today.replace(day=1)
+    months = []
+    for _i in range(count):
+        last = min(today, (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1))
+        months.append({"month": first, "query": urlencode({"start": first.isoformat(), "end": last.isoformat()})})
+        first = (first - dt.timedelta(days=1)).replace(day=1)
+    return months
+
+
 @require_GET
 @supplier_view()
 def statement(request: HttpRequest) -> HttpResponse:
     """Accruals by day, key and model and every other movement of a period, opening to closing
     balance (HTMX swaps the statement when the period changes)."""
     form = PeriodForm(request.GET)
-    context = {"form": form, "statement": None}
+    context = {"form": form, "statement": None, "months": recent_months()}
     if form.is_valid():
         start, end = form.bounds()
         context["statement"] = supplier_statement(supplier=request.supplier, start=start, end=end)  # type: ignore[attr-defined]
