@@ -293,3 +293,24 @@ def test_it_links_the_last_twelve_months_statements(world, owner):
     assert months[11]["query"].replace("&", "&amp;") in page
     previous = months[1]["query"]
     assert owner.get(f'{url("statement_export")}?{previous}&format=csv').status_code == 200
+
+
+def test_it_says_when_a_keys_cap_is_reached(world, owner):
+    SupplierKey.objects.filter(pk=world.key.pk).update(monthly_cap=4 * RUB)
+    world.accrue(5 * RUB, age=dt.timedelta(seconds=2))
+    text = owner.get(url("keys")).content.decode()
+    assert "125%" in text and "лимит исчерпан" in text
+
+
+def test_it_shows_health_unknown_when_redis_cannot_be_read(world, owner, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    page = owner.get(url("keys"))
+    assert page.status_code == 200
+    assert [row.health for row in page.context["keys"]] == ["unknown"]
+
+
+def test_it_speaks_english_when_chosen(world, owner):
+    owner.post(reverse("set_language"), {"language": "en", "next": url("dashboard")})
+    text = owner.get(url("dashboard")).content.decode()
+    assert "Available to withdraw" in text and "Доступно к выводу" not in text
+    assert "0.00\u00a0₽" in text
