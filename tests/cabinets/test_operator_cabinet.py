@@ -201,3 +201,26 @@ def test_it_shows_turnover_cost_and_margin_by_day(world, operator):
     assert week.content.decode().lstrip().startswith('<div id="turnover">')
     assert operator.get(url("turnover"), {"days": 90}).context["totals"]["requests"] == 4
     assert operator.get(url("turnover"), {"days": "13"}).status_code == 400
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_operators_clicking_at_once_credit_once_and_approve_once(world, signed_in, django_user_model):
+    """Real parallel requests on their own connections: the row locks make the second click wait
+    and then find the first one's result."""
+    from tests.billing.test_ledger_concurrency import _in_parallel
+
+    second_admin = django_user_model.objects.create_superuser("root2@example.com", "x-password-x")
+    clients = [signed_in(world.personas.superadmin), signed_in(second_admin)]
+    top_up = request_top_up(company=world.personas.company_a, amount=700 * RUB, request_key="k1")
+    clients[0].post(url("top_up_invoice", topup_id=top_up.pk))
+    world.accrue(50 * RUB)
+    withdrawal = request_supplier_withdrawal(supplier=world.personas.supplier, amount=40 * RUB, idempotency_id="w1")
+
+    confirms = _in_parallel(2, lambda i: clients[i].post(url("top_up_confirm", topup_id=top_up.pk)).status_code)
+    approvals = _in_parallel(2, lambda i: clients[i].post(url("withdrawal_approve", withdrawal_id=withdrawal.pk)).status_code)
+    assert confirms == approvals == [("ok", 302), ("ok", 302)]
+    assert wallet_balance(world.personas.company_a) == 700 * RUB
+    assert Transfer.objects.filter(kind=TransferKind.TOP_UP).count() == 1
+    withdrawal.refresh_from_db()
+    assert withdrawal.status == WithdrawalStatus.APPROVED
+    assert supplier_balance(world.personas.supplier).pending == 40 * RUB
