@@ -126,6 +126,10 @@ def test_it_approves_a_withdrawal_once_and_rejects_another_releasing_its_hold(wo
         assert operator.post(url("withdrawal_approve", withdrawal_id=first.pk), **htmx("approvals")).status_code == 200
     first.refresh_from_db()
     assert (first.status, first.decided_by) == (WithdrawalStatus.APPROVED, world.personas.superadmin)
+    too_long = operator.post(url("withdrawal_reject", withdrawal_id=second.pk), {"reason": "x" * 301}, follow=True)
+    assert any(m.level_tag == "error" for m in too_long.context["messages"])
+    second.refresh_from_db()
+    assert second.status == WithdrawalStatus.REQUESTED
     assert operator.post(url("withdrawal_reject", withdrawal_id=second.pk), {"reason": "wrong account"}).status_code == 302
     assert operator.post(url("withdrawal_reject", withdrawal_id=second.pk), {"reason": "again"}).status_code == 302
     second.refresh_from_db()

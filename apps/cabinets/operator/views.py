@@ -137,7 +137,10 @@ def withdrawal_approve(request: HttpRequest, withdrawal_id: int) -> HttpResponse
 def withdrawal_reject(request: HttpRequest, withdrawal_id: int) -> HttpResponse:
     """Reject a withdrawal not yet paid: its hold is released (again: unchanged)."""
     form = RejectForm(request.POST)
-    reason = form.cleaned_data["reason"] if form.is_valid() else ""
+    if not form.is_valid():
+        messages.error(request, " ".join(form.errors["reason"]))
+        return _after_action(request)
+    reason = form.cleaned_data["reason"]
 
     def step(withdrawal) -> str:
         reject_withdrawal(withdrawal_id=withdrawal.pk, by=request.user, reason=reason)
