@@ -45,6 +45,7 @@ from apps.billing.models import (
     TransferKind,
     TransferStatus,
     UsageRecord,
+    UsageStatus,
     WithdrawalRequest,
     WithdrawalStatus,
 )
@@ -490,3 +491,61 @@ def export_dataset(data: tablib.Dataset, fmt: str) -> bytes:
     if fmt == "xlsx":
         return cast(bytes, data.export("xlsx"))
     raise ValueError(f"unknown export format {fmt!r}; use csv or xlsx")
+
+
+# --- the supplier cabinet's reads and payout details ----------------------------------------------
+
+@dataclass(frozen=True)
+class KeyMonth:
+    """One supplier key's calendar month so far (TIME_ZONE): ``requests`` it served or failed,
+    ``errors`` among them (any status but ``ok``), ``spent`` micro-RUB at the buy price."""
+
+    requests: int
+    errors: int
+    spent: int
+
+
+def key_month_figures(key_ids: Iterable[int], *, now: dt.datetime | None = None) -> dict[int, KeyMonth]:
+    """``{supplier_key_id: KeyMonth}`` this calendar month for the keys among ``key_ids`` with any
+    usage (a key without usage is absent). One aggregate query (index ``usage_key_time``)."""
+    ids = list(key_ids)
+    if not ids:
+        return {}
+    rows = (UsageRecord.objects.filter(supplier_key_id__in=ids, started_at__gte=month_start(now))
+            .values("supplier_key_id")
+            .annotate(n=models.Count("id"), errors=models.Count("id", filter=~Q(status=UsageStatus.OK)),
+                      spent=Sum("buy_cost"))
+            .values_list("supplier_key_id", "n", "errors", "spent"))
+    return {key: KeyMonth(n, errors, int(spent or 0)) for key, n, errors, spent in rows}
+
+
+def withdrawal_requests(*, supplier: Any = None, statuses: Iterable[str] | None = None) -> models.QuerySet[WithdrawalRequest]:
+    """Withdrawal requests, newest first: one supplier's (``None``: every supplier's), optionally
+    only those in ``statuses`` (``WithdrawalStatus`` values)."""
+    queryset = WithdrawalRequest.objects.select_related("supplier", "decided_by").order_by("-created_at", "-id")
+    if supplier is not None:
+        queryset = queryset.filter(supplier=supplier)
+    if statuses is not None:
+        queryset = queryset.filter(status__in=list(statuses))
+    return queryset
+
+
+def save_payout_details(*, supplier: Any, details: dict[str, str]) -> SupplierPayoutDetails:
+    """Replace the supplier's payout details by ``details`` (every ``PAYOUT_DETAIL_FIELDS`` name;
+    a missing one is blank) and return them. Requests already made keep the snapshot they took.
+
+    Raises ``ValidationError`` (per field, or for neither bank requisites nor a card reference)
+    and ``NoPayoutDetails`` for a field name that is not a payout detail; nothing is written then.
+    """
+    unknown = set(details) - set(PAYOUT_DETAIL_FIELDS)
+    if unknown:
+        raise NoPayoutDetails(_("Unknown payout detail fields: %(names)s.") % {"names": ", ".join(sorted(unknown))})
+    with transaction.atomic():
+        # Lock: two owners saving the details at once; the second overwrites the first, whole.
+        current = SupplierPayoutDetails.objects.select_for_update().filter(supplier=supplier).first()
+        target = current or SupplierPayoutDetails(supplier=supplier)
+        for name in PAYOUT_DETAIL_FIELDS:
+            setattr(target, name, str(details.get(name) or "").strip())
+        target.full_clean(exclude=["supplier"])
+        target.save()
+        return target

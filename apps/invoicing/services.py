@@ -297,3 +297,12 @@ def _issue_document(*, kind: str, company: Any, day: dt.date, amount: int, issue
         kind=kind, year=day.year, number=sequence.last_number, date=day, company=company, amount=amount,
         vat_percent=vat_percent, vat_amount=vat, period_start=period[0] if period else None,
         period_end=period[1] if period else None, details=shown, pdf=pdf, sha256=sha256, created_by=issued_by)
+
+
+# --- the operator's approvals queue ----------------------------------------------------------
+
+def open_top_up_requests() -> Any:
+    """Top-up requests waiting for the platform, oldest first: ``requested`` (to invoice) and
+    ``invoiced`` (to confirm once the money arrives). A queryset with the company and invoice."""
+    return (TopUpRequest.objects.select_related("company", "invoice", "requested_by")
+            .filter(status__in=[TopUpStatus.REQUESTED, TopUpStatus.INVOICED]).order_by("requested_at", "pk"))

@@ -180,7 +180,7 @@ def test_the_superadmin_approves_and_rejects_in_the_admin_and_downloads_the_regi
     assert (second.status, Transfer.objects.get(pk=second.hold_id).status) == (WithdrawalStatus.REJECTED, TransferStatus.VOIDED)
     # Approving the rejected one is refused with the reason, and changes nothing.
     page = superadmin_client.post(changelist, {"action": "approve_selected", "_selected_action": [second.pk]}, follow=True)
-    assert "Cannot approve withdrawal request" in page.content.decode()
+    assert "Нельзя одобрить заявку на вывод" in page.content.decode()  # Russian, the default
     second.refresh_from_db()
     assert second.status == WithdrawalStatus.REJECTED
 
