@@ -24,7 +24,7 @@ import zoneinfo
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce, TruncDate
 
 from apps.billing.models import AccountKind, Transfer, TransferKind, TransferStatus, UsageRecord
@@ -45,7 +45,10 @@ DIMENSION_CHOICES = [*DIMENSIONS, "day"]
 @dataclass(frozen=True)
 class SpendRow:
     """One group of a spend report: its ``key`` (an id, or an ISO date for "day"; "" for none),
-    ``label``, request count, token sums and sell/buy costs (micro-RUB)."""
+    ``label``, request count, token sums and sell/buy costs (micro-RUB); ``capped_requests`` the
+    requests whose sell cost was capped at their reservation (``UsageRecord.sell_capped``) and
+    ``capped_amount`` what the cap left uncharged, Σ (sell cost before the cap − sell cost), micro-RUB;
+    ``cache_write_tokens`` and ``images`` the sums of those counts."""
 
     key: str
     label: str
@@ -55,6 +58,10 @@ class SpendRow:
     cached_tokens: int
     sell_cost: int
     buy_cost: int
+    capped_requests: int = 0
+    capped_amount: int = 0
+    cache_write_tokens: int = 0
+    images: int = 0
 
     @property
     def margin(self) -> int:
@@ -62,8 +69,12 @@ class SpendRow:
         return self.sell_cost - self.buy_cost
 
 
-_SUMS = {"requests": Count("id"), "input_tokens": Coalesce(Sum("input_tokens"), 0), "output_tokens": Coalesce(Sum("output_tokens"), 0),
-         "cached_tokens": Coalesce(Sum("cached_tokens"), 0), "sell_cost": Coalesce(Sum("sell_cost"), 0), "buy_cost": Coalesce(Sum("buy_cost"), 0)}
+# capped_amount first: after the "sell_cost" annotation, F("sell_cost") would name the sum, not the column.
+_SUMS = {"capped_amount": Coalesce(Sum(F("sell_cost_uncapped") - F("sell_cost"), filter=Q(sell_capped=True)), 0),
+         "requests": Count("id"), "input_tokens": Coalesce(Sum("input_tokens"), 0), "output_tokens": Coalesce(Sum("output_tokens"), 0),
+         "cached_tokens": Coalesce(Sum("cached_tokens"), 0), "sell_cost": Coalesce(Sum("sell_cost"), 0), "buy_cost": Coalesce(Sum("buy_cost"), 0),
+         "capped_requests": Count("id", filter=Q(sell_capped=True)),
+         "cache_write_tokens": Coalesce(Sum("cache_write_tokens"), 0), "images": Coalesce(Sum("images"), 0)}
 
 
 def _usage(start: dt.datetime, end: dt.datetime, company_id: int | None):
@@ -80,12 +91,12 @@ def spend_by(dimension: str, start: dt.datetime, end: dt.datetime, *, company_id
     if dimension == "day":
         rows = (usage.annotate(day=TruncDate("started_at", tzinfo=zoneinfo.ZoneInfo(str(tz or settings.TIME_ZONE))))
                 .values("day").annotate(**_SUMS).order_by("day"))
-        return [SpendRow(r["day"].isoformat(), r["day"].isoformat(), *(r[k] for k in _SUMS)) for r in rows]
+        return [SpendRow(r["day"].isoformat(), r["day"].isoformat(), **{k: r[k] for k in _SUMS}) for r in rows]
     if dimension not in DIMENSIONS:
         raise ValueError(f"unknown dimension {dimension!r}; one of {', '.join(DIMENSION_CHOICES)}")
     key, label = DIMENSIONS[dimension]
     rows = usage.values(key, label).annotate(**_SUMS).order_by("-sell_cost", key)
-    return [SpendRow("" if r[key] is None else str(r[key]), r[label] or "—", *(r[k] for k in _SUMS)) for r in rows]
+    return [SpendRow("" if r[key] is None else str(r[key]), r[label] or "—", **{k: r[k] for k in _SUMS}) for r in rows]
 
 
 @dataclass(frozen=True)
