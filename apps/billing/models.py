@@ -369,7 +369,7 @@ class WithdrawalStatus(models.TextChoices):
     REQUESTED = "requested", _("Requested")
     APPROVED = "approved", _("Approved")
     REJECTED = "rejected", _("Rejected")
-    PAID = "paid", _("Paid")
+    PAID = "paid", pgettext_lazy("withdrawal status", "Paid")  # paid out, not paid for (a top-up's "Paid")
     LAPSED = "lapsed", _("Lapsed (hold expired)")
 
 
