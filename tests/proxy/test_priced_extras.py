@@ -185,3 +185,23 @@ def test_a_sell_cost_capped_at_the_reservation_says_so_on_the_record(world, fake
 
     row, = spend_by("company", record.started_at, record.finished_at.replace(year=record.finished_at.year + 1))
     assert (row.capped_requests, row.capped_amount) == (1, full_sell - record.sell_cost)
+
+
+@pytest.mark.parametrize(("usage", "expected"), [
+    # Alibaba Model Studio's explicit cache: the written part of prompt_tokens.
+    ({"prompt_tokens": 3019, "completion_tokens": 104, "total_tokens": 3123,
+      "prompt_tokens_details": {"cached_tokens": 0, "cache_creation": {"ephemeral_5m_input_tokens": 3015},
+                                "cache_creation_input_tokens": 3015, "cache_type": "ephemeral"}}, (3019, 104, 0, 3015)),
+    ({"prompt_tokens": 100, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 60, "cache_write_tokens": 30}},
+     (100, 5, 60, 30)),
+    # A write count above what is left of the prompt beside the cached part is cut to it.
+    ({"prompt_tokens": 100, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 90, "cache_write_tokens": 30}},
+     (100, 5, 90, 10)),
+    ({"prompt_tokens": 10, "completion_tokens": 5}, (10, 5, 0, 0)),
+])
+def test_openai_family_usage_reports_prompt_cache_writes(usage, expected):
+    from apps.providers.adapters.openai.wire import usage_from
+
+    parsed = usage_from({"usage": usage})
+    assert parsed is not None
+    assert (parsed.input_tokens, parsed.output_tokens, parsed.cached_tokens, parsed.cache_write_tokens) == expected
