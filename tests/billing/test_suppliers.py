@@ -165,8 +165,10 @@ def test_a_withdrawal_may_take_only_what_has_matured(books, market, settings):
     with pytest.raises(AboveAvailable) as refused:
         request_supplier_withdrawal(supplier=books.supplier, amount=10 * RUB + 1, idempotency_id="w1")
     assert (refused.value.requested, refused.value.available, refused.value.on_hold) == (10 * RUB + 1, 10 * RUB, 7 * RUB)
-    assert str(refused.value) == ("You can withdraw at most 10.00 RUB now; requested 10.000001 RUB. "
-                                  "7.00 RUB earned in the last 14 days is still on hold.")
+    # In Russian, the default language (English: "You can withdraw at most 10.00 RUB now; requested
+    # 10.000001 RUB. 7.00 RUB earned in the last 14 days is still on hold.").
+    assert str(refused.value) == ("Сейчас можно вывести не больше 10.00 руб.; запрошено 10.000001 руб. "
+                                  "7.00 руб., заработанные за последние 14 дн., ещё на удержании.")
     assert isinstance(refused.value, InsufficientFunds)
     assert not WithdrawalRequest.objects.exists()
     assert not Transfer.objects.filter(kind=TransferKind.PAYOUT).exists()
@@ -214,7 +216,7 @@ def test_it_refuses_a_request_without_usable_payout_details_and_holds_nothing(bo
     with pytest.raises(NoPayoutDetails):
         request_supplier_withdrawal(supplier=books.supplier, amount=RUB, idempotency_id="w1", details=details)
     SupplierPayoutDetails.objects.filter(supplier=books.supplier).delete()
-    with pytest.raises(NoPayoutDetails, match="Add your payout details"):
+    with pytest.raises(NoPayoutDetails, match="Сначала добавьте платёжные реквизиты"):
         request_supplier_withdrawal(supplier=books.supplier, amount=RUB, idempotency_id="w1")
     assert not Transfer.objects.filter(kind=TransferKind.PAYOUT).exists()
     assert not WithdrawalRequest.objects.exists()
