@@ -258,7 +258,7 @@ def test_approve_then_reject_and_each_again(books, market, django_user_model):
     assert (rejected.status, rejected.reject_reason) == (WithdrawalStatus.REJECTED, "wrong account")
     assert Transfer.objects.get(pk=second.hold_id).status == TransferStatus.VOIDED
     assert reject_withdrawal(withdrawal_id=second.pk).status == WithdrawalStatus.REJECTED
-    with pytest.raises(WithdrawalStateError, match="rejected"):
+    with pytest.raises(WithdrawalStateError, match="статус — отклонено"):
         approve_withdrawal(withdrawal_id=second.pk)
     assert supplier_balance(books.supplier).available == 30 * RUB
     # An approved, not yet paid, withdrawal can still be rejected.
@@ -271,7 +271,7 @@ def test_a_request_whose_hold_lapsed_cannot_be_approved(books, market):
     give(books, market, 50 * RUB)
     request = request_supplier_withdrawal(supplier=books.supplier, amount=20 * RUB, idempotency_id="w1")
     services.expire_holds(now=request.hold.expires_at)
-    with pytest.raises(WithdrawalStateError, match="lapsed"):
+    with pytest.raises(WithdrawalStateError, match="статус — истекла"):
         approve_withdrawal(withdrawal_id=request.pk)
     request.refresh_from_db()
     assert request.status == WithdrawalStatus.LAPSED
