@@ -20,11 +20,13 @@ install: system-deps $(STAMP)
 # Invoices and closing acts are rendered by WeasyPrint, which needs Pango and a Cyrillic font
 # from the system. On Debian/Ubuntu they are installed with apt when missing (as root or via sudo);
 # elsewhere a warning names what to install.
-SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core
+# poppler-utils: pdftoppm renders the documents' pictures in docs/billing.md.
+SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core poppler-utils
 system-deps:
 	@if ! { /sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null; } | grep -q 'libpangoft2-1.0.so.0' \
 	   || ! { /sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null; } | grep -q 'libharfbuzz-subset.so.0' \
-	   || ! ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1; then \
+	   || ! ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1 \
+	   || ! command -v pdftoppm >/dev/null 2>&1; then \
 	  if command -v apt-get >/dev/null 2>&1; then \
 	    if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
 	    else echo "make: installing $(SYSTEM_PACKAGES) needs root and there is no sudo" >&2; exit 1; fi; \

@@ -17,6 +17,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 
 class AccountKind(models.TextChoices):
@@ -245,9 +246,21 @@ class UsageRecord(models.Model):
     input_tokens = models.PositiveIntegerField(_("input tokens"), default=0)
     output_tokens = models.PositiveIntegerField(_("output tokens"), default=0)
     cached_tokens = models.PositiveIntegerField(_("cached input tokens"), default=0)
+    cache_write_tokens = models.PositiveIntegerField(
+        _("cache-write input tokens"), default=0, db_default=0,
+        help_text=_("Of the input tokens, those written to the provider's prompt cache (billed at the cache-write price)."))
+    images = models.PositiveIntegerField(_("images"), default=0, db_default=0,
+                                         help_text=_("Images in the request, billed at the per-image price where the model has one."))
     usage_counted_locally = models.BooleanField(_("tokens counted by the gateway"), default=False)
     sell_cost = models.BigIntegerField(_("sell cost, micro-RUB"), default=0)
     buy_cost = models.BigIntegerField(_("buy cost, micro-RUB"), default=0)
+    sell_capped = models.BooleanField(
+        _("sell cost capped"), default=False, db_default=False,
+        help_text=_("The request cost more at the sell price than was reserved for it: the company was charged the "
+                    "reservation, the supplier was owed the full buy cost."))
+    sell_cost_uncapped = models.BigIntegerField(
+        _("sell cost before the cap, micro-RUB"), default=0, db_default=0,
+        help_text=_("What the request cost at the sell price when the cap applied (0 when it did not)."))
     status = models.CharField(_("status"), max_length=16, choices=UsageStatus.choices)
     http_status = models.PositiveSmallIntegerField(_("HTTP status"))
     error_type = models.CharField(_("error type"), max_length=64, blank=True)
@@ -411,7 +424,7 @@ class WithdrawalStatus(models.TextChoices):
     REQUESTED = "requested", _("Requested")
     APPROVED = "approved", _("Approved")
     REJECTED = "rejected", _("Rejected")
-    PAID = "paid", _("Paid")
+    PAID = "paid", pgettext_lazy("withdrawal status", "Paid")  # paid out, not paid for (a top-up's "Paid")
     LAPSED = "lapsed", _("Lapsed (hold expired)")
 
 

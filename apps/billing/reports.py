@@ -24,8 +24,8 @@ import zoneinfo
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Count, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Coalesce, TruncDate
 
 from apps.billing.models import AccountKind, Transfer, TransferKind, TransferStatus, UsageRecord
 from apps.billing.rollups import usage_sums, zones_in_use
@@ -46,7 +46,10 @@ DIMENSION_CHOICES = [*DIMENSIONS, "day"]
 @dataclass(frozen=True)
 class SpendRow:
     """One group of a spend report: its ``key`` (an id, or an ISO date for "day"; "" for none),
-    ``label``, request count, token sums and sell/buy costs (micro-RUB)."""
+    ``label``, request count, token sums and sell/buy costs (micro-RUB); ``capped_requests`` the
+    requests whose sell cost was capped at their reservation (``UsageRecord.sell_capped``) and
+    ``capped_amount`` what the cap left uncharged, Σ (sell cost before the cap − sell cost), micro-RUB;
+    ``cache_write_tokens`` and ``images`` the sums of those counts."""
 
     key: str
     label: str
@@ -56,6 +59,10 @@ class SpendRow:
     cached_tokens: int
     sell_cost: int
     buy_cost: int
+    capped_requests: int = 0
+    capped_amount: int = 0
+    cache_write_tokens: int = 0
+    images: int = 0
 
     @property
     def margin(self) -> int:
@@ -63,21 +70,57 @@ class SpendRow:
         return self.sell_cost - self.buy_cost
 
 
+# capped_amount first: after the "sell_cost" annotation, F("sell_cost") would name the sum, not the column.
+_SUMS = {"capped_amount": Coalesce(Sum(F("sell_cost_uncapped") - F("sell_cost"), filter=Q(sell_capped=True)), 0),
+         "requests": Count("id"), "input_tokens": Coalesce(Sum("input_tokens"), 0), "output_tokens": Coalesce(Sum("output_tokens"), 0),
+         "cached_tokens": Coalesce(Sum("cached_tokens"), 0), "sell_cost": Coalesce(Sum("sell_cost"), 0), "buy_cost": Coalesce(Sum("buy_cost"), 0),
+         "capped_requests": Count("id", filter=Q(sell_capped=True)),
+         "cache_write_tokens": Coalesce(Sum("cache_write_tokens"), 0), "images": Coalesce(Sum("images"), 0)}
+
+
+def _usage(start: dt.datetime, end: dt.datetime, company_id: int | None):
+    queryset = UsageRecord.objects.filter(started_at__gte=start, started_at__lt=end)
+    return queryset if company_id is None else queryset.filter(company_id=company_id)
+
+
 def spend_by(dimension: str, start: dt.datetime, end: dt.datetime, *, company_id: int | None = None,
              tz: str | None = None) -> list[SpendRow]:
     """Usage in ``[start, end)`` grouped by ``dimension`` (one of ``DIMENSION_CHOICES``), largest
     spend first ("day": in date order, days in ``tz``, default ``settings.TIME_ZONE``); optionally one
-    company's. One query, over the daily rollup and the partial days' records
-    (``rollups.usage_sums``). Raises ``ValueError`` for an unknown dimension."""
+    company's. The sums come from the daily rollup and the partial days' records in one query
+    (``rollups.usage_sums``); the rarer figures (capped sells, cache writes, images) from the
+    records that have them (``_extras``). Raises ``ValueError`` for an unknown dimension."""
     if dimension not in DIMENSION_CHOICES:
         raise ValueError(f"unknown dimension {dimension!r}; one of {', '.join(DIMENSION_CHOICES)}")
+    zone = str(tz or settings.TIME_ZONE)
     if dimension == "day":
-        rows = usage_sums(start, end, by="day", company_id=company_id, day_zone=str(tz or settings.TIME_ZONE), order="key")
-        return [SpendRow(str(r.key), str(r.key), r.requests, r.input_tokens, r.output_tokens, r.cached_tokens, r.sell_cost,
-                         r.buy_cost) for r in rows]
-    rows = usage_sums(start, end, by=dimension, company_id=company_id)
-    return [SpendRow("" if r.key is None else str(r.key), r.label or "—", r.requests, r.input_tokens, r.output_tokens,
-                     r.cached_tokens, r.sell_cost, r.buy_cost) for r in rows]
+        rows = usage_sums(start, end, by="day", company_id=company_id, day_zone=zone, order="key")
+    else:
+        rows = usage_sums(start, end, by=dimension, company_id=company_id)
+    extras = _extras(dimension, start, end, company_id, zone)
+    out = []
+    for r in rows:
+        key = "" if r.key is None else str(r.key)
+        label = key if dimension == "day" else (r.label or "—")
+        out.append(SpendRow(key, label, r.requests, r.input_tokens, r.output_tokens, r.cached_tokens, r.sell_cost, r.buy_cost,
+                            **extras.get(key, {})))
+    return out
+
+
+def _extras(dimension: str, start: dt.datetime, end: dt.datetime, company_id: int | None, zone: str) -> dict[str, dict[str, int]]:
+    """``capped_requests``, ``capped_amount``, ``cache_write_tokens`` and ``images`` per group key (as
+    ``spend_by`` keys its rows), from the period's records that have any of them."""
+    usage = _usage(start, end, company_id).filter(Q(sell_capped=True) | Q(cache_write_tokens__gt=0) | Q(images__gt=0))
+    if dimension == "day":
+        grouped = usage.annotate(key=TruncDate("started_at", tzinfo=zoneinfo.ZoneInfo(zone))).values("key")
+    else:
+        grouped = usage.values(key=F(DIMENSIONS[dimension][0]))
+    names = ("capped_amount", "capped_requests", "cache_write_tokens", "images")
+    found = {}
+    for row in grouped.annotate(**{name: _SUMS[name] for name in names}).order_by():
+        key = row["key"]
+        found["" if key is None else key.isoformat() if isinstance(key, dt.date) else str(key)] = {name: int(row[name]) for name in names}
+    return found
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,11 @@ class ModelRoute:
 
     egresses: tuple[EgressRoute, ...] = ()
     egress_only: bool = False  # the provider lists egress proxies: never call it directly, even with none active
+    # The price version's other prices, in micro-units of its currency: per 1M tokens written to a
+    # prompt cache (None: such tokens cost the input price), per request and per image (0: none).
+    price_cache_write: int | None = None
+    price_per_request: int = 0
+    price_per_image: int = 0
 
     def __post_init__(self) -> None:
         self.target = Target(self.base_url, self.upstream_model, self.provider_options)
@@ -284,6 +289,8 @@ def _load_routes() -> dict[str, ModelRoute]:
             price_id=price.pk if price else None,
             price_input=price.input_per_1m if price else 0, price_output=price.output_per_1m if price else 0,
             price_cached=price.cached_input_per_1m if price else 0,
+            price_cache_write=price.cache_write_per_1m if price else None,
+            price_per_request=(price.per_request or 0) if price else 0, price_per_image=(price.per_image or 0) if price else 0,
             fx_micro=fx.get(price.currency) if price else None,
             keys=keys.get(provider.pk, []), internal=provider.internal, egresses=egresses.get(provider.pk, ()),
             egress_only=provider.pk in egress_only,

@@ -8,7 +8,9 @@ The requested model's ``routing`` orders them:
 
 * ``ordered`` — as written: the model, then its fallbacks;
 * ``cheapest`` — by this request's maximum cost on each (input estimate and output cap at the
-  model's price, micro-RUB), the requested model winning ties;
+  model's price, its per-request and per-image prices, micro-RUB), at the company's sell
+  coefficient *for that model* (``CompanyModelCoefficient``, else the company's own), the
+  requested model winning ties;
 * ``fastest`` — by the recent time to an answer's headers on each model (``ProviderHealth``; a
   model not measured yet goes first, so it gets measured).
 
@@ -35,7 +37,7 @@ from ..exceptions import ApiError, forbidden
 from ..snapshot import ModelRoute, SnapshotCache, TokenSnapshot
 from .admission import MODALITY_FOR
 from .context import Call, Candidate
-from .spend import estimate, estimate_for, price
+from .spend import estimate, estimate_for, max_cost, prompt_extras
 
 RAMP_SHARES = (0.1, 0.5)  # the share of requests a recovering provider leads, step by step
 LATENCY_WEIGHT = 0.2  # of the newest sample in a model's moving average of answer latency
@@ -110,12 +112,13 @@ class ProviderHealth:
             return 1.0
         return RAMP_SHARES[step]
 
-    def order(self, candidates: list[Candidate], routing: str, coef_units: int) -> list[Candidate]:
-        """``candidates`` in the order they are tried: by ``routing`` (see the module docstring),
-        then each provider that is down or ramping back moved behind the others unless this request
-        falls in its share."""
+    def order(self, candidates: list[Candidate], routing: str, cost: Callable[[Candidate], int]) -> list[Candidate]:
+        """``candidates`` in the order they are tried: by ``routing`` (see the module docstring; for
+        ``cheapest``, by ``cost``: a candidate's maximum cost for this request in micro-RUB, at the
+        company's sell coefficient for that model), then each provider that is down or ramping back
+        moved behind the others unless this request falls in its share."""
         if routing == "cheapest":
-            candidates = sorted(candidates, key=lambda c: price(c.route, c.input_tokens, c.max_output_tokens, 0, coef_units))
+            candidates = sorted(candidates, key=cost)
         elif routing == "fastest":
             candidates = sorted(candidates, key=lambda c: self.latency(c.route))
         if not self._down_until:
@@ -137,6 +140,7 @@ def choose(call: Call, snapshots: SnapshotCache, health: ProviderHealth) -> None
     Raises ``ApiError`` 403 ``data_residency`` when no candidate is inside the residency, or the
     first candidate's estimate error (400) when none can take the request."""
     token, primary = call.token, call.route
+    call.images, call.cache_marked = prompt_extras(call.request)
     if not token.fallbacks_for(primary) and residency_allows(token, primary):
         estimate(call)
         return
@@ -154,6 +158,7 @@ def choose(call: Call, snapshots: SnapshotCache, health: ProviderHealth) -> None
     if not candidates:
         assert refusal is not None
         raise refusal
-    first, *rest = health.order(candidates, primary.routing, token.sell_coef_units)
+    first, *rest = health.order(candidates, primary.routing,
+                                lambda c: max_cost(call, c.route, c.input_tokens, c.max_output_tokens))
     call.use(first)
     call.fallbacks = tuple(rest)
