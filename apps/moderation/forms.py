@@ -38,7 +38,8 @@ class _PolicyFormBase(forms.ModelForm):
     class Meta:
         model = Policy
         fields = ["company", "token", "mode", "use_ner", "use_injection_heuristics", "dictionary", "custom_patterns",
-                  "allow_list", "content_text", "content_image", "content_document", "llm_endpoint", "llm_prompt",
+                  "allow_list", "content_text", "content_image", "content_document", "drop_blocked_images",
+                  "llm_endpoint", "llm_prompt",
                   "llm_timeout_ms", "llm_on_responses", "external_endpoint", "external_timeout_ms", "on_failure",
                   "scan_budget_ms", "sensitive_routing", "keep_mapping"]
 

@@ -12,7 +12,9 @@ What the moderation stage reads of a policy (``EffectivePolicy``, stable names):
 - ``action_for(category, direction) -> Action`` — allow / log / mask / block (the monitor mode caps
   every action at ``log``); ``scan()`` already puts it on each ``Finding``;
 - ``content_rule(content_type) -> ContentRule`` — ``text`` / ``image`` / ``document``: allow (sent
-  unscanned), scan, block;
+  unscanned), scan, block; ``drop_blocked_images`` — an image with a finding to block is dropped from
+  the request instead of refusing it;
+- ``scans_responses`` — some response-side action is not ``allow`` (answers need scanning);
 - ``fail_closed`` — a layer that fails or overruns (LLM moderator, external API, OCR, the budget)
   blocks the request when True, lets it through unscanned by that layer when False;
 - ``scan_budget_seconds`` — the whole scan's time budget (OCR and documents included);
@@ -223,6 +225,8 @@ class Policy(models.Model):
     content_text = models.CharField(_("text"), max_length=8, choices=ContentRule.choices, default=ContentRule.SCAN)
     content_image = models.CharField(_("images"), max_length=8, choices=ContentRule.choices, default=ContentRule.SCAN)
     content_document = models.CharField(_("documents"), max_length=8, choices=ContentRule.choices, default=ContentRule.SCAN)
+    drop_blocked_images = models.BooleanField(_("drop an image with a finding to block"), default=False,
+                                              help_text=_("Send the request without that image instead of refusing it."))
     llm_endpoint = models.ForeignKey(ModerationEndpoint, on_delete=models.PROTECT, null=True, blank=True,
                                      related_name="llm_policies", limit_choices_to={"kind": EndpointKind.CHAT},
                                      verbose_name=_("LLM moderator"))

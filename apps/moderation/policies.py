@@ -67,6 +67,7 @@ class EffectivePolicy:
     dictionary: tuple[str, ...] = ()
     custom_patterns: tuple[str, ...] = ()
     content: Mapping[str, str] = field(default_factory=dict)
+    drop_blocked_images: bool = False
     llm: EndpointConfig | None = None
     external: EndpointConfig | None = None
     fail_closed: bool = True
@@ -88,6 +89,11 @@ class EffectivePolicy:
         if self.mode == PolicyMode.MONITOR and action.rank > Action.LOG.rank:
             return Action.LOG
         return action
+
+    @property
+    def scans_responses(self) -> bool:
+        """Whether answers need scanning: the policy acts and some response-side action is not ``allow``."""
+        return self.active and any(self.action_for(c, Direction.RESPONSE) != Action.ALLOW for c in Category)
 
     def content_rule(self, content_type: str) -> ContentRule:
         """``allow`` / ``scan`` / ``block`` for ``text``, ``image`` or ``document`` (``allow`` when off)."""
@@ -136,7 +142,7 @@ def effective_policy(policy: Policy) -> EffectivePolicy:
         custom_patterns=tuple(parse_lines(policy.custom_patterns)),
         content={ContentType.TEXT: policy.content_text, ContentType.IMAGE: policy.content_image,
                  ContentType.DOCUMENT: policy.content_document},
-        llm=llm, external=external, fail_closed=policy.on_failure == FailureMode.CLOSED,
+        drop_blocked_images=policy.drop_blocked_images, llm=llm, external=external, fail_closed=policy.on_failure == FailureMode.CLOSED,
         scan_budget_seconds=policy.scan_budget_ms / 1000, sensitive_routing=policy.sensitive_routing,
         keep_mapping=policy.keep_mapping)
 

@@ -182,6 +182,11 @@ class Migration(migrations.Migration):
             model_name='policy',
             constraint=models.UniqueConstraint(condition=models.Q(('token__isnull', True)), fields=('company',), name='moderation_policy_one_per_company'),
         ),
+        migrations.AddField(
+            model_name='policy',
+            name='drop_blocked_images',
+            field=models.BooleanField(default=False, help_text='Send the request without that image instead of refusing it.', verbose_name='drop an image with a finding to block'),
+        ),
         migrations.RunPython(carry_over_old_policies, migrations.RunPython.noop),
         migrations.RemoveField(
             model_name='policy',
