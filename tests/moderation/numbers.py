@@ -31,14 +31,14 @@ def snils(rng: random.Random) -> str:
 def inn10(rng: random.Random) -> str:
     body = f"{rng.randint(100_000_000, 999_999_999)}"
     weights = (2, 4, 10, 3, 5, 9, 4, 6, 8)
-    return body + str(sum(int(d) * w for d, w in zip(body, weights)) % 11 % 10)
+    return body + str(sum(int(d) * w for d, w in zip(body, weights, strict=True)) % 11 % 10)
 
 
 def inn12(rng: random.Random) -> str:
     body = f"{rng.randint(1_000_000_000, 9_999_999_999)}"
-    first = sum(int(d) * w for d, w in zip(body, (7, 2, 4, 10, 3, 5, 9, 4, 6, 8))) % 11 % 10
+    first = sum(int(d) * w for d, w in zip(body, (7, 2, 4, 10, 3, 5, 9, 4, 6, 8), strict=True)) % 11 % 10
     body += str(first)
-    second = sum(int(d) * w for d, w in zip(body, (3, 7, 2, 4, 10, 3, 5, 9, 4, 6, 8))) % 11 % 10
+    second = sum(int(d) * w for d, w in zip(body, (3, 7, 2, 4, 10, 3, 5, 9, 4, 6, 8), strict=True)) % 11 % 10
     return body + str(second)
 
 
@@ -59,7 +59,7 @@ def account_for_bik(rng: random.Random, bik: str, prefix: str = "40702810") -> s
     for key in "0123456789":
         account = prefix + key + tail
         digits = bik[6:] + account
-        if sum(int(d) * w for d, w in zip(digits, weights)) % 10 == 0:
+        if sum(int(d) * w for d, w in zip(digits, weights, strict=True)) % 10 == 0:
             return account
     raise AssertionError("no key digit")
 
