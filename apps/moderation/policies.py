@@ -105,8 +105,13 @@ class EffectivePolicy:
 DEFAULT_POLICY = EffectivePolicy(id=None, company_id=None, token_id=None)
 
 
-def _digits(value: str) -> str:
-    return "".join(ch for ch in value if ch.isdigit())
+def comparable_digits(value: str) -> str:
+    """The digits of ``value``, a Russian phone's trunk prefix 8 written as the country code 7 (so that
+    ``8 (916) …`` and ``+7 916 …`` compare equal)."""
+    digits = "".join(ch for ch in value if ch.isdigit())
+    if len(digits) == 11 and digits[0] == "8":
+        return "7" + digits[1:]
+    return digits
 
 
 def effective_policy(policy: Policy) -> EffectivePolicy:
@@ -120,11 +125,11 @@ def effective_policy(policy: Policy) -> EffectivePolicy:
     for entry in parse_lines(policy.allow_list):
         entry = entry.casefold()
         bare = entry.removeprefix("*.").removeprefix("@")
-        if "@" not in bare and "." in bare and " " not in bare and not _digits(bare) == bare.replace(".", ""):
+        if "@" not in bare and "." in bare and " " not in bare and not bare.replace(".", "").isdigit():
             domains.append(bare)
         values.add(entry)
-        if len(_digits(entry)) >= 5:
-            values.add(_digits(entry))
+        if len(comparable_digits(entry)) >= 5:
+            values.add(comparable_digits(entry))
     llm = external = None
     if policy.llm_endpoint_id and policy.llm_endpoint.is_active:
         endpoint = policy.llm_endpoint

@@ -34,7 +34,7 @@ from apps.moderation.detectors.remote import EXTERNAL, LLM, ExternalModeration, 
 from apps.moderation.exceptions import RemoteLayerError, ScanFailed
 from apps.moderation.findings import Action, Category, Detection, Detector, Direction, Finding, RegexDetector
 from apps.moderation.models import ContentRule, Policy
-from apps.moderation.policies import EffectivePolicy, effective_policy
+from apps.moderation.policies import EffectivePolicy, comparable_digits, effective_policy
 
 logger = logging.getLogger(__name__)
 
@@ -166,10 +166,6 @@ def resolve_overlaps(detections: Iterable[Detection], rank: Any) -> list[Detecti
     return sorted(kept, key=lambda d: (d.start, d.end))
 
 
-def _digits(value: str) -> str:
-    return "".join(ch for ch in value if ch.isdigit())
-
-
 
 def allow_listed(detection: Detection, policy: EffectivePolicy) -> bool:
     """Whether the allow-list covers ``detection``: its value (case-folded; digits alone for numbers), or
@@ -178,7 +174,7 @@ def allow_listed(detection: Detection, policy: EffectivePolicy) -> bool:
     if value in policy.allow_values:
         return True
     if detection.category in _DIGIT_CATEGORIES:
-        digits = _digits(value)
+        digits = comparable_digits(value)
         if len(digits) >= 5 and digits in policy.allow_values:
             return True
     if policy.allow_domains and ("@" in value or "://" in value):
