@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,7 +69,10 @@ class RussianNerDetector:
     def detect(self, text: str) -> Iterator[Detection]:
         if not text or not any("А" <= ch <= "Я" or ch == "Ё" for ch in text):
             return
-        tokens = [(m.start(), m.end(), m.group()) for m in _TOKEN.finditer(text)]
+        # Symbols (emoji, arrows, currency signs) are left out: the news model never saw them, and one
+        # between two words breaks a name in two or joins a word to it.
+        tokens = [(m.start(), m.end(), m.group()) for m in _TOKEN.finditer(text)
+                  if m.group()[0].isalnum() or m.group()[0] == "_" or unicodedata.category(m.group()[0])[0] == "P"]
         chunks = [chunk for chunk in _sentences(tokens) if any(_capitalised_cyrillic(t[2]) for t in chunk)]
         if not chunks:
             return
