@@ -11,11 +11,10 @@ moderator catches what no fixed phrase can.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Iterator
 
+from apps.moderation.detectors.secrets import decode_base64_text
 from apps.moderation.findings import Category, Detection
 
 NAME = "injection"
@@ -52,7 +51,7 @@ _RU = [
     r"злой|взломанн\w+|будешь\s+отвечать\s+без)",
     r"ты\s+больше\s+не\s+(?:ассистент|помощник|ИИ|языковая\s+модель|бот|ChatGPT|GigaChat)",
     r"притворись,?\s+(?:что\s+)?(?:у\s+тебя\s+нет|ты\s+без)\s+(?:никаких\s+)?(?:ограничений|правил|фильтров|цензуры)",
-    r"(?:режим|режиме)\s+(?:разработчика|бога|без\s+ограничений|джейлбрейка)",
+    r"(?:\bвключи|\bактивируй|\bперейди\s+в|\bвойди\s+в|ты\s+(?:теперь\s+)?в)\s+режим\w*\s+(?:разработчика|бога|без\s+ограничений|джейлбрейка|DAN)",
     r"(?:без|не\s+соблюдая)\s+(?:каких-либо\s+|любых\s+)?(?:этических|моральных|цензурных)\s+(?:ограничений|норм|правил|фильтров)",
     r"(?:покажи|выведи|раскрой|повтори|напиши)\s+(?:мне\s+)?(?:свой|свои|твой|твои|весь|исходный|скрытый)?\s*"
     r"(?:системн\w+\s+(?:промпт|сообщение|инструкци\w+)|скрыт\w+\s+инструкци\w+|исходн\w+\s+инструкци\w+)",
@@ -104,17 +103,7 @@ class InjectionDetector:
 
     def _encoded(self, text: str) -> Iterator[Detection]:
         for match in _BASE64.finditer(text):
-            decoded = _decode(match.group())
+            decoded = decode_base64_text(match.group())
             if decoded and (_PHRASES.search(decoded) or _DELIMITER.search(decoded)):
                 yield Detection(Category.PROMPT_INJECTION, match.start(), match.end(), match.group(), NAME)
 
-
-def _decode(value: str) -> str | None:
-    """``value`` decoded as base64 into mostly printable UTF-8 text, else None."""
-    try:
-        raw = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
-        decoded = raw.decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-    printable = sum(ch.isprintable() or ch.isspace() for ch in decoded)
-    return decoded if decoded and printable / len(decoded) > 0.9 else None

@@ -4,8 +4,10 @@
 Russian: natasha's news NER model (slovnet, a CNN + CRF over navec embeddings; both ship inside the
 ``natasha`` package, nothing is downloaded). The text is tokenised here (a regular expression; razdel's
 tokenizer costs more than the model), cut into sentences of at most ``CHUNK_TOKENS`` tokens, and only
-sentences with a capital letter are tagged, all in one batch — the CRF's Viterbi loop then runs as many
-steps as the longest sentence has tokens, not the whole text. About 10–25 ms for a 4 KB prompt.
+sentences with a capital letter are tagged: the CNN over those sentences laid end to end (no padding),
+the CRF's Viterbi per sentence in one batch — its loop then runs as many steps as the longest sentence
+has tokens, not the whole text. A one-word person that pymorphy3's dictionary
+knows only as another part of speech (an imperative opening a prompt: "Составь", "Переведи") is dropped.
 
 English names: the news model is Russian-only, so Latin-script names are found with the first-name list
 of ``gender-guesser`` (Jörg Michael's name dictionary, ~48 000 names with their frequency per country, in
@@ -23,12 +25,14 @@ import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 from slovnet.shape import word_shape
 
 from apps.moderation.findings import Category, Detection
 
 NAME = "ner"
 CHUNK_TOKENS = 48
+GROUP_TOKENS = 2048  # tokens per model call (~10 KB of text)
 
 _TOKEN = re.compile(r"\w+(?:[-'’.]\w+)*|[^\w\s]")
 _SENTENCE_END = frozenset({".", "!", "?", "…", ";"})
@@ -58,6 +62,7 @@ def _load() -> Any:
 def preload() -> None:
     """Load the Russian NER model and the English name list now (a worker's start-up)."""
     _load()
+    _morph()
     english_first_names()
 
 
@@ -77,18 +82,52 @@ class RussianNerDetector:
         if not chunks:
             return
         infer = _load()
-        encoder = infer.encoder
-        items = [_encode(encoder, [t[2] for t in chunk]) for chunk in chunks]
         tags_vocab = infer.decoder.tags_vocab
-        index = 0
-        for offset in range(0, len(items), encoder.batch_size):
-            batch = encoder.input(items[offset:offset + encoder.batch_size])
-            emissions = infer.model(batch.word_id, batch.shape_id, batch.pad_mask)
-            for path in infer.model.head.crf.decode(emissions, ~batch.pad_mask):
-                chunk = chunks[index]
-                index += 1
+        for group in _groups(chunks):
+            for chunk, path in zip(group, _tag(infer, group), strict=True):
                 tags = [tags_vocab.decode(int(tag)) for tag in path[:len(chunk)]]
-                yield from _spans(text, chunk, tags)
+                for detection in _spans(text, chunk, tags):
+                    if detection.category != Category.PERSON or _may_be_name(detection.value):
+                        yield detection
+
+
+def _groups(chunks: list[list[tuple[int, int, str]]]) -> Iterator[list[list[tuple[int, int, str]]]]:
+    """The sentences in runs of at most ``GROUP_TOKENS`` tokens (one model call each)."""
+    group: list[list[tuple[int, int, str]]] = []
+    size = 0
+    for chunk in chunks:
+        if group and size + len(chunk) > GROUP_TOKENS:
+            yield group
+            group, size = [], 0
+        group.append(chunk)
+        size += len(chunk)
+    if group:
+        yield group
+
+
+def _tag(infer: Any, chunks: list[list[tuple[int, int, str]]]) -> list[Any]:
+    """The CRF's tag ids for each sentence of ``chunks``. The CNN runs once over the sentences laid end to
+    end — as natasha runs it over a whole text, and with no padding: padding every sentence to the longest
+    doubled the work — and the Viterbi decoding per sentence, in one padded batch (its steps are the
+    longest sentence's tokens, each a small numpy operation)."""
+    encoder = infer.encoder
+    words: list[int] = []
+    shapes: list[int] = []
+    for chunk in chunks:
+        word_ids, shape_ids = _encode(encoder, [t[2] for t in chunk])
+        words.extend(word_ids)
+        shapes.extend(shape_ids)
+    word_id, shape_id = np.array([words]), np.array([shapes])
+    emissions = infer.model(word_id, shape_id, np.zeros_like(word_id, dtype=bool))[0]
+    longest = max(len(chunk) for chunk in chunks)
+    batch = np.zeros((len(chunks), longest, emissions.shape[-1]), dtype=emissions.dtype)
+    mask = np.zeros((len(chunks), longest), dtype=bool)
+    at = 0
+    for index, chunk in enumerate(chunks):
+        batch[index, :len(chunk)] = emissions[at:at + len(chunk)]
+        mask[index, :len(chunk)] = True
+        at += len(chunk)
+    return list(infer.model.head.crf.decode(batch, mask))
 
 
 _word_ids: dict[str, tuple[int, int]] = {}
@@ -108,6 +147,31 @@ def _encode(encoder: Any, words: list[str]) -> tuple[list[int], list[int]]:
         word_ids.append(ids[0])
         shape_ids.append(ids[1])
     return word_ids, shape_ids
+
+
+_NAME_GRAMMEMES = frozenset({"Name", "Surn", "Patr"})
+_morph_analyzer: Any = None
+
+
+def _morph() -> Any:
+    global _morph_analyzer
+    if _morph_analyzer is None:
+        with _lock:
+            if _morph_analyzer is None:
+                import pymorphy3  # noqa: PLC0415 (heavy: loaded on first use)
+
+                _morph_analyzer = pymorphy3.MorphAnalyzer(lang="ru")
+    return _morph_analyzer
+
+
+def _may_be_name(value: str) -> bool:
+    """Whether a one-word ``PER`` span can be a name: some reading of it in pymorphy3's dictionary is a first
+    name, surname or patronymic. The news model tags a capitalised imperative that opens a prompt
+    ("Составь", "Переведи") as a person; a word no reading of which is a name is dropped. Spans of two or
+    more words are kept as they are."""
+    if " " in value.strip() or not value[:1].isalpha() or not ("А" <= value[0] <= "Я" or value[0] == "Ё"):
+        return True
+    return any(_NAME_GRAMMEMES & parse.tag.grammemes for parse in _morph().parse(value))
 
 
 def _capitalised_cyrillic(word: str) -> bool:

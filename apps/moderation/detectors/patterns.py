@@ -34,8 +34,8 @@ NAME = "pattern"
 # of the text for every numeric identifier; each run is then judged by its digit count and shape.
 _DIGIT_RUN = re.compile(r"\+?\(?\d(?:[\d]|[ \-\u00a0](?=\d)|[ ]?[()](?=[ ]?\d)|\)[ \-]?(?=\d)|\.(?=\d))*\d(?!\w|/(?!\d{9}(?!\d))|[.,]\d)")
 _EMAIL = re.compile(
-    r"(?<![\w.+\-])[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w\-])"
-    r"|(?<![\w.+\-])[\w.%+\-]{1,64}@(?:[^\W_](?:[\w\-]{0,61}[^\W_])?\.)+(?:рф|рус|москва|онлайн|сайт|бел|укр|қаз)(?![\w\-])")
+    r"[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w\-])"
+    r"|[\w.%+\-]{1,64}@(?:[^\W_](?:[\w\-]{0,61}[^\W_])?\.)+(?:рф|рус|москва|онлайн|сайт|бел|укр|қаз)(?![\w\-])")
 _IBAN_HINT = re.compile(r"[A-Z]{2}\d\d")
 _IMAGE_SUFFIX = re.compile(r"@\d+(?:\.\d+)?x\.(?:png|jpe?g|gif|webp|svg)$", re.IGNORECASE)
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b")
@@ -62,11 +62,25 @@ _PASSPORT_CONTEXT = re.compile(r"паспорт|passport|серия|серии|�
 _ACCOUNT_CONTEXT = re.compile(r"\bр/с|\bр/сч|\bк/с|расч[её]тн\w* сч|сч[её]т\w*|account|\bacc\b", re.IGNORECASE)
 _PHONE_CONTEXT = re.compile(r"тел|моб|phone|mobile|tel\b|call|звон|whatsapp|telegram|факс|fax|контакт|contact", re.IGNORECASE)
 _DATE_SHAPE = re.compile(r"^\d{1,4}[.\-/ ]\d{1,2}[.\-/ ]\d{2,4}(?:[ T]\d{1,2}[:.]\d{2}(?::\d{2})?)?$")
+_CARD_GROUPS = re.compile(r"\d{4}(?:[ \-]\d{4}){2,3}(?:[ \-]?\d{1,3})?|\d{4}[ \-]\d{6}[ \-]\d{5}")
+_SNILS_FORMAT = re.compile(r"\d{3}-\d{3}-\d{3}[ \-]\d{2}")
+_PASSPORT_FORMAT = re.compile(r"\d{2} ?\d{2}[ ]?(?:№ ?)?\d{6}")
+_PASSPORT_SPLIT = re.compile(r"(?:\d{2} ?\d{2})\s*(?:№|N|No\.?|номер)\s*\d{6}(?!\d)")
 _CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2[2-7]|3[47]|35|6[0-9]|50|9860)")
 
 
 def _context(text: str, start: int, pattern: re.Pattern[str]) -> bool:
     return pattern.search(text, max(0, start - _CONTEXT_CHARS), start) is not None
+
+
+def _russian_national(digits: str, international: bool) -> str | None:
+    """The ten national digits of a number in the +7 plan (``+7 916 …``, ``8 916 …``, ``916 …`` written
+    with a phone's shape), else None (another country's: libphonenumber judges it)."""
+    if international:
+        return digits[1:] if len(digits) == 11 and digits[0] == "7" else None
+    if len(digits) == 11 and digits[0] in "78":
+        return digits[1:]
+    return digits if len(digits) == 10 else None
 
 
 def _glued(char: str) -> bool:
@@ -136,11 +150,11 @@ class PatternDetector:
         count = len(digits)
         plain = raw.isdigit()
         if count in (13, 15, 16, 18, 19) and not raw.startswith("+") and _CARD_PREFIX.match(digits) and luhn_valid(digits):
-            if plain or re.fullmatch(r"\d{4}(?:[ \-]\d{4}){2,3}(?:[ \-]?\d{1,3})?|\d{4}[ \-]\d{6}[ \-]\d{5}", raw):
+            if plain or _CARD_GROUPS.fullmatch(raw):
                 if not (count in (13, 15) and _context(text, start, _OGRN_CONTEXT)):
                     return Category.PAYMENT_CARD
         if count == 11 and not raw.startswith("+"):
-            formatted = re.fullmatch(r"\d{3}-\d{3}-\d{3}[ \-]\d{2}", raw) is not None
+            formatted = _SNILS_FORMAT.fullmatch(raw) is not None
             if snils_valid(digits) and (formatted or _context(text, start, _SNILS_CONTEXT)):
                 return Category.SNILS
         if count in (10, 12) and plain:
@@ -149,7 +163,7 @@ class PatternDetector:
                     return Category.INN
         if count in (13, 15) and plain and ogrn_valid(digits) and _context(text, start, _OGRN_CONTEXT):
             return Category.OGRN
-        if count == 10 and _context(text, start, _PASSPORT_CONTEXT) and re.fullmatch(r"\d{2} ?\d{2}[ ]?(?:№ ?)?\d{6}", raw):
+        if count == 10 and _context(text, start, _PASSPORT_CONTEXT) and _PASSPORT_FORMAT.fullmatch(raw):
             return Category.PASSPORT
         return None
 
@@ -157,8 +171,7 @@ class PatternDetector:
         """A series and a number written apart: ``серия 45 06 № 123456`` / ``4506 номер 123456``."""
         if not _context(text, match.start(), _PASSPORT_CONTEXT):
             return
-        tail = re.compile(r"(?:\d{2} ?\d{2})\s*(?:№|N|No\.?|номер)\s*\d{6}(?!\d)")
-        found = tail.match(text, match.start())
+        found = _PASSPORT_SPLIT.match(text, match.start())
         if found is not None:
             yield Detection(Category.PASSPORT, found.start(), found.end(), found.group(), NAME)
 
@@ -181,6 +194,11 @@ class PatternDetector:
             # digits) or its context names a phone: order numbers, INNs and timestamps are bare too.
             if not (len(digits) == 11 and digits[0] in "78" and digits[1] in "3489"):
                 return None
+        national = _russian_national(digits, international)
+        if national is not None:
+            if national[0] not in "346789":  # ABC and DEF codes (+7 6xx/7xx: Kazakhstan)
+                return None
+            return Detection(Category.PHONE, match.start(), match.end(), raw, NAME)
         try:
             number = phonenumbers.parse(raw, None if international else "RU")
         except phonenumbers.NumberParseException:
@@ -192,11 +210,21 @@ class PatternDetector:
     # --- the rest -----------------------------------------------------------------------------
 
     def _emails(self, text: str) -> Iterator[Detection]:
-        for match in _EMAIL.finditer(text):
-            value = match.group()
-            if _IMAGE_SUFFIX.search(value):
-                continue
-            yield Detection(Category.EMAIL, match.start(), match.end(), value, NAME)
+        # From each "@" back over the characters a local part may have, then one anchored match: a
+        # pattern that starts with a character class would be tried at every position of the text.
+        at = text.find("@")
+        end = 0
+        while at != -1:
+            start = at
+            while start > end and at - start < 64 and (text[start - 1].isalnum() or text[start - 1] in "._%+-"):
+                start -= 1
+            match = _EMAIL.match(text, start) if start < at else None
+            if match is not None and match.end() > at:
+                value = match.group()
+                if not _IMAGE_SUFFIX.search(value) and not (start and text[start - 1] in "."):
+                    yield Detection(Category.EMAIL, start, match.end(), value, NAME)
+                end = match.end()
+            at = text.find("@", max(at + 1, end))
 
     def _ibans(self, text: str) -> Iterator[Detection]:
         for match in _IBAN.finditer(text):

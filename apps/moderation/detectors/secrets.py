@@ -14,6 +14,8 @@ about 5 bits, English words about 3. Hex digests (git SHAs, checksums) and UUIDs
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from collections import Counter
@@ -72,6 +74,17 @@ _SECRET_NAME_NEAR = re.compile(r"(?:key|secret|token|passw|парол|credential
 _SECRET_WORDS = ("pass", "pwd", "парол", "secret", "key", "token", "bearer", "credential")
 ENTROPY_ASSIGNED = 3.0  # bits/char: a value assigned to a secret's name
 ENTROPY_BARE = 4.5  # bits/char: a bare random-looking string with no name nearby
+
+
+def decode_base64_text(value: str) -> str | None:
+    """``value`` decoded as base64 into mostly printable UTF-8 text (≥ 90 %), else None: encoded text, not
+    a key (a random key's bytes are not text)."""
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    printable = sum(ch.isprintable() or ch.isspace() for ch in decoded)
+    return decoded if decoded and printable / len(decoded) > 0.9 else None
 
 
 def shannon_entropy(value: str) -> float:
@@ -167,6 +180,8 @@ class SecretDetector:
             if text[max(0, match.start() - 7):match.start()].endswith("base64,"):
                 continue
             near = _SECRET_NAME_NEAR.search(text, max(0, match.start() - 40), match.start()) is not None
+            if not near and decode_base64_text(value) is not None:
+                continue
             if near and _looks_random(value, ENTROPY_ASSIGNED) or _looks_random(value, ENTROPY_BARE) and _mixed_enough(value):
                 yield from taken.emit(match.start(), match.end())
 
