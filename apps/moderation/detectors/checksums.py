@@ -10,6 +10,8 @@ IBAN — ISO 13616-1 (mod 97-10, ISO 7064); расчётный счёт — По
 
 from __future__ import annotations
 
+import operator
+
 _INN10_WEIGHTS = (2, 4, 10, 3, 5, 9, 4, 6, 8)
 _INN12_WEIGHTS_11 = (7, 2, 4, 10, 3, 5, 9, 4, 6, 8)
 _INN12_WEIGHTS_12 = (3, 7, 2, 4, 10, 3, 5, 9, 4, 6, 8)
@@ -107,4 +109,4 @@ def account_valid_with_bik(account: str, bik: str) -> bool:
         return False
     prefix = "0" + bik[4:6] if account.startswith("301") else bik[6:]
     digits = prefix + account
-    return sum(int(d) * w for d, w in zip(digits, _ACCOUNT_WEIGHTS, strict=True)) % 10 == 0
+    return sum(map(operator.mul, map(int, digits), _ACCOUNT_WEIGHTS)) % 10 == 0

@@ -40,9 +40,10 @@ _IBAN_HINT = re.compile(r"[A-Z]{2}\d\d")
 _IMAGE_SUFFIX = re.compile(r"@\d+(?:\.\d+)?x\.(?:png|jpe?g|gif|webp|svg)$", re.IGNORECASE)
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b")
 _IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?:/\d{1,2})?(?![\w]|\.\d)")
-_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{0,4}|(?:\d{1,3}\.){3}\d{1,3})(?:%\w+)?(?:/\d{1,3})?(?![\w:])")
+_HEX_COLON = frozenset("0123456789abcdefABCDEF:")
+_IPV6_TAIL = re.compile(r"(?:%\w+)?(?:/\d{1,3})?")
 _VERSION_BEFORE = re.compile(r"(?:\bv(?:er(?:sion)?)?\.?|верси[яиюей]|сборк[аи]|release|build|[=<>~^@/]|==)\s*$", re.IGNORECASE)
-_BIK = re.compile(r"(?<!\d)04\d{7}(?!\d)")
+_BIK = re.compile(r"04\d{7}")
 _ADDRESS_RU = re.compile(
     r"\b(?:ул\.|улица|пр-т|пр\.|проспект|пер\.|переулок|ш\.|шоссе|б-р|бульвар|наб\.|набережная|пл\.|площадь|проезд|мкр\.?|микрорайон)"
     r"\s*[А-ЯЁ0-9][\w\-]*(?:\s+[А-ЯЁа-яё][\w\-]*){0,2}"
@@ -88,8 +89,24 @@ def _glued(char: str) -> bool:
     return char.isalnum() or char in "_.-/"
 
 
+_NOT_DIGIT = re.compile(r"[^0-9]")
+
+
 def _digits(value: str) -> str:
-    return "".join(ch for ch in value if "0" <= ch <= "9")
+    return _NOT_DIGIT.sub("", value)
+
+
+def _biks(text: str) -> list[str]:
+    """Every БИК (9 digits starting with 04, not inside a longer number) in ``text``."""
+    if "04" not in text:
+        return []
+    found = []
+    for match in _BIK.finditer(text):
+        start, end = match.start(), match.end()
+        if (start and text[start - 1].isdigit()) or (end < len(text) and text[end].isdigit()):
+            continue
+        found.append(match.group())
+    return found
 
 
 class PatternDetector:
@@ -134,7 +151,7 @@ class PatternDetector:
                 continue
             if count == 20:
                 if biks is None:
-                    biks = _BIK.findall(text)
+                    biks = _biks(text)
                 if self._is_account(text, start, digits, biks):
                     yield Detection(Category.BANK_ACCOUNT, start, end, raw, NAME)
                 continue
@@ -194,6 +211,11 @@ class PatternDetector:
             # digits) or its context names a phone: order numbers, INNs and timestamps are bare too.
             if not (len(digits) == 11 and digits[0] in "78" and digits[1] in "3489"):
                 return None
+        if international and len(digits) == 11 and digits[0] == "1":
+            # NANP (+1): area code and exchange start with 2–9, the area code is not N11 (N11 are service codes)
+            if digits[1] in "01" or digits[4] in "01" or digits[2:4] == "11":
+                return None
+            return Detection(Category.PHONE, match.start(), match.end(), raw, NAME)
         national = _russian_national(digits, international)
         if national is not None:
             if national[0] not in "346789":  # ABC and DEF codes (+7 6xx/7xx: Kazakhstan)
@@ -244,19 +266,39 @@ class PatternDetector:
             yield Detection(Category.IP_ADDRESS, match.start(), match.end(), value, NAME)
 
     def _ipv6(self, text: str) -> Iterator[Detection]:
-        for match in _IPV6.finditer(text):
-            value = match.group()
-            address = value.split("/")[0].split("%")[0]
-            groups = [g for g in address.split(":") if g]
-            if len(groups) < 2 or (len(groups) < 3 and "::" not in address):
-                continue
-            if all(g.isdigit() and len(g) <= 2 for g in groups):  # a time of day: 10:30:00
-                continue
-            try:
-                ipaddress.IPv6Address(address)
-            except ValueError:
-                continue
-            yield Detection(Category.IP_ADDRESS, match.start(), match.end(), value, NAME)
+        # From each ":" outwards over hex digits, colons and dots, then the zone (%eth0) and the prefix
+        # (/64): a pattern that may start with an empty group would be tried at every position.
+        colon = text.find(":")
+        while colon != -1:
+            start = colon
+            while start and text[start - 1] in _HEX_COLON:
+                start -= 1
+            end = colon
+            while end < len(text) and (text[end] in _HEX_COLON or text[end] == "."):
+                end += 1
+            while end > colon and text[end - 1] in ".":
+                end -= 1
+            tail = _IPV6_TAIL.match(text, end)
+            detection = self._ipv6_at(text, start, end, tail.end() if tail else end)
+            if detection is not None:
+                yield detection
+            colon = text.find(":", max(end, colon + 1))
+
+    @staticmethod
+    def _ipv6_at(text: str, start: int, address_end: int, end: int) -> Detection | None:
+        if (start and (text[start - 1].isalnum() or text[start - 1] in "_.")) or (end < len(text) and text[end].isalnum()):
+            return None
+        address = text[start:address_end]
+        groups = [g for g in address.split(":") if g]
+        if len(groups) < 2 or (len(groups) < 3 and "::" not in address):
+            return None
+        if all(g.isdigit() and len(g) <= 2 for g in groups):  # a time of day: 10:30:00
+            return None
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            return None
+        return Detection(Category.IP_ADDRESS, start, end, text[start:end], NAME)
 
     def _addresses(self, text: str) -> Iterator[Detection]:
         matches: list[re.Match[str]] = []
