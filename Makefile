@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.data/run
 $(shell mkdir -p $(CURDIR)/.data/run && chmod 700 $(CURDIR)/.data/run)
 
-.PHONY: run test bench install system-deps migrate lint stop-embedded clean
+.PHONY: run test bench eval-moderation install system-deps migrate lint stop-embedded clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ test: lint
 
 bench: install
 	DEBUG=$${DEBUG:-true} bash bench/run.sh
+
+# Precision and recall per category on the labelled set, latency per layer (docs/moderation.md).
+eval-moderation: install
+	DEBUG=$${DEBUG:-true} $(VENV)/bin/python manage.py jetstream_eval_moderation
 
 # mypy reads the settings module (django-stubs): any URLs parse; nothing is connected to.
 lint: install

@@ -173,7 +173,7 @@ def catalog(personas) -> Catalog:
         model_name="mock-gpt", model=model, provider=provider, supplier_key=key, price=price, fx_rub_per_unit=92_500_000,
         input_tokens=1200, output_tokens=300, sell_cost=1_234_567, buy_cost=1_000_000, status=UsageStatus.OK,
         http_status=200, latency_ms=420, client_ip="198.51.100.7", started_at=now - dt.timedelta(seconds=1), finished_at=now)
-    policy = Policy.objects.create(company=personas.company_a, mode=PolicyMode.MASK)
+    policy = Policy.objects.create(company=personas.company_a, mode=PolicyMode.ENFORCE)
     return Catalog(egress, provider, model, price, key, token, token_secret, department, wallet, cash, transfer, fx_rate,
                    usage, policy)
 

@@ -10,6 +10,7 @@ OUR_APPS = {"accounts", "providers", "billing", "proxy", "moderation", "invoicin
 
 
 NODE_SECRET = "node-secret-0123456789abcdef"
+MODERATOR_SECRET = "moderator-secret-0123456789abcdef"
 
 
 def _local_node(personas):
@@ -20,6 +21,15 @@ def _local_node(personas):
     node.set_secret(NODE_SECRET)
     node.save()
     return node
+
+
+def _moderation_endpoint():
+    from apps.moderation.models import ModerationEndpoint
+
+    endpoint = ModerationEndpoint(name="guard", base_url="http://127.0.0.1:9/v1", internal=True, model="llama-guard")
+    endpoint.set_secret(MODERATOR_SECRET)
+    endpoint.save()
+    return endpoint
 
 
 def _supplier_money(personas) -> dict[str, object]:
@@ -96,13 +106,14 @@ def _instances(personas, catalog) -> dict[str, object]:
         "billing.usagerecord": catalog.usage,
         "proxy.apitoken": catalog.token,
         "moderation.policy": catalog.policy,
+        "moderation.moderationendpoint": _moderation_endpoint(),
     }
 
 
 def _assert_clean(response, catalog, url: str) -> None:
     assert response.status_code == 200, url
     html = response.content.decode()
-    for secret in (*catalog.secrets(), NODE_SECRET):
+    for secret in (*catalog.secrets(), NODE_SECRET, MODERATOR_SECRET):
         assert secret not in html, f"{url} shows a secret"
 
 

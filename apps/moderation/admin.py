@@ -1,25 +1,52 @@
-"""Superadmin page for the companies' data policies."""
+"""Superadmin pages for the companies' data policies and the moderation endpoints."""
 
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
-from apps.moderation.models import Policy
+from apps.moderation.findings import Category, Direction
+from apps.moderation.forms import ModerationEndpointForm, PolicyForm, action_field_name
+from apps.moderation.models import ModerationEndpoint, Policy
 
 
 @admin.register(Policy)
 class PolicyAdmin(admin.ModelAdmin):
-    list_display = ["company", "mode", "detect_email", "detect_phone", "detect_person_name", "detect_passport",
-                    "detect_snils", "detect_inn", "detect_bank_card", "detect_secrets", "updated_at"]
-    list_filter = ["mode", "detect_person_name", "detect_secrets"]
-    search_fields = ["company__name", "company__slug"]
-    list_select_related = ["company"]
-    autocomplete_fields = ["company"]
+    form = PolicyForm
+    list_display = ["company", "token", "mode", "use_ner", "content_image", "content_document", "llm_endpoint",
+                    "on_failure", "updated_at"]
+    list_filter = ["mode", "use_ner", "on_failure", "sensitive_routing"]
+    search_fields = ["company__name", "company__slug", "token__name", "=token__key_prefix"]
+    list_select_related = ["company", "token", "llm_endpoint"]
+    autocomplete_fields = ["company", "token"]
     date_hierarchy = "updated_at"
-    fieldsets = [
-        (None, {"fields": ["company", "mode"]}),
-        (_("Detectors"), {"fields": ["detect_email", "detect_phone", "detect_person_name", "detect_passport",
-                                     "detect_snils", "detect_inn", "detect_bank_card", "detect_secrets"]}),
-        (_("Blocked words"), {"fields": ["blocked_words"]}),
-    ]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Policy | None = None):  # type: ignore[override]
+        return [
+            (None, {"fields": ["company", "token", "mode"]}),
+            *[(_("Actions on %(direction)s") % {"direction": label},
+               {"fields": [action_field_name(direction, category) for category in Category]})
+              for direction, label in ((Direction.PROMPT, _("prompts")), (Direction.RESPONSE, _("responses")))],
+            (_("Detectors"), {"fields": ["use_ner", "use_injection_heuristics", "dictionary", "custom_patterns"]}),
+            (_("Allow-list"), {"fields": ["allow_list"]}),
+            (_("Content types"), {"fields": ["content_text", "content_image", "content_document",
+                                                   "drop_blocked_images"]}),
+            (_("LLM moderator and external API"), {"fields": ["llm_endpoint", "llm_prompt", "llm_timeout_ms",
+                                                               "llm_on_responses", "external_endpoint",
+                                                               "external_timeout_ms"]}),
+            (_("Failures, time and routing"), {"fields": ["on_failure", "scan_budget_ms", "sensitive_routing",
+                                                           "keep_mapping"]}),
+        ]
+
+
+@admin.register(ModerationEndpoint)
+class ModerationEndpointAdmin(admin.ModelAdmin):
+    form = ModerationEndpointForm
+    list_display = ["name", "kind", "base_url", "model", "masked_secret", "is_active", "updated_at"]
+    list_filter = ["kind", "is_active"]
+    search_fields = ["name", "base_url", "model"]
+
+    @admin.display(description=_("API key"))
+    def masked_secret(self, obj: ModerationEndpoint) -> str:
+        return f"…{obj.secret_last4}" if obj.secret_last4 else "—"

@@ -30,6 +30,8 @@ from . import info
 from .admission import ClientAddress, DistinctIpCap, authenticate, police, read_body
 from .context import Call
 from .idempotency import IdempotencyStore
+from .moderation_check import PATHS as MODERATION_PATHS
+from .moderation_check import ModerationCheck
 from .relay import relay_body, relay_stream
 from .responses import Cors, answering, send_error, send_json
 from .routing import ProviderHealth, choose
@@ -79,6 +81,7 @@ class ProxyApp:
         self.distinct_ips = DistinctIpCap(self.redis)
         self.idempotency = IdempotencyStore(self.redis, self.counters)
         self.cors = Cors(conf["CORS_ALLOWED_ORIGINS"])
+        self.moderation_check = ModerationCheck(self.redis, self.snapshots, self.max_body)
         self._started = False
         self._starting: asyncio.Lock | None = None
 
@@ -155,7 +158,7 @@ class ProxyApp:
         """Send the call to its endpoint; answer ``OPTIONS`` (CORS preflight included) for any known
         path; ``HEAD`` is ``GET`` without the body. Raises ``ApiError`` 404 for an unknown path, 405
         with ``Allow`` for a method the path does not take."""
-        allowed = POST_ONLY if call.endpoint in INFERENCE or path == COUNT_TOKENS else READ_ONLY if _is_info(path) else None
+        allowed = POST_ONLY if call.endpoint in INFERENCE or path == COUNT_TOKENS or path in MODERATION_PATHS else READ_ONLY if _is_info(path) else None
         if path.startswith(STORED_RESPONSES) and method != "OPTIONS":
             await authenticate(call, self.snapshots)
             raise not_stored("response_id")
@@ -170,6 +173,8 @@ class ProxyApp:
             await self.inference(call, receive, send)
         elif path == COUNT_TOKENS:
             await self.count_tokens(call, receive, send)
+        elif path in MODERATION_PATHS:  # /v1/moderation/check, /v1/moderations: scanned, never charged
+            await self.moderation_check.handle(call, path, receive, send)
         else:
             await authenticate(call, self.snapshots)
             if path == MODELS:
