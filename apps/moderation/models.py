@@ -33,3 +33,6 @@ class Policy(models.Model):
 
     def __str__(self) -> str:
         return f"{self.company}: {self.get_mode_display()}"
+
+
+from .report_models import ModerationReport  # noqa: E402, F401 - registered with the app here
