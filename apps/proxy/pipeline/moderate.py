@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from django.utils import translation
 
 from apps.moderation.findings import Action, Category, Detection, Direction, Finding, RegexDetector
 from apps.moderation.masking import Masker, StreamRestorer
@@ -59,16 +60,18 @@ TEXT_FIELDS = ("content", "refusal", "reasoning_content")  # a message's or a de
 
 @dataclass(frozen=True, slots=True)
 class StageRules:
-    """What the stage reads from a policy besides ``scan``'s findings (attribute names documented in
-    ``apps/moderation/models.py``; a policy without one gets the default):
+    """What the stage reads from a policy besides ``scan``'s findings (the policy's attributes are
+    documented in ``apps/moderation/models.py``; one a policy lacks gets the default):
 
-    ``image_action`` / ``document_action``: "allow" (sent unscanned), "scan", "block" (refused);
-    ``drop_blocked_images``: an image with a finding to block is dropped (replaced by a note) rather
-    than refusing the call; ``fail_closed``: refuse what cannot be scanned (in time) rather than send
-    it; ``scan_budget_seconds``: the prompt side's time budget; ``sensitive_route``: "" (block),
-    "ru" (Russian-hosted providers only) or "local" (local nodes only) for a request with a finding
-    to block; ``keep_mapping``: store the placeholder mapping, sealed with ``lib.crypto``, in the
-    report; ``scans_responses``: scan answers (a response-side finding can then mask or block)."""
+    ``image_action`` / ``document_action``: "allow" (sent unscanned), "scan", "block" (refused) — the
+    policy's ``content_rule("image")`` / ``content_rule("document")``; ``drop_blocked_images``: an
+    image with a finding to block is dropped (replaced by a note) rather than refusing the call;
+    ``fail_closed``: refuse what cannot be scanned (in time) rather than send it;
+    ``scan_budget_seconds``: the prompt side's time budget; ``sensitive_route``: "" (block), "ru"
+    (Russian-hosted providers or local nodes) or "local" (local nodes only) for a request with a
+    finding to block — the policy's ``sensitive_routing``; ``keep_mapping``: store the placeholder
+    mapping, sealed with ``lib.crypto``, in the report; ``scans_responses``: answers are scanned (a
+    response-side finding can then mask or block) — true unless every response action is allow."""
 
     image_action: str = "scan"
     document_action: str = "scan"
@@ -82,16 +85,28 @@ class StageRules:
     @classmethod
     def of(cls, policy: Any) -> StageRules:
         """The rules of ``policy`` (cached on it: a policy object is immutable for the snapshot's life)."""
-        cached = getattr(policy, "_stage_rules", None)
-        if isinstance(cached, StageRules):
-            return cached
+        cached = _RULES.get(id(policy))
+        if cached is not None and cached[0] is policy:
+            return cached[1]
         defaults = cls()
-        rules = cls(**{name: getattr(policy, name, getattr(defaults, name)) for name in cls.__dataclass_fields__})
-        try:
-            policy._stage_rules = rules
-        except AttributeError:  # a frozen or slotted policy: computed again next time (cheap)
-            pass
+        values = {name: getattr(policy, name, getattr(defaults, name)) for name in cls.__dataclass_fields__}
+        content_rule = getattr(policy, "content_rule", None)
+        if callable(content_rule):
+            values["image_action"], values["document_action"] = str(content_rule("image")), str(content_rule("document"))
+        routing = str(getattr(policy, "sensitive_routing", values["sensitive_route"]) or "")
+        values["sensitive_route"] = routing if routing in ("ru", "local") else ""
+        action_for = getattr(policy, "action_for", None)
+        if not hasattr(policy, "scans_responses") and callable(action_for):
+            values["scans_responses"] = any(action_for(c, Direction.RESPONSE) != Action.ALLOW for c in Category)
+        rules = cls(**values)
+        if len(_RULES) > 10_000:  # policies are few; this only bounds a leak
+            _RULES.clear()
+        _RULES[id(policy)] = (policy, rules)
         return rules
+
+
+# A policy object → its rules (policies are immutable snapshots; the object is kept so its id stays unique).
+_RULES: dict[int, tuple[Any, StageRules]] = {}
 
 
 def legacy_scan(text: str, policy: Any, direction: Direction, *, content_type: str = "text") -> list[Finding]:
@@ -231,7 +246,8 @@ class PromptScan:
             return part
         if any(f.action == Action.BLOCK for f in acted) and self.state.rules.drop_blocked_images:
             self.state.note(text, findings, direction=Direction.PROMPT, content_type="image")
-            labels = ", ".join(sorted({str(f.category.label) for f in acted}))
+            with translation.override("en"):  # a note to the model, in the language of the other notes
+                labels = ", ".join(sorted({str(f.category.label) for f in acted}))
             return {"type": "text", "text": f"[An image was removed by the data policy: it contains {labels}.]"}
         self.settle(text, findings, "image")
         if self.state.rerouted and any(f.action == Action.BLOCK for f in acted):
