@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.utils.translation import gettext_lazy as _
 
 from apps.moderation.models import Policy
+from apps.moderation.report_models import ModerationReport
 
 
 @admin.register(Policy)
@@ -23,3 +24,22 @@ class PolicyAdmin(admin.ModelAdmin):
                                      "detect_snils", "detect_inn", "detect_bank_card", "detect_secrets"]}),
         (_("Blocked words"), {"fields": ["blocked_words"]}),
     ]
+
+
+@admin.register(ModerationReport)
+class ModerationReportAdmin(admin.ModelAdmin):
+    """Every logged, masked or blocked finding (read-only: the meter writer writes them)."""
+
+    list_display = ["created_at", "company", "token", "category", "action", "direction", "content_type", "detector", "snippet",
+                    "rerouted"]
+    list_filter = ["action", "direction", "category", "content_type", "rerouted"]
+    search_fields = ["request_id", "company__name", "token__name"]
+    list_select_related = ["company", "token"]
+    date_hierarchy = "created_at"
+    exclude = ["sealed_mapping"]  # encrypted; never shown
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from django.db import transaction
@@ -147,3 +148,51 @@ def _label(category: str) -> str:
         return Category(category).label
     except ValueError:
         return category
+
+
+PERIODS = (1, 7, 30, 90)  # days a report page may look back
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFilter:
+    """What a moderation report page shows: a category, an action, a direction ("" = any) and the
+    last ``days`` days. ``from_query`` reads it from a page's GET parameters, ignoring bad values."""
+
+    category: str = ""
+    action: str = ""
+    direction: str = ""
+    days: int = 30
+
+    @classmethod
+    def from_query(cls, query: Any) -> ReportFilter:
+        """The filter from a ``QueryDict`` (or any mapping); unknown values fall back to "any" / 30 days."""
+        category = query.get("category", "")
+        action = query.get("action", "")
+        direction = query.get("direction", "")
+        try:
+            days = int(query.get("days", 30))
+        except (TypeError, ValueError):
+            days = 30
+        return cls(category=category if category in {c.value for c in Category} else "",
+                   action=action if action in ("log", "mask", "block") else "",
+                   direction=direction if direction in ("prompt", "response") else "",
+                   days=days if days in PERIODS else 30)
+
+    def apply(self, reports: QuerySet[ModerationReport], *, now: datetime | None = None) -> QuerySet[ModerationReport]:
+        """``reports`` narrowed to this filter (``now``: the clock, for tests)."""
+        since = (now or datetime.now(tz=UTC)) - timedelta(days=self.days)
+        reports = reports.filter(created_at__gte=since)
+        for name in ("category", "action", "direction"):
+            if getattr(self, name):
+                reports = reports.filter(**{name: getattr(self, name)})
+        return reports
+
+    def query(self) -> str:
+        """The filter as GET parameters (for pagination links)."""
+        return urlencode({k: v for k, v in (("category", self.category), ("action", self.action),
+                                             ("direction", self.direction), ("days", self.days)) if v})
+
+
+def category_choices() -> list[tuple[str, str]]:
+    """(value, translated label) of every category, for a filter's select."""
+    return [(c.value, c.label) for c in Category]

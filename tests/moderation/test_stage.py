@@ -292,3 +292,33 @@ def test_a_kept_mapping_is_sealed_in_the_report(gateway, fake_openai, policies):
     assert NAME not in first.sealed_mapping and first.sealed_mapping.startswith("v1:")
     assert Masker.unseal(first.sealed_mapping).values == {"[PERSON_1]": NAME, "[PHONE_1]": PHONE}
     assert not ModerationReport.objects.exclude(position=0).exclude(sealed_mapping="").exists()
+
+
+def test_a_sensitive_request_goes_to_a_russian_hosted_model_instead_of_being_blocked(gateway, fake_openai, policies):
+    world = gateway.world
+    world.mock_model.provider.country = "RU"
+    world.mock_model.provider.save()
+    world.model.fallbacks = ["demo-chat"]
+    world.model.save()
+    policies.set(StagePolicy(prompt={Category.PHONE: Action.BLOCK}, sensitive_route="ru"))
+    client = gateway.client()
+    rerouted = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}])
+    assert rerouted.headers["x-jetstream-model"] == "demo-chat" and rerouted.headers["x-jetstream-provider"] == "demo"
+    assert fake_openai.requests == []  # the foreign upstream never saw it
+    plain = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Привет"}])
+    assert plain.headers["x-jetstream-model"] == "gpt-4o-mini"
+    client_redis = redis_lib.Redis.from_url(settings.REDIS_URL)
+    try:
+        write_report_batch(client_redis)
+        client_redis.delete(METRICS_KEY)
+    finally:
+        client_redis.close()
+    assert ModerationReport.objects.filter(category="phone", action="block", rerouted=True).count() == 2
+
+
+def test_a_sensitive_request_with_no_route_for_it_is_refused(gateway, fake_openai, policies):
+    policies.set(StagePolicy(prompt={Category.PHONE: Action.BLOCK}, sensitive_route="local"))
+    with pytest.raises(openai.BadRequestError) as caught:
+        gateway.client().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}])
+    assert caught.value.body["type"] == "moderation_blocked" and caught.value.body["code"] == "sensitive_route_unavailable"
+    assert fake_openai.requests == []
