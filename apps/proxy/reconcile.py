@@ -8,7 +8,11 @@ What must hold, for every company and token (micro-RUB):
 * token total = its written usage (Σ sell_cost) + open reservations + charges not yet written;
 * token week / month and department month (``js:tk:<id>:w:<week>``, ``…:m:<month>``,
   ``js:dp:<id>:m:<month>``) = the same, counting only requests that started in that calendar window
-  of the company's time zone (as ``counters.py`` seeds them).
+  of the company's time zone (as ``counters.py`` seeds them);
+* the holds (company ``ha``/``hn``, ``js:tk:<id>:held`` and ``js:dp:<id>:held`` ``a``/``n``: what
+  in-flight reservations hold, amount and count, which refusals quote) = the sum and the number of
+  the live reservations that took a hold. The scripts change a hold and its reservation together,
+  so one atomic read of Redis compares them exactly, with no PostgreSQL involved.
 
 **Drift.** For each counter, ``drift = counter − (ledger + live reservations + unwritten charges)``.
 Every correct operation moves both sides by the same amount — RESERVE adds ``a`` to the counter and
@@ -70,17 +74,19 @@ logger = logging.getLogger("jetstream.reconcile")
 MISMATCH_METRIC = "js:metrics:reconcile_mismatch"
 REPAIRED_METRIC = "js:metrics:reconcile_repaired"
 
-# One atomic read of Redis. KEYS: stream, reservations, company hashes…, spend counters (strings)…
-# ARGV: group, number of company hashes. Returns {company values, token values, reservations,
-# unacknowledged entries ([id, fields] as XRANGE gives them)}.
+# One atomic read of Redis. KEYS: stream, reservations, company hashes…, spend counters (strings)…,
+# hold hashes…; ARGV: group, number of company hashes, number of spend counters. Returns {company
+# values, counter values, reservations, unacknowledged entries ([id, fields] as XRANGE gives them),
+# hold values}.
 _READ = """
-local n = tonumber(ARGV[2])
-local companies, tokens = {}, {}
-for i = 3, 2 + n do companies[#companies + 1] = redis.call('HMGET', KEYS[i], 'cr', 'db', 'out') end
+local n, m = tonumber(ARGV[2]), tonumber(ARGV[3])
+local companies, tokens, holds = {}, {}, {}
+for i = 3, 2 + n do companies[#companies + 1] = redis.call('HMGET', KEYS[i], 'cr', 'db', 'out', 'ha', 'hn') end
 -- a counter that expired (or is not a string) since it was listed reads 'x': not compared
-for i = 3 + n, #KEYS do
+for i = 3 + n, 2 + n + m do
   if redis.call('TYPE', KEYS[i]).ok == 'string' then tokens[#tokens + 1] = redis.call('GET', KEYS[i]) else tokens[#tokens + 1] = 'x' end
 end
+for i = 3 + n + m, #KEYS do holds[#holds + 1] = redis.call('HMGET', KEYS[i], 'a', 'n') end
 local reservations = redis.call('ZRANGE', KEYS[2], 0, -1)
 local entries = {}
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -99,7 +105,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     end
   end
 end
-return {companies, tokens, reservations, entries}
+return {companies, tokens, reservations, entries, holds}
 """
 
 # KEYS: the counter; ARGV: hash field ('' for a string key), delta. Atomic INCRBY/HINCRBY of a
@@ -131,6 +137,7 @@ class Discrepancy:
     key: str = ""
     field: str = ""
     repaired: bool = False
+    unit: str = "micro-RUB"
 
     @property
     def drift(self) -> int:
@@ -139,7 +146,7 @@ class Discrepancy:
 
     def __str__(self) -> str:
         state = "repaired" if self.repaired else "not repaired"
-        return f"{self.what}: Redis {self.redis_value}, expected {self.expected} (micro-RUB), {state}"
+        return f"{self.what}: Redis {self.redis_value}, expected {self.expected} ({self.unit}), {state}"
 
 
 @dataclass(frozen=True)
@@ -202,10 +209,24 @@ def _spend_counters(keys: list[str]) -> list[_Counter]:
     return counters
 
 
+def _hold_keys(keys: list[str]) -> list[str]:
+    """The token and department hold hashes (``js:tk:<id>:held``, ``js:dp:<id>:held``) among ``keys``."""
+    return [k for k in keys if k.endswith(":held") and k.split(":")[1] in ("tk", "dp")]
+
+
+def _hold_key_of(counter_key: str) -> str:
+    """The hold hash beside a charged counter: ``js:tk:7:total`` → ``js:tk:7:held``,
+    ``js:dp:3:m:2026-11`` → ``js:dp:3:held`` (as the scripts derive it)."""
+    parts = counter_key.split(":")
+    return ":".join(parts[:3] + ["held"])
+
+
 @dataclass
 class _RedisPicture:
-    companies: dict[str, tuple[int, int, int]]
+    companies: dict[str, tuple[int, int, int, int, int]]
     counters: dict[str, int]
+    holds: dict[str, tuple[int, int]] = field(default_factory=dict)
+    expected_holds: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     held: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     held_requests: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     events: list[UsageEvent] = field(default_factory=list)
@@ -218,19 +239,27 @@ class _Ledger:
     committed: set[str]
 
 
-def _read_redis(client: redis.Redis, company_keys: list[str], counter_keys: list[str]) -> _RedisPicture:
-    reply = cast(list, client.eval(_READ, 2 + len(company_keys) + len(counter_keys), redis_scripts.STREAM_KEY,
-                                   redis_scripts.RESERVATIONS_KEY, *company_keys, *counter_keys, GROUP, len(company_keys)))
-    companies_raw, counters_raw, reservations, entries = reply
+def _read_redis(client: redis.Redis, company_keys: list[str], counter_keys: list[str], hold_keys: list[str] = ()) -> _RedisPicture:
+    hold_keys = list(hold_keys)
+    reply = cast(list, client.eval(_READ, 2 + len(company_keys) + len(counter_keys) + len(hold_keys), redis_scripts.STREAM_KEY,
+                                   redis_scripts.RESERVATIONS_KEY, *company_keys, *counter_keys, *hold_keys, GROUP,
+                                   len(company_keys), len(counter_keys)))
+    companies_raw, counters_raw, reservations, entries, holds_raw = reply
     picture = _RedisPicture(
-        companies={k: cast(tuple[int, int, int], tuple(int(v or 0) for v in values))
+        companies={k: cast(tuple[int, int, int, int, int], tuple(int(v or 0) for v in values))
                    for k, values in zip(company_keys, companies_raw, strict=True)},
-        counters={k: int(v) for k, v in zip(counter_keys, counters_raw, strict=True) if v != b"x"})
+        counters={k: int(v) for k, v in zip(counter_keys, counters_raw, strict=True) if v != b"x"},
+        holds={k: (int(a or 0), int(n or 0)) for k, (a, n) in zip(hold_keys, holds_raw, strict=True)})
     for member in reservations:
         reservation = orjson.loads(member)
         for key in reservation["keys"]:
             picture.held[key] += reservation["amount"]
             picture.held_requests[key].add(reservation.get("rid", ""))
+        if reservation.get("h") == 1:  # it took a hold: on the company hash, the token's and the department's
+            keys = reservation["keys"]
+            for key in [keys[0], _hold_key_of(keys[1]), *([_hold_key_of(keys[4])] if len(keys) > 4 and keys[4] else [])]:
+                picture.expected_holds[key][0] += reservation["amount"]
+                picture.expected_holds[key][1] += 1
     for _, flat in entries:
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         if b"e" in fields:
@@ -285,9 +314,10 @@ def _unwritten(events: list[UsageEvent], committed: set[str]) -> tuple[dict[int,
     return by_company, by_owner
 
 
-def _measure(client: redis.Redis, company_keys: list[str], counters: list[_Counter]) -> dict[tuple[str, str], Discrepancy]:
+def _measure(client: redis.Redis, company_keys: list[str], counters: list[_Counter],
+             hold_keys: list[str] = ()) -> dict[tuple[str, str], Discrepancy]:
     """One measurement: every counter whose drift is not zero, by (key, field)."""
-    picture = _read_redis(client, company_keys, [c.key for c in counters])
+    picture = _read_redis(client, company_keys, [c.key for c in counters], hold_keys)
     companies = [int(k.rsplit(":", 1)[1]) for k in company_keys]
     ledger = _read_ledger(companies, counters, [e.request_id for e in picture.events])
     unwritten_company, unwritten = _unwritten(picture.events, ledger.committed)
@@ -303,11 +333,30 @@ def _measure(client: redis.Redis, company_keys: list[str], counters: list[_Count
         expected = ledger.written[counter.key] + picture.held[counter.key] + pending
         if picture.counters[counter.key] != expected:
             found[(counter.key, "")] = Discrepancy(counter.what, picture.counters[counter.key], expected, counter.key, "")
+    for d in _hold_drifts(picture):
+        found[(d.key, d.field)] = d
+    return found
+
+
+def _hold_drifts(picture: _RedisPicture) -> list[Discrepancy]:
+    """Holds that differ from the live reservations that took them (amount and count), for every
+    company hash and hold hash read. Exact: a hold moves only with its reservation, in one script."""
+    found = []
+    values = {key: (a, n) for key, (*_rest, a, n) in picture.companies.items()} | picture.holds
+    for key, (amount, count) in values.items():
+        expected_amount, expected_count = picture.expected_holds.get(key, (0, 0))
+        owner = key.split(":")
+        name = {"co": "company", "tk": "token", "dp": "department"}[owner[1]] + f" {owner[2]}"
+        fields = ("ha", "hn") if owner[1] == "co" else ("a", "n")
+        if amount != expected_amount:
+            found.append(Discrepancy(f"{name} amount held by in-flight requests", amount, expected_amount, key, fields[0]))
+        if count != expected_count:
+            found.append(Discrepancy(f"{name} in-flight requests holding", count, expected_count, key, fields[1], unit="requests"))
     return found
 
 
 def _company_drifts(company: int, key: str, picture: _RedisPicture, sums: WalletSums, unwritten: int) -> list[Discrepancy]:
-    cr, db, out = picture.companies[key]
+    cr, db, out, _ha, _hn = picture.companies[key]
     found = []
     expected_out = picture.held[key] + unwritten
     if out != expected_out:
@@ -331,13 +380,14 @@ def reconcile(*, client: redis.Redis | None = None, repair: bool = True, confirm
     client = client or redis.Redis.from_url(settings.REDIS_URL)
     try:
         company_keys = sorted(k.decode() for k in client.scan_iter("js:co:*", count=1000))
-        counters = _spend_counters(sorted(k.decode() for pattern in ("js:tk:*", "js:dp:*") for k in client.scan_iter(pattern, count=1000)))
-        first = _measure(client, company_keys, counters)
+        owned = sorted(k.decode() for pattern in ("js:tk:*", "js:dp:*") for k in client.scan_iter(pattern, count=1000))
+        counters, hold_keys = _spend_counters(owned), _hold_keys(owned)
+        first = _measure(client, company_keys, counters, hold_keys)
         if not repair or not first:
             found = list(first.values())
         else:
             time.sleep(confirm_delay)
-            second = _measure(client, company_keys, counters)
+            second = _measure(client, company_keys, counters, hold_keys)
             found = [_repair(client, d) for spot, d in second.items() if spot in first and first[spot].drift == d.drift]
     finally:
         if own:
@@ -347,13 +397,14 @@ def reconcile(*, client: redis.Redis | None = None, repair: bool = True, confirm
 
 
 def _repair(client: redis.Redis, d: Discrepancy) -> Discrepancy:
-    """Correct one confirmed drift: raise a lagging cr/db (max-merge), otherwise subtract the drift."""
+    """Correct one confirmed drift: raise a lagging cr/db (max-merge), otherwise subtract the drift
+    (a hold's amount or count included)."""
     if d.field in ("cr", "db") and d.drift < 0:
         target = d.expected
         done = client.eval(_RAISE, 1, d.key, d.field, target)
     else:
         done = client.eval(_ADJUST, 1, d.key, d.field, -d.drift)
-    return Discrepancy(d.what, d.redis_value, d.expected, d.key, d.field, repaired=bool(done))
+    return Discrepancy(d.what, d.redis_value, d.expected, d.key, d.field, repaired=bool(done), unit=d.unit)
 
 
 def _report(found: list[Discrepancy]) -> None:

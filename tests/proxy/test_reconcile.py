@@ -182,3 +182,35 @@ def test_it_repairs_weekly_monthly_and_department_counters(gateway, client):
     spent = written(world)
     assert [int(client.get(k)) for k in (keys.week, keys.month, keys.dept)] == [spent + 300_000] * 3
     assert reconcile(repair=False) == []
+
+
+def test_it_repairs_the_holds_refusals_quote_from_the_live_reservations(gateway, client):
+    """The holds beside the counters (company ha/hn, token and department held a/n) must equal the
+    live reservations that took them; a drift would make a refusal misquote what is in flight."""
+    from apps.accounts.models import Department
+
+    world = gateway.world
+    department = Department.objects.create(company=world.company, slug="ops", name="Ops", monthly_budget=1000 * 1_000_000)
+    world.token.department = department
+    world.token.save()
+    gateway.wait_config()
+    assert chat(gateway).status_code == 200
+    gateway.drain(expect=1)
+    keys = window_keys(world, department.pk)
+    hold(client, world, 400_000, "held-a", department.pk)
+    hold(client, world, 25_000, "held-b", department.pk)
+    co = redis_scripts.company_key(world.company.pk)
+    assert reconcile(repair=False) == []  # settled traffic and two live holds: nothing to say
+
+    client.hincrby(co, "ha", 5_000)  # a hold released twice or never: the refusal's figures would lie
+    client.hincrby(keys.held, "n", 2)
+    client.hincrby(keys.dept_held, "a", -25_000)
+    found = {(d.what, d.field, d.drift, d.unit, d.repaired) for d in reconcile(confirm_delay=0.01)}
+
+    assert found == {(f"company {world.company.pk} amount held by in-flight requests", "ha", 5_000, "micro-RUB", True),
+                     (f"token {world.token.pk} in-flight requests holding", "n", 2, "requests", True),
+                     (f"department {department.pk} amount held by in-flight requests", "a", -25_000, "micro-RUB", True)}
+    assert [int(v) for v in client.hmget(co, "ha", "hn")] == [425_000, 2]
+    assert [int(v) for v in client.hmget(keys.held, "a", "n")] == [425_000, 2]
+    assert [int(v) for v in client.hmget(keys.dept_held, "a", "n")] == [425_000, 2]
+    assert reconcile(repair=False) == []
