@@ -353,9 +353,10 @@ class AnswerGuard:
     """The answer side of one call (see the module docstring): ``body`` for a whole answer,
     ``events``/``flush`` for a stream. Raises ``ApiError`` ``moderation_blocked`` for a finding to block."""
 
-    def __init__(self, state: Moderated, scan: Scan) -> None:
+    def __init__(self, state: Moderated, scan: Scan, executor: ThreadPoolExecutor | None = None) -> None:
         self.state = state
         self.scan = scan
+        self.executor = executor  # where scanning runs (detectors block: NER, an LLM moderator); None: inline
         self.scanning = state.rules.scans_responses
         self.redactor = Masker()  # response-side masks: placeholders the client cannot have restored
         self._own = frozenset(state.masker.values.values())  # the prompt's values: the client's own
@@ -389,6 +390,26 @@ class AnswerGuard:
         return self.redactor.mask(text, findings)
 
     # -- a whole answer
+    async def answer(self, raw: bytes) -> bytes:
+        """``body`` off the event loop when the answer is scanned (restoring alone runs inline)."""
+        if not self.scanning or self.executor is None:
+            return self.body(raw)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.body, raw)
+
+    async def stream(self, events: list[bytes]) -> list[bytes]:
+        """``events`` off the event loop when the answer is scanned (restoring alone runs inline)."""
+        if not events:
+            return events
+        if not self.scanning or self.executor is None:
+            return self.events(events)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.events, events)
+
+    async def end(self) -> list[bytes]:
+        """``flush`` off the event loop when the answer is scanned."""
+        if not self.scanning or self.executor is None or not self._channels:
+            return self.flush()
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.flush)
+
     def body(self, raw: bytes) -> bytes:
         """A canonical non-streamed answer (chat.completion or text_completion JSON) restored and checked."""
         try:
@@ -597,7 +618,7 @@ class ModerationStage:
         if state.rerouted:
             call.sensitive_route = rules.sensitive_route
         if state.masker or rules.scans_responses:
-            state.guard = AnswerGuard(state, self.scan)
+            state.guard = AnswerGuard(state, self.scan, self._executor)
 
     @staticmethod
     def _note_block(state: Moderated, error: ApiError) -> None:

@@ -48,7 +48,7 @@ async def relay_body(call: Call, opened: Opened, send, *, counters: SpendCounter
     guard = call.moderation.guard if call.moderation is not None else None
     if guard is not None:  # placeholders restored, the answer checked (pipeline.moderate)
         try:
-            body = guard.body(body)
+            body = await guard.answer(body)
         except ApiError as error:  # a response-side block: the answer was generated, so it is billed
             await counters.settle(call, status=UsageStatus.REJECTED, http=error.status, error=error)
             await send_error(send, call, error)
@@ -173,16 +173,16 @@ async def _pump(call: Call, opened: Opened, decoder: StreamDecoder, client: _Cli
         events = decoder.feed(data) if data else []
         if events and call.ttft_ms is None:
             call.ttft_ms = int((time.time() - call.started) * 1000)
-        await client.write(events if guard is None else guard.events(events))
+        await client.write(events if guard is None else await guard.stream(events))
         if decoder.done:
             break
         async with asyncio.timeout(idle):
             data = await anext(opened.chunks, None)
     else:
         events = decoder.finish()
-        await client.write(events if guard is None else guard.events(events))
+        await client.write(events if guard is None else await guard.stream(events))
     if guard is not None:
-        await client.write(guard.flush())
+        await client.write(await guard.end())
 
 
 class _StreamRun:

@@ -245,7 +245,8 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _last_user_text(messages: Any) -> str:
+def last_user_text(messages: Any) -> str:
+    """The text of the last user message of a chat body's ``messages`` ("" when there is none)."""
     if isinstance(messages, list):
         for message in reversed(messages):
             if isinstance(message, dict) and message.get("role") == "user":
@@ -368,7 +369,7 @@ def _plan_chat(body: Any, upstream_model: str, options: Any) -> _ChatPlan:
     encoding = tokenizer.encoding_for_model(upstream_model)
     messages = body.get("messages")
     digest = _digest(messages)
-    language = _language(_last_user_text(messages), opts)
+    language = _language(last_user_text(messages), opts)
     vocab = _WORDS_RU if language == "ru" else _WORDS_EN
     max_tokens = _max_output_tokens(body)
     stops = _stop_sequences(body)
@@ -389,7 +390,7 @@ def _plan_chat(body: Any, upstream_model: str, options: Any) -> _ChatPlan:
         if forced is not None:
             function, choice.finish_reason, choice.legacy = forced
             name = function.get("name") if isinstance(function.get("name"), str) else "function"
-            arguments = orjson.dumps({"echo": _last_user_text(messages)} if opts.echo else
+            arguments = orjson.dumps({"echo": last_user_text(messages)} if opts.echo else
                                      _schema_value(function.get("parameters") or {"type": "object"}, _Entropy(seed), vocab)).decode()
             if max_tokens is not None:
                 allowed = max(0, max_tokens - tokenizer.count_text(name, encoding=encoding))
@@ -407,7 +408,7 @@ def _plan_chat(body: Any, upstream_model: str, options: Any) -> _ChatPlan:
             elif format_kind == "json_object":
                 text = orjson.dumps({"answer": _sentences(seed, words=opts.words, language=language)}).decode()
             elif opts.echo:
-                text = _last_user_text(messages)
+                text = last_user_text(messages)
             else:
                 text = _sentences(seed, words=opts.words, language=language)
             text, _ = _cut_at_stop(text, stops)

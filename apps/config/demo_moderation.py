@@ -1,0 +1,20 @@
+"""The demo company's data policy, for ``jetstream_demo``: personal data masked on the way to the
+provider and restored in the answer, so ``make run`` shows depersonalization end to end with the
+``demo-echo`` mock (it answers with the prompt it received and logs it).
+
+The policy is created once; a policy the operator changed afterwards is left as it is."""
+
+from __future__ import annotations
+
+from apps.accounts.models import Company
+from apps.moderation.models import Policy, PolicyMode
+
+DEMO_PROMPT = "Позвоните Ивану Петрову по номеру +7 912 345-67-89, он ждёт звонка."
+# Names, phone numbers and e-mail addresses are masked (the first policy model's switches).
+DEMO_POLICY = {"mode": PolicyMode.MASK, "detect_phone": True, "detect_email": True, "detect_person_name": True}
+
+
+def ensure_demo_policy(*, company_slug: str) -> tuple[Policy, bool]:
+    """(the company's policy, whether it was created now). Raises ``Company.DoesNotExist``."""
+    company = Company.objects.get(slug=company_slug)
+    return Policy.objects.get_or_create(company=company, defaults=DEMO_POLICY)
