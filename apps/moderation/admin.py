@@ -30,13 +30,17 @@ class PolicyAdmin(admin.ModelAdmin):
 class ModerationReportAdmin(admin.ModelAdmin):
     """Every logged, masked or blocked finding (read-only: the meter writer writes them)."""
 
-    list_display = ["created_at", "company", "token", "category", "action", "direction", "content_type", "detector", "snippet",
+    list_display = ["created_at", "company", "token", "category_name", "action", "direction", "content_type", "detector", "snippet",
                     "rerouted"]
     list_filter = ["action", "direction", "category", "content_type", "rerouted"]
     search_fields = ["request_id", "company__name", "token__name"]
     list_select_related = ["company", "token"]
     date_hierarchy = "created_at"
     exclude = ["sealed_mapping"]  # encrypted; never shown
+
+    @admin.display(description=_("category"), ordering="category")
+    def category_name(self, obj: ModerationReport) -> str:
+        return obj.category_label
 
     def has_add_permission(self, request) -> bool:
         return False

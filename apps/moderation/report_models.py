@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from .findings import CATEGORY_LABELS, Action, Direction
+from .findings import Action, Category, Direction
 
 
 class ModerationReport(models.Model):
@@ -25,7 +25,8 @@ class ModerationReport(models.Model):
                                 verbose_name=_("company"))
     token = models.ForeignKey("proxy.ApiToken", on_delete=models.SET_NULL, null=True, blank=True,
                               related_name="moderation_reports", verbose_name=_("token"))
-    category = models.CharField(_("category"), max_length=32, choices=[(c.value, label) for c, label in CATEGORY_LABELS.items()])
+    # No choices: the vocabulary (findings.Category) grows without a migration; ``category_label`` names it.
+    category = models.CharField(_("category"), max_length=32)
     detector = models.CharField(_("detector"), max_length=32)
     action = models.CharField(_("action"), max_length=8, choices=[(Action.LOG.value, _("logged")), (Action.MASK.value, _("masked")),
                                                                    (Action.BLOCK.value, _("blocked"))])
@@ -48,3 +49,12 @@ class ModerationReport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id}: {self.category} {self.action}"
+
+    @property
+    def category_label(self) -> str:
+        """The category's human name (translated); the raw value for a code that is no category
+        (``image_not_allowed``, ``sensitive_route_unavailable``)."""
+        try:
+            return Category(self.category).label
+        except ValueError:
+            return self.category

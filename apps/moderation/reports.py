@@ -136,18 +136,11 @@ def summary(reports: QuerySet[ModerationReport]) -> list[dict[str, Any]]:
     """Per category (most frequent first): its label and how many findings were logged, masked and blocked."""
     table: dict[str, dict[str, Any]] = {}
     for row in reports.values("category", "action").annotate(n=Count("id")):
-        entry = table.setdefault(row["category"], {"category": row["category"], "label": _label(row["category"]),
+        entry = table.setdefault(row["category"], {"category": row["category"], "label": ModerationReport(category=row["category"]).category_label,
                                                    "log": 0, "mask": 0, "block": 0, "total": 0})
         entry[row["action"]] = entry.get(row["action"], 0) + row["n"]
         entry["total"] += row["n"]
     return sorted(table.values(), key=lambda e: (-e["total"], e["category"]))
-
-
-def _label(category: str) -> str:
-    try:
-        return Category(category).label
-    except ValueError:
-        return category
 
 
 PERIODS = (1, 7, 30, 90)  # days a report page may look back
