@@ -16,7 +16,8 @@ from weasyprint import HTML
 
 from apps.moderation.findings import Action, Category
 from apps.moderation.media import MediaError, decode_data_url, document_text, image_text
-from tests.moderation.conftest import NAME, PHONE, StagePolicy
+from tests.moderation.stage_fixtures import *  # noqa: F403 - the moderated gateway's fixtures
+from tests.moderation.stage_fixtures import NAME, PHONE, StagePolicy
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 

@@ -17,7 +17,8 @@ from apps.billing.models import UsageRecord, UsageStatus
 from apps.moderation.findings import Action, Category
 from apps.moderation.report_models import ModerationReport
 from apps.moderation.reports import METRICS_KEY, category_counts, write_report_batch
-from tests.moderation.conftest import NAME, OTHER_PHONE, PHONE, StagePolicy
+from tests.moderation.stage_fixtures import *  # noqa: F403 - the moderated gateway's fixtures
+from tests.moderation.stage_fixtures import NAME, OTHER_PHONE, PHONE, StagePolicy
 
 PROMPT = f"Перезвоните {NAME} по номеру {PHONE}, пожалуйста. Повторяю: {PHONE}."
 

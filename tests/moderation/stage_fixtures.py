@@ -1,5 +1,7 @@
 """A moderated gateway for the stage's tests: the proxy tests' world (uvicorn on loopback, real
-PostgreSQL and Redis, FakeOpenAI as the upstream), with a data policy on the token.
+PostgreSQL and Redis, FakeOpenAI as the upstream, echoing), with a data policy on the token. Not a
+conftest (the detectors' tests share the folder): a test module imports the fixtures with
+``from tests.moderation.stage_fixtures import *``.
 
 The policy is ``StagePolicy`` (actions per category and direction, and the stage's own attributes);
 the scanner is ``regex_scan``: phone numbers and the person names of ``NAMES`` by pattern. Both are
@@ -16,6 +18,9 @@ import pytest
 from apps.moderation.findings import Action, Category, Direction, Finding, RegexDetector
 from tests.fakes.openai_upstream import fake_openai, fake_openai_server  # noqa: F401 - fixtures
 from tests.proxy.conftest import Gateway, ServerThread, build_world, flush_gateway_keys, free_port
+
+__all__ = ["NAME", "OTHER_PHONE", "PHONE", "StagePolicy", "app", "fake_openai", "fake_openai_server", "gateway", "policies",
+           "regex_scan", "world"]
 
 NAME = "Иван Петров"
 PHONE = "+7 912 345-67-89"
