@@ -38,9 +38,12 @@ class Masker:
     """One request's mapping of masked values to placeholders (and back).
 
     ``values`` maps a placeholder (``"[PHONE_1]"``) to the original value; placeholders are numbered
-    per category in the order their values are first met."""
+    per category in the order their values are first met. ``reserved``: placeholder-shaped strings the
+    request already holds as text (a client quoting ``[PHONE_1]``): never given to a value, so an answer
+    repeating that text is not "restored" into someone's number."""
 
-    def __init__(self) -> None:
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
+        self.reserved = frozenset(reserved)
         self.values: dict[str, str] = {}
         self._by_value: dict[tuple[Category, str], str] = {}
         self._counts: dict[Category, int] = {}
@@ -59,6 +62,8 @@ class Masker:
         if known is not None:
             return known
         number = self._counts.get(category, 0) + 1
+        while f"[{category.placeholder_stem}_{number}]" in self.reserved:
+            number += 1
         self._counts[category] = number
         placeholder = f"[{category.placeholder_stem}_{number}]"
         self._by_value[key] = placeholder
@@ -148,6 +153,14 @@ class Masker:
             masker._by_value[(category, value)] = placeholder
             masker._counts[category] = max(masker._counts.get(category, 0), int(match.group(2)))
         return masker
+
+
+def placeholders_in(raw: bytes) -> set[str]:
+    """The placeholder-shaped strings in ``raw`` (a request body): a ``Masker``'s ``reserved``."""
+    return {match.group(0).decode() for match in PLACEHOLDER_BYTES.finditer(raw)} if b"[" in raw else set()
+
+
+PLACEHOLDER_BYTES = re.compile(PLACEHOLDER.pattern.encode())
 
 
 def _json_escaped(value: str) -> str:

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from apps.moderation.findings import Action, Category, Detection, Finding, RegexDetector
-from apps.moderation.masking import Masker
+from apps.moderation.masking import Masker, placeholders_in
 
 PHONE = RegexDetector(Category.PHONE, r"\+7 \d{3} \d{3}-\d{2}-\d{2}")
 PERSON = RegexDetector(Category.PERSON, r"Иван Петров|Anna \"Q\" Smith")
@@ -134,3 +134,9 @@ def test_a_sealed_mapping_is_encrypted_and_reads_back(settings):
     assert again.values == masker.values
     assert again.placeholder(Category.PHONE, "+7 000 000-00-00") == "[PHONE_2]"
     assert again.placeholder(Category.PERSON, "Иван Петров") == "[PERSON_1]"
+
+
+def test_a_placeholder_the_client_wrote_itself_is_never_given_to_a_value():
+    masker = Masker(reserved=placeholders_in('{"content": "Шаблон: [PHONE_1] и [PERSON_2]"}'.encode()))
+    assert masked(masker, "+7 912 345-67-89, Иван Петров") == "[PHONE_2], [PERSON_1]"
+    assert masker.restore("[PHONE_1] [PHONE_2]") == "[PHONE_1] +7 912 345-67-89"

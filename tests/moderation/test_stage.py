@@ -323,3 +323,10 @@ def test_a_sensitive_request_with_no_route_for_it_is_refused(gateway, fake_opena
         gateway.client().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}])
     assert caught.value.body["type"] == "moderation_blocked" and caught.value.body["code"] == "sensitive_route_unavailable"
     assert fake_openai.requests == []
+
+
+def test_a_placeholder_the_client_wrote_comes_back_as_written(gateway, fake_openai):
+    prompt = f"Шаблон письма: «Позвоните [PHONE_1]». Мой номер {PHONE}."
+    answer = gateway.client().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
+    assert answer.choices[0].message.content == prompt
+    assert fake_openai.last_request.body["messages"][0]["content"] == "Шаблон письма: «Позвоните [PHONE_1]». Мой номер [PHONE_2]."

@@ -43,7 +43,7 @@ import orjson
 from django.utils import translation
 
 from apps.moderation.findings import Action, Category, Detection, Direction, Finding, RegexDetector
-from apps.moderation.masking import Masker, StreamRestorer
+from apps.moderation.masking import Masker, StreamRestorer, placeholders_in
 from apps.moderation.media import MediaError, decode_base64, decode_data_url, document_text, image_text
 from apps.moderation.reports import METRICS_KEY, REPORT_STREAM, ReportItem, encode_report, masked_snippet, metric_fields
 
@@ -598,7 +598,7 @@ class ModerationStage:
         ``call.sensitive_route`` set for a rerouted call. Raises ``ApiError`` 400 ``moderation_blocked``
         (the call is recorded as rejected and costs nothing) or ``moderation_unavailable`` (fail closed)."""
         rules = StageRules.of(policy)
-        state = Moderated(policy, rules)
+        state = Moderated(policy, rules, Masker(placeholders_in(call.raw)))
         call.moderation = state
         work = PromptScan(state, self.scan, time.monotonic() + rules.scan_budget_seconds)
         loop = asyncio.get_running_loop()
