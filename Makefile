@@ -22,6 +22,8 @@ install: system-deps $(STAMP)
 # elsewhere a warning names what to install.
 # poppler-utils: pdftoppm renders the documents' pictures in docs/billing.md.
 SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core poppler-utils
+# Moderation reads text in image parts with Tesseract (apps/moderation/media.py).
+OCR_PACKAGES := tesseract-ocr tesseract-ocr-rus tesseract-ocr-eng
 system-deps:
 	@if ! { /sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null; } | grep -q 'libpangoft2-1.0.so.0' \
 	   || ! { /sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null; } | grep -q 'libharfbuzz-subset.so.0' \
@@ -45,6 +47,16 @@ system-deps:
 	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	  else \
 	    echo "make: warning: the browser tests need Chromium; install it with your package manager" >&2; \
+	  fi; \
+	fi
+	@if ! command -v tesseract >/dev/null 2>&1 || ! tesseract --list-langs 2>/dev/null | grep -qx rus; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	    else echo "make: installing $(OCR_PACKAGES) needs root and there is no sudo" >&2; exit 1; fi; \
+	    echo "make: installing $(OCR_PACKAGES) (moderation: OCR of images) from Debian's packages"; \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(OCR_PACKAGES) >/dev/null; \
+	  else \
+	    echo "make: warning: moderation of images needs Tesseract with Russian and English data; install $(OCR_PACKAGES)" >&2; \
 	  fi; \
 	fi
 

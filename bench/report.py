@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench import payloads
+from bench import moderation_stage, payloads
 
 LABELS = {"direct": "Direct (nginx)", "jetstream": "Jetstream", "jetstream_daphne": "Jetstream under Daphne", "litellm": "LiteLLM proxy"}
 MODES = ("non-stream", "stream")
@@ -620,6 +620,14 @@ def render(results: dict) -> str:
         "earlier): the machine's load drifts more than the 1 ms the translation targets allow.",
         "",
         *_paths(results),
+        "",
+        "## Moderation stage (in process)",
+        "",
+        "Off, the stage is one attribute check per request (`ProxyApp.inference`): its whole cost, timed against "
+        "the same loop without it. On, a 4 KB prompt with a name and two phone numbers through the prompt side, and "
+        "its echo through the answer side as a stream (`bench/moderation_stage.py`).",
+        "",
+        *moderation_stage.render(results.get("moderation_stage"), (_cell(results, "jetstream", "non-stream-c1") or {}).get("p50_ms")),
         "",
         "## Slow streams",
         "",

@@ -1198,6 +1198,16 @@ def write_outputs(results: dict, settings: Settings) -> None:
     print(f"Wrote {settings.output} and {WORK / 'results.json'}", flush=True)
 
 
+def measure_moderation_stage() -> dict:
+    """The moderation stage's own cost (``bench/moderation_stage.py``), in a process of its own."""
+    done = subprocess.run([sys.executable, "-m", "bench.moderation_stage"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "DJANGO_SETTINGS_MODULE": "jetstream.settings"})
+    try:
+        return json.loads(done.stdout)
+    except ValueError:
+        return {"off": {"error": done.stderr.strip()[-300:]}, "on": {"error": "not run"}}
+
+
 def main() -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     try:
@@ -1220,6 +1230,7 @@ def main() -> int:
     finally:
         procs.stop_all()
     results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["moderation_stage"] = measure_moderation_stage()
     write_outputs(results, settings)
     failed = [name for name, entry in results["targets"].items() if "error" in entry]
     if failed:

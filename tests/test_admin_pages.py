@@ -107,7 +107,22 @@ def _instances(personas, catalog) -> dict[str, object]:
         "proxy.apitoken": catalog.token,
         "moderation.policy": catalog.policy,
         "moderation.moderationendpoint": _moderation_endpoint(),
+
+        "moderation.moderationreport": _moderation_report(personas),
     }
+
+
+def _moderation_report(personas):
+    from django.utils import timezone
+
+    from apps.moderation.masking import Masker
+    from apps.moderation.report_models import ModerationReport
+
+    masker = Masker()
+    masker.values["[PHONE_1]"] = "+7 912 345-67-89"
+    return ModerationReport.objects.create(request_id="req_admin", company=personas.company_a, category="phone", detector="pattern",
+                                           action="mask", direction="prompt", snippet="звоните [PHONE]", created_at=timezone.now(),
+                                           sealed_mapping=masker.sealed())
 
 
 def _assert_clean(response, catalog, url: str) -> None:

@@ -9,6 +9,7 @@ from django.utils.translation import gettext_lazy as _
 from apps.moderation.findings import Category, Direction
 from apps.moderation.forms import ModerationEndpointForm, PolicyForm, action_field_name
 from apps.moderation.models import ModerationEndpoint, Policy
+from apps.moderation.report_models import ModerationReport
 
 
 @admin.register(Policy)
@@ -50,3 +51,26 @@ class ModerationEndpointAdmin(admin.ModelAdmin):
     @admin.display(description=_("API key"))
     def masked_secret(self, obj: ModerationEndpoint) -> str:
         return f"…{obj.secret_last4}" if obj.secret_last4 else "—"
+
+
+@admin.register(ModerationReport)
+class ModerationReportAdmin(admin.ModelAdmin):
+    """Every logged, masked or blocked finding (read-only: the meter writer writes them)."""
+
+    list_display = ["created_at", "company", "token", "category_name", "action", "direction", "content_type", "detector", "snippet",
+                    "rerouted"]
+    list_filter = ["action", "direction", "category", "content_type", "rerouted"]
+    search_fields = ["request_id", "company__name", "token__name"]
+    list_select_related = ["company", "token"]
+    date_hierarchy = "created_at"
+    exclude = ["sealed_mapping"]  # encrypted; never shown
+
+    @admin.display(description=_("category"), ordering="category")
+    def category_name(self, obj: ModerationReport) -> str:
+        return obj.category_label
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

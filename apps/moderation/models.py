@@ -280,3 +280,6 @@ class Policy(models.Model):
             return Action(value)
         except ValueError:
             return Action.ALLOW
+
+
+from .report_models import ModerationReport  # noqa: E402, F401 - registered with the app here

@@ -22,6 +22,7 @@ import zoneinfo
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -32,6 +33,7 @@ from apps.accounts.models import CompanyModelCoefficient
 from apps.billing import fx as fx_rates
 from apps.billing.models import FxRate
 from apps.billing.suppliers import keys_over_cap
+from apps.moderation.policies import load_policy
 from apps.providers.adapters.base import Target
 from apps.providers.key_health import VERSION_KEY as HEALTH_VERSION_KEY
 from apps.providers.key_status import apply_key_status_changes
@@ -88,6 +90,9 @@ class TokenSnapshot:
     residency: str = "any"  # the company's data residency: "any" | "ru"
     fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the token's chains over the company's
     model_coef_units: Mapping[str, int] = field(default_factory=dict)
+    # The company's (or this token's) data policy when it is on (apps.moderation), else None: the
+    # moderation stage's one check on the hot path.
+    moderation: Any = None
 
     def sell_coef_for(self, model: str) -> int:
         """The sell coefficient × 10_000 for the public model ``model``: the company's for that model, else its own."""
@@ -246,7 +251,15 @@ def _load_token(key_hash: str) -> TokenSnapshot | None:
         residency=token.company.data_residency,
         # An admin form left empty stores JSON null: read it as no chains.
         fallbacks={model: tuple(chain) for model, chain in {**(token.company.fallbacks or {}), **(token.fallbacks or {})}.items()},
+        moderation=moderation_policy(token.company_id, token.pk),
     )
+
+
+def moderation_policy(company_id: int, token_id: int) -> Any:
+    """The data policy the moderation stage applies to a token's calls (``apps.moderation.policies``:
+    the token's own, else its company's, frozen), or None when it is off."""
+    policy = load_policy(company_id, token_id)
+    return policy if policy.active else None
 
 
 def _load_routes() -> dict[str, ModelRoute]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from apps.cabinets.company import departments, journal, members, tokens, views, wallet
+from apps.cabinets.company import departments, journal, members, moderation, tokens, views, wallet
 
 app_name = "company"
 
@@ -31,8 +31,8 @@ urlpatterns = [
     path("wallet/top-up/", wallet.topup_request, name="topup_request"),
     path("wallet/top-ups/<int:topup_id>/cancel/", wallet.topup_cancel, name="topup_cancel"),
     path("wallet/documents/<int:document_id>.pdf", wallet.document_pdf, name="document_pdf"),
-
     path("journal/", journal.journal, name="journal"),
     path("journal/export.csv", journal.journal_export, {"fmt": "csv"}, name="journal_export_csv"),
     path("journal/export.xlsx", journal.journal_export, {"fmt": "xlsx"}, name="journal_export_xlsx"),
+    path("moderation/", moderation.moderation, name="moderation"),
 ]

@@ -30,6 +30,7 @@ from . import info
 from .admission import ClientAddress, DistinctIpCap, authenticate, police, read_body
 from .context import Call
 from .idempotency import IdempotencyStore
+from .moderate import ModerationStage
 from .moderation_check import PATHS as MODERATION_PATHS
 from .moderation_check import ModerationCheck
 from .relay import relay_body, relay_stream
@@ -82,6 +83,8 @@ class ProxyApp:
         self.idempotency = IdempotencyStore(self.redis, self.counters)
         self.cors = Cors(conf["CORS_ALLOWED_ORIGINS"])
         self.moderation_check = ModerationCheck(self.redis, self.snapshots, self.max_body)
+
+        self.moderation = ModerationStage(self.redis)
         self._started = False
         self._starting: asyncio.Lock | None = None
 
@@ -108,6 +111,7 @@ class ProxyApp:
         """Stop the snapshots' poller, close the upstream pool and the Redis connection (ASGI lifespan shutdown)."""
         await self.snapshots.stop()
         await self.upstream.stop()
+        self.moderation.close()
         await self.redis.close()
         self._started = False
 
@@ -202,7 +206,17 @@ class ProxyApp:
         call.request = call.dialect.parse(call.endpoint, call.raw)
         police(call, self.snapshots)
         await self.distinct_ips.admit(call)
-        # The moderation stage (apps/moderation) goes here: it may mask call.request or refuse the call.
+        if call.token.moderation is not None:  # no policy: this check is the stage's whole cost
+            try:
+                await self.moderation.request(call, call.token.moderation)  # masks call.request, or refuses the call
+                await self.route_and_call(call, receive, send)
+            finally:
+                await self.moderation.finish(call)  # the report, after the answer
+            return
+        await self.route_and_call(call, receive, send)
+
+    async def route_and_call(self, call: Call, receive, send) -> None:
+        """route + estimate → idempotency → reserve → call upstream → relay → settle + meter."""
         choose(call, self.snapshots, self.upstream.health)  # fallbacks, routing strategy, residency; estimate
         call.idempotency_key = call.header(b"idempotency-key")
         if call.idempotency_key is not None and await self.idempotency.replay(call, send):
@@ -259,6 +273,8 @@ class ProxyApp:
         """A call refused before any money moved: record it (inference only), then answer."""
         if call.endpoint in INFERENCE:
             status = UsageStatus.INVALID if error.status in INVALID_STATUSES else UsageStatus.REJECTED
+            if error.type == "moderation_blocked":  # the request is well formed; the policy refused it
+                status = UsageStatus.REJECTED
             if error.code == "client_closed":
                 status = UsageStatus.CLIENT_CLOSED
             try:

@@ -90,6 +90,10 @@ class Call:
     ttft_ms: int | None = None
     settled: bool = False
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # added to every answer (rate limits)
+    # moderate: the call's moderation state (pipeline.moderate.Moderated; None when the token has no
+    # policy) and, for a sensitive request the policy reroutes, where it may go ("ru" | "local").
+    moderation: Any = None
+    sensitive_route: str = ""
 
     @property
     def model_name(self) -> str:

@@ -48,6 +48,25 @@ def residency_allows(token: TokenSnapshot, route: ModelRoute) -> bool:
     return token.residency != "ru" or route.country == "RU"
 
 
+def sensitive_allows(call: Call, route: ModelRoute) -> bool:
+    """Whether a call the moderation stage rerouted (``Call.sensitive_route``) may go to ``route``:
+    "ru" — a provider hosted in Russia (country RU) or a local node; "local" — local nodes only."""
+    if not call.sensitive_route:
+        return True
+    if call.sensitive_route == "local":
+        return bool(route.nodes)
+    return route.country == "RU" or bool(route.nodes)
+
+
+def sensitive_route_error(call: Call) -> ApiError:
+    """400 ``moderation_blocked``: a sensitive request whose policy allows it only on Russian-hosted
+    or local models, and neither the model nor its fallbacks are."""
+    where = "local models" if call.sensitive_route == "local" else "Russian-hosted or local models"
+    return ApiError(400, f"This request contains data your company's policy sends only to {where}, and neither "
+                         f"'{call.route.name}' nor its fallbacks are one. Use such a model, or remove the sensitive data.",
+                    type="moderation_blocked", code="sensitive_route_unavailable", retryable=False)
+
+
 def fallback_routes(call: Call, snapshots: SnapshotCache, modalities: Sequence[str]) -> list[ModelRoute]:
     """The routes of ``call.route``'s fallback chain the token may use for this endpoint (unknown,
     inactive, unpriced or repeated names are skipped; residency is applied by ``police``)."""
@@ -137,17 +156,25 @@ def choose(call: Call, snapshots: SnapshotCache, health: ProviderHealth) -> None
     (with its estimate), the rest as ``call.fallbacks``. Without a fallback chain and within the
     company's residency this is ``spend.estimate`` alone.
 
-    Raises ``ApiError`` 403 ``data_residency`` when no candidate is inside the residency, or the
-    first candidate's estimate error (400) when none can take the request."""
+    A call the moderation stage rerouted as sensitive keeps only Russian-hosted or local candidates
+    (``sensitive_allows``).
+
+    Raises ``ApiError`` 403 ``data_residency`` when no candidate is inside the residency, 400
+    ``moderation_blocked`` (``sensitive_route_unavailable``) when a rerouted call has no candidate on
+    its sensitive route, or the first candidate's estimate error (400) when none can take the request."""
     token, primary = call.token, call.route
     call.images, call.cache_marked = prompt_extras(call.request)
-    if not token.fallbacks_for(primary) and residency_allows(token, primary):
+    if not token.fallbacks_for(primary) and residency_allows(token, primary) and sensitive_allows(call, primary):
         estimate(call)
         return
     routes = [route for route in (primary, *fallback_routes(call, snapshots, MODALITY_FOR[call.endpoint]))
               if residency_allows(token, route)]
     if not routes:
         raise residency_error(token, primary)
+    if call.sensitive_route:
+        routes = [route for route in routes if sensitive_allows(call, route)]
+        if not routes:
+            raise sensitive_route_error(call)
     candidates: list[Candidate] = []
     refusal: ApiError | None = None
     for route in routes:

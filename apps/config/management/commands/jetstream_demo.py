@@ -29,6 +29,7 @@ from apps.accounts.models import Company, CompanyRole, Supplier, SupplierRole
 from apps.billing.usage_records import ledger_accounts
 from apps.config import demo_money
 from apps.config.apply import apply_config
+from apps.config.demo_moderation import DEMO_PROMPT, ensure_demo_policy
 from apps.config.exceptions import ConfigError
 from apps.config.management.commands.jetstream_apply import read_config_file
 from apps.proxy.exceptions import ProxyError
@@ -57,6 +58,17 @@ def first_call_examples(*, api_base: str, secret: str) -> str:
     ])
 
 
+def moderation_example(*, api_base: str, secret: str) -> str:
+    """A curl command sending a name and a phone number to ``demo-echo`` (indented text)."""
+    body = json.dumps({"model": "demo-echo", "messages": [{"role": "user", "content": DEMO_PROMPT}]}, ensure_ascii=False)
+    return "\n".join([
+        f"  curl {api_base}/chat/completions \\",
+        f'    -H "Authorization: Bearer {secret}" \\',
+        '    -H "Content-Type: application/json" \\',
+        f"    -d '{body}'",
+    ])
+
+
 class Command(BaseCommand):
     """``jetstream_demo`` (see the module docstring). The demo token gets a new secret on every run.
     Raises ``CommandError`` if demo/demo.yaml does not apply, the admin email is an ordinary user's,
@@ -75,6 +87,7 @@ class Command(BaseCommand):
                 admin, password = accounts.ensure_superadmin(email=ADMIN_EMAIL)
                 report = apply_config(text)
                 money = demo_money.populate()
+                ensure_demo_policy(company_slug=DEMO_COMPANY)
                 token = ApiToken.objects.get(company__slug=DEMO_COMPANY, name=DEMO_TOKEN)
                 secret = dict(report.shown_once).get(f"{DEMO_COMPANY}/{DEMO_TOKEN}")
                 if secret is None:  # the token existed: replace its secret so it can be shown
@@ -114,6 +127,12 @@ class Command(BaseCommand):
         write("")
         write(_("Try it:"))
         write(first_call_examples(api_base=f"{site}/v1", secret=secret))
+        write("")
+        write(_("Moderation: the demo company's policy masks names and phone numbers. The demo-echo model answers with the "
+                "prompt it received (the server's log shows it, with placeholders); the answer comes back restored:"))
+        write(moderation_example(api_base=f"{site}/v1", secret=secret))
+        write(_("  Reports: %(cabinet)s (the company cabinet) and %(admin)s") % {
+            "cabinet": f"{site}/company/moderation/", "admin": f"{site}/admin/moderation/moderationreport/"})
 
 
 def _sync_wallets() -> None:
