@@ -34,6 +34,17 @@ system-deps:
 	    echo "make: warning: PDF invoices need Pango (libpangoft2-1.0) and the DejaVu fonts; install them with your package manager" >&2; \
 	  fi; \
 	fi
+	@# The browser tests (tests/e2e) drive Debian's Chromium through Playwright; no browser is downloaded.
+	@if ! command -v chromium >/dev/null 2>&1 && ! [ -x /usr/lib/chromium/chromium ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	    else echo "make: installing chromium needs root and there is no sudo" >&2; exit 1; fi; \
+	    echo "make: installing chromium (browser tests) from Debian's packages"; \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else \
+	    echo "make: warning: the browser tests need Chromium; install it with your package manager" >&2; \
+	  fi; \
+	fi
 
 migrate: install
 	DEBUG=$${DEBUG:-true} $(VENV)/bin/python manage.py migrate --noinput

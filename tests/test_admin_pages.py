@@ -43,6 +43,12 @@ def _supplier_money(personas) -> dict[str, object]:
     }
 
 
+def _invitation(personas):
+    from apps.accounts import services
+
+    return services.invite(email="invitee@example.com", role="viewer", invited_by=personas.manager_a, company=personas.company_a).invitation
+
+
 def _instances(personas, catalog) -> dict[str, object]:
     from apps.accounts.models import CompanyModelCoefficient, Membership, SupplierMembership
     from apps.billing.models import FeedRun
@@ -73,6 +79,7 @@ def _instances(personas, catalog) -> dict[str, object]:
         "accounts.department": catalog.department,
         "accounts.membership": Membership.objects.get(user=personas.manager_a),
         "accounts.supplier": personas.supplier,
+        "accounts.invitation": _invitation(personas),
         "accounts.suppliermembership": SupplierMembership.objects.get(user=personas.supplier_user),
         "providers.egressproxy": catalog.egress,
         "providers.provider": catalog.provider,
@@ -152,6 +159,7 @@ def _request(user):
 
 def _third_party_instances(personas) -> dict[str, object]:
     from allauth.account.models import EmailAddress
+    from axes.models import AccessAttempt, AccessFailureLog, AccessLog
     from django.contrib.auth.models import Group
     from django.contrib.sites.models import Site
     from django_otp.plugins.otp_static.models import StaticDevice
@@ -159,7 +167,12 @@ def _third_party_instances(personas) -> dict[str, object]:
 
     static = StaticDevice.objects.create(user=personas.manager_a, name="backup", confirmed=True)
     static.token_set.create(token="rcvry-TOKEN-77")
+    client = {"user_agent": "Mozilla/5.0", "ip_address": "198.51.100.7", "username": personas.manager_a.email,
+              "http_accept": "text/html", "path_info": "/accounts/login/"}
     return {
+        "axes.accessattempt": AccessAttempt.objects.create(**client, get_data="", post_data="login=manager-a", failures_since_start=2),
+        "axes.accesslog": AccessLog.objects.create(**client),
+        "axes.accessfailurelog": AccessFailureLog.objects.create(**client, locked_out=False),
         "account.emailaddress": EmailAddress.objects.create(user=personas.manager_a, email=personas.manager_a.email),
         "auth.group": Group.objects.create(name="operators"),
         "sites.site": Site.objects.get_current(),

@@ -157,6 +157,9 @@ class Transfer(models.Model):
             models.Index(fields=["status", "expires_at"], name="transfer_open_holds", condition=Q(status="pending")),
             models.Index(fields=["debit_account", "created_at"], name="transfer_debit_time"),
             models.Index(fields=["credit_account", "created_at"], name="transfer_credit_time"),
+            # A wallet's history in the order the ledger wrote it (apps/billing/wallet_history.py: keyset by id).
+            models.Index(fields=["debit_account", "id"], name="transfer_debit_id"),
+            models.Index(fields=["credit_account", "id"], name="transfer_credit_id"),
             # A supplier's paid-out figure (apps/billing/suppliers.py): payouts are few among millions.
             models.Index(fields=["debit_account"], name="transfer_posted_payouts", condition=Q(kind="payout", status="posted")),
         ]

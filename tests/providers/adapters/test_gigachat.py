@@ -158,7 +158,8 @@ def test_it_maps_tool_choice(choice, expected):
 
 
 @pytest.mark.parametrize(("request_", "says"), [
-    (chat(content=[{"type": "image_url", "image_url": {"url": "https://x/cat.png"}}]), "image_url"),  # type: ignore[arg-type]
+    (chat(content=[{"type": "image_url", "image_url": {"url": "https://x/cat.png"}}]), "has image content"),  # type: ignore[arg-type]
+    (chat(content=[{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]), "has audio content"),  # type: ignore[arg-type]
     (CanonicalRequest("chat", "g", {"messages": [{"role": "assistant", "tool_calls": [
         {"id": "a", "function": {"name": "f", "arguments": "{}"}}, {"id": "b", "function": {"name": "f", "arguments": "{}"}}]}]}),
      "one tool call"),

@@ -144,6 +144,9 @@ def chat_messages(messages: Iterable[Any]) -> list[dict[str, Any]]:
     return out
 
 
+_PART_NAMES = {"image_url": "image", "image": "image", "input_audio": "audio", "file": "file (document)", "document": "file (document)"}
+
+
 def _text(content: Any) -> str:
     """A message's content as GigaChat's string: text parts joined; any other part refused."""
     if content is None:
@@ -154,7 +157,11 @@ def _text(content: Any) -> str:
     for part in content if isinstance(content, list) else []:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind != "text":
-            raise _unsupported(f"GigaChat through this gateway takes text content only, not '{kind}' parts.")
+            # Named in plain words, not by OpenAI's part type: an Anthropic client sent an image block,
+            # not an ``image_url`` part, and must recognise what was refused.
+            what = _PART_NAMES.get(kind, "non-text")
+            raise _unsupported(f"GigaChat through this gateway takes text only; this request has {what} content. "
+                               "Send the text alone, or choose a model that accepts it.")
         parts.append(str(part.get("text") or ""))
     return "".join(parts)
 
