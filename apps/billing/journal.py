@@ -2,7 +2,7 @@
 as CSV or XLSX without ever holding the export in memory.
 
 Pages (``journal_page``) are keyset pages on ``(started_at, id)`` descending — never ``OFFSET``:
-page 10 000 costs what page 1 costs, on the indexes of migration 0010. A page's ``next_cursor`` is
+page 10 000 costs what page 1 costs, on the indexes of migration 0011. A page's ``next_cursor`` is
 an opaque text (``"<started_at µs since the epoch>_<id>"``) that ``decode_cursor`` reads back.
 
 Exports read the filtered records through a server-side cursor (``QuerySet.iterator``) inside a
