@@ -50,7 +50,7 @@ def test_it_shows_the_request_in_the_journal_the_balance_drop_and_exports_csv(pa
 
     sign_in(page, e2e, personas.manager_a)
     expect(page).to_have_url(re.compile(r"/company/$"))
-    balance_before = page.locator("#wallet-balance").inner_text()
+    balance_before = int(page.locator("#wallet-balance").get_attribute("data-micro-rub"))
 
     time.sleep(0.5)  # the gateway picks new tokens and prices up by polling
     client = openai.OpenAI(base_url=e2e.base_url, api_key=SECRET, max_retries=0)
@@ -59,9 +59,12 @@ def test_it_shows_the_request_in_the_journal_the_balance_drop_and_exports_csv(pa
     assert raw.parse().choices[0].message.content
     _drain_meter(1)
 
+    from apps.billing.models import UsageRecord
+
+    cost = UsageRecord.objects.get(request_id=request_id).sell_cost
+    assert cost > 0
     page.reload()
-    balance_after = page.locator("#wallet-balance").inner_text()
-    assert balance_after != balance_before
+    assert int(page.locator("#wallet-balance").get_attribute("data-micro-rub")) == balance_before - cost
     expect(page.locator("#top-tokens")).to_contain_text("e2e-journal")
     screenshot(page, "company-dashboard-after-request")
 
