@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.data/run
 $(shell mkdir -p $(CURDIR)/.data/run && chmod 700 $(CURDIR)/.data/run)
 
-.PHONY: run test bench install system-deps migrate lint stop-embedded clean
+.PHONY: run test bench eval-moderation install system-deps migrate lint stop-embedded clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,15 @@ install: system-deps $(STAMP)
 # Invoices and closing acts are rendered by WeasyPrint, which needs Pango and a Cyrillic font
 # from the system. On Debian/Ubuntu they are installed with apt when missing (as root or via sudo);
 # elsewhere a warning names what to install.
-SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core
+# poppler-utils: pdftoppm renders the documents' pictures in docs/billing.md.
+SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core poppler-utils
+# Moderation reads text in image parts with Tesseract (apps/moderation/media.py).
+OCR_PACKAGES := tesseract-ocr tesseract-ocr-rus tesseract-ocr-eng
 system-deps:
 	@if ! { /sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null; } | grep -q 'libpangoft2-1.0.so.0' \
 	   || ! { /sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null; } | grep -q 'libharfbuzz-subset.so.0' \
-	   || ! ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1; then \
+	   || ! ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1 \
+	   || ! command -v pdftoppm >/dev/null 2>&1; then \
 	  if command -v apt-get >/dev/null 2>&1; then \
 	    if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
 	    else echo "make: installing $(SYSTEM_PACKAGES) needs root and there is no sudo" >&2; exit 1; fi; \
@@ -32,6 +36,27 @@ system-deps:
 	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	  else \
 	    echo "make: warning: PDF invoices need Pango (libpangoft2-1.0) and the DejaVu fonts; install them with your package manager" >&2; \
+	  fi; \
+	fi
+	@# The browser tests (tests/e2e) drive Debian's Chromium through Playwright; no browser is downloaded.
+	@if ! command -v chromium >/dev/null 2>&1 && ! [ -x /usr/lib/chromium/chromium ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	    else echo "make: installing chromium needs root and there is no sudo" >&2; exit 1; fi; \
+	    echo "make: installing chromium (browser tests) from Debian's packages"; \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else \
+	    echo "make: warning: the browser tests need Chromium; install it with your package manager" >&2; \
+	  fi; \
+	fi
+	@if ! command -v tesseract >/dev/null 2>&1 || ! tesseract --list-langs 2>/dev/null | grep -qx rus; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	    else echo "make: installing $(OCR_PACKAGES) needs root and there is no sudo" >&2; exit 1; fi; \
+	    echo "make: installing $(OCR_PACKAGES) (moderation: OCR of images) from Debian's packages"; \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(OCR_PACKAGES) >/dev/null; \
+	  else \
+	    echo "make: warning: moderation of images needs Tesseract with Russian and English data; install $(OCR_PACKAGES)" >&2; \
 	  fi; \
 	fi
 
@@ -49,6 +74,10 @@ test: lint
 
 bench: install
 	DEBUG=$${DEBUG:-true} bash bench/run.sh
+
+# Precision and recall per category on the labelled set, latency per layer (docs/moderation.md).
+eval-moderation: install
+	DEBUG=$${DEBUG:-true} $(VENV)/bin/python manage.py jetstream_eval_moderation
 
 # mypy reads the settings module (django-stubs): any URLs parse; nothing is connected to.
 lint: install

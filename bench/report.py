@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench import payloads
+from bench import moderation_stage, payloads
 
 LABELS = {"direct": "Direct (nginx)", "jetstream": "Jetstream", "jetstream_daphne": "Jetstream under Daphne", "litellm": "LiteLLM proxy"}
 MODES = ("non-stream", "stream")
@@ -553,6 +553,26 @@ def _cold_no_counters_row(cold: dict | None) -> str:
     return f"| — | {what}: p99 {_ms(cold['p99_ms'])} ms, max {_ms(cold['max_ms'])} ms, {cold['requests']:,} requests |"
 
 
+def _journal(results: dict) -> list[str]:
+    """The scale cells (bench/journal_cells.py): server time of the company cabinet's pages."""
+    journal = results.get("journal")
+    if not journal:
+        return ["Not measured (BENCH_JOURNAL_CELLS=0)."]
+    if "error" in journal:
+        return [f"**FAILED**: {journal['error'].splitlines()[0]}"]
+    names = {"dashboard": "Company dashboard", "journal_page": "Journal page, filtered (token, status ok, 30 days)",
+             "export_first_byte": "CSV export, first byte (the header)",
+             "export_first_rows": "CSV export, first " + f"{journal.get('export_chunk', 2000):,}".replace(",", "\u202f") + " rows"}
+    lines = [f"{journal['records']:,} usage records of one company (seeded once with `manage.py seed_usage`, COPY), "
+             "timed in-process through Django's test client: the server's work without the network; the median of "
+             "five runs after a warm-up.", "", "| page | median | max | target | |", "|---|---:|---:|---:|---|"]
+    for key, label in names.items():
+        cell = journal[key]
+        lines.append(f"| {label} | {cell['median_ms']:.1f} ms | {cell['max_ms']:.1f} ms | < {cell['target_ms']} ms | "
+                     f"{'met' if cell['met'] else '**NOT MET**'} |")
+    return lines
+
+
 def render(results: dict) -> str:
     parts = [
         "# Benchmarks",
@@ -587,6 +607,10 @@ def render(results: dict) -> str:
         "",
         *_metering(results),
         "",
+        "## The company cabinet at scale (issue 10)",
+        "",
+        *_journal(results),
+        "",
         "## Failover and translation (Jetstream, issue 8)",
         "",
         "The plain path (OpenAI chat in, OpenAI upstream) is measured again right before each path's cell, in the "
@@ -596,6 +620,14 @@ def render(results: dict) -> str:
         "earlier): the machine's load drifts more than the 1 ms the translation targets allow.",
         "",
         *_paths(results),
+        "",
+        "## Moderation stage (in process)",
+        "",
+        "Off, the stage is one attribute check per request (`ProxyApp.inference`): its whole cost, timed against "
+        "the same loop without it. On, a 4 KB prompt with a name and two phone numbers through the prompt side, and "
+        "its echo through the answer side as a stream (`bench/moderation_stage.py`).",
+        "",
+        *moderation_stage.render(results.get("moderation_stage"), (_cell(results, "jetstream", "non-stream-c1") or {}).get("p50_ms")),
         "",
         "## Slow streams",
         "",

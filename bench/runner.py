@@ -20,6 +20,12 @@ Environment (all optional):
                                                      failover (the first key answered 429), Anthropic
                                                      inbound → OpenAI upstream, OpenAI inbound → Anthropic
                                                      upstream; each beside the plain OpenAI path
+    BENCH_JOURNAL_CELLS  1                           measure the company cabinet at scale (0 = skip): the
+                                                     dashboard, a filtered journal page and the export's first
+                                                     byte on a company seeded once with BENCH_JOURNAL_RECORDS
+                                                     usage records, in its own database (<database>_journal,
+                                                     kept between runs)
+    BENCH_JOURNAL_RECORDS 10000000                   usage records of that company
     BENCH_BEFORE         (none)                      a results.json of an earlier run (e.g. `make bench` on the
                                                      commit before a change): the report compares the plain
                                                      path's throughput with it, against this run's own spread
@@ -125,6 +131,8 @@ class Settings:
     cold_start: bool = True
     dialect_cells: bool = True
     before: Path | None = None
+    journal_cells: bool = True
+    journal_records: int = 10_000_000
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -151,6 +159,8 @@ class Settings:
             cold_start=bool(_env_int("BENCH_COLD_START", 1, minimum=0)),
             dialect_cells=bool(_env_int("BENCH_DIALECT_CELLS", 1, minimum=0)),
             before=Path(os.environ["BENCH_BEFORE"]) if os.environ.get("BENCH_BEFORE", "").strip() else None,
+            journal_cells=bool(_env_int("BENCH_JOURNAL_CELLS", 1, minimum=0)),
+            journal_records=_env_int("BENCH_JOURNAL_RECORDS", 10_000_000, minimum=1),
         )
 
 
@@ -1112,7 +1122,54 @@ def run(settings: Settings, procs: Processes) -> dict:
         entry: dict = {}
         results["targets"][name] = entry
         run_target(name, entry, settings=settings, procs=procs, upstreams=upstreams, starters=starters)
+    if settings.journal_cells:
+        print("== journal (the company cabinet at scale)", flush=True)
+        try:
+            results["journal"] = run_journal_cells(settings)
+        except BenchError as exc:
+            results["journal"] = {"error": str(exc)}
+            print(f"\n!!! JOURNAL CELLS FAILED: {exc}\n", file=sys.stderr, flush=True)
     return results
+
+
+def journal_database_url() -> str:
+    """The scale cells' own database on the bench's PostgreSQL server: ``<database>_journal``
+    (created when missing), so 10 million seeded records never mix with the throughput cells'."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if not url:
+        from lib import embedded
+
+        url = embedded.ensure_postgres()
+    dbname = (conninfo_to_dict(url).get("dbname") or "postgres") + "_journal"
+    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True, connect_timeout=10) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    parsed = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parsed._replace(path="/" + dbname))
+
+
+def run_journal_cells(settings: Settings) -> dict:
+    """``bench.journal_cells`` in its own process against ``journal_database_url()``: the seeding
+    (once) and the timings. Raises ``BenchError`` with its log when it fails."""
+    env = {**os.environ, "DATABASE_URL": journal_database_url()}
+    log = LOGS / "journal-cells.log"
+    argv = [str(VENV_PY), "-m", "bench.journal_cells", "--records", str(settings.journal_records)]
+    with open(log, "wb") as fh:
+        try:
+            done = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=fh, timeout=4 * 3600)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"bench.journal_cells did not finish within 4 h (log: {rel(log)})") from None
+    line = next((ln for ln in done.stdout.decode().splitlines() if ln.startswith("BENCH_JOURNAL ")), None)
+    if done.returncode != 0 or line is None:
+        raise BenchError(f"bench.journal_cells failed (exit {done.returncode}; log: {rel(log)}):\n{log_tail(log)}")
+    result = json.loads(line.removeprefix("BENCH_JOURNAL "))
+    for cell in ("dashboard", "journal_page", "export_first_byte", "export_first_rows"):
+        print(f"  {cell:32} median {result[cell]['median_ms']:8.2f} ms  max {result[cell]['max_ms']:8.2f} ms", flush=True)
+    return result
 
 
 def load_before(path: Path) -> dict:
@@ -1141,6 +1198,16 @@ def write_outputs(results: dict, settings: Settings) -> None:
     print(f"Wrote {settings.output} and {WORK / 'results.json'}", flush=True)
 
 
+def measure_moderation_stage() -> dict:
+    """The moderation stage's own cost (``bench/moderation_stage.py``), in a process of its own."""
+    done = subprocess.run([sys.executable, "-m", "bench.moderation_stage"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "DJANGO_SETTINGS_MODULE": "jetstream.settings"})
+    try:
+        return json.loads(done.stdout)
+    except ValueError:
+        return {"off": {"error": done.stderr.strip()[-300:]}, "on": {"error": "not run"}}
+
+
 def main() -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     try:
@@ -1163,6 +1230,7 @@ def main() -> int:
     finally:
         procs.stop_all()
     results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["moderation_stage"] = measure_moderation_stage()
     write_outputs(results, settings)
     failed = [name for name, entry in results["targets"].items() if "error" in entry]
     if failed:

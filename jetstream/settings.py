@@ -88,8 +88,10 @@ INSTALLED_APPS = [
     "django_otp",
     "django_otp.plugins.otp_totp",
     "django_otp.plugins.otp_static",
+    "axes",
     "import_export",
     "django_htmx",
+    "django_filters",
     "apps.accounts",
     "apps.providers",
     "apps.billing",
@@ -110,10 +112,14 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
+    "apps.cabinets.signin.SessionLifetimeMiddleware",
+    "apps.cabinets.signin.TotpRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, so it sees the response of a locked-out sign-in (django-axes).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "jetstream.urls"
@@ -157,6 +163,8 @@ CACHES = {
 
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
+    # First: refuses every attempt for a locked-out email + address before a password is checked.
+    "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",
 ]
@@ -173,8 +181,43 @@ ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_EMAIL_VERIFICATION = envstr("ACCOUNT_EMAIL_VERIFICATION", "optional")
-ACCOUNT_RATE_LIMITS = {"login_failed": "5/m/ip,5/5m/key"}
+# Failed sign-ins are counted and locked out by django-axes (below), one mechanism with an admin
+# page and a lockout page; allauth's own counter would answer first with a plain form error.
+ACCOUNT_RATE_LIMITS = {"login_failed": False}
 ACCOUNT_ALLOW_REGISTRATION = False
+# Accounts are created by invitation (apps/accounts/services.py) or by the operator, never by sign-up;
+# sign-in records the moment for re-authentication (apps/cabinets/signin.py).
+ACCOUNT_ADAPTER = "apps.cabinets.signin.AccountAdapter"
+ACCOUNT_SESSION_REMEMBER = False
+ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
+ACCOUNT_LOGIN_ON_PASSWORD_RESET = False
+ACCOUNT_PASSWORD_RESET_BY_CODE_ENABLED = False
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Jetstream] "
+
+# --- sessions and sign-in security (docs/security.md "Cabinets") ----------------------------------
+# A session ends after this much inactivity (each request extends it) and, whatever the activity,
+# this long after sign-in; the cookie dies with the browser.
+SESSION_COOKIE_AGE = envint("JETSTREAM_SESSION_IDLE_MINUTES", 30, minimum=1) * 60
+SESSION_SAVE_EVERY_REQUEST = True
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+JETSTREAM_SESSION_MAX_HOURS = envint("JETSTREAM_SESSION_MAX_HOURS", 12, minimum=1)
+# Sensitive actions (a new token, payout details, approving a withdrawal) ask for the password or a
+# TOTP code again when the last one is older than this (apps/cabinets/access.py:recent_auth_required).
+JETSTREAM_REAUTH_MINUTES = envint("JETSTREAM_REAUTH_MINUTES", 10, minimum=1)
+# How long an emailed invitation to a company or supplier stays valid.
+JETSTREAM_INVITATION_TTL_HOURS = envint("JETSTREAM_INVITATION_TTL_HOURS", 72, minimum=1)
+# django-axes: this many failed sign-ins for one email from one address lock that pair out for the
+# cool-off (a 429 page); a success resets the count. The address is the TCP peer (as for allauth).
+AXES_FAILURE_LIMIT = envint("JETSTREAM_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = envint("JETSTREAM_LOGIN_LOCKOUT_MINUTES", 15, minimum=1) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_USERNAME_CALLABLE = "apps.cabinets.signin.axes_username"
+AXES_LOCKOUT_TEMPLATE = "account/lockout.html"
+AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "password"]
+# django-otp: a TOTP code is good for its 30 s step ±1 step of clock drift; wrong codes slow the next
+# try down exponentially (throttling); the issuer names the account in authenticator apps.
+OTP_TOTP_ISSUER = envstr("JETSTREAM_TOTP_ISSUER", "Jetstream") or "Jetstream"
 # Messages stay server-side, not in a signed-but-readable cookie. One-time secrets (a new token's)
 # are never messages: the page that creates one shows it (apps/proxy/admin.py), so no store holds it.
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
@@ -272,6 +315,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "pay-approved-withdrawals": {"task": "apps.billing.tasks.pay_approved_withdrawals",
                                  "schedule": crontab(hour=6, minute=0)},
     # Spend alerts (apps/notifications/alerts.py): a few aggregate queries; sends what is due.
+    # Invitations past their expiry are marked expired (an expired link is refused before that too).
+    "expire-invitations": {"task": "apps.accounts.tasks.expire_invitations", "schedule": 3600.0},
     "send-spend-alerts": {"task": "apps.notifications.tasks.send_spend_alerts", "schedule": 60.0},
     # Local nodes' health (apps/providers/node_health.py): a down node leaves routing on the next config poll.
     "check-local-nodes": {"task": "apps.providers.tasks.check_local_nodes",

@@ -39,6 +39,14 @@ class MicroAmountWidget(widgets.Widget):
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+def spreadsheet_safe(value: Any) -> Any:
+    """``value``, or for text a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, a tab or
+    a CR first) the same text after a ``'`` — for exports written without django-import-export."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 class SpreadsheetSafeMixin:
     """Exports a text cell that a spreadsheet would run as a formula with a leading quote."""
 

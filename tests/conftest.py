@@ -34,6 +34,35 @@ def fast_password_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
+def force_login_passes_totp(monkeypatch):
+    """``Client.force_login`` signs a user in as after both sign-in steps, password and TOTP (the
+    admin and the cabinets need both): a confirmed TOTP device is attached to the session. A test
+    of the TOTP step itself sets ``client.otp_verified = False`` first (see tests/cabinets/conftest.py)."""
+    from django.test import Client
+
+    original = Client.force_login
+
+    def force_login(self, user, backend=None):
+        original(self, user, backend)
+        if getattr(self, "otp_verified", True):
+            attach_verified_device(self, user)
+
+    monkeypatch.setattr(Client, "force_login", force_login)
+
+
+def attach_verified_device(client, user) -> None:
+    """Mark ``client``'s session as having passed the TOTP step with a confirmed device of ``user``
+    (created if none): django-otp keeps the device's persistent id under ``otp_device_id``."""
+    from django_otp import DEVICE_ID_SESSION_KEY
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).first() or TOTPDevice.objects.create(user=user, name="test", confirmed=True)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
+
+
+@pytest.fixture(autouse=True)
 def fresh_ledger_account_ids():
     """Billing's per-process cache of ledger account ids must not outlive a rolled-back test database."""
     from apps.billing.usage_records import ledger_accounts
@@ -144,7 +173,7 @@ def catalog(personas) -> Catalog:
         model_name="mock-gpt", model=model, provider=provider, supplier_key=key, price=price, fx_rub_per_unit=92_500_000,
         input_tokens=1200, output_tokens=300, sell_cost=1_234_567, buy_cost=1_000_000, status=UsageStatus.OK,
         http_status=200, latency_ms=420, client_ip="198.51.100.7", started_at=now - dt.timedelta(seconds=1), finished_at=now)
-    policy = Policy.objects.create(company=personas.company_a, mode=PolicyMode.MASK)
+    policy = Policy.objects.create(company=personas.company_a, mode=PolicyMode.ENFORCE)
     return Catalog(egress, provider, model, price, key, token, token_secret, department, wallet, cash, transfer, fx_rate,
                    usage, policy)
 

@@ -10,6 +10,7 @@ OUR_APPS = {"accounts", "providers", "billing", "proxy", "moderation", "invoicin
 
 
 NODE_SECRET = "node-secret-0123456789abcdef"
+MODERATOR_SECRET = "moderator-secret-0123456789abcdef"
 
 
 def _local_node(personas):
@@ -20,6 +21,15 @@ def _local_node(personas):
     node.set_secret(NODE_SECRET)
     node.save()
     return node
+
+
+def _moderation_endpoint():
+    from apps.moderation.models import ModerationEndpoint
+
+    endpoint = ModerationEndpoint(name="guard", base_url="http://127.0.0.1:9/v1", internal=True, model="llama-guard")
+    endpoint.set_secret(MODERATOR_SECRET)
+    endpoint.save()
+    return endpoint
 
 
 def _supplier_money(personas) -> dict[str, object]:
@@ -41,6 +51,12 @@ def _supplier_money(personas) -> dict[str, object]:
         "billing.payoutbatch": PayoutBatch.objects.create(),
         "billing.payablecreditday": PayableCreditDay.objects.get(account=payable),
     }
+
+
+def _invitation(personas):
+    from apps.accounts import services
+
+    return services.invite(email="invitee@example.com", role="viewer", invited_by=personas.manager_a, company=personas.company_a).invitation
 
 
 def _instances(personas, catalog) -> dict[str, object]:
@@ -73,6 +89,7 @@ def _instances(personas, catalog) -> dict[str, object]:
         "accounts.department": catalog.department,
         "accounts.membership": Membership.objects.get(user=personas.manager_a),
         "accounts.supplier": personas.supplier,
+        "accounts.invitation": _invitation(personas),
         "accounts.suppliermembership": SupplierMembership.objects.get(user=personas.supplier_user),
         "providers.egressproxy": catalog.egress,
         "providers.provider": catalog.provider,
@@ -89,13 +106,29 @@ def _instances(personas, catalog) -> dict[str, object]:
         "billing.usagerecord": catalog.usage,
         "proxy.apitoken": catalog.token,
         "moderation.policy": catalog.policy,
+        "moderation.moderationendpoint": _moderation_endpoint(),
+
+        "moderation.moderationreport": _moderation_report(personas),
     }
+
+
+def _moderation_report(personas):
+    from django.utils import timezone
+
+    from apps.moderation.masking import Masker
+    from apps.moderation.report_models import ModerationReport
+
+    masker = Masker()
+    masker.values["[PHONE_1]"] = "+7 912 345-67-89"
+    return ModerationReport.objects.create(request_id="req_admin", company=personas.company_a, category="phone", detector="pattern",
+                                           action="mask", direction="prompt", snippet="звоните [PHONE]", created_at=timezone.now(),
+                                           sealed_mapping=masker.sealed())
 
 
 def _assert_clean(response, catalog, url: str) -> None:
     assert response.status_code == 200, url
     html = response.content.decode()
-    for secret in (*catalog.secrets(), NODE_SECRET):
+    for secret in (*catalog.secrets(), NODE_SECRET, MODERATOR_SECRET):
         assert secret not in html, f"{url} shows a secret"
 
 
@@ -152,6 +185,7 @@ def _request(user):
 
 def _third_party_instances(personas) -> dict[str, object]:
     from allauth.account.models import EmailAddress
+    from axes.models import AccessAttempt, AccessFailureLog, AccessLog
     from django.contrib.auth.models import Group
     from django.contrib.sites.models import Site
     from django_otp.plugins.otp_static.models import StaticDevice
@@ -159,7 +193,12 @@ def _third_party_instances(personas) -> dict[str, object]:
 
     static = StaticDevice.objects.create(user=personas.manager_a, name="backup", confirmed=True)
     static.token_set.create(token="rcvry-TOKEN-77")
+    client = {"user_agent": "Mozilla/5.0", "ip_address": "198.51.100.7", "username": personas.manager_a.email,
+              "http_accept": "text/html", "path_info": "/accounts/login/"}
     return {
+        "axes.accessattempt": AccessAttempt.objects.create(**client, get_data="", post_data="login=manager-a", failures_since_start=2),
+        "axes.accesslog": AccessLog.objects.create(**client),
+        "axes.accessfailurelog": AccessFailureLog.objects.create(**client, locked_out=False),
         "account.emailaddress": EmailAddress.objects.create(user=personas.manager_a, email=personas.manager_a.email),
         "auth.group": Group.objects.create(name="operators"),
         "sites.site": Site.objects.get_current(),

@@ -11,8 +11,6 @@ import pytest
 from django.conf import settings
 from django.utils import translation
 
-from tests.conftest import PASSWORD
-
 LOCALE = Path(settings.BASE_DIR) / "locale"
 RU_PO = LOCALE / "ru" / "LC_MESSAGES" / "django.po"
 EN_PO = LOCALE / "en" / "LC_MESSAGES" / "django.po"
@@ -257,7 +255,7 @@ def test_it_picks_the_russian_plural_form(n, expected):
 
 @pytest.fixture
 def superadmin_session(client, personas):
-    assert client.login(username=personas.superadmin.email, password=PASSWORD)
+    client.force_login(personas.superadmin)  # password + TOTP (tests/conftest.py); the admin needs both
     return client
 
 

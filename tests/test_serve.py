@@ -100,13 +100,19 @@ def run_serve(env: dict[str, str]) -> subprocess.CompletedProcess:
 def test_it_serves_the_admin_its_static_files_and_the_proxy_with_production_settings(db, tmp_path, server):
     static_root = tmp_path / "static"
     with served(production_env(child_database_url(), static_root, JETSTREAM_SERVER=server)) as url:
-        login = httpx.get(f"{url}/admin/login/", headers=BEHIND_TLS_PROXY, timeout=30)
+        # The admin signs in through the cabinets' sign-in page (password, then TOTP).
+        admin_login = httpx.get(f"{url}/admin/login/", headers=BEHIND_TLS_PROXY, timeout=30)
+        assert admin_login.status_code == 302 and admin_login.headers["location"].startswith("/accounts/login/?next=")
+        login = httpx.get(f"{url}/accounts/login/", headers=BEHIND_TLS_PROXY, timeout=30)
         assert login.status_code == 200, login.text[-2000:]
-        stylesheet = re.search(r'href="(/static/admin/css/base\.[0-9a-f]{12}\.css)"', login.text)
-        assert stylesheet, "the login page does not link the hashed admin stylesheet"
-        css = httpx.get(f"{url}{stylesheet.group(1)}", headers=BEHIND_TLS_PROXY, timeout=30)
-        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
-        assert css.content == (static_root / stylesheet.group(1).removeprefix("/static/")).read_bytes()
+        for pattern, content_type in ((r'href="(/static/cabinets/cabinets\.[0-9a-f]{12}\.css)"', "text/css"),
+                                      (r'src="(/static/vendor/chartjs/chart\.umd\.min\.[0-9a-f]{12}\.js)"', "text/javascript")):
+            linked = re.search(pattern, login.text)
+            assert linked, f"the sign-in page does not link the hashed file {pattern}"
+            asset = httpx.get(f"{url}{linked.group(1)}", headers=BEHIND_TLS_PROXY, timeout=30)
+            assert asset.status_code == 200 and asset.headers["content-type"].startswith(content_type)
+            assert asset.content == (static_root / linked.group(1).removeprefix("/static/")).read_bytes()
+        assert any((static_root / "admin" / "css").glob("base.*.css"))  # the admin's own files are collected and hashed too
         models = httpx.get(f"{url}/v1/models", timeout=30)
         assert models.status_code == 401 and models.json()["error"]["type"] == "authentication_error"
         plain_http = httpx.get(f"{url}/admin/login/", headers={"Host": HOST}, timeout=30)

@@ -12,7 +12,8 @@ from django.db.models import F, OuterRef, Subquery
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
-from apps.accounts.models import Company, CompanyModelCoefficient, Department, Membership, Supplier, SupplierMembership, User
+from apps.accounts import services
+from apps.accounts.models import Company, CompanyModelCoefficient, Department, Invitation, Membership, Supplier, SupplierMembership, User
 from apps.billing.models import Account, AccountKind
 from lib.admin import MappingField, MicroAmountField, rub_column
 
@@ -207,3 +208,26 @@ class SupplierMembershipAdmin(admin.ModelAdmin):
     list_select_related = ["user", "supplier"]
     autocomplete_fields = ["user", "supplier"]
     date_hierarchy = "created_at"
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Invitations as sent from the cabinets: read-only (they are made by ``services.invite``), with
+    an action to revoke pending ones. The link's key is never shown (only its hash is stored)."""
+
+    list_display = ["email", "company", "supplier", "role", "status", "expires_at", "invited_by", "created_at"]
+    list_filter = ["status"]
+    search_fields = ["email", "company__name", "supplier__name"]
+    list_select_related = ["company", "supplier", "invited_by"]
+    fields = ["email", "company", "supplier", "role", "status", "invited_by", "accepted_by", "created_at", "expires_at", "closed_at"]
+    readonly_fields = fields
+    actions = ["revoke_invitations"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description=_("Revoke the selected pending invitations"))
+    def revoke_invitations(self, request: HttpRequest, queryset: Any) -> None:
+        """Revoke each selected invitation through the service (a no-op for one no longer pending)."""
+        for invitation in queryset:
+            services.revoke_invitation(invitation=invitation)

@@ -264,3 +264,73 @@ class SupplierMembership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} @ {self.supplier}"
+
+
+class InvitationStatus(models.TextChoices):
+    """Where an invitation stands: ``pending`` until it is accepted, revoked or lapses (``expired``)."""
+
+    PENDING = "pending", _("Pending")
+    ACCEPTED = "accepted", _("Accepted")
+    REVOKED = "revoked", _("Revoked")
+    EXPIRED = "expired", _("Expired")
+
+
+class Invitation(models.Model):
+    """An invitation sent by email to join one company (with a ``CompanyRole``) or one supplier (with a
+    ``SupplierRole``): exactly one of ``company`` / ``supplier`` is set, and ``role`` is a value of that
+    kind's roles.
+
+    The link in the email carries a random key; only its SHA-256 (``key_hash``) is stored, so a copy of
+    the database cannot accept anyone's invitation. One pending invitation per email and organisation
+    (a new one revokes the old). The services in ``apps/accounts/services.py`` are the only writers."""
+
+    email = models.EmailField(_("email"))
+    company = models.ForeignKey(Company, on_delete=models.CASCADE, null=True, blank=True, related_name="invitations",
+                                verbose_name=_("company"))
+    supplier = models.ForeignKey(Supplier, on_delete=models.CASCADE, null=True, blank=True, related_name="invitations",
+                                 verbose_name=_("supplier"))
+    role = models.CharField(_("role"), max_length=16)
+    key_hash = models.CharField(_("key hash"), max_length=64, unique=True, editable=False)
+    status = models.CharField(_("status"), max_length=16, choices=InvitationStatus.choices, default=InvitationStatus.PENDING)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="invitations_sent", verbose_name=_("invited by"))
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                    related_name="invitations_accepted", verbose_name=_("accepted by"))
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    expires_at = models.DateTimeField(_("expires"))
+    closed_at = models.DateTimeField(_("closed"), null=True, blank=True,
+                                     help_text=_("When it was accepted, revoked or expired."))
+
+    class Meta:
+        verbose_name = _("invitation")
+        verbose_name_plural = _("invitations")
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(company__isnull=False, supplier__isnull=True)
+                                   | models.Q(company__isnull=True, supplier__isnull=False),
+                                   name="invitation_one_organisation"),
+            models.UniqueConstraint(fields=["email", "company"], condition=models.Q(status="pending", company__isnull=False),
+                                    name="invitation_one_pending_per_company"),
+            models.UniqueConstraint(fields=["email", "supplier"], condition=models.Q(status="pending", supplier__isnull=False),
+                                    name="invitation_one_pending_per_supplier"),
+        ]
+        indexes = [models.Index(fields=["status", "expires_at"], name="invitation_status_expiry")]
+
+    def __str__(self) -> str:
+        return f"{self.email} → {self.organisation} ({self.role_label})"
+
+    @property
+    def organisation(self) -> Company | Supplier:
+        """The company or the supplier the invitation is to."""
+        return self.company if self.company_id else self.supplier  # type: ignore[return-value]
+
+    @property
+    def role_label(self) -> str:
+        """The role's display name in the active language."""
+        choices = CompanyRole if self.company_id else SupplierRole
+        return str(dict(choices.choices).get(self.role, self.role))
+
+    @property
+    def is_open(self) -> bool:
+        """Pending and not past ``expires_at``: it can still be accepted or revoked."""
+        return self.status == InvitationStatus.PENDING and self.expires_at > timezone.now()

@@ -1,5 +1,5 @@
 """Accounts services: suppliers, companies (with their wallet and policy), departments,
-configuration top-ups and the bootstrap superadmin.
+configuration top-ups, the bootstrap superadmin, and invitations to join a company or a supplier.
 
 Every writer takes keyword-only arguments and runs inside ``transaction.atomic()``. The upsert
 style services also take ``dry_run``: they then validate and report what they would do
@@ -12,19 +12,49 @@ lib/upsert.py.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import hashlib
 import secrets
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from django.contrib.auth import get_user_model
+from allauth.account.models import EmailAddress
+from django.conf import settings
+from django.contrib.auth import get_user_model, password_validation
 from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import QuerySet, Sum
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from apps.accounts.exceptions import SuperadminEmailTaken, TopUpReductionError
-from apps.accounts.models import Company, CompanyModelCoefficient, Department, Supplier
+from apps.accounts.exceptions import (
+    AlreadyMember,
+    InvitationEmailMismatch,
+    InvitationInvalid,
+    InvitationNotAllowed,
+    InvitationUserExists,
+    SuperadminEmailTaken,
+    TopUpReductionError,
+)
+from apps.accounts.models import (
+    Company,
+    CompanyModelCoefficient,
+    CompanyRole,
+    Department,
+    Invitation,
+    InvitationStatus,
+    Membership,
+    Supplier,
+    SupplierMembership,
+    SupplierRole,
+    User,
+)
 from apps.billing import services as ledger
 from apps.billing.models import Account, AccountKind, Transfer, TransferKind
 from lib.money import format_rub
@@ -326,3 +356,378 @@ def set_model_coefficients(*, company: Company, coefficients: list[tuple[Any, De
             if not dry_run:
                 CompanyModelCoefficient.objects.filter(company=company, model_id__in=stale).delete()
         return Outcome(company, UPDATED if changed else UNCHANGED)
+
+
+# --- invitations ---------------------------------------------------------------------------
+#
+# A manager invites an email to their company (with a CompanyRole) or supplier (with a SupplierRole).
+# The email carries a link with a random key (``INVITATION_ACCEPT_URL_NAME``); the database keeps only
+# the key's SHA-256. Following the link, a person with no account sets a password
+# (``accept_invitation_as_new_user``); a person with one signs in and accepts (``accept_invitation``).
+# Either way the result is a Membership / SupplierMembership with the invited role.
+
+#: The URL name of the accept page (``/accounts/invitation/<key>/``); the link in the email points there.
+INVITATION_ACCEPT_URL_NAME = "invitation_accept"
+#: Company roles that may invite (owners may invite anyone; managers anyone but an owner).
+_COMPANY_INVITERS = (CompanyRole.OWNER, CompanyRole.MANAGER)
+
+
+@dataclass(frozen=True)
+class IssuedInvitation:
+    """What ``invite`` returns: the saved ``invitation`` and its ``key`` — the secret part of the
+    link, shown nowhere else and not stored (only its SHA-256); ``accept_url`` is the absolute link
+    that was emailed."""
+
+    invitation: Invitation
+    key: str
+    accept_url: str
+
+
+def invitation_key_hash(key: str) -> str:
+    """The stored form of an invitation key: SHA-256, 64 lower-case hex digits."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def invitation_ttl() -> dt.timedelta:
+    """How long an invitation stays open: ``JETSTREAM_INVITATION_TTL_HOURS`` (default 72 h)."""
+    return dt.timedelta(hours=getattr(settings, "JETSTREAM_INVITATION_TTL_HOURS", 72))
+
+
+def _check_inviter(*, invited_by: Any, company: Company | None, supplier: Supplier | None, role: str) -> None:
+    """Raise ``InvitationNotAllowed`` unless ``invited_by`` may invite to this organisation with ``role``."""
+    if company is not None:
+        if role not in CompanyRole.values:
+            raise InvitationNotAllowed(_("%(role)s is not a company role.") % {"role": role})
+        if invited_by.is_superuser:
+            return
+        membership = Membership.objects.filter(user=invited_by, company=company).first()
+        if membership is None or membership.role not in _COMPANY_INVITERS:
+            raise InvitationNotAllowed(_("Only the company's owners and managers may invite."))
+        if role == CompanyRole.OWNER and membership.role != CompanyRole.OWNER:
+            raise InvitationNotAllowed(_("Only an owner may invite another owner."))
+        return
+    assert supplier is not None
+    if role not in SupplierRole.values:
+        raise InvitationNotAllowed(_("%(role)s is not a supplier role.") % {"role": role})
+    if invited_by.is_superuser:
+        return
+    if not SupplierMembership.objects.filter(user=invited_by, supplier=supplier, role=SupplierRole.OWNER).exists():
+        raise InvitationNotAllowed(_("Only the supplier's owners may invite."))
+
+
+def _already_member(email: str, *, company: Company | None, supplier: Supplier | None) -> bool:
+    if company is not None:
+        return Membership.objects.filter(company=company, user__email__iexact=email).exists()
+    return SupplierMembership.objects.filter(supplier=supplier, user__email__iexact=email).exists()
+
+
+def invite(*, email: str, role: str, invited_by: Any, company: Company | None = None, supplier: Supplier | None = None,
+           site_url: str | None = None) -> IssuedInvitation:
+    """Invite ``email`` to ``company`` (``role`` a ``CompanyRole`` value) or ``supplier`` (a
+    ``SupplierRole`` value) — exactly one of them — and email the link (Django's email backend, in the
+    active language). A pending invitation for the same email and organisation is revoked first, so
+    "invite again" re-sends a fresh link. The invitation expires after ``invitation_ttl()``.
+
+    ``site_url`` (``https://gw.example.com``) is the link's origin; default ``settings.SITE_URL``.
+
+    Raises ``ValidationError`` (a malformed email), ``InvitationNotAllowed`` (the inviter is not an
+    owner/manager there, a manager inviting an owner, a role of the wrong kind), ``AlreadyMember``.
+    """
+    if (company is None) == (supplier is None):
+        raise ValueError("invite() takes exactly one of company= or supplier=")
+    email = User.objects.normalize_email(email.strip()).lower()
+    validate_email(email)
+    with transaction.atomic():
+        # Lock the organisation's row: two managers inviting the same email at once would both find no
+        # pending invitation and the second would fail on the unique constraint instead of replacing it.
+        organisation = (Company.objects.select_for_update().get(pk=company.pk) if company is not None
+                        else Supplier.objects.select_for_update().get(pk=supplier.pk))  # type: ignore[union-attr]
+        _check_inviter(invited_by=invited_by, company=company, supplier=supplier, role=role)
+        if _already_member(email, company=company, supplier=supplier):
+            raise AlreadyMember(_("%(email)s is already a member of %(org)s.") % {"email": email, "org": organisation})
+        now = timezone.now()
+        Invitation.objects.filter(email=email, company=company, supplier=supplier, status=InvitationStatus.PENDING).update(
+            status=InvitationStatus.REVOKED, closed_at=now)
+        key = secrets.token_urlsafe(32)
+        invitation = Invitation.objects.create(email=email, company=company, supplier=supplier, role=role,
+                                               key_hash=invitation_key_hash(key), invited_by=invited_by,
+                                               expires_at=now + invitation_ttl())
+        accept_url = (site_url or settings.SITE_URL).rstrip("/") + reverse(INVITATION_ACCEPT_URL_NAME, args=[key])
+        issued = IssuedInvitation(invitation=invitation, key=key, accept_url=accept_url)
+        # Sent after the commit: a rolled-back invitation must not leave a live-looking link in an inbox.
+        transaction.on_commit(lambda: send_invitation_email(issued))
+        return issued
+
+
+def send_invitation_email(issued: IssuedInvitation) -> None:
+    """Email the invitation's link to its address (subject and body from
+    ``templates/account/email/invitation_{subject,message}.txt``)."""
+    invitation = issued.invitation
+    context = {"invitation": invitation, "organisation": invitation.organisation, "role": invitation.role_label,
+               "accept_url": issued.accept_url, "expires_at": invitation.expires_at,
+               "inviter": invitation.invited_by.email if invitation.invited_by else ""}
+    subject = " ".join(render_to_string("account/email/invitation_subject.txt", context).split())
+    body = render_to_string("account/email/invitation_message.txt", context)
+    send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [invitation.email])
+
+
+def open_invitation(key: str) -> Invitation:
+    """The open (pending, unexpired) invitation with this link key. Raises ``InvitationInvalid``."""
+    invitation = (Invitation.objects.select_related("company", "supplier", "invited_by")
+                  .filter(key_hash=invitation_key_hash(key)).first()) if key else None
+    if invitation is None or not invitation.is_open:
+        raise InvitationInvalid(_("This invitation is not valid: it has been used, revoked or has expired."))
+    return invitation
+
+
+def _lock_open_invitation(key: str) -> Invitation:
+    # Lock: the same link followed twice at once (a double click) must make one membership.
+    invitation = Invitation.objects.select_for_update().filter(key_hash=invitation_key_hash(key)).first() if key else None
+    if invitation is None or not invitation.is_open:
+        raise InvitationInvalid(_("This invitation is not valid: it has been used, revoked or has expired."))
+    return invitation
+
+
+def _join(invitation: Invitation, user: Any) -> Membership | SupplierMembership:
+    if invitation.company_id:
+        membership, _created = Membership.objects.get_or_create(user=user, company_id=invitation.company_id,
+                                                                defaults={"role": invitation.role})
+    else:
+        membership, _created = SupplierMembership.objects.get_or_create(user=user, supplier_id=invitation.supplier_id,
+                                                                        defaults={"role": invitation.role})
+    invitation.status = InvitationStatus.ACCEPTED
+    invitation.accepted_by = user
+    invitation.closed_at = timezone.now()
+    invitation.save(update_fields=["status", "accepted_by", "closed_at"])
+    return membership
+
+
+def accept_invitation(*, key: str, user: Any) -> Membership | SupplierMembership:
+    """Accept the invitation with link ``key`` as the signed-in ``user``, whose email must be the
+    invited one (case-insensitive). Returns the new membership (an existing one is kept as it is).
+
+    Raises ``InvitationInvalid`` (unknown key, used, revoked, expired) and ``InvitationEmailMismatch``."""
+    with transaction.atomic():
+        invitation = _lock_open_invitation(key)
+        if user.email.lower() != invitation.email:
+            raise InvitationEmailMismatch(_("This invitation was sent to another email address."))
+        return _join(invitation, user)
+
+
+def accept_invitation_as_new_user(*, key: str, password: str, full_name: str = "") -> tuple[Any, Membership | SupplierMembership]:
+    """Create the account of an invited email that has none (``password`` checked by the password
+    validators; the email counts as verified — the person followed the emailed link) and accept the
+    invitation. Returns ``(user, membership)``.
+
+    Raises ``InvitationInvalid``, ``InvitationUserExists`` (sign in instead), ``ValidationError`` (a
+    weak password; messages per validator)."""
+    with transaction.atomic():
+        invitation = _lock_open_invitation(key)
+        if User.objects.filter(email__iexact=invitation.email).exists():
+            raise InvitationUserExists(_("An account with this email exists: sign in to accept the invitation."))
+        candidate = User(email=invitation.email, full_name=full_name.strip()[:200])
+        password_validation.validate_password(password, user=candidate)
+        user = User.objects.create_user(invitation.email, password, full_name=candidate.full_name)
+        EmailAddress.objects.create(user=user, email=user.email, primary=True, verified=True)
+        return user, _join(invitation, user)
+
+
+def revoke_invitation(*, invitation: Invitation) -> Invitation:
+    """Revoke a pending invitation (its link stops working at once). Revoking one that is no longer
+    pending changes nothing. Returns the invitation as stored."""
+    with transaction.atomic():
+        # Lock: a revoke racing an acceptance — one of them wins, never both.
+        invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
+        if invitation.status == InvitationStatus.PENDING:
+            invitation.status = InvitationStatus.REVOKED
+            invitation.closed_at = timezone.now()
+            invitation.save(update_fields=["status", "closed_at"])
+        return invitation
+
+
+def expire_invitations(*, now: dt.datetime | None = None) -> int:
+    """Mark every pending invitation past its ``expires_at`` as expired; returns how many. (An expired
+    link is refused before this runs too: ``open_invitation`` checks the time itself.)"""
+    now = now or timezone.now()
+    return Invitation.objects.filter(status=InvitationStatus.PENDING, expires_at__lte=now).update(
+        status=InvitationStatus.EXPIRED, closed_at=now)
+
+
+def pending_invitations(*, company: Company | None = None, supplier: Supplier | None = None) -> QuerySet[Invitation]:
+    """The organisation's open invitations, newest first (for a members page)."""
+    return Invitation.objects.filter(company=company, supplier=supplier, status=InvitationStatus.PENDING,
+                                     expires_at__gt=timezone.now()).select_related("invited_by").order_by("-created_at")
+
+
+# --- demo people (make run) ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DemoCredentials:
+    """How a demo person signs in: ``email``, ``password`` and the TOTP ``totp_secret`` (base32, as
+    authenticator apps take it) with its ``totp_uri`` (``otpauth://totp/…``, for a QR code). Either
+    secret is None when it was not made now (it is stored only hashed / inside the device)."""
+
+    email: str
+    password: str | None
+    totp_secret: str | None
+    totp_uri: str | None
+
+
+def ensure_totp_device(*, user: Any, reset: bool = False) -> tuple[str, str] | None:
+    """Give ``user`` a confirmed TOTP authenticator (django-otp) if they have none, or a new one with
+    ``reset``. Returns ``(base32 secret, otpauth URI)`` when a device was made now, else None."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    with transaction.atomic():
+        if reset:
+            TOTPDevice.objects.filter(user=user).delete()
+        elif TOTPDevice.objects.filter(user=user, confirmed=True).exists():
+            return None
+        device = TOTPDevice.objects.create(user=user, name="authenticator", confirmed=True)
+        return base64.b32encode(device.bin_key).decode(), device.config_url
+
+
+def ensure_demo_member(*, email: str, role: str, company: Company | None = None, supplier: Supplier | None = None,
+                       reset: bool = False) -> DemoCredentials:
+    """The demo's company manager or supplier: the user ``email`` (created with a generated password),
+    a membership of ``company`` or ``supplier`` with ``role``, and a TOTP authenticator. With ``reset``
+    the password and the authenticator are replaced. The returned secrets are those made now (shown
+    once by ``jetstream_demo``); an existing person's are None. Raises ``ValueError`` without exactly
+    one of ``company`` / ``supplier``."""
+    if (company is None) == (supplier is None):
+        raise ValueError("ensure_demo_member() takes exactly one of company= or supplier=")
+    with transaction.atomic():
+        user = User.objects.filter(email__iexact=email).first()
+        password = None
+        if user is None or reset:
+            password = secrets.token_urlsafe(12)
+            if user is None:
+                # Two demo runs at once: the unique email lets one create the user, the other fails.
+                user = User.objects.create_user(email, password)
+            else:
+                user.set_password(password)
+                user.save(update_fields=["password"])
+        EmailAddress.objects.get_or_create(user=user, email=user.email, defaults={"primary": True, "verified": True})
+        if company is not None:
+            Membership.objects.get_or_create(user=user, company=company, defaults={"role": role})
+        else:
+            SupplierMembership.objects.get_or_create(user=user, supplier=supplier, defaults={"role": role})
+        totp = ensure_totp_device(user=user, reset=reset)
+        return DemoCredentials(email=user.email, password=password, totp_secret=totp[0] if totp else None,
+                               totp_uri=totp[1] if totp else None)
+
+# --- departments in the company cabinet ------------------------------------------------------
+
+@dataclass(frozen=True)
+class DepartmentNode:
+    """A department in its company's tree: ``depth`` (0 = top level) and the ids of every
+    department below it (``descendants``, at any depth)."""
+
+    department: Department
+    depth: int
+    descendants: tuple[int, ...]
+
+
+def department_tree(*, company: Company) -> list[DepartmentNode]:
+    """The company's departments depth first (each followed by its children, by name), with
+    ``company`` and ``parent`` loaded. One query."""
+    departments = list(Department.objects.filter(company=company).select_related("company", "parent").order_by("name", "pk"))
+    children: dict[int | None, list[Department]] = {}
+    for department in departments:
+        children.setdefault(department.parent_id, []).append(department)
+    nodes: list[DepartmentNode] = []
+
+    def walk(department: Department, depth: int, seen: frozenset[int]) -> list[int]:
+        index = len(nodes)
+        nodes.append(DepartmentNode(department, depth, ()))
+        below: list[int] = []
+        for child in children.get(department.pk, []):
+            if child.pk not in seen:  # a cycle is refused on save; never loop on one written behind our back
+                below += [child.pk, *walk(child, depth + 1, seen | {child.pk})]
+        nodes[index] = DepartmentNode(department, depth, tuple(below))
+        return below
+
+    for top in children.get(None, []):
+        walk(top, 0, frozenset({top.pk}))
+    return nodes
+
+
+def new_department_slug(*, company: Company, name: str) -> str:
+    """A slug for a new department of ``company`` made from ``name`` (Cyrillic transliterated
+    roughly; ``department`` when nothing is left), with ``-2``, ``-3``… if it is taken."""
+    from django.utils.text import slugify
+
+    table = str.maketrans({"а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ё": "e", "ж": "zh", "з": "z", "и": "i",
+                           "й": "y", "к": "k", "л": "l", "м": "m", "н": "n", "о": "o", "п": "p", "р": "r", "с": "s", "т": "t",
+                           "у": "u", "ф": "f", "х": "h", "ц": "ts", "ч": "ch", "ш": "sh", "щ": "sch", "ъ": "", "ы": "y",
+                           "ь": "", "э": "e", "ю": "yu", "я": "ya"})
+    base = slugify(name.lower().translate(table))[:56].strip("-") or "department"
+    taken = set(Department.objects.filter(company=company, slug__startswith=base).values_list("slug", flat=True))
+    slug, n = base, 1
+    while slug in taken:
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+def delete_department(*, department: Department) -> None:
+    """Delete a department that nothing refers to. Raises ``ValidationError`` while it has
+    sub-departments, tokens (revoked ones included: their history names it), usage records or a
+    budget account in the ledger."""
+    from apps.billing.models import UsageRecord
+
+    with transaction.atomic():
+        # Lock: a token or a child department added to it while it is deleted.
+        department = Department.objects.select_for_update().get(pk=department.pk)
+        if department.children.exists():
+            raise ValidationError(_("Move or delete its sub-departments first."))
+        if department.tokens.exists():
+            raise ValidationError(_("Its tokens still name it; move them to another department first."))
+        if UsageRecord.objects.filter(department=department).exists() or Account.objects.filter(department=department).exists():
+            raise ValidationError(_("It has spend on record, which must keep naming it; it cannot be deleted."))
+        department.delete()
+
+
+# --- members of a company ----------------------------------------------------------------------
+
+def _check_owner_rules(*, membership: Membership, new_role: str | None, by: Membership) -> None:
+    """Only an owner grants, changes or removes an owner's place, and a company that has owners
+    keeps at least one. Raises ``ValidationError``."""
+    touches_owner = membership.role == CompanyRole.OWNER or new_role == CompanyRole.OWNER
+    if touches_owner and by.role != CompanyRole.OWNER:
+        raise ValidationError(_("Only an owner can make someone an owner or change an owner's role."))
+    if membership.role == CompanyRole.OWNER and new_role != CompanyRole.OWNER:
+        owners = Membership.objects.filter(company_id=membership.company_id, role=CompanyRole.OWNER).exclude(pk=membership.pk)
+        if not owners.exists():
+            raise ValidationError(_("A company keeps at least one owner; make someone else an owner first."))
+
+
+def change_member_role(*, membership: Membership, role: str, by: Membership) -> Membership:
+    """Give a member of a company the ``CompanyRole`` ``role``, as the member ``by`` (of the same
+    company) asks. Raises ``ValidationError`` for an unknown role and when the owner rules forbid
+    it (``_check_owner_rules``)."""
+    if role not in CompanyRole.values:
+        raise ValidationError(_("Unknown role: %(role)s.") % {"role": role})
+    with transaction.atomic():
+        # Lock the company's owners: two owners demoting each other at once must not leave none.
+        list(Membership.objects.select_for_update().filter(company_id=membership.company_id, role=CompanyRole.OWNER))
+        membership = Membership.objects.select_for_update().get(pk=membership.pk)
+        if membership.role == role:
+            return membership
+        _check_owner_rules(membership=membership, new_role=role, by=by)
+        membership.role = role
+        membership.save(update_fields=["role"])
+        return membership
+
+
+def remove_member(*, membership: Membership, by: Membership) -> None:
+    """Take a person out of a company (``by`` may be the member themself: leaving). Raises
+    ``ValidationError`` when the owner rules forbid it (``_check_owner_rules``). Their tokens are
+    the proxy's business (``apps.proxy.services.remove_company_member``)."""
+    with transaction.atomic():
+        # Lock the company's owners: two owners removing each other at once must not leave none.
+        list(Membership.objects.select_for_update().filter(company_id=membership.company_id, role=CompanyRole.OWNER))
+        membership = Membership.objects.select_for_update().get(pk=membership.pk)
+        if by.pk != membership.pk or membership.role == CompanyRole.OWNER:
+            _check_owner_rules(membership=membership, new_role=None, by=by)
+        membership.delete()

@@ -139,22 +139,25 @@ class UsageRecordAdmin(ExportPermissionMixin, ViewOnlyAdminMixin, ExportActionMi
     resource_classes = [UsageRecordResource]
     formats = SPREADSHEET_FORMATS
     list_display = ["started_at", "request_id", "company", "token", "model_name", "status", "http_status",
-                    "input_tokens", "output_tokens", "sell_cost", "sell_cost_rub", "buy_cost", "buy_cost_rub", "latency_ms"]
+                    "input_tokens", "output_tokens", "sell_cost", "sell_cost_rub", "sell_capped", "buy_cost", "buy_cost_rub",
+                    "latency_ms"]
     list_display_links = ["started_at", "request_id"]
-    list_filter = ["status", "stream", "usage_counted_locally", "usage_clamped", "provider", "endpoint"]
+    list_filter = ["status", "stream", "usage_counted_locally", "sell_capped", "usage_clamped", "provider", "endpoint"]
     search_fields = ["=request_id", "model_name", "company__name", "company__slug", "token__name", "=token__key_prefix"]
     list_select_related = ["company", "token"]
     date_hierarchy = "started_at"
     show_full_result_count = False
     readonly_fields = ["request_id", "status", "http_status", "error_type", "error_code", "company", "department",
                        "token", "endpoint", "model_name", "model", "provider", "supplier_key", "price",
-                       "fx_rub_per_unit", "stream", "input_tokens", "output_tokens", "cached_tokens",
-                       "usage_counted_locally", "sell_cost", "sell_cost_rub", "buy_cost", "buy_cost_rub", "latency_ms",
+                       "fx_rub_per_unit", "stream", "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
+                       "images", "usage_counted_locally", "sell_cost", "sell_cost_rub", "sell_capped", "sell_cost_uncapped",
+                       "sell_cost_uncapped_rub", "buy_cost", "buy_cost_rub", "latency_ms",
                        "ttft_ms", "attempts", "client_ip", "started_at", "finished_at", "recorded_at"]
     fields = [*readonly_fields]  # every field shown, none editable
 
     sell_cost_rub = rub_column("sell_cost", _("sell cost, RUB"))
     buy_cost_rub = rub_column("buy_cost", _("buy cost, RUB"))
+    sell_cost_uncapped_rub = rub_column("sell_cost_uncapped", _("sell cost before the cap, RUB"))
 
     def get_queryset(self, request: HttpRequest):
         return super().get_queryset(request).select_related(

@@ -17,6 +17,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 
 class AccountKind(models.TextChoices):
@@ -157,6 +158,9 @@ class Transfer(models.Model):
             models.Index(fields=["status", "expires_at"], name="transfer_open_holds", condition=Q(status="pending")),
             models.Index(fields=["debit_account", "created_at"], name="transfer_debit_time"),
             models.Index(fields=["credit_account", "created_at"], name="transfer_credit_time"),
+            # A wallet's history in the order the ledger wrote it (apps/billing/wallet_history.py: keyset by id).
+            models.Index(fields=["debit_account", "id"], name="transfer_debit_id"),
+            models.Index(fields=["credit_account", "id"], name="transfer_credit_id"),
             # A supplier's paid-out figure (apps/billing/suppliers.py): payouts are few among millions.
             models.Index(fields=["debit_account"], name="transfer_posted_payouts", condition=Q(kind="payout", status="posted")),
         ]
@@ -242,9 +246,21 @@ class UsageRecord(models.Model):
     input_tokens = models.PositiveIntegerField(_("input tokens"), default=0)
     output_tokens = models.PositiveIntegerField(_("output tokens"), default=0)
     cached_tokens = models.PositiveIntegerField(_("cached input tokens"), default=0)
+    cache_write_tokens = models.PositiveIntegerField(
+        _("cache-write input tokens"), default=0, db_default=0,
+        help_text=_("Of the input tokens, those written to the provider's prompt cache (billed at the cache-write price)."))
+    images = models.PositiveIntegerField(_("images"), default=0, db_default=0,
+                                         help_text=_("Images in the request, billed at the per-image price where the model has one."))
     usage_counted_locally = models.BooleanField(_("tokens counted by the gateway"), default=False)
     sell_cost = models.BigIntegerField(_("sell cost, micro-RUB"), default=0)
     buy_cost = models.BigIntegerField(_("buy cost, micro-RUB"), default=0)
+    sell_capped = models.BooleanField(
+        _("sell cost capped"), default=False, db_default=False,
+        help_text=_("The request cost more at the sell price than was reserved for it: the company was charged the "
+                    "reservation, the supplier was owed the full buy cost."))
+    sell_cost_uncapped = models.BigIntegerField(
+        _("sell cost before the cap, micro-RUB"), default=0, db_default=0,
+        help_text=_("What the request cost at the sell price when the cap applied (0 when it did not)."))
     status = models.CharField(_("status"), max_length=16, choices=UsageStatus.choices)
     http_status = models.PositiveSmallIntegerField(_("HTTP status"))
     error_type = models.CharField(_("error type"), max_length=64, blank=True)
@@ -269,9 +285,12 @@ class UsageRecord(models.Model):
         verbose_name_plural = _("usage records")
         ordering = ["-started_at"]
         indexes = [
-            models.Index(fields=["company", "started_at"], name="usage_company_time"),
-            models.Index(fields=["token", "started_at"], name="usage_token_time"),
-            models.Index(fields=["department", "started_at"], name="usage_department_time"),
+            # The journal's keyset pages, (started_at, id) after each filter (apps/billing/journal.py).
+            models.Index(fields=["company", "started_at", "id"], name="usage_company_time_id"),
+            models.Index(fields=["token", "started_at", "id"], name="usage_token_time_id"),
+            models.Index(fields=["department", "started_at", "id"], name="usage_department_time_id"),
+            models.Index(fields=["company", "model", "started_at", "id"], name="usage_company_model_time"),
+            models.Index(fields=["company", "started_at", "id"], name="usage_company_failed_time", condition=~Q(status="ok")),
             models.Index(fields=["supplier_key", "started_at"], name="usage_key_time"),
             models.Index(fields=["started_at"], name="usage_time"),
         ]
@@ -281,6 +300,55 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model_name} {self.status}"
+
+
+class UsageDay(models.Model):
+    """A rollup of usage records: one row per day × company × department × token × model, kept by
+    statement-level triggers on ``billing_usagerecord`` (migration 0009's ``billing_usage_day_*``:
+    every insert, update and delete of usage records adds or takes away its sums, whoever writes —
+    the meter, the sweeper, ``COPY``), never written by code. ``apps/billing/rollups.py`` reads it
+    and rebuilds it (``rebuild_usage_days``).
+
+    ``day`` is the record's ``started_at`` date on the company's wall clock (``Company.time_zone``;
+    UTC for a record without a company). ``requests`` counts records, ``errors`` those whose status
+    is not ``ok``; tokens in tokens; ``sell_cost``/``buy_cost`` micro-RUB; ``latency_ms`` the sum of
+    the records' latencies (milliseconds; ÷ ``requests`` = the mean). NULL keys are equal to each
+    other here (``NULLS NOT DISTINCT``)."""
+
+    day = models.DateField(_("day (company time zone)"))
+    company = models.ForeignKey("accounts.Company", on_delete=models.DO_NOTHING, null=True, blank=True, related_name="+",
+                                db_constraint=False, db_index=False, verbose_name=_("company"))
+    department = models.ForeignKey("accounts.Department", on_delete=models.DO_NOTHING, null=True, blank=True, related_name="+",
+                                   db_constraint=False, db_index=False, verbose_name=_("department"))
+    token = models.ForeignKey("proxy.ApiToken", on_delete=models.DO_NOTHING, null=True, blank=True, related_name="+",
+                              db_constraint=False, db_index=False, verbose_name=_("token"))
+    model = models.ForeignKey("providers.Model", on_delete=models.DO_NOTHING, null=True, blank=True, related_name="+",
+                              db_constraint=False, db_index=False, verbose_name=_("model"))
+    requests = models.BigIntegerField(_("requests"), default=0)
+    errors = models.BigIntegerField(_("errors"), default=0)
+    input_tokens = models.BigIntegerField(_("input tokens"), default=0)
+    output_tokens = models.BigIntegerField(_("output tokens"), default=0)
+    cached_tokens = models.BigIntegerField(_("cached input tokens"), default=0)
+    sell_cost = models.BigIntegerField(_("sell cost, micro-RUB"), default=0)
+    buy_cost = models.BigIntegerField(_("buy cost, micro-RUB"), default=0)
+    latency_ms = models.BigIntegerField(_("latency sum, ms"), default=0)
+
+    class Meta:
+        verbose_name = _("usage per day")
+        verbose_name_plural = _("usage per day")
+        ordering = ["-day"]
+        constraints = [
+            models.UniqueConstraint(fields=["day", "company", "department", "token", "model"], nulls_distinct=False,
+                                    name="usage_day_key"),
+        ]
+        indexes = [
+            models.Index(fields=["company", "day"], name="usage_day_company"),
+            models.Index(fields=["token", "day"], name="usage_day_token"),
+            models.Index(fields=["department", "day"], name="usage_day_department"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} company {self.company_id} token {self.token_id} model {self.model_id}: {self.requests}"
 
 
 # --- suppliers: payout details, withdrawal requests, payout batches (apps/billing/suppliers.py, payouts.py) ---
@@ -356,7 +424,7 @@ class WithdrawalStatus(models.TextChoices):
     REQUESTED = "requested", _("Requested")
     APPROVED = "approved", _("Approved")
     REJECTED = "rejected", _("Rejected")
-    PAID = "paid", _("Paid")
+    PAID = "paid", pgettext_lazy("withdrawal status", "Paid")  # paid out, not paid for (a top-up's "Paid")
     LAPSED = "lapsed", _("Lapsed (hold expired)")
 
 

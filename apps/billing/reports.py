@@ -24,10 +24,11 @@ import zoneinfo
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce, TruncDate
 
 from apps.billing.models import AccountKind, Transfer, TransferKind, TransferStatus, UsageRecord
+from apps.billing.rollups import usage_sums, zones_in_use
 
 # Billing imports only lib (docs/architecture.md): companies, suppliers, tokens and models are
 # reached through the usage records' and accounts' relations, by name.
@@ -45,7 +46,10 @@ DIMENSION_CHOICES = [*DIMENSIONS, "day"]
 @dataclass(frozen=True)
 class SpendRow:
     """One group of a spend report: its ``key`` (an id, or an ISO date for "day"; "" for none),
-    ``label``, request count, token sums and sell/buy costs (micro-RUB)."""
+    ``label``, request count, token sums and sell/buy costs (micro-RUB); ``capped_requests`` the
+    requests whose sell cost was capped at their reservation (``UsageRecord.sell_capped``) and
+    ``capped_amount`` what the cap left uncharged, Σ (sell cost before the cap − sell cost), micro-RUB;
+    ``cache_write_tokens`` and ``images`` the sums of those counts."""
 
     key: str
     label: str
@@ -55,6 +59,10 @@ class SpendRow:
     cached_tokens: int
     sell_cost: int
     buy_cost: int
+    capped_requests: int = 0
+    capped_amount: int = 0
+    cache_write_tokens: int = 0
+    images: int = 0
 
     @property
     def margin(self) -> int:
@@ -62,8 +70,12 @@ class SpendRow:
         return self.sell_cost - self.buy_cost
 
 
-_SUMS = {"requests": Count("id"), "input_tokens": Coalesce(Sum("input_tokens"), 0), "output_tokens": Coalesce(Sum("output_tokens"), 0),
-         "cached_tokens": Coalesce(Sum("cached_tokens"), 0), "sell_cost": Coalesce(Sum("sell_cost"), 0), "buy_cost": Coalesce(Sum("buy_cost"), 0)}
+# capped_amount first: after the "sell_cost" annotation, F("sell_cost") would name the sum, not the column.
+_SUMS = {"capped_amount": Coalesce(Sum(F("sell_cost_uncapped") - F("sell_cost"), filter=Q(sell_capped=True)), 0),
+         "requests": Count("id"), "input_tokens": Coalesce(Sum("input_tokens"), 0), "output_tokens": Coalesce(Sum("output_tokens"), 0),
+         "cached_tokens": Coalesce(Sum("cached_tokens"), 0), "sell_cost": Coalesce(Sum("sell_cost"), 0), "buy_cost": Coalesce(Sum("buy_cost"), 0),
+         "capped_requests": Count("id", filter=Q(sell_capped=True)),
+         "cache_write_tokens": Coalesce(Sum("cache_write_tokens"), 0), "images": Coalesce(Sum("images"), 0)}
 
 
 def _usage(start: dt.datetime, end: dt.datetime, company_id: int | None):
@@ -75,17 +87,40 @@ def spend_by(dimension: str, start: dt.datetime, end: dt.datetime, *, company_id
              tz: str | None = None) -> list[SpendRow]:
     """Usage in ``[start, end)`` grouped by ``dimension`` (one of ``DIMENSION_CHOICES``), largest
     spend first ("day": in date order, days in ``tz``, default ``settings.TIME_ZONE``); optionally one
-    company's. One query. Raises ``ValueError`` for an unknown dimension."""
-    usage = _usage(start, end, company_id)
-    if dimension == "day":
-        rows = (usage.annotate(day=TruncDate("started_at", tzinfo=zoneinfo.ZoneInfo(str(tz or settings.TIME_ZONE))))
-                .values("day").annotate(**_SUMS).order_by("day"))
-        return [SpendRow(r["day"].isoformat(), r["day"].isoformat(), *(r[k] for k in _SUMS)) for r in rows]
-    if dimension not in DIMENSIONS:
+    company's. The sums come from the daily rollup and the partial days' records in one query
+    (``rollups.usage_sums``); the rarer figures (capped sells, cache writes, images) from the
+    records that have them (``_extras``). Raises ``ValueError`` for an unknown dimension."""
+    if dimension not in DIMENSION_CHOICES:
         raise ValueError(f"unknown dimension {dimension!r}; one of {', '.join(DIMENSION_CHOICES)}")
-    key, label = DIMENSIONS[dimension]
-    rows = usage.values(key, label).annotate(**_SUMS).order_by("-sell_cost", key)
-    return [SpendRow("" if r[key] is None else str(r[key]), r[label] or "—", *(r[k] for k in _SUMS)) for r in rows]
+    zone = str(tz or settings.TIME_ZONE)
+    if dimension == "day":
+        rows = usage_sums(start, end, by="day", company_id=company_id, day_zone=zone, order="key")
+    else:
+        rows = usage_sums(start, end, by=dimension, company_id=company_id)
+    extras = _extras(dimension, start, end, company_id, zone)
+    out = []
+    for r in rows:
+        key = "" if r.key is None else str(r.key)
+        label = key if dimension == "day" else (r.label or "—")
+        out.append(SpendRow(key, label, r.requests, r.input_tokens, r.output_tokens, r.cached_tokens, r.sell_cost, r.buy_cost,
+                            **extras.get(key, {})))
+    return out
+
+
+def _extras(dimension: str, start: dt.datetime, end: dt.datetime, company_id: int | None, zone: str) -> dict[str, dict[str, int]]:
+    """``capped_requests``, ``capped_amount``, ``cache_write_tokens`` and ``images`` per group key (as
+    ``spend_by`` keys its rows), from the period's records that have any of them."""
+    usage = _usage(start, end, company_id).filter(Q(sell_capped=True) | Q(cache_write_tokens__gt=0) | Q(images__gt=0))
+    if dimension == "day":
+        grouped = usage.annotate(key=TruncDate("started_at", tzinfo=zoneinfo.ZoneInfo(zone))).values("key")
+    else:
+        grouped = usage.values(key=F(DIMENSIONS[dimension][0]))
+    names = ("capped_amount", "capped_requests", "cache_write_tokens", "images")
+    found = {}
+    for row in grouped.annotate(**{name: _SUMS[name] for name in names}).order_by():
+        key = row["key"]
+        found["" if key is None else key.isoformat() if isinstance(key, dt.date) else str(key)] = {name: int(row[name]) for name in names}
+    return found
 
 
 @dataclass(frozen=True)
@@ -102,8 +137,14 @@ class SupplierEarnings:
     paid_out: int
 
 
+def _usage(start: dt.datetime, end: dt.datetime, company_id: int | None):
+    queryset = UsageRecord.objects.filter(started_at__gte=start, started_at__lt=end)
+    return queryset if company_id is None else queryset.filter(company_id=company_id)
+
+
 def supplier_earnings(start: dt.datetime, end: dt.datetime) -> list[SupplierEarnings]:
-    """Per supplier with any activity in ``[start, end)``, largest earnings first. Three queries."""
+    """Per supplier with any activity in ``[start, end)``, largest earnings first. Three queries (the
+    usage side scans the period's records: the daily rollup has no supplier key)."""
     names: dict[int, str] = {}
     usage: dict[int, tuple[int, int]] = {}
     for r in (_usage(start, end, None).filter(supplier_key__isnull=False).values("supplier_key__supplier_id", "supplier_key__supplier__name")
@@ -144,12 +185,12 @@ class Margin:
 
 
 def platform_margin(start: dt.datetime, end: dt.datetime) -> Margin:
-    """The platform's margin in ``[start, end)``. Two queries."""
-    usage = _usage(start, end, None).aggregate(sell=Coalesce(Sum("sell_cost"), 0), buy=Coalesce(Sum("buy_cost"), 0))
+    """The platform's margin in ``[start, end)``. Two queries (usage from the daily rollup)."""
+    usage = usage_sums(start, end)[0]
     ledger = Transfer.objects.filter(status=TransferStatus.POSTED, created_at__gte=start, created_at__lt=end).aggregate(
         sell=Coalesce(Sum("amount", filter=Q(kind=TransferKind.USAGE, credit_account__kind=AccountKind.PLATFORM_REVENUE)), 0),
         buy=Coalesce(Sum("amount", filter=Q(kind=TransferKind.USAGE_COST, debit_account__kind=AccountKind.UPSTREAM_COST)), 0))
-    return Margin(usage["sell"], usage["buy"], ledger["sell"], ledger["buy"])
+    return Margin(usage.sell_cost, usage.buy_cost, ledger["sell"], ledger["buy"])
 
 
 @dataclass(frozen=True)
@@ -176,21 +217,17 @@ def month_bounds(tz: zoneinfo.ZoneInfo, now: dt.datetime) -> tuple[dt.datetime, 
 
 def month_forecast(now: dt.datetime, *, company_id: int | None = None) -> list[Forecast]:
     """Month-end forecasts of every company with usage this month (or of one), largest first.
-    One query for the time zones in use, then one per zone."""
-    recent = UsageRecord.objects.filter(started_at__gte=now - dt.timedelta(days=32), started_at__lt=now, company__isnull=False)
-    if company_id is not None:
-        recent = recent.filter(company_id=company_id)
+    One query for the time zones in use (from the daily rollup), then one per zone."""
     result = []
-    for zone in recent.order_by().values_list("company__time_zone", flat=True).distinct():
+    for zone in zones_in_use((now - dt.timedelta(days=32)).date()):
         month_start, month_end = month_bounds(zoneinfo.ZoneInfo(zone), now)
         month_seconds = int((month_end - month_start).total_seconds())
         elapsed = max(0, min(month_seconds, int((now - month_start).total_seconds())))
-        rows = (recent.filter(company__time_zone=zone, started_at__gte=month_start).values("company_id", "company__name")
-                .annotate(s=Coalesce(Sum("sell_cost"), 0)))
-        for r in rows:
-            projected = r["s"] * month_seconds // elapsed if elapsed else r["s"]
-            result.append(Forecast(r["company_id"], r["company__name"], f"{month_start:%Y-%m}", r["s"], elapsed, month_seconds,
-                                   projected))
+        for r in usage_sums(month_start, now, by="company", company_id=company_id, time_zone=zone):
+            if r.key is None or not r.requests:
+                continue
+            projected = r.sell_cost * month_seconds // elapsed if elapsed else r.sell_cost
+            result.append(Forecast(int(r.key), r.label, f"{month_start:%Y-%m}", r.sell_cost, elapsed, month_seconds, projected))
     return sorted(result, key=lambda f: (-f.forecast, f.company_id))
 
 

@@ -42,8 +42,9 @@ class UsageRecordResource(ExportOnlyResource):
         model = UsageRecord
         fields = ["request_id", "started_at", "finished_at", "company", "department", "token", "token_name", "endpoint",
                   "model_name", "model", "provider", "supplier_key", "price", "fx_rub_per_unit", "stream",
-                  "input_tokens", "output_tokens", "cached_tokens", "usage_counted_locally",
-                  "sell_cost", "sell_cost_rub", "buy_cost", "buy_cost_rub", "status", "http_status",
+                  "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "images", "usage_counted_locally",
+                  "sell_cost", "sell_cost_rub", "buy_cost", "buy_cost_rub", "sell_capped", "sell_cost_uncapped",
+                  "status", "http_status",
                   "error_type", "error_code", "latency_ms", "ttft_ms", "client_ip"]
         export_order = fields
 
@@ -80,6 +81,11 @@ class SpendRowResource(_ReportResource):
     buy_cost_rub = rub_field("buy_cost", "buy_cost_rub")
     margin = _col("margin")
     margin_rub = rub_field("margin", "margin_rub")
+    capped_requests = _col("capped_requests")
+    capped_amount = _col("capped_amount")
+    capped_amount_rub = rub_field("capped_amount", "capped_amount_rub")
+    cache_write_tokens = _col("cache_write_tokens")
+    images = _col("images")
 
 
 class SupplierEarningsResource(_ReportResource):

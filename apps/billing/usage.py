@@ -68,9 +68,15 @@ class UsageEvent:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # of input_tokens, written to the provider's prompt cache
+    images: int = 0  # images in the request (priced per image where the price version has one)
     usage_counted_locally: bool = False
     sell_cost: int = 0  # micro-RUB the company pays
     buy_cost: int = 0  # micro-RUB the platform owes the supplier (a local node: its hardware cost)
+    # The sell cost was above the reservation and capped at it (sell_cost); sell_cost_uncapped is
+    # what it would have been (micro-RUB; 0 when not capped). The buy cost is never capped.
+    sell_capped: bool = False
+    sell_cost_uncapped: int = 0
     error_type: str = ""
     error_code: str = ""
     latency_ms: int = 0
@@ -140,6 +146,13 @@ class UsageEvent:
             values["finished_at"] = values["started_at"]
         values["stream"] = self.stream is True or self.stream == 1
         values["usage_counted_locally"] = self.usage_counted_locally is True or self.usage_counted_locally == 1
+        # A cap is a fact about two costs: a flag without a larger uncapped cost (or the reverse) is no cap.
+        capped = (self.sell_capped is True or self.sell_capped == 1) and values["sell_cost_uncapped"] > values["sell_cost"]
+        values["sell_capped"] = capped
+        if not capped:
+            values["sell_cost_uncapped"] = 0
+        # Cache writes are part of the input, beside the cached part (what the cost formula assumes).
+        values["cache_write_tokens"] = min(values["cache_write_tokens"], max(0, values["input_tokens"] - values["cached_tokens"]))
         if clamped:
             logger.warning("usage event %s: %s out of its column's range; clamped and flagged usage_clamped",
                            values["request_id"], ", ".join(f"{k}={_loggable(v)}" for k, v in clamped.items()))
@@ -178,6 +191,7 @@ class UsageEvent:
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(UsageEvent))
+_BOOLEANS = ("stream", "usage_counted_locally", "usage_clamped", "sell_capped")
 
 
 def _lenient_json(raw: bytes | str) -> Any:
@@ -221,7 +235,7 @@ def _column_rules() -> tuple[tuple[str, str, Any], ...]:
     rules: list[tuple[str, str, Any]] = []
     for event_field in fields(UsageEvent):
         name = event_field.name
-        if name in ("stream", "usage_counted_locally", "usage_clamped"):
+        if name in _BOOLEANS:
             continue
         if name in ("started_at", "finished_at"):
             rules.append((name, "time", None))
@@ -245,7 +259,7 @@ def _column_rules() -> tuple[tuple[str, str, Any], ...]:
             rules.append((name, "id", (max(low, 1), high)))
         else:
             low, high = connection.ops.integer_field_range(column.get_internal_type())
-            if name in ("sell_cost", "buy_cost"):
+            if name in ("sell_cost", "buy_cost", "sell_cost_uncapped"):
                 low = 0  # the table's CHECK usage_costs_non_negative
             rules.append((name, "nullable_int" if column.null else "int", (low, high)))
     return tuple(rules)
@@ -380,7 +394,9 @@ def _fits(event: UsageEvent) -> bool:
                 return False
         else:
             return False
-    return type(event.stream) is bool and type(event.usage_counted_locally) is bool
+    return (type(event.stream) is bool and type(event.usage_counted_locally) is bool and type(event.sell_capped) is bool
+            and (event.sell_cost_uncapped > event.sell_cost if event.sell_capped else event.sell_cost_uncapped == 0)
+            and event.cache_write_tokens <= event.input_tokens - event.cached_tokens)
 
 
 _NULLABLE_KINDS = frozenset({"nullable_int", "id", "ip"})

@@ -221,7 +221,9 @@ _RECORD_COLUMNS = (
     ("endpoint", "text"), ("model_name", "text"), ("model_id", "bigint"), ("provider_id", "bigint"),
     ("supplier_key_id", "bigint"), ("node_id", "bigint"), ("price_id", "bigint"), ("fx_rub_per_unit", "bigint"), ("stream", "boolean"),
     ("input_tokens", "integer"), ("output_tokens", "integer"), ("cached_tokens", "integer"),
-    ("usage_counted_locally", "boolean"), ("sell_cost", "bigint"), ("buy_cost", "bigint"), ("status", "text"),
+    ("cache_write_tokens", "integer"), ("images", "integer"),
+    ("usage_counted_locally", "boolean"), ("sell_cost", "bigint"), ("buy_cost", "bigint"),
+    ("sell_capped", "boolean"), ("sell_cost_uncapped", "bigint"), ("status", "text"),
     ("http_status", "smallint"), ("error_type", "text"), ("error_code", "text"), ("latency_ms", "integer"),
     ("ttft_ms", "integer"), ("client_ip", "inet"), ("started_at", "timestamptz"), ("finished_at", "timestamptz"),
     ("usage_clamped", "boolean"), ("attempts", "jsonb"),
@@ -267,8 +269,8 @@ def _record_rows(events: list[UsageEvent]) -> list[list]:
         values = (
             e.request_id, e.token_id, e.company_id, e.department_id, e.endpoint, e.model_name, e.model_id,
             e.provider_id, e.supplier_key_id, e.node_id, e.price_id, e.fx_rub_per_unit, e.stream, e.input_tokens,
-            e.output_tokens, e.cached_tokens, e.usage_counted_locally, e.sell_cost, e.buy_cost,
-            e.status or UsageStatus.FAILED, e.http_status, e.error_type, e.error_code,
+            e.output_tokens, e.cached_tokens, e.cache_write_tokens, e.images, e.usage_counted_locally, e.sell_cost,
+            e.buy_cost, e.sell_capped, e.sell_cost_uncapped, e.status or UsageStatus.FAILED, e.http_status, e.error_type, e.error_code,
             e.latency_ms, e.ttft_ms, e.client_ip, _ts(e.started_at), _ts(e.finished_at), e.usage_clamped,
             orjson.dumps(e.attempts).decode(),
         )

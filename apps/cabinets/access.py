@@ -16,11 +16,16 @@ Objects addressed by URL are fetched through ``company_object`` / ``supplier_obj
 the tenant first and answer 404 for anything else. A user with memberships of several companies (or
 suppliers) works in one at a time: the one chosen with ``select_company`` (kept in the session), else
 the oldest membership.
+
+Sensitive actions (creating a token, changing payout details, approving a withdrawal) also carry
+``recent_auth_required``: the user must have proved who they are — a password or a TOTP/recovery
+code — within ``JETSTREAM_REAUTH_MINUTES``, else they are sent to ``cabinets:reauth`` and back.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,6 +35,8 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
 
 from apps.accounts.models import CompanyRole, Membership, SupplierMembership, SupplierRole
 
@@ -38,6 +45,8 @@ View = Callable[..., HttpResponse]
 
 COMPANY_SESSION_KEY = "cabinet_company_id"
 SUPPLIER_SESSION_KEY = "cabinet_supplier_id"
+#: Session key: when (Unix time, seconds) the user last typed their password or a TOTP/recovery code.
+AUTHENTICATED_AT_SESSION_KEY = "cabinet_authenticated_at"
 
 #: Roles that may change things in a company (tokens, departments, members, top-ups).
 COMPANY_MANAGERS = (CompanyRole.OWNER, CompanyRole.MANAGER)
@@ -167,3 +176,59 @@ def home(request: HttpRequest) -> HttpResponse:
     if SupplierMembership.objects.filter(user=request.user, supplier__is_active=True).exists():
         return redirect("cabinets:supplier:dashboard")
     return render(request, "cabinets/no_cabinet.html", status=200)
+
+
+def mark_authenticated(request: HttpRequest) -> None:
+    """Record in the session that the user has just proved who they are (a password at sign-in or
+    re-authentication, a TOTP or recovery code): ``recent_auth_required`` counts from this moment."""
+    request.session[AUTHENTICATED_AT_SESSION_KEY] = int(time.time())
+
+
+def reauth_age_seconds(request: HttpRequest) -> float | None:
+    """Seconds since the user last proved who they are in this session; None if never."""
+    stamp = request.session.get(AUTHENTICATED_AT_SESSION_KEY)
+    return None if stamp is None else max(0.0, time.time() - float(stamp))
+
+
+def has_recent_auth(request: HttpRequest, minutes: int | None = None) -> bool:
+    """Whether the user proved who they are within ``minutes`` (default ``JETSTREAM_REAUTH_MINUTES``)."""
+    limit = settings.JETSTREAM_REAUTH_MINUTES if minutes is None else minutes
+    age = reauth_age_seconds(request)
+    return age is not None and age <= limit * 60
+
+
+def recent_auth_required(view: View | None = None, *, minutes: int | None = None) -> Any:
+    """Decorate a view of a sensitive action (creating a token, changing payout details, approving a
+    withdrawal): unless the user typed their password or a TOTP/recovery code within ``minutes``
+    (default ``settings.JETSTREAM_REAUTH_MINUTES``), answer with a redirect to ``cabinets:reauth``
+    with ``?next=`` this page (an HTMX request gets ``HX-Redirect`` to it instead, so the whole page
+    goes there). After the check the user comes back to the page, as a GET: a POST is not replayed,
+    they submit the form again.
+
+    Put it *inside* the access decorator, so an outsider gets the 404 before any prompt::
+
+        @company_view(*COMPANY_MANAGERS)
+        @recent_auth_required
+        def create_token(request): ...
+
+    Usable bare or with an argument: ``@recent_auth_required(minutes=5)``.
+    """
+
+    def decorate(inner: View) -> View:
+        @functools.wraps(inner)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if (response := _gate(request)) is not None:
+                return response
+            if has_recent_auth(request, minutes):
+                return inner(request, *args, **kwargs)
+            back = request.get_full_path() if request.method in ("GET", "HEAD") else (request.headers.get("HX-Current-URL")
+                                                                                      or request.META.get("HTTP_REFERER") or "/")
+            target = reverse("cabinets:reauth") + "?" + urlencode({"next": back})
+            if getattr(request, "htmx", False):
+                return HttpResponse(status=204, headers={"HX-Redirect": target})
+            return redirect(target)
+
+        wrapper.recent_auth_required = True  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate(view) if view is not None else decorate

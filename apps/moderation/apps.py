@@ -9,3 +9,9 @@ class ModerationConfig(AppConfig):
     label = "moderation"
     verbose_name = _("Moderation")
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Lazy on purpose: signals import models, which may load only once the registry is ready.
+        from . import signals
+
+        signals.connect()

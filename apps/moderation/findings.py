@@ -37,6 +37,7 @@ class Category(enum.StrEnum):
     PROMPT_INJECTION = "prompt_injection"
     CUSTOM_DICTIONARY = "custom_dictionary"
     CUSTOM_REGEX = "custom_regex"
+    HARMFUL = "harmful"  # flagged by the LLM moderator or the external moderation API (no narrower category)
 
     @property
     def label(self) -> str:
@@ -66,6 +67,7 @@ CATEGORY_LABELS = {
     Category.PROMPT_INJECTION: _("prompt injection"),
     Category.CUSTOM_DICTIONARY: _("custom dictionary"),
     Category.CUSTOM_REGEX: _("custom patterns"),
+    Category.HARMFUL: _("harmful content"),
 }
 
 

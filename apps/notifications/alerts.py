@@ -11,10 +11,17 @@ sent; the lower ones are recorded as superseded.
 
 Periods are calendar windows in the company's time zone: the ISO week ("2026-W48") for a weekly
 limit, the month ("2026-11") for a monthly limit, a department budget and a low wallet, "all"
-for a token's total limit. A low wallet is one level (100): the wallet's available balance
-(posted credits − posted debits − holds + credit limit) at or below the company's threshold, or
-the platform default. Spend counts written usage (Σ sell_cost); reservations of requests still
+for a token's total limit. Spend counts written usage (Σ sell_cost); reservations of requests still
 running are not counted, so an alert may come one request late, never early.
+
+A low wallet has the same three levels, measured against the money the wallet had this month
+above its low-wallet threshold (the company's, else the platform default):
+
+    level reached when  spent × 100 ≥ level × (spent + available − threshold)
+
+where ``spent`` is this month's written usage and ``available`` the wallet's available balance
+(posted credits − posted debits − holds + credit limit). 100 % is the moment ``available`` falls to
+the threshold; 80 % and 90 % come on the way (a wallet at or below the threshold is at 100 %).
 
 ``deliver(now)`` sends what is due; a failed send is retried with backoff (1, 2, 4, … minutes, at
 most an hour apart) until ``JETSTREAM["ALERT_MAX_ATTEMPTS"]``, then marked failed. Rows are claimed
@@ -34,6 +41,8 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, Sum
+from django.utils import translation
+from django.utils.translation import gettext_lazy as _
 
 from apps.accounts.models import Company, CompanyRole, Department, Membership
 from apps.billing.alerts import DeliveryError, send_email, send_webhook
@@ -53,7 +62,8 @@ LEVELS = (80, 90, 100)
 @dataclass(frozen=True)
 class Due:
     """One subject at ``level`` % in ``period``: ``spent`` and ``limit`` micro-RUB (for a low wallet:
-    the available balance and the threshold)."""
+    this month's spend and the money the wallet had for it above the threshold, spent + available −
+    threshold; ``available`` and ``threshold`` are then set too, micro-RUB)."""
 
     company_id: int
     kind: str
@@ -63,6 +73,8 @@ class Due:
     period: str
     spent: int
     limit: int
+    available: int | None = None
+    threshold: int | None = None
 
 
 def crossed(spent: int, limit: int) -> list[int]:
@@ -120,20 +132,39 @@ def _department_dues(now: dt.datetime) -> list[Due]:
     return dues
 
 
+def wallet_levels(spent: int, available: int, threshold: int) -> list[int]:
+    """The low-wallet levels (80, 90, 100) reached: ``spent`` (this month's usage) of the money the
+    wallet had for the month above ``threshold`` (spent + available − threshold); all three once
+    ``available`` is at or below ``threshold``. Amounts in micro-RUB."""
+    room = available - threshold
+    return list(LEVELS) if room <= 0 else crossed(spent, spent + room)
+
+
 def _wallet_dues(now: dt.datetime) -> list[Due]:
     sums = wallet_sums(None)
     companies = {c["id"]: c for c in Company.objects.filter(pk__in=list(sums), is_active=True)
                  .values("id", "name", "time_zone", "alert_settings__low_wallet_threshold")}
     default = settings.JETSTREAM["LOW_WALLET_THRESHOLD"]
-    dues = []
+    by_zone: dict[str, list[int]] = defaultdict(list)
     for company_id, company in companies.items():
-        credits, debits, limit_less_holds = sums[company_id]
-        available = credits - debits + limit_less_holds
-        threshold = company["alert_settings__low_wallet_threshold"]
-        threshold = default if threshold is None else threshold
-        if available <= threshold:
-            month = window_ids(zoneinfo.ZoneInfo(company["time_zone"]), now.timestamp())[1]
-            dues.append(Due(company_id, AlertKind.LOW_WALLET, company_id, company["name"], 100, month, available, threshold))
+        by_zone[company["time_zone"]].append(company_id)
+    dues = []
+    for zone, ids in by_zone.items():
+        tz = zoneinfo.ZoneInfo(zone)
+        _, _, month_start, _ = calendar_bounds(tz, now.timestamp())
+        month = window_ids(tz, now.timestamp())[1]
+        spend = dict(UsageRecord.objects.filter(company_id__in=ids, started_at__gte=month_start)
+                     .values("company_id").annotate(s=Sum("sell_cost")).values_list("company_id", "s"))
+        for company_id in ids:
+            company = companies[company_id]
+            credits, debits, limit_less_holds = sums[company_id]
+            available = credits - debits + limit_less_holds
+            threshold = company["alert_settings__low_wallet_threshold"]
+            threshold = default if threshold is None else threshold
+            spent = spend.get(company_id) or 0
+            dues += [Due(company_id, AlertKind.LOW_WALLET, company_id, company["name"], level, month, spent,
+                         spent + max(0, available - threshold), available, threshold)
+                     for level in wallet_levels(spent, available, threshold)]
     return dues
 
 
@@ -163,10 +194,14 @@ def _channels(company_ids: set[int]) -> dict[int, list[str]]:
 
 
 def _payload(due: Due, now: dt.datetime) -> dict[str, Any]:
-    return {"type": "spend_alert", "kind": due.kind, "company_id": due.company_id, "subject_id": due.subject_id,
-            "subject_name": due.subject_name, "level": due.level, "period": due.period,
-            "spent_rub": format_rub(due.spent, 0, exact=True), "limit_rub": format_rub(due.limit, 0, exact=True),
-            "at": now.isoformat()}
+    payload = {"type": "spend_alert", "kind": due.kind, "company_id": due.company_id, "subject_id": due.subject_id,
+               "subject_name": due.subject_name, "level": due.level, "period": due.period,
+               "spent_rub": format_rub(due.spent, 0, exact=True), "limit_rub": format_rub(due.limit, 0, exact=True),
+               "at": now.isoformat()}
+    if due.available is not None and due.threshold is not None:
+        payload |= {"available_rub": format_rub(due.available, 0, exact=True),
+                    "threshold_rub": format_rub(due.threshold, 0, exact=True)}
+    return payload
 
 
 def scan(now: dt.datetime) -> int:
@@ -194,13 +229,27 @@ def scan(now: dt.datetime) -> int:
     return sum(r.status == DeliveryStatus.PENDING for r in created)
 
 
+_SUBJECTS = {
+    AlertKind.TOKEN_TOTAL: _("[Jetstream] %(level)s %% of the total limit of token «%(name)s» reached "
+                             "(%(spent)s of %(limit)s RUB, %(period)s)"),
+    AlertKind.TOKEN_WEEKLY: _("[Jetstream] %(level)s %% of the weekly limit of token «%(name)s» reached "
+                              "(%(spent)s of %(limit)s RUB, %(period)s)"),
+    AlertKind.TOKEN_MONTHLY: _("[Jetstream] %(level)s %% of the monthly limit of token «%(name)s» reached "
+                               "(%(spent)s of %(limit)s RUB, %(period)s)"),
+    AlertKind.DEPARTMENT: _("[Jetstream] %(level)s %% of the monthly budget of department «%(name)s» reached "
+                            "(%(spent)s of %(limit)s RUB, %(period)s)"),
+    AlertKind.LOW_WALLET: _("[Jetstream] Low wallet: %(level)s %% of this month's money above the threshold is spent "
+                            "(%(available)s RUB available, threshold %(threshold)s RUB, %(period)s)"),
+}
+
+
 def _subject_line(payload: dict[str, Any]) -> str:
-    what = {AlertKind.TOKEN_TOTAL: "total limit of token", AlertKind.TOKEN_WEEKLY: "weekly limit of token",
-            AlertKind.TOKEN_MONTHLY: "monthly limit of token", AlertKind.DEPARTMENT: "monthly budget of department"}
-    if payload["kind"] == AlertKind.LOW_WALLET:
-        return f"[Jetstream] Low wallet: {payload['spent_rub']} RUB available (threshold {payload['limit_rub']} RUB)"
-    return (f"[Jetstream] {payload['level']} % of the {what[payload['kind']]} «{payload['subject_name']}» reached "
-            f"({payload['spent_rub']} of {payload['limit_rub']} RUB, {payload['period']})")
+    """The email subject for an alert's ``payload``, in the platform's language (``LANGUAGE_CODE``)."""
+    with translation.override(settings.LANGUAGE_CODE):
+        return str(_SUBJECTS[payload["kind"]]) % {
+            "level": payload["level"], "name": payload["subject_name"], "spent": payload["spent_rub"],
+            "limit": payload["limit_rub"], "period": payload["period"], "available": payload.get("available_rub", ""),
+            "threshold": payload.get("threshold_rub", "")}
 
 
 def _recipients(company: Company) -> list[str]:

@@ -19,7 +19,8 @@ class AlertSettings(models.Model):
     """A company's alert recipients: ``emails`` (comma- or newline-separated; empty = the company's
     owners and managers), a ``webhook_url`` (empty = none) signed with a per-company secret kept
     encrypted, and the low-wallet threshold (micro-RUB; empty = the platform default,
-    ``JETSTREAM["LOW_WALLET_THRESHOLD"]``)."""
+    ``JETSTREAM["LOW_WALLET_THRESHOLD"]``): the reserve the low-wallet levels are measured down to
+    (``alerts.wallet_levels``)."""
 
     company = models.OneToOneField("accounts.Company", on_delete=models.CASCADE, related_name="alert_settings",
                                    verbose_name=_("company"))
@@ -30,7 +31,8 @@ class AlertSettings(models.Model):
     webhook_secret_encrypted = models.TextField(_("webhook secret (encrypted)"), blank=True, editable=False)
     low_wallet_threshold = models.BigIntegerField(
         _("low wallet threshold, micro-RUB"), null=True, blank=True, validators=[MinValueValidator(0)],
-        help_text=_("Alert when the wallet's available balance falls to this; empty = the platform default."))
+        help_text=_("The wallet's reserve: the 100 % low-wallet alert comes when the available balance falls to it, "
+                    "80 % and 90 % on the way there; empty = the platform default."))
 
     class Meta:
         verbose_name = _("alert settings")

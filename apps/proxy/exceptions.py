@@ -8,7 +8,9 @@ an upstream key or an upstream URL.
 from __future__ import annotations
 
 import orjson
+from django.utils import translation
 
+from apps.moderation.findings import Category, Direction
 from apps.providers.adapters.base import UpstreamFailure
 
 # The header both official SDKs read before their own status rules (openai-python and
@@ -87,3 +89,22 @@ def gateway_unavailable(message: str = "The gateway is temporarily unavailable."
 def gateway_error() -> ApiError:
     """500: a bug or an unexpected state inside the gateway."""
     return ApiError(500, "The gateway failed to process the request.", type="api_error", code="gateway_error")
+
+
+def moderation_blocked(category: Category, direction: Direction) -> ApiError:
+    """400 ``moderation_blocked``: the company's data policy refuses this request (``direction`` prompt)
+    or its answer (response). ``code`` is the category (``phone``, ``passport``…); the message names
+    the category, never the value. No retry can cure it, so it says ``x-should-retry: false``."""
+    with translation.override("en"):
+        label = str(category.label)
+    where = "request" if direction == Direction.PROMPT else "answer"
+    return ApiError(400, f"The {where} was blocked by your company's data policy: it contains {label}.",
+                    type="moderation_blocked", code=category.value, retryable=False)
+
+
+def moderation_unavailable(reason: str) -> ApiError:
+    """400 ``moderation_blocked`` / ``moderation_unavailable``: content the policy could not check
+    (over its time budget, unreadable, a scanner failure) under a fail-closed policy. ``reason`` is
+    the gateway's own short text, never the content."""
+    return ApiError(400, f"Your company's data policy could not check this request ({reason}), and it refuses what "
+                         "it cannot check.", type="moderation_blocked", code="moderation_unavailable", retryable=False)

@@ -36,6 +36,7 @@ from django.db import connection
 from apps.billing.usage import MalformedUsageEvent, UsageEvent
 from apps.billing.usage_records import posted_sell_cost, record_usage_batch
 from apps.billing.wallets import wallet_sums
+from apps.moderation.reports import write_report_batch
 
 from . import redis_scripts
 
@@ -184,11 +185,12 @@ class MeterWriter:
         return len(entries)
 
     def housekeeping(self, now: float) -> None:
-        """Every second sweep expired reservations; every 5 s reclaim dead consumers' entries and
+        """Every second sweep expired reservations and write the moderation reports; every 5 s reclaim dead consumers' entries and
         merge the ledger's wallet sums into Redis. ``now`` is Unix seconds."""
         if now - self._last_sweep >= 1.0:
             self._last_sweep = now
             self._sweep(keys=[redis_scripts.RESERVATIONS_KEY, redis_scripts.STREAM_KEY], args=[int(now), 500])
+            write_report_batch(self.redis)  # the moderation stage's reports (apps/moderation/reports.py)
         if now - self._last_reclaim >= 5.0:
             self._last_reclaim = now
             # Redis 6.2 answers [cursor, entries]; 7.x adds the ids of deleted entries.

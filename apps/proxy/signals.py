@@ -14,6 +14,7 @@ from django.db.models.signals import post_delete, post_save
 
 from apps.accounts.models import Company, CompanyModelCoefficient, Department
 from apps.billing.models import AccountKind, FxRate, Transfer
+from apps.moderation.models import Policy
 from apps.providers.models import EgressProxy, LocalNode, Model, Price, Provider, ProviderEgress, SupplierKey
 
 from .metering import sync_company_funds
@@ -47,6 +48,6 @@ def connect() -> None:
     """Connect the receivers (called from ProxyConfig.ready, once the models are loaded)."""
     post_save.connect(_sync_wallet_on_commit, sender=Transfer, dispatch_uid="js-wallet-sync")
     for model in (ApiToken, Company, CompanyModelCoefficient, Department, Model, Price, Provider, SupplierKey, EgressProxy,
-                  ProviderEgress, FxRate, LocalNode):
+                  ProviderEgress, FxRate, LocalNode, Policy):
         post_save.connect(_bump_on_commit, sender=model, dispatch_uid=f"js-bump-{model.__name__}")
         post_delete.connect(_bump_on_commit, sender=model, dispatch_uid=f"js-bump-del-{model.__name__}")

@@ -22,6 +22,7 @@ import zoneinfo
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -32,6 +33,7 @@ from apps.accounts.models import CompanyModelCoefficient
 from apps.billing import fx as fx_rates
 from apps.billing.models import FxRate
 from apps.billing.suppliers import keys_over_cap
+from apps.moderation.policies import load_policy
 from apps.providers.adapters.base import Target
 from apps.providers.key_health import VERSION_KEY as HEALTH_VERSION_KEY
 from apps.providers.key_status import apply_key_status_changes
@@ -88,6 +90,9 @@ class TokenSnapshot:
     residency: str = "any"  # the company's data residency: "any" | "ru"
     fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the token's chains over the company's
     model_coef_units: Mapping[str, int] = field(default_factory=dict)
+    # The company's (or this token's) data policy when it is on (apps.moderation), else None: the
+    # moderation stage's one check on the hot path.
+    moderation: Any = None
 
     def sell_coef_for(self, model: str) -> int:
         """The sell coefficient × 10_000 for the public model ``model``: the company's for that model, else its own."""
@@ -177,6 +182,11 @@ class ModelRoute:
 
     egresses: tuple[EgressRoute, ...] = ()
     egress_only: bool = False  # the provider lists egress proxies: never call it directly, even with none active
+    # The price version's other prices, in micro-units of its currency: per 1M tokens written to a
+    # prompt cache (None: such tokens cost the input price), per request and per image (0: none).
+    price_cache_write: int | None = None
+    price_per_request: int = 0
+    price_per_image: int = 0
 
     def __post_init__(self) -> None:
         self.target = Target(self.base_url, self.upstream_model, self.provider_options)
@@ -241,7 +251,15 @@ def _load_token(key_hash: str) -> TokenSnapshot | None:
         residency=token.company.data_residency,
         # An admin form left empty stores JSON null: read it as no chains.
         fallbacks={model: tuple(chain) for model, chain in {**(token.company.fallbacks or {}), **(token.fallbacks or {})}.items()},
+        moderation=moderation_policy(token.company_id, token.pk),
     )
+
+
+def moderation_policy(company_id: int, token_id: int) -> Any:
+    """The data policy the moderation stage applies to a token's calls (``apps.moderation.policies``:
+    the token's own, else its company's, frozen), or None when it is off."""
+    policy = load_policy(company_id, token_id)
+    return policy if policy.active else None
 
 
 def _load_routes() -> dict[str, ModelRoute]:
@@ -284,6 +302,8 @@ def _load_routes() -> dict[str, ModelRoute]:
             price_id=price.pk if price else None,
             price_input=price.input_per_1m if price else 0, price_output=price.output_per_1m if price else 0,
             price_cached=price.cached_input_per_1m if price else 0,
+            price_cache_write=price.cache_write_per_1m if price else None,
+            price_per_request=(price.per_request or 0) if price else 0, price_per_image=(price.per_image or 0) if price else 0,
             fx_micro=fx.get(price.currency) if price else None,
             keys=keys.get(provider.pk, []), internal=provider.internal, egresses=egresses.get(provider.pk, ()),
             egress_only=provider.pk in egress_only,

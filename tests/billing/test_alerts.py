@@ -104,7 +104,7 @@ def test_80_percent_of_a_monthly_limit_is_sent_once_by_email_and_signed_webhook(
     spend(token, 1 * RUB, NOW)  # 80 RUB of 100: exactly 80 %
     assert run(NOW) == 2
     assert len(mail.outbox) == 1 and mail.outbox[0].to == ["owner@acme.test"]
-    assert "80 % of the monthly limit of token «ci» reached (80 of 100 RUB, 2026-11)" in mail.outbox[0].subject
+    assert mail.outbox[0].subject == "[Jetstream] Достигнуто 80 % месячного лимита токена «ci» (80 из 100 руб., 2026-11)"
     (headers, body), = receiver.calls
     assert verify(secret, body, headers[SIGNATURE_HEADER])
     assert not verify(secret, body + b" ", headers[SIGNATURE_HEADER]) and not verify("other", body, headers[SIGNATURE_HEADER])
@@ -156,7 +156,7 @@ def test_department_budget_and_the_token_limit_are_separate_alerts(setup):
     run(NOW)
     sent = set(AlertDelivery.objects.filter(kind="department", status="sent").values_list("subject_id", "level", "period"))
     assert sent == {(department.pk, 90, "2026-11")}
-    assert "90 % of the monthly budget of department «R&D» reached (180 of 200 RUB, 2026-11)" in mail.outbox[-1].subject
+    assert mail.outbox[-1].subject == "[Jetstream] Достигнуто 90 % месячного бюджета отдела «R&D» (180 из 200 руб., 2026-11)"
 
 
 def test_low_wallet_uses_the_company_threshold_else_the_platform_default(setup, books, settings):
@@ -168,10 +168,53 @@ def test_low_wallet_uses_the_company_threshold_else_the_platform_default(setup, 
     assert run(NOW) == 0  # 1600 available > 1500
     settings.JETSTREAM = {**settings.JETSTREAM, "LOW_WALLET_THRESHOLD": 1600 * RUB}
     assert run(NOW) == 2
-    assert "Low wallet: 1600 RUB available (threshold 1600 RUB)" in mail.outbox[0].subject
+    assert mail.outbox[0].subject == ("[Jetstream] Кошелёк на исходе: потрачено 100 % средств месяца сверх порога "
+                                      "(доступно 1600 руб., порог 1600 руб., 2026-11)")
     AlertSettings.objects.filter(company=company).update(low_wallet_threshold=1700 * RUB)
     assert run(NOW) == 0  # once per period, whatever the threshold
     assert run(dt.datetime(2026, 12, 5, tzinfo=UTC)) == 2  # next month: again
+
+
+def test_a_low_wallet_warns_at_80_and_90_percent_of_the_months_money_above_the_threshold(setup, receiver, settings):
+    # 1000 RUB in the wallet, a 200 RUB threshold: 800 RUB to spend this month above it. The spend
+    # is usage written through billing (the ledger's debits and the usage records move together).
+    from apps.billing.usage import UsageEvent
+    from apps.billing.usage_records import record_usage_batch
+
+    company, token, _, _ = setup
+    token.limit_monthly = None
+    token.save()
+    settings.JETSTREAM = {**settings.JETSTREAM, "LOW_WALLET_THRESHOLD": 200 * RUB}
+    at = NOW.timestamp()
+
+    def charge(n: int, amount: int) -> None:
+        record_usage_batch(events=[UsageEvent(request_id=f"wallet-{n}", endpoint="chat", status="ok", http_status=200, started_at=at,
+                                       finished_at=at, token_id=token.pk, company_id=company.pk, sell_cost=amount)])
+
+    charge(1, 639 * RUB)  # 639 of 800: 79.9 %
+    assert run(NOW) == 0
+    charge(2, 1 * RUB)  # 640 of 800: 80 % (360 RUB left, 160 above the threshold)
+    assert run(NOW) == 2
+    assert mail.outbox[-1].subject == ("[Jetstream] Кошелёк на исходе: потрачено 80 % средств месяца сверх порога "
+                                       "(доступно 360 руб., порог 200 руб., 2026-11)")
+    payload = json.loads(receiver.calls[-1][1])
+    assert (payload["kind"], payload["level"], payload["spent_rub"], payload["limit_rub"], payload["available_rub"],
+            payload["threshold_rub"]) == ("low_wallet", 80, "640", "800", "360", "200")
+    charge(3, 80 * RUB)  # 720 of 800: 90 %
+    assert run(NOW) == 2 and json.loads(receiver.calls[-1][1])["level"] == 90
+    assert run(NOW + dt.timedelta(minutes=1)) == 0  # once per level and month
+    charge(4, 80 * RUB)  # 200 RUB left: at the threshold, 100 %
+    assert run(NOW) == 2 and json.loads(receiver.calls[-1][1])["level"] == 100
+    sent = sorted(AlertDelivery.objects.filter(kind="low_wallet", channel="email").values_list("level", "status"))
+    assert sent == [(80, "sent"), (90, "sent"), (100, "sent")]
+
+
+@pytest.mark.parametrize(("spent", "available", "threshold", "levels"), [
+    (0, 1000, 200, []), (639, 361, 200, []), (640, 360, 200, [80]), (720, 280, 200, [80, 90]),
+    (800, 200, 200, [80, 90, 100]), (0, 150, 200, [80, 90, 100]), (0, 0, 0, [80, 90, 100]), (500, -10, 0, [80, 90, 100]),
+])
+def test_wallet_levels_measure_the_months_spend_against_the_money_above_the_threshold(spent, available, threshold, levels):
+    assert alerts.wallet_levels(spent * RUB, available * RUB, threshold * RUB) == levels
 
 
 def test_a_failing_webhook_is_retried_with_backoff_then_given_up_and_never_logs_secrets(setup, receiver, caplog):

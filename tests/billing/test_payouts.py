@@ -145,7 +145,7 @@ def test_the_registry_lists_each_payment_with_its_details_and_the_total(books, m
     assert list(rows[0]) == REGISTRY_HEADERS
     assert [(r["supplier"], r["amount_micro_rub"], r["amount_rub"]) for r in rows] == [
         ("Keys R Us", "30000000", "30.00"), ("Keys R Us", "12345678", "12.345678"), ("Tokens Ltd", "25500001", "25.500001"),
-        ("Total", str(batch.total), "67.845679")]
+        ("Итого", str(batch.total), "67.845679")]
     assert {k: rows[0][k] for k in BANK} == BANK
     assert (rows[2]["recipient"], rows[2]["card_reference"], rows[2]["account_number"]) == ("ИП Токенов", "card-ref-0042", "")
     assert {int(r["ledger_transfer"]) for r in rows[:-1]} == set(
@@ -180,7 +180,7 @@ def test_the_superadmin_approves_and_rejects_in_the_admin_and_downloads_the_regi
     assert (second.status, Transfer.objects.get(pk=second.hold_id).status) == (WithdrawalStatus.REJECTED, TransferStatus.VOIDED)
     # Approving the rejected one is refused with the reason, and changes nothing.
     page = superadmin_client.post(changelist, {"action": "approve_selected", "_selected_action": [second.pk]}, follow=True)
-    assert "Нельзя одобрить заявку на вывод" in page.content.decode()  # Russian, the default
+    assert "Нельзя одобрить заявку на вывод" in page.content.decode()
     second.refresh_from_db()
     assert second.status == WithdrawalStatus.REJECTED
 

@@ -166,9 +166,13 @@ def test_exports_in_csv_and_xlsx(example):
     dataset = SpendRowResource().export(rows)
     table = list(csv.reader(io.StringIO(dataset.export("csv"))))
     assert table[0] == ["key", "label", "requests", "input_tokens", "output_tokens", "cached_tokens", "sell_cost", "sell_cost_rub",
-                        "buy_cost", "buy_cost_rub", "margin", "margin_rub"]
-    assert table[1:] == [[str(example["borealis"].pk), "Borealis", "2", "110", "1010", "0", "5050000", "5.05", "4000000", "4", "1050000", "1.05"],
-                         [str(example["acme"].pk), "Acme", "3", "3500", "1100", "200", "3550000", "3.55", "2600000", "2.6", "950000", "0.95"]]
+                        "buy_cost", "buy_cost_rub", "margin", "margin_rub", "capped_requests", "capped_amount",
+                        "capped_amount_rub", "cache_write_tokens", "images"]
+    none_capped = ["0", "0", "0", "0", "0"]
+    assert table[1:] == [[str(example["borealis"].pk), "Borealis", "2", "110", "1010", "0", "5050000", "5.05", "4000000", "4", "1050000", "1.05",
+                          *none_capped],
+                         [str(example["acme"].pk), "Acme", "3", "3500", "1100", "200", "3550000", "3.55", "2600000", "2.6", "950000", "0.95",
+                          *none_capped]]
     sheet = openpyxl.load_workbook(io.BytesIO(dataset.export("xlsx"))).active
     cells = [[c.value for c in row] for row in sheet.iter_rows()]
     assert cells[0][:2] == ["key", "label"] and cells[1][1] == "Borealis" and str(cells[2][7]) == "3.55"

@@ -14,7 +14,7 @@ import openpyxl
 import pytest
 from django.db import connection
 from django.db.models import Sum
-from django.utils import timezone, translation
+from django.utils import timezone
 
 from apps.billing import services
 from apps.billing.exceptions import InsufficientFunds, InvalidAmount
@@ -162,11 +162,13 @@ def test_a_withdrawal_may_take_only_what_has_matured(books, market, settings):
     settings.JETSTREAM = {**settings.JETSTREAM, "SUPPLIER_HOLD_DAYS": 14}
     give(books, market, 10 * RUB, age=14 * DAY + dt.timedelta(seconds=5))
     give(books, market, 7 * RUB, age=14 * DAY - dt.timedelta(minutes=1))
-    with translation.override("en"), pytest.raises(AboveAvailable) as refused:
+    with pytest.raises(AboveAvailable) as refused:
         request_supplier_withdrawal(supplier=books.supplier, amount=10 * RUB + 1, idempotency_id="w1")
     assert (refused.value.requested, refused.value.available, refused.value.on_hold) == (10 * RUB + 1, 10 * RUB, 7 * RUB)
-    assert str(refused.value) == ("You can withdraw at most 10.00 RUB now; requested 10.000001 RUB. "
-                                  "7.00 RUB earned in the last 14 days is still on hold.")
+    # In Russian, the default language (English: "You can withdraw at most 10.00 RUB now; requested
+    # 10.000001 RUB. 7.00 RUB earned in the last 14 days is still on hold.").
+    assert str(refused.value) == ("Сейчас можно вывести не больше 10.00 руб.; запрошено 10.000001 руб. "
+                                  "7.00 руб., заработанные за последние 14 дн., ещё на удержании.")
     assert isinstance(refused.value, InsufficientFunds)
     assert not WithdrawalRequest.objects.exists()
     assert not Transfer.objects.filter(kind=TransferKind.PAYOUT).exists()
@@ -214,7 +216,7 @@ def test_it_refuses_a_request_without_usable_payout_details_and_holds_nothing(bo
     with pytest.raises(NoPayoutDetails):
         request_supplier_withdrawal(supplier=books.supplier, amount=RUB, idempotency_id="w1", details=details)
     SupplierPayoutDetails.objects.filter(supplier=books.supplier).delete()
-    with translation.override("en"), pytest.raises(NoPayoutDetails, match="Add your payout details"):
+    with pytest.raises(NoPayoutDetails, match="Сначала добавьте платёжные реквизиты"):
         request_supplier_withdrawal(supplier=books.supplier, amount=RUB, idempotency_id="w1")
     assert not Transfer.objects.filter(kind=TransferKind.PAYOUT).exists()
     assert not WithdrawalRequest.objects.exists()
@@ -256,7 +258,7 @@ def test_approve_then_reject_and_each_again(books, market, django_user_model):
     assert (rejected.status, rejected.reject_reason) == (WithdrawalStatus.REJECTED, "wrong account")
     assert Transfer.objects.get(pk=second.hold_id).status == TransferStatus.VOIDED
     assert reject_withdrawal(withdrawal_id=second.pk).status == WithdrawalStatus.REJECTED
-    with translation.override("en"), pytest.raises(WithdrawalStateError, match="rejected"):
+    with pytest.raises(WithdrawalStateError, match="статус — отклонено"):
         approve_withdrawal(withdrawal_id=second.pk)
     assert supplier_balance(books.supplier).available == 30 * RUB
     # An approved, not yet paid, withdrawal can still be rejected.
@@ -269,7 +271,7 @@ def test_a_request_whose_hold_lapsed_cannot_be_approved(books, market):
     give(books, market, 50 * RUB)
     request = request_supplier_withdrawal(supplier=books.supplier, amount=20 * RUB, idempotency_id="w1")
     services.expire_holds(now=request.hold.expires_at)
-    with translation.override("en"), pytest.raises(WithdrawalStateError, match="lapsed"):
+    with pytest.raises(WithdrawalStateError, match="статус — истекла"):
         approve_withdrawal(withdrawal_id=request.pk)
     request.refresh_from_db()
     assert request.status == WithdrawalStatus.LAPSED

@@ -19,9 +19,8 @@ def test_it_sends_a_visitor_to_sign_in(name):
 
 
 @pytest.mark.parametrize("name", DASHBOARDS)
-def test_it_asks_for_the_totp_step_before_any_cabinet(personas, name):
-    client = Client()
-    client.force_login(personas.superadmin)
+def test_it_asks_for_the_totp_step_before_any_cabinet(personas, password_only, name):
+    client = password_only(personas.superadmin)
     response = client.get(reverse(name))
     assert response.status_code == 302
     assert response["Location"].startswith(reverse("cabinets:mfa") + "?next=")

@@ -27,6 +27,7 @@ The OpenAI wire family's members and their faults are behaviours too::
     fake.behavior(truncate_after_chunks=3)    # a clean close after K events: no finish_reason, no [DONE]
     fake.behavior(empty_stream=True)          # "data: [DONE]" and nothing else
     fake.behavior(done_without_space=True)    # "data:[DONE]"
+    fake.behavior(echo=True, chunk_chars=3)   # answers repeat the last user message, streamed 3 characters a piece
 """
 
 from __future__ import annotations
@@ -137,6 +138,8 @@ class Behavior:
     truncate_after_chunks: int | None = None  # end the stream cleanly after K events (no finish_reason, no [DONE])
     empty_stream: bool = False  # a stream that is only "data: [DONE]"
     done_without_space: bool = False  # "data:[DONE]" instead of "data: [DONE]"
+    echo: bool = False  # a chat answer repeats the last user message it received (a forced tool call: {"echo": it})
+    chunk_chars: int = 0  # stream content in pieces of this many characters (0: by words, ``chunks``)
 
     def generator_options(self) -> dict:
         options: dict[str, Any] = {
@@ -145,6 +148,8 @@ class Behavior:
             "cached_tokens": self.cached_tokens,
             "omit_usage": self.omit_usage,
             "always_stream_usage": self.stream_usage_even_if_not_requested,
+            "echo": self.echo,
+            "chunk_chars": self.chunk_chars,
         }
         if self.words:
             options["words"] = self.words

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from apps.cabinets.operator import views
+from apps.cabinets.operator import moderation, views
 
 app_name = "operator"
 
@@ -20,4 +20,6 @@ urlpatterns = [
     path("coefficients/<int:company_id>/<int:model_id>/", views.coefficient_set, name="coefficient_set"),
     path("health/", views.health, name="health"),
     path("turnover/", views.turnover, name="turnover"),
+
+    path("moderation/", moderation.moderation, name="moderation"),
 ]

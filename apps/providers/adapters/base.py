@@ -59,6 +59,9 @@ class Usage:
     input_tokens: int
     output_tokens: int
     cached_tokens: int  # of input_tokens, read from the provider's prompt cache
+    # Of input_tokens, written to the provider's prompt cache (Anthropic's cache_creation_input_tokens),
+    # billed at the price version's cache-write price where it has one.
+    cache_write_tokens: int = 0
 
 
 @dataclass(slots=True)

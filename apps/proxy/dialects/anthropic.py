@@ -6,7 +6,8 @@ official SDK's types (``anthropic/types``: ``Message``, ``RawMessageStreamEvent`
 
 Request → canonical (OpenAI chat): ``system`` (a string or text blocks) becomes the first system
 message; ``text`` blocks text parts; ``image`` blocks (``base64`` or ``url`` source) ``image_url``
-parts (a base64 source as a data URL); an assistant's ``tool_use`` blocks its ``tool_calls`` (input
+parts (a base64 source as a data URL); ``document`` blocks ``file`` parts (base64, as a data URL) or text
+parts (a ``text`` source); an assistant's ``tool_use`` blocks its ``tool_calls`` (input
 as a JSON text); a user's ``tool_result`` blocks ``tool`` messages placed before the rest of that
 user turn; ``tools`` (``input_schema``) function tools; ``tool_choice`` auto/any/tool/none →
 auto/required/{function}/none; ``stop_sequences`` → ``stop``; ``metadata.user_id`` → ``user``.
@@ -84,6 +85,20 @@ def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
                       param=f"{where}.source", code="invalid_value")
 
 
+def _document(block: dict[str, Any], where: str) -> dict[str, Any]:
+    """A ``document`` block: a base64 PDF (or other file) → a ``file`` part with a data URL; a plain
+    ``text`` source → a text part."""
+    source = block.get("source")
+    if isinstance(source, dict) and source.get("type") == "base64" and isinstance(source.get("data"), str):
+        media = source.get("media_type") if isinstance(source.get("media_type"), str) else "application/pdf"
+        name = block.get("title") if isinstance(block.get("title"), str) else "document"
+        return {"type": "file", "file": {"file_data": f"data:{media};base64,{source['data']}", "filename": name}}
+    if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
+        return {"type": "text", "text": source["data"]}
+    raise bad_request(f"{where}.source: a document needs a 'base64' (media_type, data) or 'text' source.",
+                      param=f"{where}.source", code="invalid_value")
+
+
 def _user_turn(content: list[Any], where: str) -> list[dict[str, Any]]:
     """A user turn's blocks → its ``tool`` messages (first, as OpenAI wants them right after the
     calls) and one user message with the rest."""
@@ -96,6 +111,8 @@ def _user_turn(content: list[Any], where: str) -> list[dict[str, Any]]:
             parts.append({"type": "text", "text": block["text"]})
         elif kind == "image":
             parts.append(_image(block, at))
+        elif kind == "document":
+            parts.append(_document(block, at))
         elif kind == "tool_result" and isinstance(block.get("tool_use_id"), str):
             text = _text_of(block.get("content", ""), f"{at}.content")
             if block.get("is_error") is True:
@@ -262,6 +279,8 @@ def error_object(call: Call, error: ApiError) -> dict[str, Any]:
     gateway's own (``insufficient_balance`` …), an addition Anthropic clients ignore."""
     status = 400 if error.status == 499 else error.status
     kind = ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    if error.type == "moderation_blocked":  # the gateway's own type: a client tells a policy refusal from a bad request
+        kind = error.type
     return {"type": "error", "error": {"type": kind, "message": error.message, "code": error.code}, "request_id": call.id}
 
 

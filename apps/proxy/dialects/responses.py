@@ -6,7 +6,7 @@ a ``sequence_number``) and the official SDK's types (``openai/types/responses``)
 
 Request → canonical (OpenAI chat): ``instructions`` becomes the first system message; ``input`` as a
 string a user message, as items: ``message`` items (``input_text``/``output_text`` → text parts,
-``input_image`` → ``image_url``), ``function_call`` items → the assistant's ``tool_calls`` (consecutive
+``input_image`` → ``image_url``, ``input_file`` with ``file_data`` → a ``file`` part), ``function_call`` items → the assistant's ``tool_calls`` (consecutive
 ones in one message), ``function_call_output`` items → ``tool`` messages; ``reasoning`` items are
 dropped. Function ``tools`` (flat ``{type, name, parameters}``) → chat tools; ``tool_choice``;
 ``max_output_tokens`` → ``max_tokens``; ``temperature``, ``top_p``, ``parallel_tool_calls``; ``user``
@@ -72,6 +72,12 @@ def _part(part: Any, where: str) -> dict[str, Any]:
         if part.get("detail") in ("low", "high", "auto"):
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
+    if kind == "input_file" and isinstance(part.get("file_data"), str):
+        name = part.get("filename") if isinstance(part.get("filename"), str) else "document"
+        return {"type": "file", "file": {"file_data": part["file_data"], "filename": name}}
+    if kind == "input_file":
+        raise bad_request(f"'{where}': files by 'file_id' or 'file_url' are not supported; send 'file_data' (a data URL).",
+                          param=where, code="invalid_value")
     if kind == "input_image":
         raise bad_request(f"'{where}': images by 'file_id' are not supported; send 'image_url' (a URL or a data URL).",
                           param=where, code="invalid_value")

@@ -30,6 +30,9 @@ from . import info
 from .admission import ClientAddress, DistinctIpCap, authenticate, police, read_body
 from .context import Call
 from .idempotency import IdempotencyStore
+from .moderate import ModerationStage
+from .moderation_check import PATHS as MODERATION_PATHS
+from .moderation_check import ModerationCheck
 from .relay import relay_body, relay_stream
 from .responses import Cors, answering, send_error, send_json
 from .routing import ProviderHealth, choose
@@ -79,6 +82,9 @@ class ProxyApp:
         self.distinct_ips = DistinctIpCap(self.redis)
         self.idempotency = IdempotencyStore(self.redis, self.counters)
         self.cors = Cors(conf["CORS_ALLOWED_ORIGINS"])
+        self.moderation_check = ModerationCheck(self.redis, self.snapshots, self.max_body)
+
+        self.moderation = ModerationStage(self.redis)
         self._started = False
         self._starting: asyncio.Lock | None = None
 
@@ -105,6 +111,7 @@ class ProxyApp:
         """Stop the snapshots' poller, close the upstream pool and the Redis connection (ASGI lifespan shutdown)."""
         await self.snapshots.stop()
         await self.upstream.stop()
+        self.moderation.close()
         await self.redis.close()
         self._started = False
 
@@ -155,7 +162,7 @@ class ProxyApp:
         """Send the call to its endpoint; answer ``OPTIONS`` (CORS preflight included) for any known
         path; ``HEAD`` is ``GET`` without the body. Raises ``ApiError`` 404 for an unknown path, 405
         with ``Allow`` for a method the path does not take."""
-        allowed = POST_ONLY if call.endpoint in INFERENCE or path == COUNT_TOKENS else READ_ONLY if _is_info(path) else None
+        allowed = POST_ONLY if call.endpoint in INFERENCE or path == COUNT_TOKENS or path in MODERATION_PATHS else READ_ONLY if _is_info(path) else None
         if path.startswith(STORED_RESPONSES) and method != "OPTIONS":
             await authenticate(call, self.snapshots)
             raise not_stored("response_id")
@@ -170,6 +177,8 @@ class ProxyApp:
             await self.inference(call, receive, send)
         elif path == COUNT_TOKENS:
             await self.count_tokens(call, receive, send)
+        elif path in MODERATION_PATHS:  # /v1/moderation/check, /v1/moderations: scanned, never charged
+            await self.moderation_check.handle(call, path, receive, send)
         else:
             await authenticate(call, self.snapshots)
             if path == MODELS:
@@ -197,7 +206,17 @@ class ProxyApp:
         call.request = call.dialect.parse(call.endpoint, call.raw)
         police(call, self.snapshots)
         await self.distinct_ips.admit(call)
-        # The moderation stage (apps/moderation) goes here: it may mask call.request or refuse the call.
+        if call.token.moderation is not None:  # no policy: this check is the stage's whole cost
+            try:
+                await self.moderation.request(call, call.token.moderation)  # masks call.request, or refuses the call
+                await self.route_and_call(call, receive, send)
+            finally:
+                await self.moderation.finish(call)  # the report, after the answer
+            return
+        await self.route_and_call(call, receive, send)
+
+    async def route_and_call(self, call: Call, receive, send) -> None:
+        """route + estimate → idempotency → reserve → call upstream → relay → settle + meter."""
         choose(call, self.snapshots, self.upstream.health)  # fallbacks, routing strategy, residency; estimate
         call.idempotency_key = call.header(b"idempotency-key")
         if call.idempotency_key is not None and await self.idempotency.replay(call, send):
@@ -254,6 +273,8 @@ class ProxyApp:
         """A call refused before any money moved: record it (inference only), then answer."""
         if call.endpoint in INFERENCE:
             status = UsageStatus.INVALID if error.status in INVALID_STATUSES else UsageStatus.REJECTED
+            if error.type == "moderation_blocked":  # the request is well formed; the policy refused it
+                status = UsageStatus.REJECTED
             if error.code == "client_closed":
                 status = UsageStatus.CLIENT_CLOSED
             try:

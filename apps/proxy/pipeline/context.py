@@ -79,12 +79,21 @@ class Call:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # of input_tokens, written to the provider's prompt cache
+    images: int = 0  # images in the request's messages (routing: spend.prompt_extras)
+    cache_marked: bool = False  # the request marks something for prompt caching (cache_control)
     counted_locally: bool = False
     sell: int = 0  # micro-RUB the company pays
+    sell_capped: bool = False  # the sell cost was above the reservation: ``sell`` is the reservation
+    sell_uncapped: int = 0  # micro-RUB: the sell cost before the cap (0 when not capped)
     buy: int = 0  # micro-RUB the platform owes the key's supplier (a local node: its hardware cost)
     ttft_ms: int | None = None
     settled: bool = False
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # added to every answer (rate limits)
+    # moderate: the call's moderation state (pipeline.moderate.Moderated; None when the token has no
+    # policy) and, for a sensitive request the policy reroutes, where it may go ("ru" | "local").
+    moderation: Any = None
+    sensitive_route: str = ""
 
     @property
     def model_name(self) -> str:
@@ -119,8 +128,10 @@ class Call:
             supplier_key_id=key.id if key else None, supplier_id=supplier_id, node_id=node.id if node else None,
             price_id=route.price_id if route else None, fx_rub_per_unit=route.fx_micro if route else None,
             stream=request.stream if request is not None else False, input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens, cached_tokens=self.cached_tokens, usage_counted_locally=self.counted_locally,
-            sell_cost=self.sell, buy_cost=self.buy, error_type=error.type if error else "",
+            output_tokens=self.output_tokens, cached_tokens=self.cached_tokens, cache_write_tokens=self.cache_write_tokens,
+            images=self.images if self.input_tokens or self.output_tokens else 0, usage_counted_locally=self.counted_locally,
+            sell_cost=self.sell, buy_cost=self.buy, sell_capped=self.sell_capped, sell_cost_uncapped=self.sell_uncapped,
+            error_type=error.type if error else "",
             error_code=(error.code or "") if error else "", latency_ms=int((now - self.started) * 1000),
             ttft_ms=self.ttft_ms, client_ip=self.client_ip, attempts=self.attempts,
         ).encode()

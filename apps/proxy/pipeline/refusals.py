@@ -122,15 +122,15 @@ def max_tokens_that_fit(call: Call, budget: int) -> int | None:
     """The largest ``max_tokens`` whose maximum cost (this prompt, ``n`` choices, on the model and on
     every fallback) is ≤ ``budget`` micro-RUB; 0 when none does; None for embeddings (no output).
     A binary search over the model's output range (≤ 17 prices for 128k tokens)."""
-    from .spend import price  # spend imports this module
+    from .spend import max_cost  # spend imports this module
 
     if call.request.endpoint == "embedding":
         return None
-    route, n, token = call.route, call.request.n, call.token
+    route, n = call.route, call.request.n
     candidates = [(route, call.input_tokens_estimate), *((c.route, c.input_tokens) for c in call.fallbacks)]
 
     def fits(tokens: int) -> bool:
-        return all(price(r, prompt, tokens * n, 0, token.sell_coef_for(r.name)) <= budget for r, prompt in candidates)
+        return all(max_cost(call, r, prompt, tokens * n) <= budget for r, prompt in candidates)
 
     low, high = 0, min(route.max_output_tokens, max(0, route.context_window - call.input_tokens_estimate))
     while low < high:

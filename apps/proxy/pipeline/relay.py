@@ -44,8 +44,17 @@ async def relay_body(call: Call, opened: Opened, send, *, counters: SpendCounter
         return
     price_usage(call, parsed.usage, parsed.text)
     call.ttft_ms = int((time.time() - call.started) * 1000)
+    body = parsed.body
+    guard = call.moderation.guard if call.moderation is not None else None
+    if guard is not None:  # placeholders restored, the answer checked (pipeline.moderate)
+        try:
+            body = await guard.answer(body)
+        except ApiError as error:  # a response-side block: the answer was generated, so it is billed
+            await counters.settle(call, status=UsageStatus.REJECTED, http=error.status, error=error)
+            await send_error(send, call, error)
+            return
     await counters.settle(call, status=UsageStatus.OK, http=200)
-    payload = call.dialect.render_body(call, parsed.body)
+    payload = call.dialect.render_body(call, body)
     headers = [JSON, (b"content-length", str(len(payload)).encode()), (b"x-jetstream-cost", rub(call.sell).encode()),
                *call.headers]
     await idempotency.store(call, 200, headers, payload)
@@ -157,16 +166,23 @@ async def _pump(call: Call, opened: Opened, decoder: StreamDecoder, client: _Cli
     Raises ``TimeoutError`` when the upstream sends nothing for ``idle`` seconds."""
     data: bytes | None = opened.first
     assert opened.chunks is not None, "UpstreamClient.open returns a stream's chunks"
+    # The moderation stage's answer guard (restores placeholders, checks the answer as it flows; raises
+    # a moderation_blocked ApiError to stop the stream), or None.
+    guard = call.moderation.guard if call.moderation is not None else None
     while data is not None:
         events = decoder.feed(data) if data else []
         if events and call.ttft_ms is None:
             call.ttft_ms = int((time.time() - call.started) * 1000)
-        await client.write(events)
+        await client.write(events if guard is None else await guard.stream(events))
         if decoder.done:
-            return
+            break
         async with asyncio.timeout(idle):
             data = await anext(opened.chunks, None)
-    await client.write(decoder.finish())
+    else:
+        events = decoder.finish()
+        await client.write(events if guard is None else await guard.stream(events))
+    if guard is not None:
+        await client.write(await guard.end())
 
 
 class _StreamRun:
@@ -293,6 +309,8 @@ def _outcome(call: Call, stream: _StreamRun, failure: BaseException | None) -> t
     """(usage status, HTTP status for the record, the client's error) of a finished stream."""
     if failure is None:
         return UsageStatus.OK, 200, None
+    if isinstance(failure, ApiError) and failure.type == "moderation_blocked":  # a response-side block (billed)
+        return UsageStatus.REJECTED, failure.status, failure
     if isinstance(failure, ApiError):  # every key failed before the first bytes
         return UsageStatus.UPSTREAM_ERROR, failure.status, failure
     if stream.opened is None:

@@ -8,7 +8,9 @@ The requested model's ``routing`` orders them:
 
 * ``ordered`` — as written: the model, then its fallbacks;
 * ``cheapest`` — by this request's maximum cost on each (input estimate and output cap at the
-  model's price, micro-RUB), the requested model winning ties;
+  model's price, its per-request and per-image prices, micro-RUB), at the company's sell
+  coefficient *for that model* (``CompanyModelCoefficient``, else the company's own), the
+  requested model winning ties;
 * ``fastest`` — by the recent time to an answer's headers on each model (``ProviderHealth``; a
   model not measured yet goes first, so it gets measured).
 
@@ -35,7 +37,7 @@ from ..exceptions import ApiError, forbidden
 from ..snapshot import ModelRoute, SnapshotCache, TokenSnapshot
 from .admission import MODALITY_FOR
 from .context import Call, Candidate
-from .spend import estimate, estimate_for, price
+from .spend import estimate, estimate_for, max_cost, prompt_extras
 
 RAMP_SHARES = (0.1, 0.5)  # the share of requests a recovering provider leads, step by step
 LATENCY_WEIGHT = 0.2  # of the newest sample in a model's moving average of answer latency
@@ -44,6 +46,25 @@ LATENCY_WEIGHT = 0.2  # of the newest sample in a model's moving average of answ
 def residency_allows(token: TokenSnapshot, route: ModelRoute) -> bool:
     """Whether the token's company may send data to ``route``'s provider (``ru``: only country RU)."""
     return token.residency != "ru" or route.country == "RU"
+
+
+def sensitive_allows(call: Call, route: ModelRoute) -> bool:
+    """Whether a call the moderation stage rerouted (``Call.sensitive_route``) may go to ``route``:
+    "ru" — a provider hosted in Russia (country RU) or a local node; "local" — local nodes only."""
+    if not call.sensitive_route:
+        return True
+    if call.sensitive_route == "local":
+        return bool(route.nodes)
+    return route.country == "RU" or bool(route.nodes)
+
+
+def sensitive_route_error(call: Call) -> ApiError:
+    """400 ``moderation_blocked``: a sensitive request whose policy allows it only on Russian-hosted
+    or local models, and neither the model nor its fallbacks are."""
+    where = "local models" if call.sensitive_route == "local" else "Russian-hosted or local models"
+    return ApiError(400, f"This request contains data your company's policy sends only to {where}, and neither "
+                         f"'{call.route.name}' nor its fallbacks are one. Use such a model, or remove the sensitive data.",
+                    type="moderation_blocked", code="sensitive_route_unavailable", retryable=False)
 
 
 def fallback_routes(call: Call, snapshots: SnapshotCache, modalities: Sequence[str]) -> list[ModelRoute]:
@@ -110,12 +131,13 @@ class ProviderHealth:
             return 1.0
         return RAMP_SHARES[step]
 
-    def order(self, candidates: list[Candidate], routing: str, coef_units: int) -> list[Candidate]:
-        """``candidates`` in the order they are tried: by ``routing`` (see the module docstring),
-        then each provider that is down or ramping back moved behind the others unless this request
-        falls in its share."""
+    def order(self, candidates: list[Candidate], routing: str, cost: Callable[[Candidate], int]) -> list[Candidate]:
+        """``candidates`` in the order they are tried: by ``routing`` (see the module docstring; for
+        ``cheapest``, by ``cost``: a candidate's maximum cost for this request in micro-RUB, at the
+        company's sell coefficient for that model), then each provider that is down or ramping back
+        moved behind the others unless this request falls in its share."""
         if routing == "cheapest":
-            candidates = sorted(candidates, key=lambda c: price(c.route, c.input_tokens, c.max_output_tokens, 0, coef_units))
+            candidates = sorted(candidates, key=cost)
         elif routing == "fastest":
             candidates = sorted(candidates, key=lambda c: self.latency(c.route))
         if not self._down_until:
@@ -134,16 +156,25 @@ def choose(call: Call, snapshots: SnapshotCache, health: ProviderHealth) -> None
     (with its estimate), the rest as ``call.fallbacks``. Without a fallback chain and within the
     company's residency this is ``spend.estimate`` alone.
 
-    Raises ``ApiError`` 403 ``data_residency`` when no candidate is inside the residency, or the
-    first candidate's estimate error (400) when none can take the request."""
+    A call the moderation stage rerouted as sensitive keeps only Russian-hosted or local candidates
+    (``sensitive_allows``).
+
+    Raises ``ApiError`` 403 ``data_residency`` when no candidate is inside the residency, 400
+    ``moderation_blocked`` (``sensitive_route_unavailable``) when a rerouted call has no candidate on
+    its sensitive route, or the first candidate's estimate error (400) when none can take the request."""
     token, primary = call.token, call.route
-    if not token.fallbacks_for(primary) and residency_allows(token, primary):
+    call.images, call.cache_marked = prompt_extras(call.request)
+    if not token.fallbacks_for(primary) and residency_allows(token, primary) and sensitive_allows(call, primary):
         estimate(call)
         return
     routes = [route for route in (primary, *fallback_routes(call, snapshots, MODALITY_FOR[call.endpoint]))
               if residency_allows(token, route)]
     if not routes:
         raise residency_error(token, primary)
+    if call.sensitive_route:
+        routes = [route for route in routes if sensitive_allows(call, route)]
+        if not routes:
+            raise sensitive_route_error(call)
     candidates: list[Candidate] = []
     refusal: ApiError | None = None
     for route in routes:
@@ -154,6 +185,7 @@ def choose(call: Call, snapshots: SnapshotCache, health: ProviderHealth) -> None
     if not candidates:
         assert refusal is not None
         raise refusal
-    first, *rest = health.order(candidates, primary.routing, token.sell_coef_units)
+    first, *rest = health.order(candidates, primary.routing,
+                                lambda c: max_cost(call, c.route, c.input_tokens, c.max_output_tokens))
     call.use(first)
     call.fallbacks = tuple(rest)

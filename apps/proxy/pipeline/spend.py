@@ -16,7 +16,7 @@ import time
 from apps.billing.models import UsageStatus
 from apps.providers.adapters.base import CanonicalRequest
 from lib import tokenizer
-from lib.money import cost_from_units
+from lib.money import MICRO, cost_from_units
 from lib.resp import Redis
 
 from ..counters import load_initial_counters
@@ -76,13 +76,65 @@ def estimate_for(request: CanonicalRequest, route: ModelRoute) -> tuple[int, int
     return input_tokens, max_out * request.n
 
 
-def price(route: ModelRoute, input_tokens: int, output_tokens: int, cached_tokens: int, coef_units: int) -> int:
-    """The cost in micro-RUB of these token counts at the route's price and FX, times the coefficient
-    (``coef_units``: 4-decimal fixed point, 1.25 → 12500); cached input at its own price."""
+def price(route: ModelRoute, input_tokens: int, output_tokens: int, cached_tokens: int, coef_units: int, *,
+          cache_write_tokens: int = 0, images: int = 0, requests: int = 0) -> int:
+    """The cost in micro-RUB of a request at the route's price version and FX, times the coefficient
+    (``coef_units``: 4-decimal fixed point, 1.25 → 12500), rounded up once (docs/billing.md, "How a
+    request's price is computed"):
+
+        units = (input − cached − cache_write) × input price + cached × cached price
+                + cache_write × cache-write price + output × output price       (prices per 1M tokens)
+                + (requests × per-request price + images × per-image price) × 10^6
+
+    Token counts in tokens (``cached_tokens`` and ``cache_write_tokens`` are parts of
+    ``input_tokens``); a route without a cache-write price charges cache writes at the input price."""
     assert route.fx_micro is not None, "police() lets only priced routes through"
-    units = ((input_tokens - cached_tokens) * route.price_input + cached_tokens * route.price_cached
-             + output_tokens * route.price_output)
+    write_price = route.price_input if route.price_cache_write is None else route.price_cache_write
+    units = ((input_tokens - cached_tokens - cache_write_tokens) * route.price_input + cached_tokens * route.price_cached
+             + cache_write_tokens * write_price + output_tokens * route.price_output)
+    if requests or images:
+        units += (requests * route.price_per_request + images * route.price_per_image) * MICRO
     return cost_from_units(units, route.fx_micro, coef_units)
+
+
+_IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
+
+
+def prompt_extras(request: CanonicalRequest) -> tuple[int, bool]:
+    """(the number of images in a chat request's messages, whether it marks anything for prompt
+    caching — a ``cache_control`` on a message, a content part or a tool). Other endpoints: (0, False).
+
+    Images are content parts of type ``image_url`` (OpenAI; what the Anthropic dialect maps its
+    ``image`` blocks to), ``image`` or ``input_image``; each is billed at the per-image price."""
+    if request.endpoint != "chat":
+        return 0, False
+    images, cache_marked = 0, False
+    for message in request.body.get("messages") or ():
+        if not isinstance(message, dict):
+            continue
+        cache_marked = cache_marked or "cache_control" in message
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict):
+                    images += part.get("type") in _IMAGE_PARTS
+                    cache_marked = cache_marked or "cache_control" in part
+    tools = request.body.get("tools")
+    if not cache_marked and isinstance(tools, list):
+        cache_marked = any(isinstance(tool, dict) and "cache_control" in tool for tool in tools)
+    return images, cache_marked
+
+
+def max_cost(call: Call, route: ModelRoute, input_tokens: int, output_tokens: int) -> int:
+    """The most a call can cost on ``route`` (micro-RUB, at the company's sell coefficient for that
+    model): ``input_tokens`` of prompt (none of it cached; all of it written to the cache at the
+    cache-write price when the request marks anything for caching and that price is higher),
+    ``output_tokens`` of output, the call's images and the per-request price. What is reserved,
+    what ``cheapest`` routing compares, and what a refusal's ``max_tokens_that_fit`` searches."""
+    writes = input_tokens if (call.cache_marked and route.price_cache_write is not None
+                              and route.price_cache_write > route.price_input) else 0
+    return price(route, input_tokens, output_tokens, 0, call.token.sell_coef_for(route.name), cache_write_tokens=writes,
+                 images=call.images, requests=1)
 
 
 def needs_text(usage) -> bool:
@@ -104,9 +156,10 @@ def count_usage(call: Call, usage, fallback_text: str | None) -> None:
         call.counted_locally = True
         call.input_tokens = call.input_tokens_estimate
         call.output_tokens = tokenizer.count_text(fallback_text, encoding=encoding) if fallback_text else 0
-        call.cached_tokens = 0
+        call.cached_tokens = call.cache_write_tokens = 0
         return
     call.input_tokens, call.output_tokens, call.cached_tokens = usage.input_tokens, usage.output_tokens, usage.cached_tokens
+    call.cache_write_tokens = usage.cache_write_tokens
     if not call.output_tokens and fallback_text:
         call.output_tokens = tokenizer.count_text(fallback_text, encoding=encoding)
         call.counted_locally = True
@@ -114,6 +167,7 @@ def count_usage(call: Call, usage, fallback_text: str | None) -> None:
         call.input_tokens = call.input_tokens_estimate
         call.counted_locally = True
     call.cached_tokens = min(call.cached_tokens, call.input_tokens)
+    call.cache_write_tokens = min(call.cache_write_tokens, call.input_tokens - call.cached_tokens)
     if call.counted_locally:
         logger.warning("request %s: implausible upstream usage %s; counted locally", call.id, usage)
 
@@ -128,11 +182,17 @@ def price_usage(call: Call, usage, fallback_text: str | None) -> None:
     true cost. A local node's buy cost is its own rate (``NodeRoute.cost``), not the model's price."""
     count_usage(call, usage, fallback_text)
     route, reserved = call.route, call.reservation.amount
-    sell = price(route, call.input_tokens, call.output_tokens, call.cached_tokens, call.token.sell_coef_for(route.name))
-    if sell > reserved:
+    # The per-request and per-image prices are owed for a request the upstream billed at all (it
+    # reported or was presumed to bill some tokens); nothing delivered and nothing billed costs nothing.
+    billed = 1 if call.input_tokens or call.output_tokens else 0
+    extras = {"cache_write_tokens": call.cache_write_tokens, "images": call.images * billed, "requests": billed}
+    sell = price(route, call.input_tokens, call.output_tokens, call.cached_tokens, call.token.sell_coef_for(route.name),
+                 **extras)
+    call.sell_capped, call.sell_uncapped = sell > reserved, 0
+    if call.sell_capped:
         logger.warning("request %s cost %s micro-RUB, above its reservation of %s; charging the reservation",
                        call.id, sell, reserved)
-        sell = reserved
+        call.sell_uncapped, sell = sell, reserved
     call.sell = sell
     # What the platform owes a supplier: when a supplier's key served the request (not the mock);
     # a local node's hardware cost at its own rate (owed to its supplier, or the platform's own).
@@ -140,7 +200,7 @@ def price_usage(call: Call, usage, fallback_text: str | None) -> None:
         call.buy = call.node.cost(call.input_tokens, call.output_tokens)
     else:
         call.buy = price(route, call.input_tokens, call.output_tokens, call.cached_tokens,
-                         call.key.buy_coef_units) if call.key is not None else 0
+                         call.key.buy_coef_units, **extras) if call.key is not None else 0
 
 
 def _opt(value: int | None) -> str | int:
@@ -189,10 +249,9 @@ class SpendCounters:
         limit with its figures — 402/413 (403: RPM 0) when the request can never fit, 429 with
         ``Retry-After`` when it fits later (``refusals.limit_error``) — and 503 if counters cannot be seeded."""
         token = call.token
-        amount = price(call.route, call.input_tokens_estimate, call.max_output_tokens, 0, token.sell_coef_for(call.route.name))
+        amount = max_cost(call, call.route, call.input_tokens_estimate, call.max_output_tokens)
         for fallback in call.fallbacks:  # whichever model answers, its cost fits what is held (at its own coefficient)
-            amount = max(amount, price(fallback.route, fallback.input_tokens, fallback.max_output_tokens, 0,
-                                       token.sell_coef_for(fallback.route.name)))
+            amount = max(amount, max_cost(call, fallback.route, fallback.input_tokens, fallback.max_output_tokens))
         now = time.time()
         keys = self.keys_for(token, now)
         rpm_cur, rpm_prev, tpm_cur, tpm_prev, frac = rate_keys(token.id, now)

@@ -194,7 +194,7 @@ def test_it_parses_text_and_tool_use_into_a_chat_completion():
     assert choice["message"] == {"role": "assistant", "content": "Checking now.", "refusal": None, "tool_calls": [
         {"id": "toolu_9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]}
     # Anthropic's input_tokens leaves out cache reads and writes: the canonical input holds them all.
-    assert parsed.usage == Usage(10 + 2048 + 100, 5, 2048) and parsed.text is None
+    assert parsed.usage == Usage(10 + 2048 + 100, 5, 2048, 100) and parsed.text is None
     assert body["usage"] == {"prompt_tokens": 2158, "completion_tokens": 5, "total_tokens": 2163,
                              "prompt_tokens_details": {"cached_tokens": 2048, "cache_creation_tokens": 100},
                              "completion_tokens_details": {"reasoning_tokens": 3}}
@@ -284,7 +284,7 @@ def test_the_decoder_turns_named_events_into_chunks():
     ]
     assert [chunk["choices"][0]["finish_reason"] for chunk in chunks] == [None] * 7 + ["tool_calls"]
     assert decoder.done and decoder.error is None and decoder.produced()
-    assert decoder.usage() == Usage(377 + 100 + 20, 65, 100)
+    assert decoder.usage() == Usage(377 + 100 + 20, 65, 100, 20)
     assert decoder.usage_chunk is not None and decoder.usage_chunk["choices"] == []
     assert decoder.usage_chunk["usage"]["prompt_tokens_details"] == {"cached_tokens": 100, "cache_creation_tokens": 20}
     assert decoder.generated_text() == 'Let me check.get_weather{"city": "Oslo"}now{}'
@@ -294,7 +294,7 @@ def test_message_delta_usage_is_cumulative_and_may_restate_the_input():
     stream = tool_stream().replace(b'"usage":{"output_tokens":65}',
                                    b'"usage":{"output_tokens":70,"input_tokens":400,"cache_read_input_tokens":null}')
     decoder, _ = decode(stream)
-    assert decoder.usage() == Usage(400 + 100 + 20, 70, 100)
+    assert decoder.usage() == Usage(400 + 100 + 20, 70, 100, 20)
 
 
 def test_a_stream_without_output_usage_is_counted_locally():

@@ -71,7 +71,8 @@ def test_anthropic_tool_turns_map_to_tool_calls_and_tool_messages():
     ({"messages": [{"role": "system", "content": "x"}]}, "messages.0.role"), ({"temperature": 1.5}, "temperature"),
     ({"stop_sequences": ["a"] * 5}, "stop_sequences"), ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools.0"),
     ({"tool_choice": {"type": "sometimes"}, "tools": [{"name": "f", "input_schema": {}}]}, "tool_choice"),
-    ({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}, "messages.0.content.0"),
+    ({"messages": [{"role": "user", "content": [{"type": "search_result", "source": {}}]}]}, "messages.0.content.0"),
+    ({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}, "messages.0.content.0.source"),
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]},
      "messages.0.content.0.source"),
 ])
@@ -202,3 +203,17 @@ def test_the_openai_stream_passes_bytes_through_and_renames_only_when_needed():
     renamed = OPENAI.stream_renderer(fake_call()).events([chunk({"content": "Hi"})])
     assert b'"model":"public"' in renamed and b"upstream-id" not in renamed
     assert OPENAI.render_body(same, b'{"model":"public"}') == b'{"model":"public"}'
+
+
+def test_documents_become_file_parts_in_the_canonical_request():
+    anthropic = orjson.loads(anthropic_body())
+    anthropic["messages"] = [{"role": "user", "content": [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}, "title": "a.pdf"},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain words"}}]}]
+    parts = parse_messages(orjson.dumps(anthropic)).body["messages"][-1]["content"]
+    assert parts == [{"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0x", "filename": "a.pdf"}},
+                     {"type": "text", "text": "plain words"}]
+    responses = parse_response_request(orjson.dumps({"model": "m", "input": [{"role": "user", "content": [
+        {"type": "input_file", "file_data": "data:application/pdf;base64,JVBERi0x", "filename": "b.pdf"}]}]}))
+    assert responses.body["messages"][0]["content"] == [
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0x", "filename": "b.pdf"}}]

@@ -13,6 +13,7 @@ from apps.billing.models import UsageRecord
 from apps.providers.models import Model, Price, Provider
 from apps.proxy.pipeline.context import Candidate
 from apps.proxy.pipeline.routing import ProviderHealth
+from apps.proxy.pipeline.spend import price
 from apps.proxy.snapshot import ModelRoute
 from tests.proxy.helpers import GOOD, post
 
@@ -144,6 +145,21 @@ def test_cheapest_first_routes_to_the_cheaper_fallback_without_trying_the_dearer
     assert len(fake_openai.requests) == 0
 
 
+def test_cheapest_compares_the_companys_per_model_coefficients_not_its_own(gateway, fake_openai):
+    # demo-chat is the cheaper at list price (10/20 RUB vs ≈13.9/55.5 RUB per 1M), but this company
+    # pays 5× for it and 1.25× (its own coefficient) for gpt-4o-mini: gpt-4o-mini is cheaper for it.
+    from decimal import Decimal
+
+    from apps.accounts.models import CompanyModelCoefficient
+
+    world = gateway.world
+    CompanyModelCoefficient.objects.create(company=world.company, model=world.mock_model, sell_coefficient=Decimal("5"))
+    fall_back_to_demo(gateway, routing="cheapest")
+    response = post(gateway, {**GOOD, "max_tokens": 200})
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == "gpt-4o-mini" and len(fake_openai.requests) == 1
+
+
 def test_a_provider_that_failed_goes_to_the_back_of_the_line_for_a_while(gateway, fake_openai):
     fall_back_to_demo(gateway)
     fake_openai.behavior(status=500)
@@ -163,6 +179,10 @@ def route(id_: int, provider_id: int, *, price: int = 1_000_000) -> ModelRoute:
                       fx_micro=1_000_000)
 
 
+def AT_LIST_PRICE(candidate: Candidate) -> int:  # noqa: N802 - a constant-like cost function
+    return price(candidate.route, candidate.input_tokens, candidate.max_output_tokens, 0, 10_000)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -176,17 +196,17 @@ def test_a_provider_ramps_back_10_then_50_then_100_percent():
     health = ProviderHealth(down_seconds=10, step_seconds=30, clock=clock, rng=lambda: next(draws))
     a, b = Candidate(route(1, provider_id=1), 10, 10), Candidate(route(2, provider_id=2), 10, 10)
     health.failed(1)
-    assert health.share(1) == 0.0 and health.order([a, b], "ordered", 10_000) == [b, a]
+    assert health.share(1) == 0.0 and health.order([a, b], "ordered", AT_LIST_PRICE) == [b, a]
     clock.now += 10
     assert health.share(1) == 0.1
-    assert health.order([a, b], "ordered", 10_000) == [a, b]  # draw 0.05 < 0.1: leads
-    assert health.order([a, b], "ordered", 10_000) == [b, a]  # draw 0.2: behind
+    assert health.order([a, b], "ordered", AT_LIST_PRICE) == [a, b]  # draw 0.05 < 0.1: leads
+    assert health.order([a, b], "ordered", AT_LIST_PRICE) == [b, a]  # draw 0.2: behind
     clock.now += 30
     assert health.share(1) == 0.5
-    assert health.order([a, b], "ordered", 10_000) == [a, b]  # 0.3 < 0.5
-    assert health.order([a, b], "ordered", 10_000) == [b, a]  # 0.7
+    assert health.order([a, b], "ordered", AT_LIST_PRICE) == [a, b]  # 0.3 < 0.5
+    assert health.order([a, b], "ordered", AT_LIST_PRICE) == [b, a]  # 0.7
     clock.now += 30
-    assert health.share(1) == 1.0 and health.order([a, b], "ordered", 10_000) == [a, b]
+    assert health.share(1) == 1.0 and health.order([a, b], "ordered", AT_LIST_PRICE) == [a, b]
 
 
 def test_a_failure_while_ramping_sends_the_provider_down_again():
@@ -206,7 +226,7 @@ def test_the_strategies_order_the_candidates(routing, expected):
     health.answered(routes[0], 0.9)
     health.answered(routes[1], 0.1)
     health.answered(routes[2], 0.5)
-    ordered = health.order([Candidate(r, 100, 10) for r in routes], routing, 10_000)
+    ordered = health.order([Candidate(r, 100, 10) for r in routes], routing, AT_LIST_PRICE)
     assert [c.route.id for c in ordered] == expected
 
 

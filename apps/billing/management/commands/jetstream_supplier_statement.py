@@ -13,6 +13,7 @@ from django.core.exceptions import ObjectDoesNotExist
 from django.core.management.base import BaseCommand, CommandError
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from apps.billing.models import Account
 from apps.billing.suppliers import export_dataset, statement_dataset, supplier_statement
@@ -22,7 +23,7 @@ def _day(text: str) -> dt.datetime:
     try:
         day = dt.date.fromisoformat(text)
     except ValueError:
-        raise CommandError(f"{text!r} is not a date like 2026-11-01") from None
+        raise CommandError(_("%(text)r is not a date like 2026-11-01") % {"text": text}) from None
     return timezone.make_aware(dt.datetime.combine(day, dt.time(0)))
 
 
@@ -45,10 +46,10 @@ class Command(BaseCommand):
         try:
             owner = supplier_model._default_manager.get(slug=supplier)
         except ObjectDoesNotExist:
-            raise CommandError(f"no supplier {supplier!r}") from None
+            raise CommandError(_("There is no supplier %(slug)r.") % {"slug": supplier}) from None
         first, after = _day(start), _day(end)
         if first >= after:
-            raise CommandError("--to must be after --from")
+            raise CommandError(_("--to must be after --from."))
         body = export_dataset(statement_dataset(supplier_statement(supplier=owner, start=first, end=after)), format)
         if output:
             with open(output, "wb") as fh:
@@ -56,4 +57,4 @@ class Command(BaseCommand):
         elif format == "csv":
             self.stdout.write(body.decode(), ending="")
         else:
-            raise CommandError("--format xlsx needs -o FILE")
+            raise CommandError(_("--format xlsx needs -o FILE."))

@@ -24,7 +24,8 @@ are not JSON, ``n`` > 1) raises ``RequestNotMappable``, answered 400 without cal
 
 Usage (``usage_from``): Anthropic's ``input_tokens`` EXCLUDES the prompt tokens read from and written
 to the cache, so canonical input = ``input_tokens + cache_read_input_tokens +
-cache_creation_input_tokens`` and cached = ``cache_read_input_tokens``; output = ``output_tokens``
+cache_creation_input_tokens``, cached = ``cache_read_input_tokens`` and cache-write =
+``cache_creation_input_tokens`` (billed at the cache-write price); output = ``output_tokens``
 (thinking included: it is the billed total).
 """
 
@@ -284,8 +285,9 @@ def usage_from(usage: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     read = _int(usage.get("cache_read_input_tokens"))
-    total_input = _int(usage.get("input_tokens")) + read + _int(usage.get("cache_creation_input_tokens"))
-    return Usage(total_input, _int(usage.get("output_tokens")), read)
+    written = _int(usage.get("cache_creation_input_tokens"))
+    total_input = _int(usage.get("input_tokens")) + read + written
+    return Usage(total_input, _int(usage.get("output_tokens")), read, written)
 
 
 def openai_usage(usage: Usage, raw: dict[str, Any]) -> dict[str, Any]:

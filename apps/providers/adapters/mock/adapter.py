@@ -6,6 +6,7 @@ chunk again from a client that did not ask for it."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -14,6 +15,8 @@ import aiohttp
 from apps.providers.adapters.base import CanonicalRequest, Credential, Target, UpstreamResponse
 from apps.providers.adapters.mock import generator
 from apps.providers.adapters.openai import OpenAIAdapter
+
+logger = logging.getLogger("jetstream.providers")
 
 
 class LocalResponse:
@@ -28,6 +31,8 @@ class LocalResponse:
                                        max_tokens=request.max_tokens, n=request.n)
         self._request = request
         self._target = target
+        if target.options.get("echo") is True:  # the demo's echo mock shows what a provider would receive
+            logger.info("mock %s received: %s", target.upstream_model, generator.last_user_text(request.body.get("messages"))[:500])
         self.status = 200
         self.headers: Mapping[str, str] = {}
 

@@ -18,7 +18,9 @@ Options: ``latency_ms`` (before the first byte), ``chunk_delay_ms`` (between str
 default 12-48 from the hash), ``language`` ("en"/"ru"), ``dimensions`` (embedding size when the
 request names none; default 256), ``cached_tokens`` (reported as prompt_tokens_details.cached_tokens),
 ``omit_usage`` (answer without usage, like an upstream that sends none), ``always_stream_usage``
-(a usage chunk even when the request did not ask for one).
+(a usage chunk even when the request did not ask for one), ``echo`` (a chat answer repeats the last
+user message; a forced function call's arguments are ``{"echo": that text}``: what the upstream
+received, made visible), ``chunk_chars`` (stream pieces of this many characters, whatever the words).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ _WORD_PIECES = re.compile(r"\s*\S+|\s+$")
 class _Options:
     __slots__ = (
         "latency_ms", "chunk_delay_ms", "chunks", "words", "language", "dimensions", "cached_tokens", "omit_usage",
-        "always_stream_usage",
+        "always_stream_usage", "echo", "chunk_chars",
     )
 
     def __init__(self, options: Any) -> None:
@@ -96,6 +98,8 @@ class _Options:
         self.cached_tokens = _int_option(options, "cached_tokens", 0, high=10**12)
         self.omit_usage = options.get("omit_usage") is True
         self.always_stream_usage = options.get("always_stream_usage") is True
+        self.echo = options.get("echo") is True
+        self.chunk_chars = _int_option(options, "chunk_chars", 0, high=100_000)
 
 
 def _int_option(options: dict, key: str, default: int, *, high: int) -> int:
@@ -241,7 +245,8 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _last_user_text(messages: Any) -> str:
+def last_user_text(messages: Any) -> str:
+    """The text of the last user message of a chat body's ``messages`` ("" when there is none)."""
     if isinstance(messages, list):
         for message in reversed(messages):
             if isinstance(message, dict) and message.get("role") == "user":
@@ -306,6 +311,13 @@ def _usage(prompt_tokens: int, completion_tokens: int, opts: _Options) -> dict:
     }
 
 
+def _split(text: str, opts: _Options) -> list[str]:
+    """A stream's pieces of ``text``: ``chunk_chars`` code points each when set, else ``_pieces``."""
+    if opts.chunk_chars and text:
+        return [text[i : i + opts.chunk_chars] for i in range(0, len(text), opts.chunk_chars)]
+    return _pieces(text, opts.chunks)
+
+
 def _pieces(text: str, chunks: int) -> list[str]:
     """``text`` in ``chunks`` pieces cut between words (one per word when chunks is 0); joined they give ``text``."""
     if not text:
@@ -357,7 +369,7 @@ def _plan_chat(body: Any, upstream_model: str, options: Any) -> _ChatPlan:
     encoding = tokenizer.encoding_for_model(upstream_model)
     messages = body.get("messages")
     digest = _digest(messages)
-    language = _language(_last_user_text(messages), opts)
+    language = _language(last_user_text(messages), opts)
     vocab = _WORDS_RU if language == "ru" else _WORDS_EN
     max_tokens = _max_output_tokens(body)
     stops = _stop_sequences(body)
@@ -378,7 +390,8 @@ def _plan_chat(body: Any, upstream_model: str, options: Any) -> _ChatPlan:
         if forced is not None:
             function, choice.finish_reason, choice.legacy = forced
             name = function.get("name") if isinstance(function.get("name"), str) else "function"
-            arguments = orjson.dumps(_schema_value(function.get("parameters") or {"type": "object"}, _Entropy(seed), vocab)).decode()
+            arguments = orjson.dumps({"echo": last_user_text(messages)} if opts.echo else
+                                     _schema_value(function.get("parameters") or {"type": "object"}, _Entropy(seed), vocab)).decode()
             if max_tokens is not None:
                 allowed = max(0, max_tokens - tokenizer.count_text(name, encoding=encoding))
                 cut = tokenizer.truncate_text(arguments, allowed, encoding=encoding)
@@ -394,6 +407,8 @@ def _plan_chat(body: Any, upstream_model: str, options: Any) -> _ChatPlan:
                                                   _Entropy(seed), vocab)).decode()
             elif format_kind == "json_object":
                 text = orjson.dumps({"answer": _sentences(seed, words=opts.words, language=language)}).decode()
+            elif opts.echo:
+                text = last_user_text(messages)
             else:
                 text = _sentences(seed, words=opts.words, language=language)
             text, _ = _cut_at_stop(text, stops)
@@ -468,17 +483,17 @@ def chat_completion_chunks(body: dict, *, upstream_model: str, options: dict | N
     for c in plan.choices:
         if c.call is None:
             events.append(chunk([entry(c.index, {"role": "assistant", "content": "", "refusal": None})]))
-            per_choice.append([entry(c.index, {"content": piece}) for piece in _pieces(c.content or "", plan.opts.chunks)])
+            per_choice.append([entry(c.index, {"content": piece}) for piece in _split(c.content or "", plan.opts)])
         elif c.legacy:
             events.append(chunk([entry(c.index, {"role": "assistant", "content": None,
                                                  "function_call": {"name": c.call["name"], "arguments": ""}, "refusal": None})]))
-            per_choice.append([entry(c.index, {"function_call": {"arguments": piece}}) for piece in _pieces(c.call["arguments"], plan.opts.chunks)])
+            per_choice.append([entry(c.index, {"function_call": {"arguments": piece}}) for piece in _split(c.call["arguments"], plan.opts)])
         else:
             opening = {"index": 0, "id": c.call["id"], "type": "function", "function": {"name": c.call["name"], "arguments": ""}}
             events.append(chunk([entry(c.index, {"role": "assistant", "content": None, "tool_calls": [opening], "refusal": None})]))
             per_choice.append([
                 entry(c.index, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-                for piece in _pieces(c.call["arguments"], plan.opts.chunks)
+                for piece in _split(c.call["arguments"], plan.opts)
             ])
     for round_entries in _interleave(per_choice):
         events.extend(chunk([e]) for e in round_entries)
@@ -575,7 +590,7 @@ def completion_chunks(body: dict, *, upstream_model: str, options: dict | None =
         return _event(payload)
 
     events = []
-    per_choice = [[(index, piece) for piece in _pieces(text, plan.opts.chunks)] for index, text, _ in plan.choices]
+    per_choice = [[(index, piece) for piece in _split(text, plan.opts)] for index, text, _ in plan.choices]
     for round_entries in _interleave(per_choice):
         events.extend(chunk(index, piece) for index, piece in round_entries)
     events.extend(chunk(index, "", reason) for index, _, reason in plan.choices)

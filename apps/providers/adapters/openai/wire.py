@@ -86,11 +86,17 @@ def usage_from(obj) -> Usage | None:
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
     # DeepSeek: prompt_tokens = prompt_cache_hit_tokens + prompt_cache_miss_tokens.
     cached = cached or _int(usage.get("prompt_cache_hit_tokens"))
+    # Prompt-cache writes, part of prompt_tokens: Alibaba Model Studio's explicit cache
+    # (prompt_tokens_details.cache_creation_input_tokens, billed at 125 % of input,
+    # https://www.alibabacloud.com/help/en/model-studio/context-cache) and OpenRouter's cache_write_tokens.
+    written = (_int(details.get("cache_creation_input_tokens")) or _int(details.get("cache_write_tokens"))) \
+        if isinstance(details, dict) else 0
     prompt = _int(usage.get("prompt_tokens"))
     completion = _int(usage.get("completion_tokens"))
     if completion == 0 and "total_tokens" in usage:  # embeddings report prompt + total only
         completion = max(0, _int(usage.get("total_tokens")) - prompt)
-    return Usage(prompt, completion, min(cached, prompt))
+    cached = min(cached, prompt)
+    return Usage(prompt, completion, cached, min(written, prompt - cached))
 
 
 def with_cache_details(obj: object) -> bool:
