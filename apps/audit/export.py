@@ -69,7 +69,7 @@ def _sd_value(value: Any) -> str:
 
 def hostname() -> str:
     """HOSTNAME of the syslog header: the host of ``SITE_URL`` (PRINTUSASCII, at most 255)."""
-    return _printusascii(urlsplit(settings.SITE_URL).hostname or "", 255)
+    return _printusascii(str(urlsplit(str(settings.SITE_URL)).hostname or ""), 255)
 
 
 def syslog_line(event: AuditEvent, *, host: str | None = None) -> str:

@@ -37,7 +37,8 @@ class Watch:
 
     ``fields``: what a snapshot holds (secrets are never among them); ``secret_fields``: compared
     to notice a replaced secret, never recorded; ``created`` / ``changed`` / ``deleted``: the
-    events of an insert, an update (given before, after and the changed names) and a delete.
+    events of an insert, an update (given before, after and the changed names) and a delete;
+    ``describe``: the object's label in the trail (``str`` unless that shows part of a secret).
     """
 
     label: str
@@ -46,6 +47,7 @@ class Watch:
     created: Callable[[Any, dict[str, Any]], list[Change]] | None = None
     changed: Callable[[Any, dict[str, Any], dict[str, Any], set[str]], list[Change]] | None = None
     deleted: Callable[[Any, dict[str, Any]], list[Change]] | None = None
+    describe: Callable[[Any], str] = str
     fields: tuple[str, ...] = field(default=(), init=False)
 
     def bind(self, model: type[models.Model]) -> None:
@@ -99,6 +101,9 @@ def _token_changed(token, before, after, changed) -> list[Change]:
 
 # --- supplier keys -------------------------------------------------------------------------------
 
+KEY_SECRETS = ("secret_encrypted", "secret_key_id", "secret_last4")
+
+
 def _key_status(new: str) -> str:
     return {"disabled": "supplier_key.disabled", "active": "supplier_key.enabled"}.get(new, "supplier_key.auto_disabled")
 
@@ -109,7 +114,7 @@ def _supplier_key_changed(key, before, after, changed) -> list[Change]:
         events.append((_key_status(after["status"]), *_diff(before, after, _STATUS)))
     if "buy_coefficient" in changed:
         events.append(("coefficient.changed", *_diff(before, after, {"buy_coefficient"})))
-    others = changed - _STATUS - {"buy_coefficient", "secret_encrypted", "secret_key_id"}
+    others = changed - _STATUS - {"buy_coefficient", *KEY_SECRETS}
     if others:
         events.append(("supplier_key.changed", *_diff(before, after, others)))
     # A new master key re-encrypts the same secret (same last characters, new key id): not a rotation.
@@ -210,8 +215,9 @@ def _transfer_tenant(transfer) -> services.Tenant:
 WATCHES: list[Watch] = [
     Watch("proxy.ApiToken", ignore=("created_at", "updated_at", "last_used_at"), secret_fields=("key_hash",),
           created=_inserted("token.created"), changed=_token_changed, deleted=_removed("token.deleted")),
-    Watch("providers.SupplierKey", ignore=("created_at", "updated_at"), secret_fields=("secret_encrypted", "secret_key_id", "secret_last4"),
-          created=_inserted("supplier_key.added"), changed=_supplier_key_changed, deleted=_removed("supplier_key.deleted")),
+    Watch("providers.SupplierKey", ignore=("created_at", "updated_at"), secret_fields=KEY_SECRETS,
+          created=_inserted("supplier_key.added"), changed=_supplier_key_changed, deleted=_removed("supplier_key.deleted"),
+          describe=lambda key: key.name),  # str() shows the secret's last four characters
     Watch("providers.Price", ignore=("created_at",), created=_price_created, deleted=_removed("price.changed")),
     Watch("accounts.Company", ignore=("created_at",), created=_inserted("company.created"), changed=_company_changed),
     Watch("accounts.CompanyModelCoefficient", created=_inserted("coefficient.changed"), changed=_all_changes("coefficient.changed"),
@@ -263,9 +269,9 @@ def _tenant(instance: Any) -> Any:
 def _record_all(instance: Any, changes: list[Change]) -> None:
     if not changes:
         return
-    tenant = _tenant(instance)
+    tenant, label = _tenant(instance), _by_model[type(instance)].describe(instance)
     for action, before, after in changes:
-        services.record(action, obj=instance, before=before, after=after, tenant=tenant)
+        services.record(action, obj=instance, before=before, after=after, tenant=tenant, object_label=label)
 
 
 def _db_values(watch: Watch, model: type[models.Model], pk: Any) -> dict[str, Any] | None:

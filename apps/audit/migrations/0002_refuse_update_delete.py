@@ -7,13 +7,16 @@ flush truncates every table — and is caught by an anchor kept outside (``audit
 
 from django.db import migrations
 
-FORWARD = """
+CREATE_FUNCTION = """
 CREATE FUNCTION audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'audit_auditevent is append-only: % refused', TG_OP
         USING ERRCODE = 'insufficient_privilege', HINT = 'The audit trail is never edited; record a new event instead.';
 END;
 $$;
+"""
+
+CREATE_TRIGGER = """
 CREATE TRIGGER audit_auditevent_append_only
     BEFORE UPDATE OR DELETE ON audit_auditevent
     FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
@@ -28,4 +31,4 @@ DROP FUNCTION IF EXISTS audit_refuse_change();
 class Migration(migrations.Migration):
     dependencies = [("audit", "0001_audit_event")]
 
-    operations = [migrations.RunSQL(FORWARD, BACKWARD)]
+    operations = [migrations.RunSQL(CREATE_FUNCTION + CREATE_TRIGGER, BACKWARD)]
