@@ -68,6 +68,12 @@ class AuditEvent(models.Model):
         return f"#{self.seq} {self.action}"
 
     @property
+    def changes(self) -> list[tuple[str, object, object]]:
+        """``(field, before, after)`` for each key of ``before`` / ``after``, sorted by field (None: absent)."""
+        before, after = self.before or {}, self.after or {}
+        return [(name, before.get(name), after.get(name)) for name in sorted({*before, *after})]
+
+    @property
     def action_label(self) -> str:
         """The action's human name in the active language."""
         return action_label(self.action)

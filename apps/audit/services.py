@@ -214,6 +214,12 @@ def page(filters: EventFilter, *, before: int | None = None, size: int = 50) -> 
     return Page(rows, rows[-1].seq if more and rows else None)
 
 
+def batch_after(filters: EventFilter, *, after: int, size: int = 1000) -> list[AuditEvent]:
+    """Up to ``size`` events matching ``filters`` with ``seq > after``, oldest first: one step of a
+    streamed export (no cursor stays open between steps)."""
+    return list(events(filters).filter(seq__gt=after).order_by("seq")[:size])
+
+
 def iter_events(filters: EventFilter, *, chunk_size: int = 2000) -> Iterator[AuditEvent]:
     """Every event matching ``filters``, oldest first (chain order), read in chunks (for exports)."""
     yield from events(filters).order_by("seq").iterator(chunk_size=chunk_size)
