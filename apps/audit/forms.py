@@ -37,7 +37,7 @@ class AuditFilterForm(forms.Form):
             self.fields["company"] = forms.SlugField(label=_("Company (slug)"), required=False, max_length=64)
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         since, until = data.get("since"), data.get("until")
         if since and until and since > until:
             raise forms.ValidationError(_("The period's start must not come after its end."))
