@@ -30,13 +30,15 @@ class ActorRole(models.TextChoices):
 class AuditEvent(models.Model):
     """One security- or money-relevant action. Written only by ``apps.audit.services.record``.
 
-    ``seq`` is the position in the chain (1, 2, 3, … without gaps); ``prev_hash`` is the previous
-    row's ``hash`` (64 zeros for the first) and ``hash`` the SHA-256 (hex) of the row's canonical
-    JSON (``chain.canonical_payload``), which includes ``prev_hash``. ``before`` / ``after`` hold the
+    A row is inserted *pending* (``seq`` and ``hash`` empty) in the transaction of the change it
+    records, and *sealed* right after that transaction commits (``services.seal_pending``): ``seq``
+    is then its position in the chain (1, 2, 3, … without gaps), ``prev_hash`` the previous row's
+    ``hash`` (64 zeros for the first) and ``hash`` the SHA-256 (hex) of the row's canonical JSON
+    (``chain.canonical_payload``), which includes ``prev_hash``. ``before`` / ``after`` hold the
     changed fields' values (amounts in micro-rubles, as the models store them), never a secret.
     """
 
-    seq = models.BigIntegerField(_("sequence number"), unique=True, editable=False)
+    seq = models.BigIntegerField(_("sequence number"), unique=True, null=True, blank=True, editable=False)
     occurred_at = models.DateTimeField(_("time"), db_index=True, editable=False)
     actor_id = models.BigIntegerField(_("actor id"), null=True, blank=True, db_index=True, editable=False)
     actor_email = models.CharField(_("actor"), max_length=254, blank=True, editable=False)
@@ -51,8 +53,8 @@ class AuditEvent(models.Model):
     after = models.JSONField(_("after"), null=True, blank=True, editable=False)
     client_ip = models.CharField(_("client IP"), max_length=45, blank=True, editable=False)
     request_id = models.CharField(_("request id"), max_length=64, blank=True, editable=False)
-    prev_hash = models.CharField(_("previous hash"), max_length=64, editable=False)
-    hash = models.CharField(_("hash (SHA-256)"), max_length=64, unique=True, editable=False)
+    prev_hash = models.CharField(_("previous hash"), max_length=64, blank=True, editable=False)
+    hash = models.CharField(_("hash (SHA-256)"), max_length=64, unique=True, null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("audit event")
@@ -62,6 +64,8 @@ class AuditEvent(models.Model):
             # A tenant's listing and export: its events, newest first, keyset-paginated by seq.
             models.Index(fields=["company_id", "-seq"], name="audit_company_seq"),
             models.Index(fields=["supplier_id", "-seq"], name="audit_supplier_seq"),
+            # The sealer's queue: pending rows in insertion order.
+            models.Index(fields=["id"], name="audit_pending", condition=models.Q(seq__isnull=True)),
         ]
 
     def __str__(self) -> str:

@@ -1,22 +1,33 @@
 """The audit trail's services: record an event, read and filter the trail, verify the chain.
 
 ``record`` is the one way in; any app may call it (it imports no other app: tenants and roles are
-looked up through ``django.apps.apps.get_model``). Appends are serialised by a PostgreSQL
-transaction-level advisory lock, so the row read as the chain's head is the real head and
-concurrent writers cannot fork the chain. The lock is held until the caller's transaction ends:
-record events after taking your own row locks (every service here does), so a writer never waits
-for the audit lock while holding a row another audit writer needs.
+looked up through ``django.apps.apps.get_model``).
+
+Two steps, so that recording never makes one writer wait for another:
+
+1. ``record`` inserts the event *pending* in the caller's transaction — it commits or rolls back
+   with the change it records, and takes no lock.
+2. ``seal_pending`` chains the committed pending rows in its own short transaction, under a
+   PostgreSQL transaction-level advisory lock (``CHAIN_LOCK_KEY``): the head it reads is the real
+   head, so concurrent sealers cannot fork the chain. ``record`` asks for it on commit
+   (``transaction.on_commit``); Celery beat runs it every minute for anything left (a worker that
+   died between commit and seal); ``verify_chain``, the listings and the exports run it first.
+
+Chaining inside the writer's transaction would hold the chain lock until that transaction
+commits — a payout batch would stall every sign-in, and a writer holding a ledger row while
+waiting for the lock could deadlock with one holding the lock and waiting for that row.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from django.apps import apps
-from django.db import connection, models, transaction
+from django.db import DatabaseError, connection, models, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -27,7 +38,9 @@ from .exceptions import InvalidExportFilter, UnknownAction
 from .models import ActorRole, AuditEvent
 from .redaction import json_safe
 
-#: pg_advisory_xact_lock key of the chain's appends ("jsaudit1" as a big-endian int64).
+logger = logging.getLogger("jetstream.audit")
+
+#: pg_advisory_xact_lock key of the chain's seals ("jsaudit1" as a big-endian int64).
 CHAIN_LOCK_KEY = int.from_bytes(b"jsaudit1", "big", signed=True)
 
 _OBJECT_LABEL_MAX = 200
@@ -105,8 +118,8 @@ def record(action: str, *, actor: Any = None, obj: models.Model | None = None, b
     sign-in's attempted address). ``obj`` names the object (``object_*`` override its type,
     id and label); ``tenant`` (a Company, Supplier, ``Tenant`` or an object carrying
     ``company_id`` / ``supplier_id``) defaults to ``obj``'s. ``before`` / ``after`` are made
-    JSON-safe with secrets dropped (``redaction``). Inside the caller's transaction: if it rolls
-    back, so does the event.
+    JSON-safe with secrets dropped (``redaction``). Inserted pending inside the caller's
+    transaction (if it rolls back, so does the event) and sealed into the chain once it commits.
     """
     if action not in ACTIONS:
         raise UnknownAction(f"{action!r} is not an audit action; add it to apps/audit/actions.py")
@@ -127,20 +140,42 @@ def record(action: str, *, actor: Any = None, obj: models.Model | None = None, b
         before=json_safe(before) if before is not None else None, after=json_safe(after) if after is not None else None,
         client_ip=context.client_ip, request_id=context.request_id,
     )
-    return _append(event)
-
-
-def _append(event: AuditEvent) -> AuditEvent:
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            # Race: two writers reading the same head would both chain to it (a fork). The lock makes
-            # them take turns until each one's transaction ends, so the next reads the committed head.
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK_KEY])
-        head = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
-        event.seq, event.prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
-        event.hash = row_hash(event)
-        event.save(force_insert=True)
+    event.save(force_insert=True)
+    transaction.on_commit(_seal_after_commit)
     return event
+
+
+def _seal_after_commit() -> None:
+    # The change and its event are committed whatever happens here; a failed seal is retried by
+    # the beat task, so it must not turn the caller's success into an error.
+    try:
+        seal_pending()
+    except DatabaseError:
+        logger.exception("audit: sealing after commit failed; the beat task will seal the pending events")
+
+
+def seal_pending(*, batch: int = 500) -> int:
+    """Chain every committed pending event, oldest (lowest id) first; return how many were sealed.
+    Safe to run concurrently and repeatedly (each batch under the chain lock)."""
+    sealed = 0
+    while True:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                # Race: two sealers reading the same head would both chain to it (a fork); the lock
+                # makes them take turns, and the second reads the head the first committed.
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK_KEY])
+            head = AuditEvent.objects.filter(seq__isnull=False).order_by("-seq").values_list("seq", "hash").first()
+            seq, prev_hash = (int(head[0] or 0), str(head[1])) if head else (0, GENESIS)
+            rows = list(AuditEvent.objects.filter(seq__isnull=True).order_by("id")[:batch])
+            for row in rows:
+                seq += 1
+                row.seq, row.prev_hash = seq, prev_hash
+                row.hash = prev_hash = row_hash(row)
+            if rows:
+                AuditEvent.objects.bulk_update(rows, ["seq", "prev_hash", "hash"])
+        sealed += len(rows)
+        if len(rows) < batch:
+            return sealed
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -175,8 +210,8 @@ def company_id_for_slug(slug: str) -> int:
 
 
 def events(filters: EventFilter) -> QuerySet[AuditEvent]:
-    """The events matching ``filters``, newest first (by ``seq``)."""
-    query = Q()
+    """The sealed events matching ``filters``, newest first (by ``seq``)."""
+    query = Q(seq__isnull=False)
     if filters.since is not None:
         query &= Q(occurred_at__gte=filters.since)
     if filters.until is not None:
@@ -204,7 +239,10 @@ class Page:
 
 
 def page(filters: EventFilter, *, before: int | None = None, size: int = 50) -> Page:
-    """Keyset pagination over ``events(filters)``: up to ``size`` rows with ``seq < before``."""
+    """Keyset pagination over ``events(filters)``: up to ``size`` rows with ``seq < before``
+    (pending events are sealed first, so none is left out)."""
+    if before is None:
+        seal_pending()
     queryset = events(filters)
     if before is not None:
         queryset = queryset.filter(seq__lt=before)
@@ -221,20 +259,24 @@ def batch_after(filters: EventFilter, *, after: int, size: int = 1000) -> list[A
 
 
 def iter_events(filters: EventFilter, *, chunk_size: int = 2000) -> Iterator[AuditEvent]:
-    """Every event matching ``filters``, oldest first (chain order), read in chunks (for exports)."""
+    """Every event matching ``filters``, oldest first (chain order), read in chunks (for exports);
+    pending events are sealed first."""
+    seal_pending()
     yield from events(filters).order_by("seq").iterator(chunk_size=chunk_size)
 
 
 # --- verifying -----------------------------------------------------------------------------------
 
 def verify_chain(*, chunk_size: int = 2000) -> Verification:
-    """Walk the whole chain in ``seq`` order and return the first broken link, if any (see
-    ``chain.walk``). Reads a snapshot: rows appended meanwhile are not part of this walk."""
+    """Seal what is pending, then walk the whole chain in ``seq`` order and return the first broken
+    link, if any (see ``chain.walk``). Reads a snapshot: rows sealed meanwhile are not part of it."""
+    seal_pending()
     def find_seq_by_hash(value: str) -> int | None:
         return AuditEvent.objects.filter(hash=value).values_list("seq", flat=True).first()
 
     def run() -> Verification:
-        return walk(AuditEvent.objects.order_by("seq").iterator(chunk_size=chunk_size), find_seq_by_hash=find_seq_by_hash)
+        return walk(AuditEvent.objects.filter(seq__isnull=False).order_by("seq").iterator(chunk_size=chunk_size),
+                    find_seq_by_hash=find_seq_by_hash)
 
     if connection.in_atomic_block:  # the caller's transaction is the snapshot
         return run()

@@ -9,7 +9,7 @@ from django.http import StreamingHttpResponse
 from django.utils import timezone
 
 from .export import lines
-from .services import EventFilter, batch_after
+from .services import EventFilter, batch_after, seal_pending
 
 CONTENT_TYPES = {"jsonl": "application/x-ndjson; charset=utf-8", "syslog": "text/plain; charset=utf-8"}
 EXTENSIONS = {"jsonl": "jsonl", "syslog": "log"}
@@ -22,7 +22,7 @@ async def _stream(filters: EventFilter, fmt: str, size: int) -> AsyncIterator[by
         if not batch:
             return
         yield "".join(lines(batch, fmt)).encode("utf-8")
-        after = batch[-1].seq
+        after = batch[-1].seq or after  # sealed: batch_after reads only rows with a seq
 
 
 def export_response(filters: EventFilter, fmt: str, *, name: str, size: int = 1000) -> StreamingHttpResponse:
@@ -32,6 +32,7 @@ def export_response(filters: EventFilter, fmt: str, *, name: str, size: int = 10
     ``ValueError`` for an unknown format."""
     if fmt not in CONTENT_TYPES:
         raise ValueError(f"unknown export format {fmt!r}")
+    seal_pending()
     response = StreamingHttpResponse(_stream(filters, fmt, size), content_type=CONTENT_TYPES[fmt])
     response["Content-Disposition"] = f'attachment; filename="jetstream-audit-{name}-{timezone.localdate():%Y-%m-%d}.{EXTENSIONS[fmt]}"'
     response["Cache-Control"] = "no-store"

@@ -37,7 +37,7 @@ def events(action: str | None = None):
     """The trail (oldest first), optionally one action's events."""
     from apps.audit.models import AuditEvent
 
-    rows = AuditEvent.objects.order_by("seq")
+    rows = AuditEvent.objects.order_by("seq", "id")
     return list(rows.filter(action=action) if action else rows)
 
 

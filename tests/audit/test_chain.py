@@ -17,7 +17,10 @@ from tests.audit.conftest import events, tamper
 
 
 def _append(n: int, action: str = "price.changed") -> list[AuditEvent]:
-    return [services.record(action, after={"input_per_1m": 100 + i}, object_type="providers.Price", object_id=i) for i in range(n)]
+    """``n`` events, sealed, as read back."""
+    ids = [services.record(action, after={"input_per_1m": 100 + i}, object_type="providers.Price", object_id=i).pk for i in range(n)]
+    services.seal_pending()
+    return list(AuditEvent.objects.filter(pk__in=ids).order_by("seq"))
 
 
 def _verify() -> str:
@@ -55,13 +58,21 @@ def test_it_hashes_every_field_so_any_edit_shows():
 @pytest.mark.django_db
 def test_postgresql_refuses_to_update_or_delete_an_event():
     event = _append(1)[0]
+    pending = services.record("token.created")
     for attempt in (
         lambda: AuditEvent.objects.filter(pk=event.pk).update(action="token.created"),
+        lambda: AuditEvent.objects.filter(pk=event.pk).update(seq=None, hash=None),
+        lambda: AuditEvent.objects.filter(pk=event.pk).update(seq=99, hash="f" * 64),  # sealed once, never again
         lambda: AuditEvent.objects.filter(pk=event.pk).delete(),
         lambda: event.save(),
+        lambda: AuditEvent.objects.filter(pk=pending.pk).update(action="price.changed"),  # pending content is fixed too
+        lambda: AuditEvent.objects.filter(pk=pending.pk).update(seq=2, hash="f" * 64, actor_email="x@example.com"),
+        lambda: AuditEvent.objects.filter(pk=pending.pk).delete(),
     ):
         with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
             attempt()
+    assert services.seal_pending() == 1  # the one update allowed: the seal
+    assert AuditEvent.objects.get(pk=pending.pk).seq == 2
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("DELETE FROM audit_auditevent")
     assert AuditEvent.objects.get(pk=event.pk).action == "price.changed"
@@ -135,6 +146,19 @@ def test_an_anchor_kept_outside_catches_a_cut_tail():
         call_command("audit_verify", anchor=["3:nothex"])
 
 
+@pytest.mark.django_db
+def test_a_pending_event_is_sealed_on_verify_and_a_rolled_back_one_never_exists():
+    _append(1)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.record("token.blocked")
+        raise RuntimeError
+    services.record("token.revoked")
+    assert AuditEvent.objects.filter(seq__isnull=True).count() == 1
+    result = services.verify_chain()
+    assert result.ok and result.checked == 2 and not AuditEvent.objects.filter(seq__isnull=True).exists()
+    assert [e.action for e in events()] == ["price.changed", "token.revoked"]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_appends_from_several_threads_keep_one_chain():
     threads_n, per_thread = 6, 15
@@ -159,6 +183,6 @@ def test_concurrent_appends_from_several_threads_keep_one_chain():
         thread.join()
     assert errors == []
     rows = events()
-    assert [row.seq for row in rows] == list(range(1, threads_n * per_thread + 1))
+    assert [row.seq for row in rows] == list(range(1, threads_n * per_thread + 1))  # each sealed on its commit
     assert len({row.prev_hash for row in rows}) == len(rows)  # no two rows chained to the same head: no fork
     assert services.verify_chain().ok

@@ -14,7 +14,7 @@ from django.core.management.base import CommandError
 from apps.audit.chain import GENESIS
 from apps.audit.context import acting_as
 from apps.audit.models import AuditEvent
-from apps.audit.services import record
+from apps.audit.services import record, seal_pending
 
 pytestmark = pytest.mark.django_db
 
@@ -54,6 +54,7 @@ def _ours(lines: list[str], start: int) -> list[str]:
 @pytest.fixture
 def trail(personas) -> int:
     """Three events after the personas' own; returns the seq they follow."""
+    seal_pending()
     start = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0
     with acting_as(personas.manager_a, client_ip="2001:db8::7"):
         record("token.created", tenant=personas.company_a, object_label='ci "prod"] \\ token\nnext line', after={"rpm": 60})

@@ -21,7 +21,7 @@ IP = "198.51.100.23"
 
 
 def _head() -> int:
-    return AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0
+    return AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
 
 
 class Trail:
@@ -31,7 +31,7 @@ class Trail:
         self.start = _head()
 
     def all(self) -> list[AuditEvent]:
-        return list(AuditEvent.objects.filter(seq__gt=self.start).order_by("seq"))
+        return list(AuditEvent.objects.filter(id__gt=self.start).order_by("id"))
 
     def actions(self) -> list[str]:
         return [e.action for e in self.all()]
