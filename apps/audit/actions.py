@@ -19,6 +19,8 @@ ACTIONS = {
     "mfa.device_removed": _("Second-factor device removed"),
     "mfa.verification_failed": _("Second-factor code rejected"),
     # People and their roles.
+    "user.created": _("User created"),
+    "user.changed": _("User's access changed"),
     "member.added": _("Member added"),
     "member.role_changed": _("Member's role changed"),
     "member.removed": _("Member removed"),

@@ -14,7 +14,6 @@ from .exceptions import InvalidExportFilter
 from .services import EventFilter, company_id_for_slug
 
 
-#: The action filter's choices: everything, each subject ("token." = every token action), each action.
 def action_choices() -> list[tuple[str, Any]]:
     """``[("", all), ("token.", "token.*"), …, ("token.created", "API token created"), …]``."""
     subjects = sorted({name.split(".")[0] + "." for name in ACTIONS})

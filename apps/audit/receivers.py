@@ -231,6 +231,9 @@ WATCHES: list[Watch] = [
     Watch("invoicing.TopUpRequest", ignore=("requested_at",), created=_inserted("wallet.topup_requested"),
           changed=_status_events({"invoiced": "wallet.topup_invoiced", "cancelled": "wallet.topup_cancelled"}, extra=("invoice_id",))),
     Watch("billing.Transfer", ignore=("created_at", "metadata"), created=_transfer_created),
+    # Who may sign in and as what: the e-mail, active, staff and superuser flags (never the password).
+    Watch("accounts.User", ignore=("last_login", "date_joined", "full_name", "language"), created=_inserted("user.created"),
+          changed=_all_changes("user.changed")),
     Watch("accounts.Membership", ignore=("created_at",), created=_inserted("member.added"), changed=_membership_changed("member.role_changed"),
           deleted=_removed("member.removed")),
     Watch("accounts.SupplierMembership", ignore=("created_at",), created=_inserted("member.added"),
@@ -263,6 +266,8 @@ def _tenant(instance: Any) -> Any:
         return _transfer_tenant(instance)
     if label in ("otp_totp.TOTPDevice", "otp_static.StaticDevice"):
         return user_tenant(instance.user_id)
+    if label == "accounts.User":
+        return user_tenant(instance.pk)
     return instance
 
 

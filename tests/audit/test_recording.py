@@ -284,9 +284,16 @@ def test_members_and_roles_are_recorded(personas, django_user_model):
         membership.role = "manager"
         membership.save()
         membership.delete()
-    assert trail.actions() == ["member.added", "member.role_changed", "member.removed"]
-    assert trail.all()[1].after == {"role": "manager"}
-    assert {e.company_id for e in trail.all()} == {personas.company_a.pk}
+        user.is_superuser = True
+        user.save()
+        user.set_password("another-Password-456")
+        user.save()  # a new password is not an access change, and never recorded
+    assert trail.actions() == ["user.created", "member.added", "member.role_changed", "member.removed", "user.changed"]
+    created, added, changed, removed, promoted = trail.all()
+    assert changed.after == {"role": "manager"}
+    assert {e.company_id for e in (added, changed, removed)} == {personas.company_a.pk}
+    assert (promoted.before, promoted.after, promoted.actor_role) == ({"is_superuser": False}, {"is_superuser": True}, "superadmin")
+    assert "password" not in created.after and user.password not in trail_text()
 
 
 # --- the deny-list --------------------------------------------------------------------------------
