@@ -141,8 +141,16 @@ def record(action: str, *, actor: Any = None, obj: models.Model | None = None, b
         client_ip=context.client_ip, request_id=context.request_id,
     )
     event.save(force_insert=True)
-    transaction.on_commit(_seal_after_commit)
+    _seal_on_commit()
     return event
+
+
+def _seal_on_commit() -> None:
+    """Ask for one seal after the current transaction commits (now, outside one): a transaction
+    recording many events seals them in one go."""
+    if any(entry[1] is _seal_after_commit for entry in getattr(connection, "run_on_commit", ())):
+        return
+    transaction.on_commit(_seal_after_commit, robust=True)
 
 
 def _seal_after_commit() -> None:

@@ -186,3 +186,17 @@ def test_concurrent_appends_from_several_threads_keep_one_chain():
     assert [row.seq for row in rows] == list(range(1, threads_n * per_thread + 1))  # each sealed on its commit
     assert len({row.prev_hash for row in rows}) == len(rows)  # no two rows chained to the same head: no fork
     assert services.verify_chain().ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_transaction_recording_many_events_seals_them_once_after_commit(django_assert_max_num_queries):
+    with transaction.atomic():
+        for i in range(20):
+            services.record("token.created", object_id=i)
+        assert AuditEvent.objects.filter(seq__isnull=True).count() == 20  # pending until the commit
+    assert not AuditEvent.objects.filter(seq__isnull=True).exists()
+    assert [e.seq for e in events()] == list(range(1, 21))
+    with django_assert_max_num_queries(10):  # BEGIN, two inserts, COMMIT, then one seal: BEGIN, lock, head, rows, one update, COMMIT
+        with transaction.atomic():
+            services.record("token.revoked")
+            services.record("token.revoked")
