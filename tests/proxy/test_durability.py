@@ -220,7 +220,7 @@ def test_the_same_app_serves_under_daphne(world):
         completion = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         chunks = list(client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": "hi"}], stream=True,
                                                      stream_options={"include_usage": True}))
-        admin = httpx.get(f"http://127.0.0.1:{port}/admin/login/")
+        admin = httpx.get(f"http://127.0.0.1:{port}/accounts/login/")  # the sign-in page (the admin's login leads there)
     finally:
         proxy.kill()
         proxy.wait(10)
