@@ -310,8 +310,12 @@ def test_it_shows_health_unknown_when_redis_cannot_be_read(world, owner, setting
 
 
 def test_it_speaks_english_when_chosen(world, owner):
+    from django.utils import translation
+
     owner.post(reverse("set_language"), {"language": "en", "next": url("dashboard")})
-    text = owner.get(url("dashboard")).content.decode()
+    with translation.override(None):  # the middleware's choice must not outlive this test's thread state
+        text = owner.get(url("dashboard")).content.decode()
+    translation.activate(settings.LANGUAGE_CODE)
     assert "Available to withdraw" in text and "Доступно к выводу" not in text
     assert "₽0.00" in text
 
