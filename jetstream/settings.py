@@ -92,6 +92,8 @@ INSTALLED_APPS = [
     "import_export",
     "django_htmx",
     "django_filters",
+
+    "apps.audit",
     "apps.accounts",
     "apps.providers",
     "apps.billing",
@@ -114,6 +116,7 @@ MIDDLEWARE = [
     "django_otp.middleware.OTPMiddleware",
     "apps.cabinets.signin.SessionLifetimeMiddleware",
     "apps.cabinets.signin.TotpRequiredMiddleware",
+    "apps.audit.middleware.AuditContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
@@ -298,6 +301,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # Ledger holds are supplier withdrawals (apps/billing/withdrawals.py), which live for days: a
     # lapsed one released within 5 minutes is on time, and a 30 s sweep would only cost queries.
     "void-expired-holds": {"task": "apps.billing.tasks.void_expired_holds", "schedule": 300.0},
+    # Audit events are sealed into their hash chain when their transaction commits; this catches
+    # those of a process that died in between (apps/audit/services.py).
+    "seal-audit-trail": {"task": "apps.audit.tasks.seal_audit_trail", "schedule": 60.0},
     # Compares the Redis spend counters with the ledger and repairs confirmed drift (apps/proxy/reconcile.py).
     "reconcile-spend-counters": {"task": "apps.proxy.tasks.reconcile_spend_counters", "schedule": 600.0},
     # The Bank of Russia publishes the next day's rates on working days in the afternoon, Moscow

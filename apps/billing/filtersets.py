@@ -5,7 +5,7 @@ REST API share (NetBox's rule: one filterset for UI and API).
 (``start``/``end``: local dates in the company's time zone, both inclusive), ``token``,
 ``department``, ``model`` (ids of the company's own objects; another company's id is refused like
 any unknown choice) and ``status`` (a ``UsageStatus`` value, or ``errors`` for every request that
-did not end ``ok``). Every filter maps to an index (migration 0010): the journal pages stay index
+did not end ``ok``). Every filter maps to an index (migration 0011): the journal pages stay index
 range scans at any size.
 """
 

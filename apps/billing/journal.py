@@ -2,7 +2,7 @@
 as CSV or XLSX without ever holding the export in memory.
 
 Pages (``journal_page``) are keyset pages on ``(started_at, id)`` descending — never ``OFFSET``:
-page 10 000 costs what page 1 costs, on the indexes of migration 0010. A page's ``next_cursor`` is
+page 10 000 costs what page 1 costs, on the indexes of migration 0011. A page's ``next_cursor`` is
 an opaque text (``"<started_at µs since the epoch>_<id>"``) that ``decode_cursor`` reads back.
 
 Exports read the filtered records through a server-side cursor (``QuerySet.iterator``) inside a
@@ -72,7 +72,7 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, int]:
 
 #: The columns a journal row carries (``UsageRecord`` fields and the names through its relations).
 ROW_FIELDS = ("id", "request_id", "started_at", "token_id", "token__name", "department__name", "model_name", "model__name",
-              "provider__name", "endpoint", "stream", "input_tokens", "output_tokens", "cached_tokens", "sell_cost",
+              "provider__name", "provider__slug", "endpoint", "stream", "input_tokens", "output_tokens", "cached_tokens", "sell_cost",
               "status", "http_status", "latency_ms", "ttft_ms", "error_type", "error_code")
 
 
@@ -109,7 +109,8 @@ def journal_page(queryset: QuerySet[UsageRecord], *, after: str | None = None, s
 
 # --- export ------------------------------------------------------------------------------------
 
-_EXPORT_FIELDS = ("request_id", "started_at", "token__name", "department__name", "model_name", "provider__name", "endpoint",
+_EXPORT_FIELDS = ("request_id", "started_at", "token__name", "department__name", "model_name", "provider__name", "provider__slug",
+                  "endpoint",
                   "stream", "input_tokens", "output_tokens", "cached_tokens", "sell_cost", "status", "http_status",
                   "latency_ms", "ttft_ms", "error_type", "error_code")
 
@@ -138,10 +139,10 @@ def export_rows(queryset: QuerySet[UsageRecord], *, time_zone: str, limit: int |
 
 
 def _export_rows(rows: Any, tz: zoneinfo.ZoneInfo, statuses: dict[str, Any]) -> Iterator[list[Any]]:
-    for (request_id, started_at, token, department, model, provider, endpoint, stream, tokens_in, tokens_out, cached, cost,
-         status, http_status, latency, ttft, error_type, error_code) in rows.iterator(chunk_size=EXPORT_CHUNK):
+    for (request_id, started_at, token, department, model, provider, provider_slug, endpoint, stream, tokens_in, tokens_out,
+         cached, cost, status, http_status, latency, ttft, error_type, error_code) in rows.iterator(chunk_size=EXPORT_CHUNK):
         yield [request_id, started_at.astimezone(tz).isoformat(timespec="milliseconds"), spreadsheet_safe(token or ""),
-               spreadsheet_safe(department or ""), spreadsheet_safe(model), provider or "", endpoint, stream, tokens_in,
+               spreadsheet_safe(department or ""), spreadsheet_safe(model), provider or provider_slug or "", endpoint, stream, tokens_in,
                tokens_out, cached, format_rub(cost, 2, exact=True), str(statuses.get(status, status)), http_status, latency,
                "" if ttft is None else ttft, spreadsheet_safe(error_type), spreadsheet_safe(error_code)]
 

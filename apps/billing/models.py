@@ -304,7 +304,7 @@ class UsageRecord(models.Model):
 
 class UsageDay(models.Model):
     """A rollup of usage records: one row per day × company × department × token × model, kept by
-    statement-level triggers on ``billing_usagerecord`` (migration 0009's ``billing_usage_day_*``:
+    statement-level triggers on ``billing_usagerecord`` (migration 0010's ``billing_usage_day_*``:
     every insert, update and delete of usage records adds or takes away its sums, whoever writes —
     the meter, the sweeper, ``COPY``), never written by code. ``apps/billing/rollups.py`` reads it
     and rebuilds it (``rebuild_usage_days``).

@@ -137,11 +137,6 @@ class SupplierEarnings:
     paid_out: int
 
 
-def _usage(start: dt.datetime, end: dt.datetime, company_id: int | None):
-    queryset = UsageRecord.objects.filter(started_at__gte=start, started_at__lt=end)
-    return queryset if company_id is None else queryset.filter(company_id=company_id)
-
-
 def supplier_earnings(start: dt.datetime, end: dt.datetime) -> list[SupplierEarnings]:
     """Per supplier with any activity in ``[start, end)``, largest earnings first. Three queries (the
     usage side scans the period's records: the daily rollup has no supplier key)."""

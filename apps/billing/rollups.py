@@ -2,7 +2,7 @@
 usage records, and how it is rebuilt.
 
 The rollup is kept by the database: statement-level triggers on ``billing_usagerecord``
-(migration 0009) fold every statement's rows into one row per day × company × department × token
+(migration 0010) fold every statement's rows into one row per day × company × department × token
 × model — whoever writes (the meter's ``record_usage_batch``, the sweeper's placeholders, ``COPY``
 in ``seed_usage``, the ORM). A day is the company's wall-clock date (``Company.time_zone``; UTC
 for a record with no company).
@@ -67,7 +67,7 @@ class UsageSums:
 _SUMS = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens", "sell_cost", "buy_cost", "latency_ms")
 _RECORD_SUMS = "1, (r.status <> 'ok')::int, r.input_tokens, r.output_tokens, r.cached_tokens, r.sell_cost, r.buy_cost, r.latency_ms"
 _ZONE = "coalesce(c.time_zone, 'UTC')"
-# Costs in the rollup saturate here (migration 0009): a cost clamped to bigint's ceiling must not overflow a sum.
+# Costs in the rollup saturate here (migration 0010): a cost clamped to bigint's ceiling must not overflow a sum.
 _BIGINT_MAX = 2**63 - 1
 # A local day may last 25 hours (a DST change): the partial days at a period's ends lie within this
 # of its start and its end, whatever the zone.

@@ -50,6 +50,7 @@ import logging
 import time
 import zoneinfo
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -239,7 +240,7 @@ class _Ledger:
     committed: set[str]
 
 
-def _read_redis(client: redis.Redis, company_keys: list[str], counter_keys: list[str], hold_keys: list[str] = ()) -> _RedisPicture:
+def _read_redis(client: redis.Redis, company_keys: list[str], counter_keys: list[str], hold_keys: Sequence[str] = ()) -> _RedisPicture:
     hold_keys = list(hold_keys)
     reply = cast(list, client.eval(_READ, 2 + len(company_keys) + len(counter_keys) + len(hold_keys), redis_scripts.STREAM_KEY,
                                    redis_scripts.RESERVATIONS_KEY, *company_keys, *counter_keys, *hold_keys, GROUP,
@@ -315,7 +316,7 @@ def _unwritten(events: list[UsageEvent], committed: set[str]) -> tuple[dict[int,
 
 
 def _measure(client: redis.Redis, company_keys: list[str], counters: list[_Counter],
-             hold_keys: list[str] = ()) -> dict[tuple[str, str], Discrepancy]:
+             hold_keys: Sequence[str] = ()) -> dict[tuple[str, str], Discrepancy]:
     """One measurement: every counter whose drift is not zero, by (key, field)."""
     picture = _read_redis(client, company_keys, [c.key for c in counters], hold_keys)
     companies = [int(k.rsplit(":", 1)[1]) for k in company_keys]

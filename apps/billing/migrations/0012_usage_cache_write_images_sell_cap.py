@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0011_transfer_wallet_history_indexes'),
+        ('billing', '0011_journal_indexes'),
     ]
 
     operations = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from apps.cabinets.company import departments, journal, members, moderation, tokens, views, wallet
+from apps.cabinets.company import audit, departments, journal, members, moderation, tokens, views, wallet
 
 app_name = "company"
 
@@ -35,4 +35,6 @@ urlpatterns = [
     path("journal/export.csv", journal.journal_export, {"fmt": "csv"}, name="journal_export_csv"),
     path("journal/export.xlsx", journal.journal_export, {"fmt": "xlsx"}, name="journal_export_xlsx"),
     path("moderation/", moderation.moderation, name="moderation"),
+    path("audit/", audit.audit_log, name="audit"),
+    path("audit/export.<str:fmt>", audit.audit_export, name="audit_export"),
 ]

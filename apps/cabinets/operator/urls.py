@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from apps.cabinets.operator import moderation, views
+from apps.cabinets.operator import audit, moderation, views
 
 app_name = "operator"
 
@@ -20,6 +20,7 @@ urlpatterns = [
     path("coefficients/<int:company_id>/<int:model_id>/", views.coefficient_set, name="coefficient_set"),
     path("health/", views.health, name="health"),
     path("turnover/", views.turnover, name="turnover"),
-
     path("moderation/", moderation.moderation, name="moderation"),
+    path("audit/", audit.audit_log, name="audit"),
+    path("audit/export.<str:fmt>", audit.audit_export, name="audit_export"),
 ]

@@ -159,7 +159,7 @@ def _text(content: Any) -> str:
         if kind != "text":
             # Named in plain words, not by OpenAI's part type: an Anthropic client sent an image block,
             # not an ``image_url`` part, and must recognise what was refused.
-            what = _PART_NAMES.get(kind, "non-text")
+            what = _PART_NAMES.get(str(kind), "non-text")
             raise _unsupported(f"GigaChat through this gateway takes text only; this request has {what} content. "
                                "Send the text alone, or choose a model that accepts it.")
         parts.append(str(part.get("text") or ""))

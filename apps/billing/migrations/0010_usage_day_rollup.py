@@ -75,7 +75,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0003_company_model_coefficients'),
-        ('billing', '0008_node_usage'),
+        ('billing', '0009_transfer_wallet_history_indexes'),
         ('providers', '0007_egress_points'),
         ('proxy', '0002_routing_fallbacks'),
     ]

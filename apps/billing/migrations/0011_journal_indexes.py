@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ('billing', '0009_usage_day_rollup'),
+        ('billing', '0010_usage_day_rollup'),
     ]
 
     operations = [

@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("billing", "0010_journal_indexes"),
+        ("billing", "0008_node_usage"),
     ]
 
     operations = [
