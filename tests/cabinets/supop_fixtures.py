@@ -76,3 +76,30 @@ def build_world(personas, django_user_model) -> SupplierWorld:
     SupplierPayoutDetails.objects.create(supplier=personas.supplier, **BANK)
     SupplierPayoutDetails.objects.create(supplier=other, recipient="ИП Южный", card_reference="card-ref-0042")
     return SupplierWorld(personas, provider, model, key, other, other_key, other_user)
+
+
+def just_signed_in(client):
+    """``client`` as right after sign-in: its session records a fresh password check, so actions
+    behind ``recent_auth_required`` go through."""
+    import time
+
+    from apps.cabinets.access import AUTHENTICATED_AT_SESSION_KEY
+
+    session = client.session
+    session[AUTHENTICATED_AT_SESSION_KEY] = int(time.time())
+    session.save()
+    return client
+
+
+def long_signed_in(client):
+    """``client`` whose last password or TOTP check is older than the re-authentication window."""
+    import time
+
+    from django.conf import settings
+
+    from apps.cabinets.access import AUTHENTICATED_AT_SESSION_KEY
+
+    session = client.session
+    session[AUTHENTICATED_AT_SESSION_KEY] = int(time.time()) - settings.JETSTREAM_REAUTH_MINUTES * 60 - 60
+    session.save()
+    return client

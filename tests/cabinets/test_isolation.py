@@ -125,6 +125,8 @@ REGISTRY: dict[str, Callable] = {
     "usage_id": lambda p, c: c.usage.pk,
     "request_id": lambda p, c: c.usage.request_id,
     "transfer_id": lambda p, c: c.transfer.pk,
+    "company_id": lambda p, c: p.company_a.pk,  # operator pages (a company × model coefficient)
+    "model_id": lambda p, c: c.model.pk,
 }
 
 

@@ -18,7 +18,7 @@ from apps.billing.suppliers import request_supplier_withdrawal, supplier_balance
 from apps.invoicing.models import TopUpStatus
 from apps.invoicing.services import request_top_up
 from apps.providers.models import EgressProxy, LocalNode, Price
-from tests.cabinets.supop_fixtures import RUB, build_world
+from tests.cabinets.supop_fixtures import RUB, build_world, just_signed_in, long_signed_in
 
 pytestmark = pytest.mark.django_db
 
@@ -30,7 +30,7 @@ def world(personas, django_user_model):
 
 @pytest.fixture
 def operator(world, signed_in):
-    return signed_in(world.personas.superadmin)
+    return just_signed_in(signed_in(world.personas.superadmin))
 
 
 def url(name: str, **kwargs) -> str:
@@ -201,6 +201,10 @@ def test_it_shows_turnover_cost_and_margin_by_day(world, operator):
     assert page.status_code == 200
     assert page.context["totals"] == {"requests": 3, "sell": 20 * RUB, "buy": 15 * RUB, "margin": 5 * RUB}
     assert "20,00\u00a0₽" in page.content.decode()
+    chart = page.context["chart"]
+    assert chart["labels"] == [row.label for row in page.context["rows"]] and len(chart["labels"]) == 2
+    assert [sum(d["data"]) for d in chart["datasets"]] == [20.0, 5.0]
+    assert 'data-chart="turnover-chart"' in page.content.decode() and 'id="turnover-chart"' in page.content.decode()
     week = operator.get(url("turnover"), {"days": 7}, **htmx("turnover"))
     assert week.content.decode().lstrip().startswith('<div id="turnover">')
     assert operator.get(url("turnover"), {"days": 90}).context["totals"]["requests"] == 4
@@ -214,7 +218,7 @@ def test_two_operators_clicking_at_once_credit_once_and_approve_once(world, sign
     from tests.billing.test_ledger_concurrency import _in_parallel
 
     second_admin = django_user_model.objects.create_superuser("root2@example.com", "x-password-x")
-    clients = [signed_in(world.personas.superadmin), signed_in(second_admin)]
+    clients = [just_signed_in(signed_in(world.personas.superadmin)), just_signed_in(signed_in(second_admin))]
     top_up = request_top_up(company=world.personas.company_a, amount=700 * RUB, request_key="k1")
     clients[0].post(url("top_up_invoice", topup_id=top_up.pk))
     world.accrue(50 * RUB)
@@ -228,3 +232,20 @@ def test_two_operators_clicking_at_once_credit_once_and_approve_once(world, sign
     withdrawal.refresh_from_db()
     assert withdrawal.status == WithdrawalStatus.APPROVED
     assert supplier_balance(world.personas.supplier).pending == 40 * RUB
+
+
+def test_approving_money_asks_for_the_password_again_after_a_while(world, signed_in):
+    stale = long_signed_in(signed_in(world.personas.superadmin))
+    top_up = request_top_up(company=world.personas.company_a, amount=100 * RUB, request_key="k1")
+    assert stale.post(url("top_up_invoice", topup_id=top_up.pk)).status_code == 302  # no money moves yet: no prompt
+    world.accrue(10 * RUB)
+    withdrawal = request_supplier_withdrawal(supplier=world.personas.supplier, amount=RUB, idempotency_id="w1")
+    for name, kwargs in (("top_up_confirm", {"topup_id": top_up.pk}), ("withdrawal_approve", {"withdrawal_id": withdrawal.pk})):
+        response = stale.post(url(name, **kwargs))
+        assert response.status_code == 302 and response["Location"].startswith(reverse("cabinets:reauth")), name
+        inline = stale.post(url(name, **kwargs), **htmx("approvals"))
+        assert inline.status_code == 204 and inline["HX-Redirect"].startswith(reverse("cabinets:reauth")), name
+    top_up.refresh_from_db()
+    withdrawal.refresh_from_db()
+    assert (top_up.status, withdrawal.status) == (TopUpStatus.INVOICED, WithdrawalStatus.REQUESTED)
+    assert wallet_balance(world.personas.company_a) == 0

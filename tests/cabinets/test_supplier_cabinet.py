@@ -17,7 +17,7 @@ from django.urls import reverse
 from apps.billing.models import SupplierPayoutDetails, Transfer, TransferStatus, WithdrawalRequest, WithdrawalStatus
 from apps.providers import key_health
 from apps.providers.models import SupplierKey, SupplierKeyStatus
-from tests.cabinets.supop_fixtures import RUB, SECRET, build_world
+from tests.cabinets.supop_fixtures import RUB, SECRET, build_world, just_signed_in, long_signed_in
 
 pytestmark = pytest.mark.django_db
 
@@ -29,7 +29,7 @@ def world(personas, django_user_model):
 
 @pytest.fixture
 def owner(world, signed_in):
-    return signed_in(world.personas.supplier_user)
+    return just_signed_in(signed_in(world.personas.supplier_user))
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def member(world, signed_in, django_user_model):
 
     user = django_user_model.objects.create_user("member@example.com", "x-password-x")
     SupplierMembership.objects.create(user=user, supplier=world.personas.supplier, role=SupplierRole.MEMBER)
-    return signed_in(user)
+    return just_signed_in(signed_in(user))
 
 
 @pytest.fixture
@@ -310,7 +310,19 @@ def test_it_shows_health_unknown_when_redis_cannot_be_read(world, owner, setting
 
 
 def test_it_speaks_english_when_chosen(world, owner):
+    from django.utils import translation
+
     owner.post(reverse("set_language"), {"language": "en", "next": url("dashboard")})
-    text = owner.get(url("dashboard")).content.decode()
+    with translation.override(None):  # the middleware's choice must not outlive this test's thread state
+        text = owner.get(url("dashboard")).content.decode()
+    translation.activate(settings.LANGUAGE_CODE)
     assert "Available to withdraw" in text and "Доступно к выводу" not in text
-    assert "0.00\u00a0₽" in text
+    assert "₽0.00" in text
+
+
+def test_changing_payout_details_asks_for_the_password_again_after_a_while(world, signed_in):
+    stale = long_signed_in(signed_in(world.personas.supplier_user))
+    response = stale.post(url("payout_details"), {"recipient": "Mallory", "card_reference": "card-ref-evil"})
+    assert response.status_code == 302 and response["Location"].startswith(reverse("cabinets:reauth"))
+    assert SupplierPayoutDetails.objects.get(supplier=world.personas.supplier).recipient.startswith("ООО")
+    assert stale.get(url("payout_details")).status_code == 302  # the requisites are not shown either

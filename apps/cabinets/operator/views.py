@@ -25,7 +25,7 @@ from apps.billing.exceptions import LedgerError
 from apps.billing.models import WithdrawalStatus
 from apps.billing.reports import platform_margin, spend_by
 from apps.billing.suppliers import approve_withdrawal, reject_withdrawal, withdrawal_requests
-from apps.cabinets.access import operator_view
+from apps.cabinets.access import operator_view, recent_auth_required
 from apps.cabinets.operator.forms import CoefficientForm, PeriodDaysForm, RejectForm
 from apps.cabinets.operator.overview import company_rows, month_margin, supplier_rows
 from apps.cabinets.rendering import render_page
@@ -37,8 +37,8 @@ from apps.providers.node_health import outstanding_by_node
 from apps.providers.services import key_overviews, model_catalog, set_company_model_coefficient
 
 
-@require_GET
 @operator_view
+@require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
     """Companies and suppliers with their balances, what waits for approval, this month's turnover."""
     return render_page(request, "cabinets/operator/dashboard.html", {
@@ -56,8 +56,8 @@ def _approvals(request: HttpRequest, *, status: int = 200) -> HttpResponse:
         "reject_form": RejectForm()}, partial="cabinets/operator/_approvals.html", status=status)
 
 
-@require_GET
 @operator_view
+@require_GET
 def approvals(request: HttpRequest) -> HttpResponse:
     """Top-ups to invoice and to confirm, withdrawals to approve or reject."""
     return _approvals(request)
@@ -81,8 +81,8 @@ def _top_up_step(request: HttpRequest, topup_id: int, step) -> HttpResponse:
     return _after_action(request)
 
 
-@require_POST
 @operator_view
+@require_POST
 def top_up_invoice(request: HttpRequest, topup_id: int) -> HttpResponse:
     """Issue the invoice for a requested top-up (again: the same invoice)."""
     def step(top_up: TopUpRequest) -> str:
@@ -91,18 +91,20 @@ def top_up_invoice(request: HttpRequest, topup_id: int) -> HttpResponse:
     return _top_up_step(request, topup_id, step)
 
 
-@require_POST
 @operator_view
+@require_POST
+@recent_auth_required
 def top_up_confirm(request: HttpRequest, topup_id: int) -> HttpResponse:
-    """The invoice is paid: credit the wallet, exactly once however often it is clicked."""
+    """The invoice is paid: credit the wallet, exactly once however often it is clicked (after a
+    recent password or TOTP check: it creates money in a wallet)."""
     def step(top_up: TopUpRequest) -> str:
         confirm_payment(top_up_request=top_up, confirmed_by=request.user)
         return _("Payment of top-up #%(pk)s confirmed; %(company)s's wallet is credited.") % {"pk": top_up.pk, "company": top_up.company}
     return _top_up_step(request, topup_id, step)
 
 
-@require_POST
 @operator_view
+@require_POST
 def top_up_cancel(request: HttpRequest, topup_id: int) -> HttpResponse:
     """Cancel a top-up not yet paid."""
     def step(top_up: TopUpRequest) -> str:
@@ -122,18 +124,20 @@ def _withdrawal_step(request: HttpRequest, withdrawal_id: int, step) -> HttpResp
     return _after_action(request)
 
 
-@require_POST
 @operator_view
+@require_POST
+@recent_auth_required
 def withdrawal_approve(request: HttpRequest, withdrawal_id: int) -> HttpResponse:
-    """Approve a requested withdrawal for the next payout run (again: unchanged)."""
+    """Approve a requested withdrawal for the next payout run (again: unchanged), after a recent
+    password or TOTP check: approving sends money out."""
     def step(withdrawal) -> str:
         approve_withdrawal(withdrawal_id=withdrawal.pk, by=request.user)
         return _("Withdrawal #%(pk)s of %(supplier)s approved for payout.") % {"pk": withdrawal.pk, "supplier": withdrawal.supplier}
     return _withdrawal_step(request, withdrawal_id, step)
 
 
-@require_POST
 @operator_view
+@require_POST
 def withdrawal_reject(request: HttpRequest, withdrawal_id: int) -> HttpResponse:
     """Reject a withdrawal not yet paid: its hold is released (again: unchanged)."""
     form = RejectForm(request.POST)
@@ -151,8 +155,8 @@ def withdrawal_reject(request: HttpRequest, withdrawal_id: int) -> HttpResponse:
 
 # --- catalogue ---------------------------------------------------------------------------------
 
-@require_GET
 @operator_view
+@require_GET
 def catalog(request: HttpRequest) -> HttpResponse:
     """Providers, models and their current prices, with links to the admin for edits."""
     return render_page(request, "cabinets/operator/catalog.html", {
@@ -179,8 +183,8 @@ def _coefficients_page(request: HttpRequest, company: Company | None, *, failed:
         partial="cabinets/operator/_coefficients.html", status=status)
 
 
-@require_GET
 @operator_view
+@require_GET
 def coefficients(request: HttpRequest) -> HttpResponse:
     """A company's sell coefficient per model (its own, else the company's, else the platform
     default), each editable inline. ``?company=<id>`` picks the company (HTMX swaps the table)."""
@@ -190,8 +194,8 @@ def coefficients(request: HttpRequest) -> HttpResponse:
     return _coefficients_page(request, company)
 
 
-@require_POST
 @operator_view
+@require_POST
 def coefficient_set(request: HttpRequest, company_id: int, model_id: int) -> HttpResponse:
     """Set (or, empty, remove) ``company_id``'s sell coefficient for ``model_id``. HTMX gets the
     table back; a plain form post is redirected to it (or shown again with the error, 400)."""
@@ -216,8 +220,8 @@ def coefficient_set(request: HttpRequest, company_id: int, model_id: int) -> Htt
 
 # --- health ------------------------------------------------------------------------------------
 
-@require_GET
 @operator_view
+@require_GET
 def health(request: HttpRequest) -> HttpResponse:
     """Every supplier key (status, health, circuit, month), egress point and local node."""
     keys = SupplierKey.objects.select_related("provider", "supplier").order_by("provider__slug", "priority", "name")
@@ -229,8 +233,19 @@ def health(request: HttpRequest) -> HttpResponse:
 
 # --- turnover ----------------------------------------------------------------------------------
 
-@require_GET
+def _turnover_chart(rows) -> dict:
+    """The data island ``static/cabinets/charts.js`` draws: turnover and margin per day, in rubles
+    (floats only here, for drawing; every figure in the table stays exact)."""
+    def rubles(micro: int) -> float:
+        return round(micro / 1_000_000, 2)
+
+    return {"type": "bar", "unit": "rub", "labels": [row.label for row in rows], "datasets": [
+        {"label": _("Turnover"), "data": [rubles(row.sell_cost) for row in rows]},
+        {"label": _("Margin"), "data": [rubles(row.margin) for row in rows]}]}
+
+
 @operator_view
+@require_GET
 def turnover(request: HttpRequest) -> HttpResponse:
     """Platform turnover (what companies paid), cost (what suppliers earn) and margin by day, with
     the period's totals from usage and as the ledger booked them."""
@@ -240,7 +255,7 @@ def turnover(request: HttpRequest) -> HttpResponse:
     start = (end - dt.timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
     rows = spend_by("day", start, end)
     return render_page(request, "cabinets/operator/turnover.html", {
-        "form": form, "days": days, "rows": rows, "margin": platform_margin(start, end),
+        "form": form, "days": days, "rows": rows, "margin": platform_margin(start, end), "chart": _turnover_chart(rows),
         "totals": {"requests": sum(r.requests for r in rows), "sell": sum(r.sell_cost for r in rows),
                    "buy": sum(r.buy_cost for r in rows), "margin": sum(r.margin for r in rows)}},
         partial="cabinets/operator/_turnover.html", status=200 if form.is_valid() else 400)

@@ -33,7 +33,7 @@ from apps.billing.suppliers import (
     supplier_statement,
     withdrawal_requests,
 )
-from apps.cabinets.access import SUPPLIER_MANAGERS, supplier_object, supplier_view
+from apps.cabinets.access import SUPPLIER_MANAGERS, recent_auth_required, supplier_object, supplier_view
 from apps.cabinets.rendering import render_page
 from apps.cabinets.supplier.forms import AddKeyForm, CapForm, PayoutDetailsForm, PeriodForm, RotateForm, WithdrawalForm
 from apps.providers.models import SupplierKey
@@ -68,8 +68,8 @@ def _form_errors(form, exc: ValidationError) -> None:
         form.add_error(None, exc)
 
 
-@require_GET
 @supplier_view()
+@require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
     """Balance (accrued / on hold / pending / paid out / available), the keys at a glance and the
     latest withdrawal requests."""
@@ -82,8 +82,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 # --- keys --------------------------------------------------------------------------------------
 
-@require_GET
 @supplier_view()
+@require_GET
 def keys(request: HttpRequest) -> HttpResponse:
     """Every key: status, health, circuit, consumption and errors this month, cap."""
     return render_page(request, "cabinets/supplier/keys.html", {
@@ -109,8 +109,8 @@ def key_add(request: HttpRequest) -> HttpResponse:
                        status=400 if request.method == "POST" else 200)
 
 
-@require_GET
 @supplier_view()
+@require_GET
 def key_detail(request: HttpRequest, key_id: int) -> HttpResponse:
     """One key: its figures, and for an owner the cap, rotation and enable/disable forms."""
     key = supplier_object(request, _keys(request), pk=key_id)
@@ -126,8 +126,8 @@ def _key_page(request: HttpRequest, key: SupplierKey, *, cap_form: CapForm | Non
         status=status)
 
 
-@require_POST
 @supplier_view(*SUPPLIER_MANAGERS)
+@require_POST
 def key_cap(request: HttpRequest, key_id: int) -> HttpResponse:
     """Set or clear the key's monthly spend cap."""
     key = supplier_object(request, _keys(request), pk=key_id)
@@ -143,8 +143,8 @@ def key_cap(request: HttpRequest, key_id: int) -> HttpResponse:
     return _key_page(request, key, cap_form=form, status=400)
 
 
-@require_POST
 @supplier_view(*SUPPLIER_MANAGERS)
+@require_POST
 def key_rotate(request: HttpRequest, key_id: int) -> HttpResponse:
     """Replace the key's secret."""
     key = supplier_object(request, _keys(request), pk=key_id)
@@ -171,15 +171,15 @@ def _set_enabled(request: HttpRequest, key_id: int, *, enabled: bool) -> HttpRes
     return redirect("cabinets:supplier:key", key_id=key.pk)
 
 
-@require_POST
 @supplier_view(*SUPPLIER_MANAGERS)
+@require_POST
 def key_disable(request: HttpRequest, key_id: int) -> HttpResponse:
     """Stop routing requests to the key (idempotent)."""
     return _set_enabled(request, key_id, enabled=False)
 
 
-@require_POST
 @supplier_view(*SUPPLIER_MANAGERS)
+@require_POST
 def key_enable(request: HttpRequest, key_id: int) -> HttpResponse:
     """Route requests to the key again (idempotent)."""
     return _set_enabled(request, key_id, enabled=True)
@@ -200,8 +200,8 @@ def recent_months(count: int = 12) -> list[dict[str, Any]]:
     return months
 
 
-@require_GET
 @supplier_view()
+@require_GET
 def statement(request: HttpRequest) -> HttpResponse:
     """Accruals by day, key and model and every other movement of a period, opening to closing
     balance (HTMX swaps the statement when the period changes)."""
@@ -215,8 +215,8 @@ def statement(request: HttpRequest) -> HttpResponse:
                        status=200 if form.is_valid() else 400)
 
 
-@require_GET
 @supplier_view()
+@require_GET
 def statement_export(request: HttpRequest) -> HttpResponse:
     """The period's statement as CSV or XLSX (``?format=csv|xlsx``, default CSV), a download."""
     form = PeriodForm(request.GET)
@@ -234,8 +234,8 @@ def statement_export(request: HttpRequest) -> HttpResponse:
 
 # --- withdrawals -------------------------------------------------------------------------------
 
-@require_GET
 @supplier_view()
+@require_GET
 def withdrawals(request: HttpRequest) -> HttpResponse:
     """Withdrawal requests and their status, newest first, paginated (HTMX swaps the table), and
     the request form."""
@@ -251,8 +251,8 @@ def _withdrawals_page(request: HttpRequest, form: WithdrawalForm, *, status: int
         "can_manage": _is_manager(request)}, partial="cabinets/supplier/_withdrawals_table.html", status=status)
 
 
-@require_POST
 @supplier_view(*SUPPLIER_MANAGERS)
+@require_POST
 def withdrawal_request(request: HttpRequest) -> HttpResponse:
     """Request a withdrawal of an amount up to the available balance, to the saved payout details.
     The form's one-time id makes a double submit one request."""
@@ -270,8 +270,8 @@ def withdrawal_request(request: HttpRequest) -> HttpResponse:
     return _withdrawals_page(request, form, status=400)
 
 
-@require_GET
 @supplier_view()
+@require_GET
 def withdrawal_detail(request: HttpRequest, withdrawal_id: int) -> HttpResponse:
     """One withdrawal request: amount, status, dates, the payout details it will be paid to."""
     withdrawal = supplier_object(request, withdrawal_requests(), pk=withdrawal_id)
@@ -283,9 +283,11 @@ def withdrawal_detail(request: HttpRequest, withdrawal_id: int) -> HttpResponse:
 # --- payout details ----------------------------------------------------------------------------
 
 @supplier_view(*SUPPLIER_MANAGERS)
+@recent_auth_required
 def payout_details(request: HttpRequest) -> HttpResponse:
-    """Where withdrawals are paid: bank requisites or a card/account reference (owners only).
-    Requests already made keep the details they were made with."""
+    """Where withdrawals are paid: bank requisites or a card/account reference (owners only, after a
+    recent password or TOTP check: changing them redirects money). Requests already made keep the
+    details they were made with."""
     supplier = request.supplier  # type: ignore[attr-defined]
     current = SupplierPayoutDetails.objects.filter(supplier=supplier).first()
     form = PayoutDetailsForm(request.POST or None, instance=current)
