@@ -63,7 +63,8 @@ def test_the_demo_masks_a_name_and_a_phone_on_the_way_out_and_restores_them(demo
     assert answer.choices[0].message.content == DEMO_PROMPT
     assert streamed == DEMO_PROMPT
     assert len(received.lines) == 2
-    assert all("912" not in line and "[PHONE_1]" in line for line in received.lines)
+    assert all("912" not in line and "Петров" not in line and "[PHONE_1]" in line and "[PERSON_1]" in line
+               for line in received.lines)
     client_redis = redis_lib.Redis.from_url(settings.REDIS_URL)
     try:
         assert write_report_batch(client_redis) >= 2
@@ -71,5 +72,5 @@ def test_the_demo_masks_a_name_and_a_phone_on_the_way_out_and_restores_them(demo
     finally:
         client_redis.close()
     reports = ModerationReport.objects.filter(company__slug="demo", action="mask")
-    assert {r.category for r in reports} >= {"phone"}
+    assert {r.category for r in reports} >= {"phone", "person"}
     assert all("912" not in r.snippet for r in reports)

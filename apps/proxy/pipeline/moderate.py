@@ -42,6 +42,7 @@ from typing import Any
 import orjson
 from django.utils import translation
 
+from apps.moderation.exceptions import ScanFailed
 from apps.moderation.findings import Action, Category, Detection, Direction, Finding
 from apps.moderation.masking import Masker, StreamRestorer, placeholders_in
 from apps.moderation.media import MediaError, decode_base64, decode_data_url, document_text, image_text
@@ -150,6 +151,8 @@ class PromptScan:
             return []
         try:
             return self.scan(text, self.state.policy, Direction.PROMPT, content_type=content_type)
+        except ScanFailed as failure:  # a layer failed or ran over the budget, and the policy fails closed
+            raise moderation_unavailable(f"its {failure.layer} check failed") from None
         except Exception:
             logger.exception("the moderation scanner failed")
             if self.state.rules.fail_closed:
@@ -349,6 +352,8 @@ class AnswerGuard:
     def _acted(self, text: str) -> list[Finding]:
         try:
             findings = self.scan(text, self.state.policy, Direction.RESPONSE, content_type="text")
+        except ScanFailed as failure:
+            raise moderation_unavailable(f"its {failure.layer} check failed") from None
         except Exception:
             logger.exception("the moderation scanner failed on an answer")
             if self.state.rules.fail_closed:
