@@ -104,6 +104,7 @@ def _instances(personas, catalog) -> dict[str, object]:
         "billing.feedrun": FeedRun.objects.create(feed="fx", source="https://www.cbr.ru/scripts/XML_daily.asp", ok=False,
                                                   detail="the document is empty"),
         "billing.usagerecord": catalog.usage,
+        "billing.usageday": _usage_day(catalog),
         "proxy.apitoken": catalog.token,
         "moderation.policy": catalog.policy,
         "moderation.moderationendpoint": _moderation_endpoint(),
@@ -130,6 +131,12 @@ def _assert_clean(response, catalog, url: str) -> None:
     html = response.content.decode()
     for secret in (*catalog.secrets(), NODE_SECRET, MODERATOR_SECRET):
         assert secret not in html, f"{url} shows a secret"
+
+
+def _usage_day(catalog):
+    from apps.billing.models import UsageDay
+
+    return UsageDay.objects.get(token=catalog.usage.token_id)  # the trigger's row for the catalog's usage record
 
 
 def test_it_registers_every_model_of_every_app():

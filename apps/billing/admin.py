@@ -30,6 +30,7 @@ from apps.billing.models import (
     PayoutBatch,
     SupplierPayoutDetails,
     Transfer,
+    UsageDay,
     UsageRecord,
     WithdrawalRequest,
 )
@@ -226,6 +227,21 @@ class PayableCreditDayAdmin(ViewOnlyAdminMixin, admin.ModelAdmin):
     date_hierarchy = "day"
 
     amount_rub = rub_column("amount", _("credits, RUB"))
+
+
+@admin.register(UsageDay)
+class UsageDayAdmin(ViewOnlyAdminMixin, admin.ModelAdmin):
+    """Usage per day × company × department × token × model, kept by database triggers from the usage
+    records (``billing.rollups``): what dashboards and reports read; shown for checking, never edited."""
+
+    list_display = ["day", "company", "department", "token", "model", "requests", "errors", "sell_rub", "buy_rub"]
+    list_filter = ["day"]
+    search_fields = ["company__name", "token__name", "model__name"]
+    list_select_related = ["company", "department", "token", "model"]
+    date_hierarchy = "day"
+
+    sell_rub = rub_column("sell_cost", _("sell, RUB"))
+    buy_rub = rub_column("buy_cost", _("buy, RUB"))
 
 
 @admin.register(SupplierPayoutDetails)
