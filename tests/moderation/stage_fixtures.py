@@ -58,14 +58,19 @@ class Policies:
     def __init__(self, gateway: Gateway | None = None) -> None:
         self.current: StagePolicy | None = StagePolicy()
         self.gateway = gateway
+        self.app = None  # the gateway's ProxyApp
 
     def set(self, policy: StagePolicy | None) -> None:
         from apps.proxy.snapshot import bump_config_version
 
         self.current = policy
         bump_config_version()
+        if self.app is not None:
+            # The next request loads its token (and so the policy) again, whether or not the poller
+            # has seen the new version yet on a loaded machine.
+            self.app.snapshots._tokens.clear()
         if self.gateway is not None:
-            self.gateway.wait_config()
+            self.gateway.wait_config()  # routes (a test's model changes) reload on the poller's next round
 
 
 @pytest.fixture
@@ -99,4 +104,5 @@ def gateway(world, app, policies):
     with ServerThread(build_application(app), free_port()) as server:
         gateway = Gateway(world, server)
         policies.gateway = gateway
+        policies.app = app
         yield gateway
