@@ -393,11 +393,15 @@ class SnapshotCache:
         self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def stop(self) -> None:
-        """Cancel the poller, close the loader thread's DB connections and shut the thread down."""
+        """Cancel the poller, close the loader thread's DB connections and shut the thread down (``start``
+        may run again afterwards)."""
         if self._poller:
             self._poller.cancel()
         await asyncio.get_running_loop().run_in_executor(self._executor, connections.close_all)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # A fresh (threadless until used) pool in its place: the same app may start again (an ASGI
+        # server restarting its lifespan, the browser tests' one server per module).
+        old, self._executor = self._executor, ThreadPoolExecutor(max_workers=1, thread_name_prefix="js-snapshot")
+        old.shutdown(wait=False, cancel_futures=True)
 
     async def run_in_loader(self, func, *args):
         """Run a blocking DB function in the loader thread (off the event loop)."""

@@ -576,6 +576,7 @@ class ModerationStage:
     def __init__(self, redis, *, scan: Scan | None = None, threads: int = SCAN_THREADS) -> None:
         self.redis = redis
         self.scan: Scan = scan or scan_text
+        self._threads = threads
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="js-moderation")
 
     async def request(self, call: Call, policy: Any) -> None:
@@ -629,5 +630,7 @@ class ModerationStage:
             logger.exception("could not record the moderation report of %s", call.id)
 
     def close(self) -> None:
-        """Stop the thread pool (worker shutdown)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the thread pool (worker shutdown); a fresh one, threadless until used, takes its place
+        in case the same app starts again."""
+        old, self._executor = self._executor, ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="js-moderation")
+        old.shutdown(wait=False, cancel_futures=True)
