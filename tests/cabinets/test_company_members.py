@@ -102,3 +102,52 @@ def test_another_companys_member_is_404(personas, signed_in):
     assert manager.post(reverse("cabinets:company:member_role", kwargs={"member_id": other.pk}), {f"m{other.pk}-role": "viewer"}).status_code == 404
     assert manager.post(reverse("cabinets:company:member_remove", kwargs={"member_id": other.pk})).status_code == 404
     assert Membership.objects.filter(pk=other.pk, role=CompanyRole.MANAGER).exists()
+
+
+# --- invitations (the accounts app's invitation service) ------------------------------------------
+
+def test_it_invites_by_email_and_lists_the_pending_invitation(personas, signed_in, mailoutbox, django_capture_on_commit_callbacks):
+    from apps.accounts.models import Invitation
+
+    manager = signed_in(personas.manager_a)
+    with django_capture_on_commit_callbacks(execute=True):  # the email leaves on commit
+        response = manager.post(reverse("cabinets:company:invitation_create"), {"email": "New.Person@Example.com", "role": "viewer"})
+    assert response.status_code == 302
+    invitation = Invitation.objects.get(company=personas.company_a)
+    assert (invitation.email, invitation.role, invitation.invited_by) == ("new.person@example.com", "viewer", personas.manager_a)
+    assert len(mailoutbox) == 1 and mailoutbox[0].to == ["new.person@example.com"] and "http://testserver/" in mailoutbox[0].body
+    page = manager.get(reverse("cabinets:company:members"))
+    assert "new.person@example.com" in page.content.decode()
+
+
+def test_it_refuses_a_bad_invitation_with_a_clear_error(personas, signed_in, team):
+    from apps.accounts.models import Invitation
+
+    team("member@example.com", CompanyRole.VIEWER)
+    manager = signed_in(personas.manager_a)
+    for data in ({"email": "not-an-email", "role": "viewer"}, {"email": "member@example.com", "role": "viewer"},
+                 {"email": "boss@example.com", "role": "owner"}):  # a manager cannot invite an owner
+        response = manager.post(reverse("cabinets:company:invitation_create"), data)
+        assert response.status_code == 400 and response.context["invite_form"].errors, data
+    assert not Invitation.objects.exists()
+
+
+def test_it_revokes_an_invitation_and_another_companys_is_404(personas, signed_in):
+    from apps.accounts import services
+    from apps.accounts.models import InvitationStatus
+
+    mine = services.invite(email="x@example.com", role="viewer", invited_by=personas.manager_a, company=personas.company_a).invitation
+    theirs = services.invite(email="y@example.com", role="viewer", invited_by=personas.manager_b, company=personas.company_b).invitation
+    manager = signed_in(personas.manager_a)
+    assert manager.post(reverse("cabinets:company:invitation_revoke", kwargs={"invitation_id": theirs.pk})).status_code == 404
+    manager.post(reverse("cabinets:company:invitation_revoke", kwargs={"invitation_id": mine.pk}))
+    mine.refresh_from_db()
+    theirs.refresh_from_db()
+    assert (mine.status, theirs.status) == (InvitationStatus.REVOKED, InvitationStatus.PENDING)
+
+
+def test_a_viewer_cannot_invite(personas, signed_in, team):
+    viewer = team("viewer@example.com", CompanyRole.VIEWER)
+    client = signed_in(viewer.user)
+    assert client.post(reverse("cabinets:company:invitation_create"), {"email": "z@example.com", "role": "viewer"}).status_code == 403
+    assert client.get(reverse("cabinets:company:members")).context["invite_form"] is None

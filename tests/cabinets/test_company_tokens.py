@@ -34,9 +34,30 @@ def viewer_a(personas, django_user_model):
     return user
 
 
+def recently_signed_in(client):
+    """``client`` whose person typed their password just now (``recent_auth_required`` lets them through)."""
+    import time
+
+    from apps.cabinets.access import AUTHENTICATED_AT_SESSION_KEY
+
+    session = client.session
+    session[AUTHENTICATED_AT_SESSION_KEY] = int(time.time())
+    session.save()
+    return client
+
+
 @pytest.fixture
 def manager(personas, signed_in):
-    return signed_in(personas.manager_a)
+    return recently_signed_in(signed_in(personas.manager_a))
+
+
+def test_creating_a_token_or_a_new_secret_asks_for_the_password_again_after_a_while(personas, signed_in):
+    token, _ = _token(personas.company_a)
+    stale = signed_in(personas.manager_a)
+    response = stale.get(reverse("cabinets:company:token_create"))
+    assert response.status_code == 302 and response["Location"].startswith(reverse("cabinets:reauth"))
+    assert stale.post(reverse("cabinets:company:token_rotate", kwargs={"token_id": token.pk})).status_code == 302
+    assert ApiToken.objects.get(pk=token.pk).key_hash == token.key_hash
 
 
 def test_it_lists_the_companys_tokens_with_limits_left_and_not_another_companys(personas, manager):
@@ -46,7 +67,7 @@ def test_it_lists_the_companys_tokens_with_limits_left_and_not_another_companys(
     page = manager.get(reverse("cabinets:company:tokens"))
     assert page.status_code == 200
     body = page.content.decode()
-    assert "ci-backend" in body and "ML team" in body and "500.00" in body
+    assert "ci-backend" in body and "ML team" in body and "500,00" in body
     assert "b-secret-project" not in body
 
 
@@ -102,7 +123,7 @@ def test_it_shows_a_tokens_usage_and_what_is_left_of_each_limit(personas, manage
     spend = page.context["spend"]
     assert spend.total.spent == 1_234_567 and spend.total.remaining == 1000 * RUB - 1_234_567
     assert page.context["usage"].total.requests == 1 and page.context["usage"].by_model[0].key == "mock-gpt"
-    assert "998.77" in page.content.decode()
+    assert "998,77" in page.content.decode()
     assert catalog.token_secret not in page.content.decode() and token.key_hash not in page.content.decode()
 
 
@@ -173,7 +194,7 @@ def test_it_lets_a_viewer_see_but_change_nothing(personas, signed_in, viewer_a):
 
 def test_another_companys_token_is_404_on_every_page_and_action(personas, signed_in):
     token, _ = _token(personas.company_b, "b-token")
-    manager = signed_in(personas.manager_a)
+    manager = recently_signed_in(signed_in(personas.manager_a))
     for name in ("token_detail", "token_edit"):
         assert manager.get(reverse(f"cabinets:company:{name}", kwargs={"token_id": token.pk})).status_code == 404
     for name in ("token_edit", "token_block", "token_unblock", "token_revoke", "token_rotate"):
@@ -202,7 +223,7 @@ def test_a_block_in_the_cabinet_makes_v1_refuse_the_token_and_an_unblock_lets_it
 
     manager = django_user_model.objects.create_user("acme-manager@example.com", PASSWORD)
     Membership.objects.create(user=manager, company=gateway.world.company, role=CompanyRole.MANAGER)
-    cabinet = signed_in(manager)
+    cabinet = recently_signed_in(signed_in(manager))
     token = gateway.world.token
     assert chat(gateway).status_code == 200
 

@@ -45,7 +45,7 @@ def test_it_shows_the_balance_and_the_history_with_the_balance_after_each_row(pe
     assert [(e.amount, e.balance_after) for e in entries] == [(-250_000, 999_750_000), (1000 * RUB, 1000 * RUB)]
     assert entries[0].request_id == "req-1"
     body = page.content.decode()
-    assert "999.75" in body and "Payment 1" in body and "777" not in body
+    assert "999,75" in body and "Payment 1" in body and "777" not in body
 
 
 def test_it_pages_the_history_by_keyset_and_keeps_the_running_balance(personas, manager):

@@ -221,6 +221,13 @@ class MemberRoleForm(forms.Form):
     role = forms.ChoiceField(label=_("Role"), choices=CompanyRole.choices)
 
 
+class InvitationForm(forms.Form):
+    """Who to invite (an email) and with which role."""
+
+    email = forms.EmailField(label=_("Email"), max_length=254)
+    role = forms.ChoiceField(label=_("Role"), choices=CompanyRole.choices, initial=CompanyRole.VIEWER)
+
+
 class RemoveMemberForm(forms.Form):
     """Removing a member: whether their tokens are revoked with them."""
 

@@ -21,7 +21,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import pgettext
 from django.views.decorators.http import require_POST
 
-from apps.cabinets.access import COMPANY_MANAGERS, company_object, company_view
+from apps.cabinets.access import COMPANY_MANAGERS, company_object, company_view, recent_auth_required
 from apps.cabinets.company.forms import TokenFilterForm, TokenForm, TokenReasonForm, apply_errors, token_initial
 from apps.cabinets.company.helpers import example_model, gateway_base_url, in_company_time_zone
 from apps.cabinets.rendering import render_page
@@ -69,6 +69,7 @@ def _secret_page(request: HttpRequest, token: ApiToken, secret: str, *, created:
 
 
 @company_view(*COMPANY_MANAGERS)
+@recent_auth_required
 @in_company_time_zone
 def token_create(request: HttpRequest) -> HttpResponse:
     """Issue a token (owner: the person creating it); the answer shows its secret once."""
@@ -186,6 +187,7 @@ def _revoke(*, token: ApiToken, reason: str):
 
 
 @company_view(*COMPANY_MANAGERS)
+@recent_auth_required
 @require_POST
 @in_company_time_zone
 def token_rotate(request: HttpRequest, token_id: int) -> HttpResponse:
