@@ -61,9 +61,9 @@ INVALID_STATUSES = (400, 404, 413, 422)
 
 # A request allocates a few hundred short-lived containers, nearly all freed by reference counting;
 # at CPython's default (700, 10, 10) the young generation is collected a couple of times per request
-# at load. 20,000 makes that a few times per hundred requests: server CPU per request −5 % (plain)
-# and −13 % (stream) in an alternating A/B on this machine (docs/benchmarks.md); full collections stay
-# rare and short because the process's long-lived objects are frozen.
+# at load. 20,000 makes that a few times per hundred requests. Measured with alternating A/B bursts on
+# this 2-core machine: server CPU per request −5 % (plain) and −13 % (stream) under heavy background
+# load, within noise when quiet. Full collections stay rare and short: the long-lived objects are frozen.
 GC_THRESHOLDS = (20_000, 20, 10)
 
 
