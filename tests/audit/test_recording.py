@@ -176,10 +176,10 @@ def test_a_policy_change_is_recorded_for_its_company(personas, catalog):
     trail = Trail()
     with acting_as(personas.manager_a, client_ip=IP):
         policy = catalog.policy
-        policy.mode = "block"
+        policy.mode = "monitor"
         policy.save()
     event = trail.only("policy.changed")
-    assert (event.before, event.after) == ({"mode": "mask"}, {"mode": "block"})
+    assert (event.before, event.after) == ({"mode": "enforce"}, {"mode": "monitor"})
     assert (event.company_id, event.actor_role) == (personas.company_a.pk, "manager")
 
 
