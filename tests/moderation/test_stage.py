@@ -183,7 +183,9 @@ def test_a_response_side_block_refuses_a_whole_answer(gateway, fake_openai, poli
 
 def test_a_response_side_block_stops_a_stream_with_an_error_event_before_the_value(gateway, fake_openai, policies):
     policies.set(response_block_policy())
-    fake_openai.behavior(echo=True, chunk_chars=4)
+    # A pause between events, so the answer arrives in many reads (one coalesced read would be refused
+    # before anything was written, which is right but not what this test shows).
+    fake_openai.behavior(echo=True, chunk_chars=4, chunk_delay_ms=2)
     prefix = "Это длинное вступление, чтобы ответ начался до номера телефона и ушёл к клиенту. " * 2
     response = httpx.post(gateway.base_url + "/chat/completions", timeout=10, headers={"Authorization": f"Bearer {gateway.world.secret}"},
                           json={"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": prefix + OTHER_PHONE + " конец"}]})
