@@ -202,7 +202,9 @@ def test_keep_alives_arrive_during_a_slow_first_token_and_the_sdk_parses_the_str
     assert raw.status_code == 200
     head, _, rest = raw.text.partition("data: ")
     assert head.count(": keep-alive\n\n") >= 2 and head.replace(": keep-alive\n\n", "") == ""
-    assert ": keep-alive" not in rest  # the upstream answered steadily after its first token
+    # Once events flow, a keep-alive may still fill a pause (a loaded machine), but only between whole events.
+    blocks = [b for b in ("data: " + rest).split("\n\n") if b]
+    assert all(b == ": keep-alive" or (b.startswith("data: ") and "\n" not in b) for b in blocks), blocks[:5]
     text = "".join(c.choices[0].delta.content or "" for c in gateway.client().chat.completions.create(**STREAM) if c.choices)
     assert text
     # A replay of the stored answer carries the events, not the keep-alives.
