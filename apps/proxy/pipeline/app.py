@@ -83,7 +83,6 @@ class ProxyApp:
         self.idempotency = IdempotencyStore(self.redis, self.counters)
         self.cors = Cors(conf["CORS_ALLOWED_ORIGINS"])
         self.moderation_check = ModerationCheck(self.redis, self.snapshots, self.max_body)
-
         self.moderation = ModerationStage(self.redis)
         self._started = False
         self._starting: asyncio.Lock | None = None
