@@ -95,46 +95,39 @@ def select_company(request: HttpRequest, company_id: int) -> Membership:
     return membership
 
 
-def company_view(*roles: str) -> Callable[[View], View]:
-    """Decorate a company-cabinet view. ``roles`` (``CompanyRole`` values) limit who may use it (403
-    for the others); none = every member. Sets ``request.company`` and ``request.membership``."""
+def _member_view(find: Callable[[HttpRequest], Any], roles: tuple[str, ...], member_attr: str,
+                 tenant_attr: str) -> Callable[[View], View]:
+    """The access rule shared by the company and supplier cabinets: the gate, then ``find`` (the
+    membership, ``Http404`` without one), then ``roles`` (403), then the membership and its tenant set
+    on the request as ``member_attr`` and ``tenant_attr``."""
 
     def decorate(view: View) -> View:
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if (response := _gate(request)) is not None:
                 return response
-            membership = company_membership(request)
+            membership = find(request)
             if roles and membership.role not in roles:
                 raise PermissionDenied
-            request.membership = membership  # type: ignore[attr-defined]
-            request.company = membership.company  # type: ignore[attr-defined]
+            setattr(request, member_attr, membership)
+            setattr(request, tenant_attr, getattr(membership, tenant_attr))
             return view(request, *args, **kwargs)
 
         return wrapper
 
     return decorate
+
+
+def company_view(*roles: str) -> Callable[[View], View]:
+    """Decorate a company-cabinet view. ``roles`` (``CompanyRole`` values) limit who may use it (403
+    for the others); none = every member. Sets ``request.company`` and ``request.membership``."""
+    return _member_view(company_membership, roles, "membership", "company")
 
 
 def supplier_view(*roles: str) -> Callable[[View], View]:
     """Decorate a supplier-cabinet view. ``roles`` (``SupplierRole`` values) limit who may use it
     (403 for the others). Sets ``request.supplier`` and ``request.supplier_membership``."""
-
-    def decorate(view: View) -> View:
-        @functools.wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            if (response := _gate(request)) is not None:
-                return response
-            membership = supplier_membership(request)
-            if roles and membership.role not in roles:
-                raise PermissionDenied
-            request.supplier_membership = membership  # type: ignore[attr-defined]
-            request.supplier = membership.supplier  # type: ignore[attr-defined]
-            return view(request, *args, **kwargs)
-
-        return wrapper
-
-    return decorate
+    return _member_view(supplier_membership, roles, "supplier_membership", "supplier")
 
 
 def operator_view(view: View) -> View:
